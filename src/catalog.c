@@ -1,0 +1,346 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  Reading and writing migration state in the migrate_ext.* tables.
+ *
+ * The tables hold cooked expression trees that the dual-write trigger
+ * executes, so nobody but the extension owner may write them: a forged tree
+ * could call any function or crash the server.  Writes therefore go through
+ * mig_catalog_exec(), which runs its statement as the extension owner (the
+ * way ri_triggers.c runs its checks as the table owner), and users get
+ * SELECT only.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/readfuncs.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "migrate_ext.h"
+
+static const char *const phase_order[] = {
+	MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED,
+	MIG_PHASE_VALIDATED, MIG_PHASE_CUTOVER, MIG_PHASE_CONTRACTED,
+	MIG_PHASE_ABORTED
+};
+
+/*
+ * Rank of a phase in the lifecycle, for "has it reached X" tests; aborted
+ * ranks last.
+ */
+int
+mig_phase_rank(const char *phase)
+{
+	for (int i = 0; i < lengthof(phase_order); i++)
+		if (strcmp(phase, phase_order[i]) == 0)
+			return i;
+	elog(ERROR, "unknown migration phase \"%s\"", phase);
+	return -1;					/* keep compiler quiet */
+}
+
+/* The role that owns the extension, and so its catalog tables. */
+static Oid
+extension_owner(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT extowner FROM pg_catalog.pg_extension "
+					"WHERE extname = 'migrate_ext'", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"migrate_ext\" is not installed in this database")));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return DatumGetObjectId(d);
+}
+
+/*
+ * Run one catalog-writing statement as the extension owner.  The caller's
+ * identity is restored even on error: the security context flag makes
+ * AbortTransaction do that, and forbids SET ROLE in between.
+ */
+void
+mig_catalog_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				 const char *nulls, int expected)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			ret;
+
+	SPI_connect();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (ret < 0)
+		elog(ERROR, "migrate_ext catalog statement failed: %s", SPI_result_code_string(ret));
+	if (expected >= 0 && SPI_processed != (uint64) expected)
+		elog(ERROR, "migrate_ext catalog statement touched " UINT64_FORMAT " rows, not %d",
+			 SPI_processed, expected);
+	SPI_finish();
+}
+
+static char *
+get_text(HeapTuple tup, TupleDesc desc, const char *colname)
+{
+	int			fno = SPI_fnumber(desc, colname);
+	char	   *val;
+
+	val = SPI_getvalue(tup, desc, fno);
+	return val ? pstrdup(val) : NULL;
+}
+
+static Node *
+get_tree(HeapTuple tup, TupleDesc desc, const char *colname)
+{
+	char	   *s = get_text(tup, desc, colname);
+
+	return s ? (Node *) stringToNode(s) : NULL;
+}
+
+/*
+ * Load the migrations a query returns (columns id, relid, table_name,
+ * phase), each with its pairs; the result lives in the caller's context.
+ */
+static List *
+load_migrations(const char *sql, Datum arg, Oid argtype)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext spicxt;
+	List	   *result = NIL;
+	ListCell   *lc;
+	uint64		nmig;
+
+	SPI_connect();
+	if (SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.migration");
+
+	nmig = SPI_processed;
+	spicxt = MemoryContextSwitchTo(callercxt);
+	for (uint64 i = 0; i < nmig; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MigMigration *m = palloc0(sizeof(MigMigration));
+		bool		isnull;
+
+		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		m->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		m->table_name = get_text(tup, desc, "table_name");
+		m->phase = get_text(tup, desc, "phase");
+		result = lappend(result, m);
+	}
+	MemoryContextSwitchTo(spicxt);
+
+	foreach(lc, result)
+	{
+		MigMigration *m = lfirst(lc);
+		Oid			int8type = INT8OID;
+		Datum		id = Int64GetDatum(m->id);
+
+		if (SPI_execute_with_args("SELECT * FROM migrate_ext.column_pair "
+								  "WHERE migration_id = $1 ORDER BY ord",
+								  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read migrate_ext.column_pair");
+
+		spicxt = MemoryContextSwitchTo(callercxt);
+		for (uint64 j = 0; j < SPI_processed; j++)
+		{
+			HeapTuple	pt = SPI_tuptable->vals[j];
+			TupleDesc	pd = SPI_tuptable->tupdesc;
+			MigPair    *p = palloc0(sizeof(MigPair));
+
+			p->ord = atoi(SPI_getvalue(pt, pd, SPI_fnumber(pd, "ord")));
+			p->old_col = get_text(pt, pd, "old_col");
+			p->old_attnum = atoi(SPI_getvalue(pt, pd, SPI_fnumber(pd, "old_attnum")));
+			p->new_col = get_text(pt, pd, "new_col");
+			p->new_attnum = atoi(SPI_getvalue(pt, pd, SPI_fnumber(pd, "new_attnum")));
+			p->in_place = strcmp(SPI_getvalue(pt, pd, SPI_fnumber(pd, "in_place")), "t") == 0;
+			p->new_type = get_text(pt, pd, "new_type");
+			p->up_src = get_text(pt, pd, "up_src");
+			p->up = get_tree(pt, pd, "up_expr");
+			p->down_src = get_text(pt, pd, "down_src");
+			p->down = get_tree(pt, pd, "down_expr");
+			p->not_null = strcmp(SPI_getvalue(pt, pd, SPI_fnumber(pd, "not_null")), "t") == 0;
+			p->check_src = get_text(pt, pd, "check_src");
+			p->check = get_tree(pt, pd, "check_expr");
+			m->pairs = lappend(m->pairs, p);
+		}
+		MemoryContextSwitchTo(spicxt);
+	}
+	SPI_finish();
+	return result;
+}
+
+/*
+ * The table's active migration (any phase before contracted or aborted),
+ * or NULL when missing_ok.
+ */
+MigMigration *
+mig_catalog_active(Oid relid, bool missing_ok)
+{
+	List	   *l;
+
+	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
+						"WHERE relid = $1 AND phase NOT IN ('contracted', 'aborted')",
+						ObjectIdGetDatum(relid), OIDOID);
+	if (l != NIL)
+		return linitial(l);
+	if (!missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table \"%s\" has no active migration",
+						get_rel_name(relid) ? get_rel_name(relid) : "?"),
+				 errhint("Start one with mig_expand().")));
+	return NULL;
+}
+
+/* The table's most recent migration in any phase, or NULL. */
+MigMigration *
+mig_catalog_latest(Oid relid)
+{
+	List	   *l;
+
+	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
+						"WHERE relid = $1 ORDER BY id DESC LIMIT 1",
+						ObjectIdGetDatum(relid), OIDOID);
+	return l != NIL ? linitial(l) : NULL;
+}
+
+/* A migration by id, or NULL when there is none. */
+MigMigration *
+mig_catalog_by_id(int64 id)
+{
+	List	   *l;
+
+	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
+						"WHERE id = $1",
+						Int64GetDatum(id), INT8OID);
+	return l != NIL ? linitial(l) : NULL;
+}
+
+/* Record a new migration in phase expanded; returns its id. */
+int64
+mig_catalog_insert_migration(Oid relid, const char *table_name)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	int64		id;
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		isnull;
+
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(table_name);
+
+	/* INSERT ... RETURNING needs the result, so not mig_catalog_exec() */
+	SPI_connect();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_execute_with_args("INSERT INTO migrate_ext.migration (relid, table_name, created_by) "
+							  "VALUES ($1, $2, session_user) RETURNING id",
+							  2, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into migrate_ext.migration");
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+
+	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role) "
+					 "VALUES ($1, 'expanded', current_user)",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)}, NULL, 1);
+	return id;
+}
+
+static Datum
+text_or_null(const char *s, char *nullflag)
+{
+	*nullflag = s ? ' ' : 'n';
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
+}
+
+static Datum
+tree_or_null(Node *n, char *nullflag)
+{
+	*nullflag = n ? ' ' : 'n';
+	return n ? CStringGetTextDatum(nodeToString(n)) : (Datum) 0;
+}
+
+void
+mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
+{
+	Oid			types[15] = {INT8OID, INT4OID, NAMEOID, INT2OID, NAMEOID, INT2OID,
+		BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID};
+	Datum		v[15];
+	char		n[16];
+
+	memset(n, ' ', sizeof(n));
+	n[15] = '\0';
+	v[0] = Int64GetDatum(migration_id);
+	v[1] = Int32GetDatum(p->ord);
+	v[2] = CStringGetDatum(p->old_col);
+	v[3] = Int16GetDatum(p->old_attnum);
+	v[4] = CStringGetDatum(p->new_col);
+	v[5] = Int16GetDatum(p->new_attnum);
+	v[6] = BoolGetDatum(p->in_place);
+	v[7] = CStringGetTextDatum(p->new_type);
+	v[8] = text_or_null(p->up_src, &n[8]);
+	v[9] = tree_or_null(p->up, &n[9]);
+	v[10] = text_or_null(p->down_src, &n[10]);
+	v[11] = tree_or_null(p->down, &n[11]);
+	v[12] = BoolGetDatum(p->not_null);
+	v[13] = text_or_null(p->check_src, &n[13]);
+	v[14] = tree_or_null(p->check, &n[14]);
+
+	/* name parameters want a NameData, not a C string */
+	v[2] = DirectFunctionCall1(namein, v[2]);
+	v[4] = DirectFunctionCall1(namein, v[4]);
+
+	mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
+					 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
+					 "down_src, down_expr, not_null, check_src, check_expr) "
+					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+					 15, types, v, n, 1);
+}
+
+/* Move a migration to a phase, and log who did it and when. */
+void
+mig_catalog_set_phase(int64 migration_id, const char *phase, const char *detail)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		v[3];
+	char		n[4] = "   ";
+
+	v[0] = Int64GetDatum(migration_id);
+	v[1] = CStringGetTextDatum(phase);
+	v[2] = text_or_null(detail, &n[2]);
+	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = now() "
+					 "WHERE id = $1", 2, types, v, n, 1);
+	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
+					 "VALUES ($1, $2, current_user, $3)", 3, types, v, n, 1);
+}
+
+/* Has a backfill job ever been started for this migration? */
+bool
+mig_catalog_has_job(int64 migration_id)
+{
+	Oid			type = INT8OID;
+	Datum		v = Int64GetDatum(migration_id);
+	bool		found;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT 1 FROM migrate_ext.job WHERE migration_id = $1",
+							  1, &type, &v, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
+}

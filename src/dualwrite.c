@@ -1,0 +1,484 @@
+/*-------------------------------------------------------------------------
+ *
+ * dualwrite.c
+ *	  The dual-write trigger: keeps each old/new column pair in step on
+ *	  every INSERT and UPDATE (COPY and ON CONFLICT included).
+ *
+ * It is a BEFORE ROW trigger, so it sees the row after READ COMMITTED's
+ * re-check: when an UPDATE waited for a concurrent writer, the row it gets
+ * is built on the latest version, and the value it computes is computed
+ * from that.  That is what keeps the backfill and client writes from ever
+ * leaving a pair diverged.
+ *
+ * Per pair and row it decides a direction:
+ *	 up	   the new column := up(row)
+ *	 down  the old column := down(row), then up(row) must give back the new
+ *		   value, or the write is rejected: a pair never silently diverges
+ *	 check both sides were written; they must agree (new = up(row))
+ * Downs are applied first and ups computed on the result, so a split (two
+ * new columns from one old one) sees the old column as the downs left it.
+ *
+ * The expressions are compiled once per backend with ExecInitExpr and
+ * cached per migration; the cache entry is rebuilt when the table's
+ * relcache entry or any function is invalidated (ALTER TABLE, a phase change
+ * that calls CacheInvalidateRelcache, CREATE OR REPLACE FUNCTION of a
+ * function that an expression inlined).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "optimizer/optimizer.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "migrate_ext.h"
+
+PG_FUNCTION_INFO_V1(mig_dualwrite);
+
+typedef enum DwDirection
+{
+	DW_UP,
+	DW_DOWN,
+	DW_CHECK
+} DwDirection;
+
+/* One pair, compiled. */
+typedef struct DwPair
+{
+	AttrNumber	old_attnum;
+	AttrNumber	new_attnum;
+	const char *old_col;
+	const char *new_col;
+	ExprState  *up;
+	ExprState  *down;			/* NULL: no reverse sync */
+	FmgrInfo   *new_eq;			/* the new type's equality; NULL: compare images */
+	Oid			new_collation;
+	DwDirection dir;			/* scratch, per row */
+} DwPair;
+
+/* A migration's compiled state, cached per backend. */
+typedef struct DwEntry
+{
+	int64		migration_id;	/* hash key */
+	Oid			relid;
+	bool		valid;
+	bool		new_authoritative;	/* cut over: the new side wins by default */
+	MemoryContext cxt;
+	TupleDesc	tupdesc;
+	TupleTableSlot *slot;		/* the row after the downs */
+	ExprContext *econtext;
+	int			npairs;
+	DwPair	   *pairs;
+	int		   *repl_cols;		/* scratch for heap_modify_tuple_by_cols */
+	Datum	   *repl_values;
+	bool	   *repl_nulls;
+} DwEntry;
+
+static HTAB *dw_cache = NULL;
+
+static void dw_no_down(DwPair *dp, Relation rel) pg_attribute_noreturn();
+static void dw_disagree(DwPair *dp, Relation rel, Datum newv, bool newnull,
+						Datum upv, bool upnull, bool after_down) pg_attribute_noreturn();
+
+static void
+dw_relcache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	DwEntry    *e;
+
+	if (dw_cache == NULL)
+		return;
+	hash_seq_init(&status, dw_cache);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || e->relid == relid)
+			e->valid = false;
+}
+
+static void
+dw_proc_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	dw_relcache_callback(arg, InvalidOid);
+}
+
+void
+mig_dualwrite_init(void)
+{
+	CacheRegisterRelcacheCallback(dw_relcache_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, dw_proc_callback, (Datum) 0);
+}
+
+static ExprState *
+dw_compile(Node *expr)
+{
+	return ExecInitExpr(expression_planner((Expr *) copyObject(expr)), NULL);
+}
+
+/* (Re)build an entry's compiled state from the catalog. */
+static void
+dw_build(DwEntry *e, Relation rel)
+{
+	MigMigration *m;
+	MemoryContext oldcxt;
+	ListCell   *lc;
+	int			i = 0;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (e->cxt)
+		MemoryContextDelete(e->cxt);
+	e->cxt = AllocSetContextCreate(CacheMemoryContext, "migrate_ext dual-write",
+								   ALLOCSET_SMALL_SIZES);
+
+	oldcxt = MemoryContextSwitchTo(e->cxt);
+	m = mig_catalog_by_id(e->migration_id);
+	if (m == NULL || m->relid != RelationGetRelid(rel) ||
+		mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("trigger \"%s\" on table \"%s\" belongs to no active migration",
+						MIG_TRIGGER_NAME, RelationGetRelationName(rel)),
+				 errhint("Drop the trigger, or start a migration with mig_expand().")));
+
+	e->relid = m->relid;
+	e->new_authoritative = mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CUTOVER);
+	e->tupdesc = CreateTupleDescCopy(desc);
+	e->slot = MakeSingleTupleTableSlot(e->tupdesc, &TTSOpsHeapTuple);
+	e->econtext = CreateStandaloneExprContext();
+	e->npairs = list_length(m->pairs);
+	e->pairs = palloc0(sizeof(DwPair) * e->npairs);
+	e->repl_cols = palloc(sizeof(int) * e->npairs * 2);
+	e->repl_values = palloc(sizeof(Datum) * e->npairs * 2);
+	e->repl_nulls = palloc(sizeof(bool) * e->npairs * 2);
+
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+		DwPair	   *dp = &e->pairs[i++];
+		Form_pg_attribute oldatt;
+		Form_pg_attribute newatt;
+		TypeCacheEntry *tce;
+
+		if (p->old_attnum > desc->natts || p->new_attnum > desc->natts ||
+			TupleDescAttr(desc, p->old_attnum - 1)->attisdropped ||
+			TupleDescAttr(desc, p->new_attnum - 1)->attisdropped)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a column of the migration of table \"%s\" was dropped behind its back",
+							RelationGetRelationName(rel)),
+					 errdetail("Column pair \"%s\" -> \"%s\" no longer exists.", p->old_col, p->new_col),
+					 errhint("Abort the migration with mig_abort('%s').", RelationGetRelationName(rel))));
+		oldatt = TupleDescAttr(desc, p->old_attnum - 1);
+		newatt = TupleDescAttr(desc, p->new_attnum - 1);
+
+		dp->old_attnum = p->old_attnum;
+		dp->new_attnum = p->new_attnum;
+		dp->old_col = pstrdup(NameStr(oldatt->attname));
+		dp->new_col = pstrdup(NameStr(newatt->attname));
+		dp->up = dw_compile(p->up);
+		dp->down = p->down ? dw_compile(p->down) : NULL;
+		dp->new_collation = newatt->attcollation;
+		tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
+		if (OidIsValid(tce->eq_opr_finfo.fn_oid))
+		{
+			dp->new_eq = palloc(sizeof(FmgrInfo));
+			fmgr_info_copy(dp->new_eq, &tce->eq_opr_finfo, e->cxt);
+		}
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static DwEntry *
+dw_lookup(int64 migration_id, Relation rel)
+{
+	DwEntry    *e;
+	bool		found;
+
+	if (dw_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(DwEntry);
+		ctl.hcxt = CacheMemoryContext;
+		dw_cache = hash_create("migrate_ext dual-write cache", 16, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(dw_cache, &migration_id, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->cxt = NULL;
+		e->valid = false;
+		e->relid = RelationGetRelid(rel);
+	}
+
+	/*
+	 * An invalidation that arrives while we read the catalog marks the entry
+	 * invalid again: build until one build saw no invalidation.
+	 */
+	while (!e->valid)
+	{
+		e->valid = true;
+		PG_TRY();
+		{
+			dw_build(e, rel);
+		}
+		PG_CATCH();
+		{
+			e->valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	return e;
+}
+
+/* IS NOT DISTINCT FROM, by the type's equality where it has one. */
+static bool
+dw_equal(DwPair *dp, Datum a, bool anull, Datum b, bool bnull,
+		 Form_pg_attribute att)
+{
+	if (anull || bnull)
+		return anull && bnull;
+	if (dp->new_eq)
+		return DatumGetBool(FunctionCall2Coll(dp->new_eq, dp->new_collation, a, b));
+	return datum_image_eq(a, b, att->attbyval, att->attlen);
+}
+
+/* Did the UPDATE change this column's value (byte for byte)? */
+static bool
+dw_changed(TupleTableSlot *oldslot, TupleTableSlot *newslot, AttrNumber attnum,
+		   Form_pg_attribute att)
+{
+	bool		onull,
+				nnull;
+	Datum		o = slot_getattr(oldslot, attnum, &onull);
+	Datum		n = slot_getattr(newslot, attnum, &nnull);
+
+	if (onull || nnull)
+		return onull != nnull;
+	return !datum_image_eq(o, n, att->attbyval, att->attlen);
+}
+
+static char *
+dw_value_text(Datum v, bool isnull, Form_pg_attribute att)
+{
+	Oid			outfn;
+	bool		varlena;
+
+	if (isnull)
+		return "NULL";
+	getTypeOutputInfo(att->atttypid, &outfn, &varlena);
+	return OidOutputFunctionCall(outfn, v);
+}
+
+static void
+dw_no_down(DwPair *dp, Relation rel)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+			 errmsg("cannot write column \"%s\" of table \"%s\" without writing \"%s\"",
+					dp->new_col, RelationGetRelationName(rel), dp->old_col),
+			 errdetail("The migration has no down expression, so \"%s\" cannot be computed from \"%s\" and the pair would diverge.",
+					   dp->old_col, dp->new_col),
+			 errhint("Write \"%s\" instead (migrate_ext.writer = 'old'), or abort and expand again with a down expression.",
+					 dp->old_col)));
+}
+
+/*
+ * Decide, for one pair and row, which side the write came from.
+ */
+static DwDirection
+dw_direction(DwEntry *e, DwPair *dp, TriggerData *td, TupleTableSlot *newslot,
+			 Relation rel)
+{
+	MigWriter	writer = mig_backfill_writes ? MIG_WRITER_OLD : (MigWriter) mig_writer;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (writer == MIG_WRITER_OLD)
+		return DW_UP;
+	if (writer == MIG_WRITER_NEW)
+	{
+		if (dp->down == NULL)
+			dw_no_down(dp, rel);
+		return DW_DOWN;
+	}
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		bool		old_written = dw_changed(td->tg_trigslot, newslot, dp->old_attnum,
+											 TupleDescAttr(desc, dp->old_attnum - 1));
+		bool		new_written = dw_changed(td->tg_trigslot, newslot, dp->new_attnum,
+											 TupleDescAttr(desc, dp->new_attnum - 1));
+
+		if (old_written && new_written)
+			return DW_CHECK;
+		if (old_written)
+			return DW_UP;
+		if (!new_written)
+			return (e->new_authoritative && dp->down) ? DW_DOWN : DW_UP;
+	}
+	else
+	{
+		bool		isnull;
+
+		(void) slot_getattr(newslot, dp->new_attnum, &isnull);
+		if (isnull)
+			return DW_UP;
+		(void) slot_getattr(newslot, dp->old_attnum, &isnull);
+		if (!isnull)
+			return DW_CHECK;
+	}
+
+	/* only the new side was written */
+	if (dp->down == NULL)
+		dw_no_down(dp, rel);
+	return DW_DOWN;
+}
+
+/*
+ * Reject the row: the new value the client wrote (or, after a down, the one
+ * it still holds) is not what up() gives for the row.
+ */
+static void
+dw_disagree(DwPair *dp, Relation rel, Datum newv, bool newnull,
+			Datum upv, bool upnull, bool after_down)
+{
+	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), dp->new_attnum - 1);
+
+	if (after_down)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+				 errmsg("value written to column \"%s\" of table \"%s\" does not survive the round trip through \"%s\"",
+						dp->new_col, RelationGetRelationName(rel), dp->old_col),
+				 errdetail("\"%s\" = %s gives \"%s\" by down, whose up is %s.",
+						   dp->new_col, dw_value_text(newv, newnull, att), dp->old_col,
+						   dw_value_text(upv, upnull, att)),
+				 errhint("Write a value that up(down(value)) leaves unchanged, or write \"%s\" instead.",
+						 dp->old_col)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+			 errmsg("columns \"%s\" and \"%s\" of table \"%s\" were both written and disagree",
+					dp->old_col, dp->new_col, RelationGetRelationName(rel)),
+			 errdetail("\"%s\" = %s, but up(\"%s\") gives %s.",
+					   dp->new_col, dw_value_text(newv, newnull, att), dp->old_col,
+					   dw_value_text(upv, upnull, att)),
+			 errhint("Set migrate_ext.writer to 'old' or 'new' to say which side this client writes.")));
+}
+
+Datum
+mig_dualwrite(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	DwEntry    *e;
+	HeapTuple	tuple;
+	TupleTableSlot *newslot;
+	TupleTableSlot *evalslot;
+	ExprContext *econtext;
+	int			nrepl = 0;
+	bool		any_down = false;
+	int64		migration_id;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)) ||
+		td->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("migrate_ext.dualwrite() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW by migrate_ext")));
+
+	rel = td->tg_relation;
+	desc = RelationGetDescr(rel);
+	migration_id = pg_strtoint64(td->tg_trigger->tgargs[0]);
+	e = dw_lookup(migration_id, rel);
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		tuple = td->tg_newtuple;
+		newslot = td->tg_newslot;
+	}
+	else
+	{
+		tuple = td->tg_trigtuple;
+		newslot = td->tg_trigslot;
+	}
+
+	econtext = e->econtext;
+	ResetExprContext(econtext);
+
+	/* the downs, on the row as written */
+	econtext->ecxt_scantuple = newslot;
+	for (int i = 0; i < e->npairs; i++)
+	{
+		DwPair	   *dp = &e->pairs[i];
+
+		dp->dir = dw_direction(e, dp, td, newslot, rel);
+		if (dp->dir == DW_DOWN)
+		{
+			bool		isnull;
+			Datum		v = ExecEvalExprSwitchContext(dp->down, econtext, &isnull);
+
+			e->repl_cols[nrepl] = dp->old_attnum;
+			e->repl_values[nrepl] = v;
+			e->repl_nulls[nrepl] = isnull;
+			nrepl++;
+			any_down = true;
+		}
+	}
+
+	evalslot = newslot;
+	if (any_down)
+	{
+		tuple = heap_modify_tuple_by_cols(tuple, desc, nrepl, e->repl_cols,
+										  e->repl_values, e->repl_nulls);
+		ExecStoreHeapTuple(tuple, e->slot, false);
+		evalslot = e->slot;
+		nrepl = 0;
+	}
+
+	/* the ups and checks, on the row as the downs left it */
+	econtext->ecxt_scantuple = evalslot;
+	for (int i = 0; i < e->npairs; i++)
+	{
+		DwPair	   *dp = &e->pairs[i];
+		Form_pg_attribute newatt = TupleDescAttr(desc, dp->new_attnum - 1);
+		bool		upnull;
+		bool		curnull;
+		Datum		upv = ExecEvalExprSwitchContext(dp->up, econtext, &upnull);
+		Datum		curv = slot_getattr(evalslot, dp->new_attnum, &curnull);
+
+		if (dp->dir == DW_UP)
+		{
+			/* skip the copy when the stored value is already right */
+			if (curnull == upnull && (upnull || datum_image_eq(upv, curv, newatt->attbyval, newatt->attlen)))
+				continue;
+			e->repl_cols[nrepl] = dp->new_attnum;
+			e->repl_values[nrepl] = upv;
+			e->repl_nulls[nrepl] = upnull;
+			nrepl++;
+		}
+		else if (!dw_equal(dp, upv, upnull, curv, curnull, newatt))
+			dw_disagree(dp, rel, curv, curnull, upv, upnull, dp->dir == DW_DOWN);
+	}
+
+	if (nrepl > 0)
+		tuple = heap_modify_tuple_by_cols(tuple, desc, nrepl, e->repl_cols,
+										  e->repl_values, e->repl_nulls);
+	if (any_down)
+		ExecClearTuple(e->slot);
+
+	return PointerGetDatum(tuple);
+}

@@ -1,0 +1,109 @@
+/*
+ * migrate_ext: the catalog.
+ *
+ * Every migration, each of its column pairs, every phase change and every
+ * backfill job is a row here.  Rows are never deleted when a migration ends,
+ * so the tables double as the audit trail behind mig_history.
+ *
+ * The tables live in schema migrate_ext, out of the way of the public API,
+ * and are written only by the extension's C code, which switches to the
+ * extension owner for that (catalog.c).  Everyone may read them.
+ */
+\echo Use "CREATE EXTENSION migrate_ext" to load this file. \quit
+
+CREATE SCHEMA migrate_ext;
+GRANT USAGE ON SCHEMA migrate_ext TO PUBLIC;
+
+CREATE TABLE migrate_ext.migration (
+	id			bigserial PRIMARY KEY,
+	relid		oid NOT NULL,
+	table_name	text NOT NULL,	/* qualified name at expand, for the audit trail */
+	phase		text NOT NULL DEFAULT 'expanded'
+		CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'validated',
+						 'cutover', 'contracted', 'aborted')),
+	created_at	timestamptz NOT NULL DEFAULT now(),
+	created_by	name NOT NULL DEFAULT current_user,
+	updated_at	timestamptz NOT NULL DEFAULT now()
+);
+
+/* One active migration per table. */
+CREATE UNIQUE INDEX migration_active_relid ON migrate_ext.migration (relid)
+	WHERE phase NOT IN ('contracted', 'aborted');
+
+CREATE TABLE migrate_ext.column_pair (
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	ord			int NOT NULL,
+	old_col		name NOT NULL,
+	old_attnum	int2 NOT NULL,
+	new_col		name NOT NULL,
+	new_attnum	int2 NOT NULL,
+	in_place	boolean NOT NULL,	/* new_col takes old_col's name at contract */
+	new_type	text NOT NULL,		/* format_type() of the new column */
+	up_src		text,			/* as the user wrote it; NULL: the default cast */
+	up_expr		text NOT NULL,	/* nodeToString() of the cooked expression */
+	down_src	text,
+	down_expr	text,			/* NULL: no reverse sync */
+	not_null	boolean NOT NULL DEFAULT false,
+	check_src	text,
+	check_expr	text,
+	PRIMARY KEY (migration_id, ord)
+);
+
+CREATE TABLE migrate_ext.phase_log (
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	phase		text NOT NULL,
+	at			timestamptz NOT NULL DEFAULT clock_timestamp(),
+	by_role		name NOT NULL DEFAULT current_user,
+	detail		text
+);
+CREATE INDEX phase_log_migration ON migrate_ext.phase_log (migration_id, at);
+
+/*
+ * A backfill job.  The checkpoint (lower_key) commits in the same
+ * transaction as the batch it covers, so a crash loses at most one batch.
+ */
+CREATE TABLE migrate_ext.job (
+	id			bigserial PRIMARY KEY,
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	state		text NOT NULL DEFAULT 'running'
+		CHECK (state IN ('running', 'throttled', 'paused', 'done', 'failed',
+						 'cancelled', 'interrupted')),
+	throttle_reason text,
+	dboid		oid NOT NULL,
+	role_oid	oid NOT NULL,	/* current_user of the caller: the worker's privileges */
+	login_oid	oid NOT NULL,	/* session_user of the caller: the role the worker logs in as */
+	worker_pid	int,
+	key_kind	text,			/* 'primary key', 'unique key' or 'ctid' */
+	key_cols	name[],
+	lower_key	text[],			/* checkpoint: every key <= this is done; NULL: none yet */
+	upper_key	text[],			/* bound frozen at start; newer rows are the trigger's */
+	rows_total	bigint,
+	rows_total_exact boolean NOT NULL DEFAULT false,
+	rows_done	bigint NOT NULL DEFAULT 0,	/* rows the backfill wrote */
+	rows_seen	bigint NOT NULL DEFAULT 0,	/* rows its batches covered */
+	batch_size	int NOT NULL DEFAULT 1000,
+	batch_size_fixed boolean NOT NULL DEFAULT false,
+	target_batch_ms int NOT NULL DEFAULT 200,
+	sleep_ms	int NOT NULL DEFAULT 0,
+	max_replica_lag interval,
+	max_rows_per_sec bigint,
+	batches		bigint NOT NULL DEFAULT 0,
+	retries		bigint NOT NULL DEFAULT 0,
+	last_error	text,
+	last_sqlstate text,
+	rate_recent	float8,
+	active_seconds float8 NOT NULL DEFAULT 0,	/* running time, pauses excluded */
+	started_at	timestamptz NOT NULL DEFAULT now(),
+	updated_at	timestamptz NOT NULL DEFAULT now(),
+	finished_at	timestamptz
+);
+CREATE INDEX job_migration ON migrate_ext.job (migration_id);
+
+GRANT SELECT ON ALL TABLES IN SCHEMA migrate_ext TO PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.column_pair', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.phase_log', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_id_seq', '');

@@ -1,0 +1,100 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Starting migrate_ext's background workers, and connecting them as
+ *	  the role that asked for them.
+ *
+ * Every worker (a backfill, a contract's index builds) runs with the
+ * privileges of the role that started it, so it can do nothing that role
+ * could not.  bgw_extra carries the database, the session user (who can log
+ * in: it did) and the current user (who may be a NOLOGIN role reached by
+ * SET ROLE or a SECURITY DEFINER function), as pg_squeeze's worker does.
+ * The worker logs in as the session user and then becomes the current user.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+
+#include "migrate_ext_worker.h"
+
+/*
+ * Start a worker running migrate_ext's function entry, and wait until the
+ * postmaster has started it.  Errors when no slot is free.
+ */
+pid_t
+mig_worker_start(const char *entry, const char *name, const MigWorkerArgs *args)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	BgwHandleStatus status;
+	pid_t		pid;
+
+	StaticAssertStmt(sizeof(MigWorkerArgs) <= BGW_EXTRALEN, "MigWorkerArgs too large");
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "migrate_ext");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", entry);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "migrate_ext");
+	memcpy(worker.bgw_extra, args, sizeof(MigWorkerArgs));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a migrate_ext background worker: no free worker slot"),
+				 errdetail("All %d slots of max_worker_processes are in use.",
+						   max_worker_processes),
+				 errhint("Raise max_worker_processes (it needs a restart), or wait for other background workers to finish.")));
+
+	status = WaitForBackgroundWorkerStartup(handle, &pid);
+	if (status != BGWH_STARTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not start a migrate_ext background worker"),
+				 errhint(status == BGWH_POSTMASTER_DIED ?
+						 "The postmaster died." : "See the server log.")));
+	return pid;
+}
+
+/* Arguments for a worker started on behalf of the current session. */
+void
+mig_worker_args_for_caller(MigWorkerArgs *args, int64 arg)
+{
+	memset(args, 0, sizeof(MigWorkerArgs));
+	args->dboid = MyDatabaseId;
+	args->login_oid = GetSessionUserId();
+	args->role_oid = GetUserId();
+	args->arg = arg;
+}
+
+/*
+ * In the worker: read the arguments, connect, and become the role.  Must be
+ * called first thing in a worker's main function.
+ */
+void
+mig_worker_connect(MigWorkerArgs *args)
+{
+	memcpy(args, MyBgworkerEntry->bgw_extra, sizeof(MigWorkerArgs));
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->login_oid, 0);
+
+	if (args->role_oid != args->login_oid)
+	{
+		StartTransactionCommand();
+		SetCurrentRoleId(args->role_oid, superuser_arg(args->role_oid));
+		CommitTransactionCommand();
+	}
+}
