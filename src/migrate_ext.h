@@ -106,6 +106,9 @@ extern char *mig_deparse(Node *expr, Oid relid);
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 
+/* horizon.c */
+extern bool mig_release_xmin(void);
+
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
 
