@@ -18,6 +18,11 @@
  * Downs are applied first and ups computed on the result, so a split (two
  * new columns from one old one) sees the old column as the downs left it.
  *
+ * A down computes an old column, so it belongs to the old column rather
+ * than to one pair: in a split, only the last pair can have a down (it is
+ * the first to see both new columns), and a write to the first new column
+ * must go down through it all the same.
+ *
  * The expressions are compiled once per backend with ExecInitExpr and
  * cached per migration; the cache entry is rebuilt when the table's
  * relcache entry or any function is invalidated (ALTER TABLE, a phase change
@@ -63,7 +68,7 @@ typedef struct DwPair
 	const char *old_col;
 	const char *new_col;
 	ExprState  *up;
-	ExprState  *down;			/* NULL: no reverse sync */
+	ExprState  *down;			/* the old column's down: NULL, no reverse sync */
 	FmgrInfo   *new_eq;			/* the new type's equality; NULL: compare images */
 	Oid			new_collation;
 	DwDirection dir;			/* scratch, per row */
@@ -88,6 +93,14 @@ typedef struct DwEntry
 } DwEntry;
 
 static HTAB *dw_cache = NULL;
+
+/* What the trigger is computing, for the context line of an error. */
+typedef struct DwErrorContext
+{
+	Relation	rel;
+	const char *column;
+	const char *expr;			/* "up" or "down" */
+} DwErrorContext;
 
 static void dw_no_down(DwPair *dp, Relation rel) pg_attribute_noreturn();
 static void dw_disagree(DwPair *dp, Relation rel, Datum newv, bool newnull,
@@ -165,20 +178,29 @@ dw_build(DwEntry *e, Relation rel)
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
-		DwPair	   *dp = &e->pairs[i++];
+		DwPair	   *dp;
 		Form_pg_attribute oldatt;
 		Form_pg_attribute newatt;
 		TypeCacheEntry *tce;
 
+		/*
+		 * A column dropped by hand leaves nothing to keep in step: skip the
+		 * pair rather than fail every write to the table; validation reports
+		 * it.
+		 */
 		if (p->old_attnum > desc->natts || p->new_attnum > desc->natts ||
 			TupleDescAttr(desc, p->old_attnum - 1)->attisdropped ||
 			TupleDescAttr(desc, p->new_attnum - 1)->attisdropped)
-			ereport(ERROR,
+		{
+			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("a column of the migration of table \"%s\" was dropped behind its back",
-							RelationGetRelationName(rel)),
-					 errdetail("Column pair \"%s\" -> \"%s\" no longer exists.", p->old_col, p->new_col),
-					 errhint("Abort the migration with mig_abort('%s').", RelationGetRelationName(rel))));
+					 errmsg("a column of pair \"%s\" -> \"%s\" of table \"%s\" was dropped; the pair is no longer kept in step",
+							p->old_col, p->new_col, RelationGetRelationName(rel)),
+					 errhint("Abort the migration with mig_abort().")));
+			e->npairs--;
+			continue;
+		}
+		dp = &e->pairs[i++];
 		oldatt = TupleDescAttr(desc, p->old_attnum - 1);
 		newatt = TupleDescAttr(desc, p->new_attnum - 1);
 
@@ -188,6 +210,16 @@ dw_build(DwEntry *e, Relation rel)
 		dp->new_col = pstrdup(NameStr(newatt->attname));
 		dp->up = dw_compile(p->up);
 		dp->down = p->down ? dw_compile(p->down) : NULL;
+		/* the old column's down is the one its latest pair gave */
+		for (int j = 0; j < i - 1; j++)
+		{
+			if (e->pairs[j].old_attnum != dp->old_attnum)
+				continue;
+			if (dp->down)
+				e->pairs[j].down = dp->down;
+			else if (e->pairs[j].down)
+				dp->down = e->pairs[j].down;
+		}
 		dp->new_collation = newatt->attcollation;
 		tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
 		if (OidIsValid(tce->eq_opr_finfo.fn_oid))
@@ -296,6 +328,16 @@ dw_no_down(DwPair *dp, Relation rel)
 					 dp->old_col)));
 }
 
+/* Has an earlier pair (of a split) already computed this old column? */
+static bool
+dw_replaced(DwEntry *e, int nrepl, AttrNumber attnum)
+{
+	for (int i = 0; i < nrepl; i++)
+		if (e->repl_cols[i] == attnum)
+			return true;
+	return false;
+}
+
 /*
  * Decide, for one pair and row, which side the write came from.
  */
@@ -377,6 +419,20 @@ dw_disagree(DwPair *dp, Relation rel, Datum newv, bool newnull,
 			 errhint("Set migrate_ext.writer to 'old' or 'new' to say which side this client writes.")));
 }
 
+/*
+ * An error in an up or down expression fails the client's write; say that
+ * the migration is why.
+ */
+static void
+dw_error_callback(void *arg)
+{
+	DwErrorContext *ctx = (DwErrorContext *) arg;
+
+	if (ctx->column)
+		errcontext("migrate_ext computing column \"%s\" of table \"%s\" by its %s expression",
+				   ctx->column, RelationGetRelationName(ctx->rel), ctx->expr);
+}
+
 Datum
 mig_dualwrite(PG_FUNCTION_ARGS)
 {
@@ -391,6 +447,8 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	int			nrepl = 0;
 	bool		any_down = false;
 	int64		migration_id;
+	DwErrorContext ectx;
+	ErrorContextCallback errcallback;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
@@ -419,6 +477,13 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	econtext = e->econtext;
 	ResetExprContext(econtext);
 
+	ectx.rel = rel;
+	ectx.column = NULL;
+	errcallback.callback = dw_error_callback;
+	errcallback.arg = &ectx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
 	/* the downs, on the row as written */
 	econtext->ecxt_scantuple = newslot;
 	for (int i = 0; i < e->npairs; i++)
@@ -426,10 +491,15 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 		DwPair	   *dp = &e->pairs[i];
 
 		dp->dir = dw_direction(e, dp, td, newslot, rel);
-		if (dp->dir == DW_DOWN)
+		if (dp->dir == DW_DOWN && !dw_replaced(e, nrepl, dp->old_attnum))
 		{
 			bool		isnull;
-			Datum		v = ExecEvalExprSwitchContext(dp->down, econtext, &isnull);
+			Datum		v;
+
+			ectx.column = dp->old_col;
+			ectx.expr = "down";
+			v = ExecEvalExprSwitchContext(dp->down, econtext, &isnull);
+			ectx.column = NULL;
 
 			e->repl_cols[nrepl] = dp->old_attnum;
 			e->repl_values[nrepl] = v;
@@ -457,8 +527,14 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 		Form_pg_attribute newatt = TupleDescAttr(desc, dp->new_attnum - 1);
 		bool		upnull;
 		bool		curnull;
-		Datum		upv = ExecEvalExprSwitchContext(dp->up, econtext, &upnull);
-		Datum		curv = slot_getattr(evalslot, dp->new_attnum, &curnull);
+		Datum		upv;
+		Datum		curv;
+
+		ectx.column = dp->new_col;
+		ectx.expr = "up";
+		upv = ExecEvalExprSwitchContext(dp->up, econtext, &upnull);
+		ectx.column = NULL;
+		curv = slot_getattr(evalslot, dp->new_attnum, &curnull);
 
 		if (dp->dir == DW_UP)
 		{
@@ -480,5 +556,6 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	if (any_down)
 		ExecClearTuple(e->slot);
 
+	error_context_stack = errcallback.previous;
 	return PointerGetDatum(tuple);
 }
