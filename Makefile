@@ -34,6 +34,9 @@ ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso \
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
+# pg_regress creates the temp instances' directories but not their parent
+REGRESS_PREP = tmp_check_dir
+
 EXTRA_CLEAN = $(DATA_built) results output_iso tmp_check regression.diffs regression.out
 
 PG_CONFIG ?= pg_config
@@ -43,7 +46,10 @@ include $(PGXS)
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PIECES)
 	cat $^ > $@
 
-.PHONY: test demo bench
+.PHONY: test demo bench tmp_check_dir
+tmp_check_dir:
+	@mkdir -p tmp_check
+
 test:
 	@bash test/run.sh
 

@@ -18,8 +18,9 @@
 MIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIG_PG_MAJOR=15
 # What the build and the suites need beyond the postgresql-15 server and
-# client: PGXS and headers, IPC::Run for the TAP tests, and a compiler.
-MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl make gcc libc6-dev)
+# client: PGXS and headers, IPC::Run (and IO::Pty, for interactive_psql) for
+# the TAP tests, and a compiler.
+MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev)
 MIG_APT_LOG=${MIG_APT_LOG:-/tmp/migrate_ext_apt.log}
 
 mig_log() { printf '==> %s\n' "$*"; }
@@ -41,24 +42,25 @@ mig_missing_packages() {
 # need. Returns non-zero, having said why, when something is missing.
 mig_ensure_packages() {
 	local missing
-	missing=$(mig_missing_packages)
+	missing=$(mig_missing_packages | tr '\n' ' ')
+	missing=${missing% }
 	if [ -n "$missing" ]; then
-		# shellcheck disable=SC2086
 		if mig_is_root; then
-			mig_log "installing missing packages: $(echo $missing) (log: $MIG_APT_LOG)"
+			mig_log "installing missing packages: $missing (log: $MIG_APT_LOG)"
 			: >"$MIG_APT_LOG"
+			# shellcheck disable=SC2086 # one word per package
 			if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
 				DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 					$missing; } >>"$MIG_APT_LOG" 2>&1 </dev/null; then
 				echo "---- last lines of $MIG_APT_LOG ----" >&2
 				tail -n 40 "$MIG_APT_LOG" >&2
 				echo "----" >&2
-				printf 'ERROR: apt-get failed to install: %s\n' "$(echo $missing)" >&2
+				printf 'ERROR: apt-get failed to install: %s\n' "$missing" >&2
 				return 1
 			fi
 		else
-			printf 'ERROR: missing packages: %s\n' "$(echo $missing)" >&2
-			printf '       run as root: apt-get update && apt-get install -y %s\n' "$(echo $missing)" >&2
+			printf 'ERROR: missing packages: %s\n' "$missing" >&2
+			printf '       run as root: apt-get update && apt-get install -y %s\n' "$missing" >&2
 			return 1
 		fi
 	fi

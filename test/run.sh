@@ -14,7 +14,9 @@
 #
 # Settings (environment):
 #   MIG_TEST_USER     the unprivileged user (root only; default migtest)
-#   MIG_TEST_BUDGET   seconds the three suites may take together (default 780)
+#   MIG_TEST_BUDGET   seconds the whole run may take, counted from the start
+#                     (default 840): a suite still running then is stopped
+#                     and counts as failed
 #   MIG_TEST_KEEP=1   keep the staging copy even when everything passed
 #   MIG_TEST_SUITES   which suites, default "regress isolation tap"
 #   PG_CONFIG         default /usr/lib/postgresql/15/bin/pg_config
@@ -24,7 +26,7 @@ set -uo pipefail
 # shellcheck source=test/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BUDGET=${MIG_TEST_BUDGET:-780}
+BUDGET=${MIG_TEST_BUDGET:-840}
 SUITES=${MIG_TEST_SUITES:-regress isolation tap}
 PASSED=0
 FAILED=0
@@ -42,7 +44,13 @@ finish() {
 			echo "the test run's tree (servers' data and logs) is kept in $STAGE"
 		fi
 	fi
-	[ -n "$HLOG" ] && echo "the runners' output is in $HLOG"
+	if [ -n "$HLOG" ]; then
+		if [ "$FAILED" -eq 0 ] && [ "${MIG_TEST_KEEP:-0}" != 1 ]; then
+			rm -rf "$HLOG"
+		else
+			echo "the runners' output is in $HLOG"
+		fi
+	fi
 	[ "${#FAILED_NAMES[@]}" -gt 0 ] && echo "failed: ${FAILED_NAMES[*]}"
 	[ "$PASSED" -eq 0 ] && [ "$FAILED" -eq 0 ] && echo "no test ran"
 	echo "$PASSED passed, $FAILED failed"
@@ -65,12 +73,12 @@ show_file() {
 	[ -s "$f" ] || return 0
 	n=$(wc -l <"$f")
 	echo "---- $f ($n lines) ----"
-	if [ "$n" -le 250 ]; then
+	if [ "$n" -le 400 ]; then
 		cat "$f"
 	else
-		head -n 150 "$f"
-		echo "[... $((n - 230)) lines left out ...]"
-		tail -n 80 "$f"
+		head -n 300 "$f"
+		echo "[... $((n - 400)) lines left out ...]"
+		tail -n 100 "$f"
 	fi
 	echo "---- end of $f ----"
 }
@@ -109,7 +117,7 @@ copy_back() {
 run_make_suite() {
 	local name=$1 log=$2 left
 	shift 2
-	left=$((BUDGET - (SECONDS - T_SUITES)))
+	left=$((BUDGET - SECONDS))
 	if [ "$left" -lt 30 ]; then
 		echo "not enough time left in MIG_TEST_BUDGET=$BUDGET s to run $name" | tee "$log"
 		RC=124
@@ -122,7 +130,7 @@ run_make_suite() {
 		</dev/null 2>&1 | tee "$log"
 	RC=${PIPESTATUS[0]}
 	if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then
-		echo "$name: timed out (MIG_TEST_BUDGET=$BUDGET s for all suites)" | tee -a "$log"
+		echo "$name: timed out (MIG_TEST_BUDGET=$BUDGET s for the whole run)" | tee -a "$log"
 	fi
 	stop_leftover_servers
 }
@@ -304,7 +312,7 @@ run_pgr_group() {
 
 n_tap=$(find "$STAGE/test/t" -maxdepth 1 -name '*.pl' 2>/dev/null | wc -l)
 
-T_SUITES=$SECONDS
+
 for suite in $SUITES; do
 	case $suite in
 	regress)
