@@ -213,7 +213,7 @@ read_progress(int64 migration_id, Progress *p)
 							  "coalesce(g.rate_recent, g.rate_avg), g.rate_avg, "
 							  "extract(epoch FROM g.eta), g.batch_size, g.batches, g.retries, "
 							  "g.last_error, g.last_sqlstate, "
-							  "date_trunc('second', g.started_at) "
+							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF') "
 							  "FROM migrate_ext.progress g "
 							  "LEFT JOIN migrate_ext.job j ON j.id = g.job_id "
 							  "WHERE g.migration_id = $1",
@@ -468,7 +468,7 @@ read_phase_log(ChecklistState *cs)
 	int			prev = mig_phase_rank(MIG_PHASE_EXPANDED);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT phase, date_trunc('second', at) || ' by ' || by_role "
+	if (SPI_execute_with_args("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
 							  "FROM migrate_ext.phase_log WHERE migration_id = $1 ORDER BY at",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.phase_log");
@@ -533,7 +533,7 @@ append_validation(StringInfo buf, ChecklistState *cs)
 
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT run, sample, rows_checked, "
-							  "date_trunc('second', at) || ' by ' || by_role, "
+							  "to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role, "
 							  "check_name, passed, failing, detail "
 							  "FROM migrate_ext.validation WHERE migration_id = $1 AND run = "
 							  "(SELECT max(run) FROM migrate_ext.validation WHERE migration_id = $1) "

@@ -488,7 +488,8 @@ finish_details(VRun *run, const char *job_state, int64 job_id)
 		}
 		if (c->failing > 0)
 		{
-			appendStringInfo(&buf, INT64_FORMAT " rows %s", c->failing, c->what);
+			appendStringInfo(&buf, INT64_FORMAT " %s %s", c->failing,
+							 c->failing == 1 ? "row" : "rows", c->what);
 			foreach(ec, c->examples)
 				appendStringInfo(&buf, "%s%s", foreach_current_index(ec) == 0 ?
 								 psprintf(", e.g. %s ", run->key_label) : ", ",
@@ -657,8 +658,8 @@ mig_validate(PG_FUNCTION_ARGS)
 	{
 		move_phase(run.m->id, run.m->phase, MIG_PHASE_VALIDATED, "every check passed");
 		ereport(NOTICE,
-				(errmsg("migration " INT64_FORMAT " of table \"%s\" is validated",
-						run.m->id, RelationGetRelationName(run.rel))));
+				(errmsg("the migration of table \"%s\" is validated",
+						RelationGetRelationName(run.rel))));
 	}
 	else if (!all_passed && strcmp(run.m->phase, MIG_PHASE_VALIDATED) == 0)
 	{
@@ -666,8 +667,8 @@ mig_validate(PG_FUNCTION_ARGS)
 
 		move_phase(run.m->id, MIG_PHASE_VALIDATED, back, "a validation failed");
 		ereport(NOTICE,
-				(errmsg("migration " INT64_FORMAT " of table \"%s\" is no longer validated: back to phase %s",
-						run.m->id, RelationGetRelationName(run.rel), back)));
+				(errmsg("the migration of table \"%s\" is no longer validated: back to phase %s",
+						RelationGetRelationName(run.rel), back)));
 	}
 
 	table_close(run.rel, NoLock);

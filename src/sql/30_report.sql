@@ -105,7 +105,8 @@ SELECT m.id AS migration_id,
 				THEN 'interrupted' ELSE j.state END AS state) d
  CROSS JOIN LATERAL (
 	SELECT CASE WHEN j.state = 'done' THEN j.rows_seen
-				ELSE GREATEST(j.rows_total, j.rows_seen) END AS rows_total,
+				WHEN j.rows_total IS NOT NULL THEN GREATEST(j.rows_total, j.rows_seen)
+		   END AS rows_total,
 		   CASE WHEN j.id IS NOT NULL
 				THEN j.state = 'done' OR (j.rows_total_exact AND j.rows_total >= j.rows_seen)
 		   END AS rows_total_exact) t
