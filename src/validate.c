@@ -392,6 +392,7 @@ scan_table(VRun *run)
 	for (BlockNumber b = 0; b < nblocks; b += Min(CHUNK_BLOCKS, nblocks - b))
 	{
 		int			col = 2;
+		bool		isnull;
 
 		CHECK_FOR_INTERRUPTS();
 		ItemPointerSet(&lo, b, 0);
@@ -403,11 +404,10 @@ scan_table(VRun *run)
 			elog(ERROR, "migrate_ext: could not run \"%s\"", sql.data);
 		run->rows_checked += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 														 SPI_tuptable->tupdesc, 1,
-														 &(bool) {false}));
+														 &isnull));
 		foreach(lc, run->checks)
 		{
 			VCheck	   *c = lfirst(lc);
-			bool		isnull;
 			int64		failing;
 
 			if (c->cond == NULL)
