@@ -1,0 +1,676 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.c
+ *	  mig_validate: prove, before the point of no return, that every row of
+ *	  a migrating table is right.
+ *
+ * The table is read in physical chunks of CHUNK_BLOCKS heap blocks (a TID
+ * Range Scan, sequential and cheap), each chunk one statement with its own
+ * snapshot.  Between chunks this backend stops advertising an xmin
+ * (mig_release_xmin), so a validation of a large table never holds back
+ * vacuum for more than one chunk.  The price: a row that a concurrent
+ * UPDATE moves to a chunk not yet read (or already read) may be checked
+ * twice or not at all.  Such a row was written through the dual-write
+ * trigger, which the trigger_enabled check vouches for; a write behind the
+ * trigger's back (session_replication_role = replica, a disabled trigger)
+ * that happened before the scan reached its row is caught.
+ *
+ * One statement per chunk computes every check's failing count; only while
+ * a check still lacks example keys is a second statement run over the same
+ * chunk to name them (by primary key, else a unique key, else ctid), so a
+ * table full of failing rows costs no more than a clean one.
+ *
+ * The SQL is generated from the stored expression trees with mig_deparse()
+ * under search_path = pg_catalog, pg_temp, and runs with the caller's
+ * privileges (who must own the table).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/index.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/plancat.h"
+#include "storage/bufmgr.h"
+#include "storage/itemptr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/typcache.h"
+
+#include "migrate_ext.h"
+
+PG_FUNCTION_INFO_V1(mig_validate);
+
+/* 8 MB of heap per statement: ~0.1 s, and one snapshot, per chunk. */
+#define CHUNK_BLOCKS	1024
+
+/* How many failing rows a check names in its detail. */
+#define MAX_EXAMPLES	5
+
+/* One check: a condition over the chunk query's columns that a failing row meets. */
+typedef struct VCheck
+{
+	char	   *name;
+	char	   *cond;			/* NULL: not a row check (trigger_enabled) */
+	char	   *what;			/* "rows where ...", for the detail */
+	bool		passed;
+	int64		failing;
+	char	   *detail;
+	List	   *examples;		/* of char *, the failing rows' keys */
+} VCheck;
+
+/* Everything one validation run works with. */
+typedef struct VRun
+{
+	Relation	rel;
+	MigMigration *m;
+	char	   *qname;			/* schema-qualified table */
+	char	   *key_label;		/* "id", "(a, b)" or "ctid" */
+	char	   *key_expr;		/* its text form, over the table's columns */
+	StringInfoData cols;		/* the chunk query's select list */
+	List	   *checks;			/* of VCheck * */
+	int64		rows_checked;
+	int			sample;			/* 0: exact */
+	double		fraction;		/* of rows a sample reads; 1: all */
+} VRun;
+
+static VCheck *
+add_check(VRun *run, const char *name, MigPair *pair, char *cond, char *what)
+{
+	VCheck	   *c = palloc0(sizeof(VCheck));
+
+	/* with several pairs each check names its pair */
+	if (pair != NULL && list_length(run->m->pairs) > 1)
+		c->name = psprintf("%s:%s", name, pair->new_col);
+	else
+		c->name = pstrdup(name);
+	c->cond = cond;
+	c->what = what;
+	c->passed = true;
+	run->checks = lappend(run->checks, c);
+	return c;
+}
+
+/*
+ * "a IS DISTINCT FROM b", by the type's equality; types without one (json,
+ * point, xml) are compared by their text form.
+ */
+static char *
+distinct(const char *a, const char *b, Oid typid)
+{
+	TypeCacheEntry *tce = lookup_type_cache(typid, TYPECACHE_EQ_OPR);
+
+	if (OidIsValid(tce->eq_opr))
+		return psprintf("%s IS DISTINCT FROM %s", a, b);
+	return psprintf("%s::pg_catalog.text IS DISTINCT FROM %s::pg_catalog.text", a, b);
+}
+
+typedef struct SubstContext
+{
+	AttrNumber	attnum;
+	Node	   *replacement;
+} SubstContext;
+
+/* The expression with every reference to one column replaced. */
+static Node *
+subst_mutator(Node *node, SubstContext *ctx)
+{
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
+		((Var *) node)->varattno == ctx->attnum)
+		return copyObject(ctx->replacement);
+	return expression_tree_mutator(node, subst_mutator, (void *) ctx);
+}
+
+/* A column of the table by number, quoted; an error if it was dropped. */
+static char *
+column_sql(VRun *run, AttrNumber attnum, const char *recorded)
+{
+	TupleDesc	desc = RelationGetDescr(run->rel);
+
+	if (attnum > desc->natts || TupleDescAttr(desc, attnum - 1)->attisdropped)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("column \"%s\" of table \"%s\" was dropped outside migrate_ext",
+						recorded, RelationGetRelationName(run->rel)),
+				 errhint("Roll the migration back with mig_abort().")));
+	return pstrdup(quote_identifier(NameStr(TupleDescAttr(desc, attnum - 1)->attname)));
+}
+
+/*
+ * The key that names example rows: the primary key, else a unique index on
+ * plain columns without a predicate, else ctid.
+ */
+static void
+choose_key(VRun *run)
+{
+	Oid			indexoid = RelationGetPrimaryKeyIndex(run->rel);
+	ListCell   *lc;
+
+	if (!OidIsValid(indexoid))
+	{
+		foreach(lc, RelationGetIndexList(run->rel))
+		{
+			Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+			bool		usable = idx->rd_index->indisunique &&
+				RelationGetIndexExpressions(idx) == NIL &&
+				RelationGetIndexPredicate(idx) == NIL;
+
+			index_close(idx, AccessShareLock);
+			if (usable)
+			{
+				indexoid = lfirst_oid(lc);
+				break;
+			}
+		}
+	}
+
+	if (OidIsValid(indexoid))
+	{
+		Relation	idx = index_open(indexoid, AccessShareLock);
+		int			nkeys = idx->rd_index->indnkeyatts;
+		StringInfoData label;
+		StringInfoData expr;
+
+		initStringInfo(&label);
+		initStringInfo(&expr);
+		for (int i = 0; i < nkeys; i++)
+		{
+			AttrNumber	attnum = idx->rd_index->indkey.values[i];
+			char	   *col = column_sql(run, attnum, "?");
+
+			appendStringInfo(&label, "%s%s", i > 0 ? ", " : "", col);
+			appendStringInfo(&expr, "%s%s", i > 0 ? ", " : "", col);
+		}
+		index_close(idx, AccessShareLock);
+		if (nkeys == 1)
+		{
+			run->key_label = label.data;
+			run->key_expr = psprintf("%s::pg_catalog.text", expr.data);
+		}
+		else
+		{
+			run->key_label = psprintf("(%s)", label.data);
+			run->key_expr = psprintf("ROW(%s)::pg_catalog.text", expr.data);
+		}
+	}
+	else
+	{
+		run->key_label = "ctid";
+		run->key_expr = "ctid::pg_catalog.text";
+	}
+}
+
+/*
+ * The row checks of every pair, and the chunk query's select list: per
+ * pair i, n<i> the new column, u<i> up(row), and where needed o<i> the old
+ * column, d<i> down(row), r<i> up(row with old := down(row)), k<i> the check.
+ */
+static void
+build_checks(VRun *run)
+{
+	ListCell   *lc;
+
+	initStringInfo(&run->cols);
+	foreach(lc, run->m->pairs)
+	{
+		MigPair    *pair = lfirst(lc);
+		int			i = foreach_current_index(lc) + 1;
+		char	   *newc = column_sql(run, pair->new_attnum, pair->new_col);
+		char	   *oldc = column_sql(run, pair->old_attnum, pair->old_col);
+		Oid			newtype = exprType(pair->up);
+		char	   *n = psprintf("n%d", i);
+		char	   *u = psprintf("u%d", i);
+		char	   *not_backfilled = psprintf("(%s IS NULL AND %s IS NOT NULL)", n, u);
+
+		appendStringInfo(&run->cols, "%s%s AS %s, %s AS %s",
+						 i > 1 ? ", " : "", newc, n,
+						 mig_deparse(pair->up, RelationGetRelid(run->rel)), u);
+
+		add_check(run, "backfilled", pair, not_backfilled,
+				  psprintf("not yet backfilled (%s NULL where up(%s) is not)", newc, oldc));
+		add_check(run, "new_equals_up", pair,
+				  psprintf("%s IS NOT NULL AND %s", n, distinct(n, u, newtype)),
+				  psprintf("where %s differs from up(%s)", newc, oldc));
+
+		if (pair->down)
+		{
+			SubstContext ctx;
+			Node	   *roundtrip;
+			Oid			oldtype = exprType(pair->down);
+
+			ctx.attnum = pair->old_attnum;
+			ctx.replacement = pair->down;
+			roundtrip = subst_mutator(pair->up, &ctx);
+			appendStringInfo(&run->cols, ", %s AS o%d, %s AS d%d, %s AS r%d",
+							 oldc, i, mig_deparse(pair->down, RelationGetRelid(run->rel)), i,
+							 mig_deparse(roundtrip, RelationGetRelid(run->rel)), i);
+
+			/*
+			 * old = down(new) up to representation: text '{"a":1}' and the
+			 * down of its jsonb, '{"a": 1}', are the same value to the
+			 * migration.  What matters is that down(new) maps back to new.
+			 */
+			add_check(run, "old_matches_down", pair,
+					  psprintf("NOT %s AND %s AND %s", not_backfilled,
+							   distinct(psprintf("o%d", i), psprintf("d%d", i), oldtype),
+							   distinct(n, psprintf("r%d", i), newtype)),
+					  psprintf("where %s differs from down(%s) and down(%s) does not map back to %s under up",
+							   oldc, newc, newc, newc));
+		}
+		if (pair->not_null)
+			add_check(run, "not_null", pair, psprintf("%s IS NULL", n),
+					  psprintf("with %s NULL", newc));
+		if (pair->check)
+		{
+			appendStringInfo(&run->cols, ", %s AS k%d",
+							 mig_deparse(pair->check, RelationGetRelid(run->rel)), i);
+			add_check(run, "check_expr", pair, psprintf("NOT k%d", i),
+					  psprintf("failing check_expr (%s)", pair->check_src));
+		}
+	}
+}
+
+/* The chunk's rows: a block range, thinned to the sample fraction. */
+static char *
+chunk_source(VRun *run, bool with_key)
+{
+	return psprintf("(SELECT %s%s%s%s FROM ONLY %s "
+					"WHERE ctid >= $1 AND ctid < $2%s) s",
+					run->cols.data, with_key ? ", " : "", with_key ? run->key_expr : "",
+					with_key ? " AS k" : "",
+					run->qname,
+					run->fraction < 1.0 ? " AND pg_catalog.random() < $3" : "");
+}
+
+/* The dual-write trigger: present, and enabled for ordinary sessions. */
+static void
+check_trigger(VRun *run)
+{
+	VCheck	   *c = add_check(run, "trigger_enabled", NULL, NULL, NULL);
+	char		tgenabled = '\0';
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT tgenabled FROM pg_catalog.pg_trigger "
+							  "WHERE tgrelid = $1 AND tgname = $2",
+							  2, (Oid[]) {OIDOID, TEXTOID},
+							  (Datum[]) {ObjectIdGetDatum(RelationGetRelid(run->rel)),
+							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
+							  NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_trigger");
+	if (SPI_processed > 0)
+		tgenabled = *SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	SPI_finish();
+
+	c->passed = tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+	c->failing = c->passed ? 0 : 1;
+	if (tgenabled == '\0')
+		c->detail = psprintf("trigger %s is missing: writes are not dual-written",
+							 MIG_TRIGGER_NAME);
+	else if (!c->passed)
+		c->detail = psprintf("trigger %s is %s (tgenabled = '%c'): writes are not dual-written; enable it, then backfill and validate again",
+							 MIG_TRIGGER_NAME,
+							 tgenabled == TRIGGER_FIRES_ON_REPLICA ? "enabled on replicas only" : "disabled",
+							 tgenabled);
+	else
+		c->detail = psprintf("trigger %s is enabled", MIG_TRIGGER_NAME);
+}
+
+/*
+ * Name up to MAX_EXAMPLES failing rows of one check in one chunk.  Its own
+ * statement: run only while the check still lacks examples.
+ */
+static void
+collect_examples(VRun *run, VCheck *c, Datum *params, const char *nulls)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	char	   *sql;
+	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
+
+	sql = psprintf("SELECT k FROM %s WHERE %s LIMIT %d",
+				   chunk_source(run, true), c->cond,
+				   MAX_EXAMPLES - list_length(c->examples));
+	if (SPI_execute_with_args(sql, run->fraction < 1.0 ? 3 : 2, types, params, nulls,
+							  false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		c->examples = lappend(c->examples,
+							  MemoryContextStrdup(callercxt,
+												  SPI_getvalue(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc, 1)));
+	SPI_freetuptable(SPI_tuptable);
+	pfree(sql);
+}
+
+/* Read the table chunk by chunk, counting every check's failing rows. */
+static void
+scan_table(VRun *run)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(run->rel);
+	StringInfoData sql;
+	ListCell   *lc;
+	SPIPlanPtr	plan;
+	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
+	int			nparams = run->fraction < 1.0 ? 3 : 2;
+	ItemPointerData lo;
+	ItemPointerData hi;
+	Datum		params[3];
+	char		nulls[4] = "   ";
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT pg_catalog.count(*)");
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+
+		if (c->cond)
+			appendStringInfo(&sql, ", pg_catalog.count(*) FILTER (WHERE %s)", c->cond);
+	}
+	appendStringInfo(&sql, " FROM %s", chunk_source(run, false));
+
+	SPI_connect();
+	plan = SPI_prepare(sql.data, nparams, types);
+	if (plan == NULL)
+		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+
+	params[0] = PointerGetDatum(&lo);
+	params[1] = PointerGetDatum(&hi);
+	params[2] = Float8GetDatum(run->fraction);
+	for (BlockNumber b = 0; b < nblocks; b += Min(CHUNK_BLOCKS, nblocks - b))
+	{
+		int			col = 2;
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		ItemPointerSet(&lo, b, 0);
+		ItemPointerSet(&hi, b + Min(CHUNK_BLOCKS, nblocks - b), 0);
+
+		/* not read-only: a fresh snapshot for this chunk */
+		if (SPI_execute_plan(plan, params, nulls, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "migrate_ext: could not run \"%s\"", sql.data);
+		run->rows_checked += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1,
+														 &isnull));
+		foreach(lc, run->checks)
+		{
+			VCheck	   *c = lfirst(lc);
+			int64		failing;
+
+			if (c->cond == NULL)
+				continue;
+			failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, col++, &isnull));
+			c->failing += failing;
+			if (failing > 0)
+				c->passed = false;
+		}
+		SPI_freetuptable(SPI_tuptable);
+
+		foreach(lc, run->checks)
+		{
+			VCheck	   *c = lfirst(lc);
+
+			if (!c->passed && c->cond && list_length(c->examples) < MAX_EXAMPLES &&
+				c->failing > list_length(c->examples))
+				collect_examples(run, c, params, nulls);
+		}
+
+		/* this chunk's snapshots are done with: let vacuum move on */
+		mig_release_xmin();
+	}
+	SPI_finish();
+}
+
+/* The state of the migration's latest backfill job when it is still live. */
+static char *
+live_job(VRun *run, int64 *job_id)
+{
+	char	   *state = NULL;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT job_id, state FROM migrate_ext.progress "
+							  "WHERE migration_id = $1 "
+							  "AND state IN ('running', 'throttled', 'paused')",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->m->id)},
+							  NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.progress");
+	if (SPI_processed > 0)
+	{
+		*job_id = strtoi64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+						   NULL, 10);
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		state = MemoryContextStrdup(TopTransactionContext, state);
+	}
+	SPI_finish();
+	return state;
+}
+
+/* Write each check's detail from its counts and examples. */
+static void
+finish_details(VRun *run, const char *job_state, int64 job_id)
+{
+	char	   *scope;
+	ListCell   *lc;
+
+	if (run->sample == 0)
+		scope = psprintf("all " INT64_FORMAT " rows checked", run->rows_checked);
+	else
+		scope = psprintf("random sample: " INT64_FORMAT " rows checked", run->rows_checked);
+
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+		StringInfoData buf;
+		ListCell   *ec;
+
+		if (c->cond == NULL)
+			continue;
+		initStringInfo(&buf);
+		if (job_state && strncmp(c->name, "backfilled", strlen("backfilled")) == 0)
+		{
+			c->passed = false;
+			appendStringInfo(&buf, "backfill job " INT64_FORMAT " is still %s; ",
+							 job_id, job_state);
+		}
+		if (c->failing > 0)
+		{
+			appendStringInfo(&buf, INT64_FORMAT " %s %s", c->failing,
+							 c->failing == 1 ? "row" : "rows", c->what);
+			foreach(ec, c->examples)
+				appendStringInfo(&buf, "%s%s", foreach_current_index(ec) == 0 ?
+								 psprintf(", e.g. %s ", run->key_label) : ", ",
+								 (char *) lfirst(ec));
+			appendStringInfoString(&buf, "; ");
+		}
+		appendStringInfoString(&buf, scope);
+		c->detail = buf.data;
+	}
+}
+
+/* The phase the migration had before it was validated, from the log. */
+static char *
+phase_before_validated(int64 migration_id)
+{
+	char	   *phase = pstrdup(MIG_PHASE_BACKFILLED);
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT phase FROM migrate_ext.phase_log "
+							  "WHERE migration_id = $1 AND phase <> 'validated' "
+							  "ORDER BY at DESC LIMIT 1",
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
+							  NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.phase_log");
+	if (SPI_processed > 0)
+		phase = MemoryContextStrdup(TopTransactionContext,
+									SPI_getvalue(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+	return phase;
+}
+
+/*
+ * Move the migration from phase "from" to "to" and log it, unless someone
+ * moved it meanwhile (the UPDATE re-checks the phase of the latest row
+ * version, so a concurrent phase change wins and this one does nothing).
+ */
+static void
+move_phase(int64 migration_id, const char *from, const char *to, const char *detail)
+{
+	mig_catalog_exec("WITH u AS (UPDATE migrate_ext.migration SET phase = $3, updated_at = now() "
+					 "WHERE id = $1 AND phase = $2 RETURNING id) "
+					 "INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
+					 "SELECT id, $3, $4, $5 FROM u",
+					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+					 (Datum[]) {Int64GetDatum(migration_id), CStringGetTextDatum(from),
+					 CStringGetTextDatum(to),
+					 CStringGetTextDatum(GetUserNameFromId(GetUserId(), false)),
+					 CStringGetTextDatum(detail)},
+					 NULL, -1);
+}
+
+/* Keep the results for mig_checklist: one row per check, one run number. */
+static void
+store_results(VRun *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+		int			ord = foreach_current_index(lc) + 1;
+
+		mig_catalog_exec(psprintf("INSERT INTO migrate_ext.validation (run, migration_id, by_role, "
+								  "sample, rows_checked, ord, check_name, passed, failing, detail) "
+								  "VALUES (%s, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
+								  ord == 1 ? "nextval('migrate_ext.validation_run_seq')"
+								  : "currval('migrate_ext.validation_run_seq')"),
+						 9, (Oid[]) {INT8OID, TEXTOID, INT4OID, INT8OID, INT4OID, TEXTOID,
+						 BOOLOID, INT8OID, TEXTOID},
+						 (Datum[]) {Int64GetDatum(run->m->id),
+						 CStringGetTextDatum(GetUserNameFromId(GetUserId(), false)),
+						 Int32GetDatum(run->sample), Int64GetDatum(run->rows_checked),
+						 Int32GetDatum(ord), CStringGetTextDatum(c->name),
+						 BoolGetDatum(c->passed), Int64GetDatum(c->failing),
+						 CStringGetTextDatum(c->detail)},
+						 run->sample == 0 ? "  n      " : "         ", 1);
+	}
+}
+
+/*
+ * mig_validate(tbl, sample)
+ *
+ * Runs every check over the whole table (or over about `sample` random
+ * rows) and returns one row per check.  An exact run whose checks all pass
+ * moves the migration to phase validated; any failed run (exact or sample:
+ * a failing row is proof either way) moves a validated migration back to
+ * the phase it had before.  A cut-over migration is never moved.
+ */
+Datum
+mig_validate(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid;
+	VRun		run;
+	int			save_nestlevel;
+	char	   *job_state;
+	int64		job_id = 0;
+	bool		all_passed = true;
+	ListCell   *lc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tbl must not be NULL")));
+	relid = PG_GETARG_OID(0);
+	memset(&run, 0, sizeof(run));
+	run.fraction = 1.0;
+	if (!PG_ARGISNULL(1))
+	{
+		run.sample = PG_GETARG_INT32(1);
+		if (run.sample <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("sample must be a positive number of rows"),
+					 errhint("Omit it for an exact validation of every row.")));
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	/* AccessShareLock, held to the end: the table's shape must not change */
+	run.rel = mig_open_table(relid, AccessShareLock);
+	run.m = mig_catalog_active(relid, false);
+	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),
+										   RelationGetRelationName(run.rel));
+	if (run.sample > 0)
+	{
+		BlockNumber pages;
+		double		tuples;
+		double		allvisfrac;
+
+		estimate_rel_size(run.rel, NULL, &pages, &tuples, &allvisfrac);
+		if (tuples > run.sample)
+			run.fraction = run.sample / tuples;
+	}
+	job_state = live_job(&run, &job_id);
+
+	/* the generated SQL names everything outside pg_catalog explicitly */
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	check_trigger(&run);
+	choose_key(&run);
+	build_checks(&run);
+	scan_table(&run);
+	AtEOXact_GUC(true, save_nestlevel);
+
+	finish_details(&run, job_state, job_id);
+	foreach(lc, run.checks)
+	{
+		VCheck	   *c = lfirst(lc);
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		all_passed &= c->passed;
+		values[0] = CStringGetTextDatum(c->name);
+		values[1] = BoolGetDatum(c->passed);
+		values[2] = Int64GetDatum(c->failing);
+		values[3] = CStringGetTextDatum(c->detail);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	store_results(&run);
+
+	if (all_passed && run.sample == 0 &&
+		mig_phase_rank(run.m->phase) < mig_phase_rank(MIG_PHASE_VALIDATED))
+	{
+		move_phase(run.m->id, run.m->phase, MIG_PHASE_VALIDATED, "every check passed");
+		ereport(NOTICE,
+				(errmsg("the migration of table \"%s\" is validated",
+						RelationGetRelationName(run.rel))));
+	}
+	else if (!all_passed && strcmp(run.m->phase, MIG_PHASE_VALIDATED) == 0)
+	{
+		char	   *back = phase_before_validated(run.m->id);
+
+		move_phase(run.m->id, MIG_PHASE_VALIDATED, back, "a validation failed");
+		ereport(NOTICE,
+				(errmsg("the migration of table \"%s\" is no longer validated: back to phase %s",
+						RelationGetRelationName(run.rel), back)));
+	}
+
+	table_close(run.rel, NoLock);
+	return (Datum) 0;
+}
