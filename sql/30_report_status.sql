@@ -111,7 +111,7 @@ SELECT mig_abort('rep_hist');
 SELECT table_name, phase FROM mig_progress('rep_hist');
 RESET ROLE;
 SELECT count(*) FROM mig_status WHERE table_name = 'rep_hist';
-SELECT table_name, phase, state, created_by, created_at IS NOT NULL AS has_created_at,
+SELECT table_name, phase, state, created_by = session_user AS by_session_user, created_at IS NOT NULL AS has_created_at,
        jsonb_array_length(phases) AS n
   FROM mig_history WHERE table_name = 'rep_hist';
 SELECT e->>'phase' AS phase, e->>'by' AS by, e->>'detail' AS detail, (e->>'at')::timestamptz <= now() AS at_ok

@@ -61,7 +61,7 @@ SELECT * FROM mig_validate('rep_val') WHERE NOT passed;
 ROLLBACK;
 
 -- results are kept for the checklist: the last run, one row per check
-SELECT sample, rows_checked, ord, check_name, passed, failing, by_role
+SELECT sample, rows_checked, ord, check_name, passed, failing, by_role = current_user AS by_me
   FROM migrate_ext.validation
  WHERE run = (SELECT max(run) FROM migrate_ext.validation)
  ORDER BY ord;

@@ -1,8 +1,8 @@
 -- mig_checklist and mig_wait.  Timestamps and ids vary: masked.
 CREATE FUNCTION pg_temp.masked(t text) RETURNS text LANGUAGE sql AS $$
-SELECT regexp_replace(regexp_replace(t,
+SELECT replace(regexp_replace(regexp_replace(t,
          '\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d(:\d\d)?', 'TIME', 'g'),
-         '(Migration|job|run) \d+', '\1 N', 'g')
+         '(Migration|job|run) \d+', '\1 N', 'g'), 'by ' || current_user, 'by USER')
 $$;
 CREATE TABLE rep_ck (id int PRIMARY KEY, email text);
 INSERT INTO rep_ck SELECT g, 'U' || g || '@X.org' FROM generate_series(1, 20) g;
