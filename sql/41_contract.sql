@@ -158,3 +158,20 @@ SELECT mig_contract('ident', force => true);
 \d ident
 INSERT INTO ident (x) VALUES ('next') RETURNING id;
 DROP TABLE ident;
+
+--
+-- A copy of a unique index that cannot be built (up() makes duplicates):
+-- the failed concurrent build leaves no INVALID index behind.
+--
+CREATE TABLE dup (id int PRIMARY KEY, name text UNIQUE);
+INSERT INTO dup VALUES (1, 'A'), (2, 'a');
+SELECT mig_expand('dup', 'name', up => 'lower(name)') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE dup SET name = name;
+RESET migrate_ext.writer;
+SELECT mig_contract('dup', force => true);
+SELECT count(*) AS invalid_left FROM pg_index WHERE indrelid = 'dup'::regclass AND NOT indisvalid;
+SELECT attname FROM pg_attribute
+ WHERE attrelid = 'dup'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+SELECT mig_abort('dup');
+DROP TABLE dup;
