@@ -1221,6 +1221,7 @@ swap(ContractPlan *plan, bool force)
 	MigMigration *m;
 	Relation	rel;
 	StringInfoData sql;
+	List	   *identities = NIL;
 	ListCell   *lc;
 
 	check_caller();
@@ -1283,14 +1284,14 @@ swap(ContractPlan *plan, bool force)
 		if (c->widen_seq)
 			appendStringInfo(&sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
 	}
+	/* read the identities' positions while their sequences exist */
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (OidIsValid(c->ident_seq))
-			appendStringInfo(&sql, "%s;", identity_sql(plan, c));
+			identities = lappend(identities, identity_sql(plan, c));
 	}
-	/* identity_sql read the position: now the old column may go */
 	appendStringInfo(&sql, "ALTER TABLE %s", plan->qname);
 	foreach(lc, plan->dropcols)
 		appendStringInfo(&sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
@@ -1338,6 +1339,8 @@ swap(ContractPlan *plan, bool force)
 		appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
+	foreach(lc, identities)
+		appendStringInfo(&sql, "%s;", (char *) lfirst(lc));
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
@@ -1581,6 +1584,12 @@ mig_contract(PG_FUNCTION_ARGS)
 					 errdetail("Its steps would wait for this transaction's lock, and it for them."),
 					 errhint("Run it as a statement of its own.")));
 
+	/*
+	 * From here on, no catalog access until the worker is gone: a snapshot
+	 * would make its index builds wait for this transaction.
+	 */
+	(void) mig_release_xmin();
+
 	seg = dsm_create(MAXALIGN(sizeof(ContractShared)) + CONTRACT_QUEUE_SIZE, 0);
 	sh = dsm_segment_address(seg);
 	memset(sh, 0, sizeof(ContractShared));
@@ -1600,9 +1609,6 @@ mig_contract(PG_FUNCTION_ARGS)
 							psprintf("migrate_ext contract of %s", plan->relname),
 							&args, &handle);
 	mqh = shm_mq_attach(mq, seg, handle);
-
-	/* from here on, no catalog access until the worker is gone */
-	(void) mig_release_xmin();
 
 	for (;;)
 	{
