@@ -81,16 +81,17 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 }
 
 /*
- * Try once to take the lock with the given lock_timeout.  Returns false on
- * a lock timeout, rethrows anything else.  The subtransaction's locks pass
- * to the caller's transaction when it commits.
+ * Try once to take the locks, in order, each with the given lock_timeout.
+ * Returns -1 when all are held, or the index of the one that timed out (and
+ * then none is held); rethrows anything else.  The subtransaction's locks
+ * pass to the caller's transaction when it commits.
  */
-static bool
-try_lock(Oid relid, LOCKMODE lockmode, int timeout_ms)
+static int
+try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool locked = false;
+	volatile int failed = -1;
 
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
@@ -100,9 +101,13 @@ try_lock(Oid relid, LOCKMODE lockmode, int timeout_ms)
 		snprintf(buf, sizeof(buf), "%d", timeout_ms);
 		set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
 						  GUC_ACTION_LOCAL, true, 0, false);
-		LockRelationOid(relid, lockmode);
+		for (int i = 0; i < nrels; i++)
+		{
+			failed = i;
+			LockRelationOid(relids[i], lockmode);
+		}
+		failed = -1;
 		ReleaseCurrentSubTransaction();
-		locked = true;
 	}
 	PG_CATCH();
 	{
@@ -123,7 +128,7 @@ try_lock(Oid relid, LOCKMODE lockmode, int timeout_ms)
 
 	MemoryContextSwitchTo(oldcxt);
 	CurrentResourceOwner = oldowner;
-	return locked;
+	return failed;
 }
 
 /*
@@ -133,11 +138,25 @@ try_lock(Oid relid, LOCKMODE lockmode, int timeout_ms)
 void
 mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
 {
+	mig_lock_tables(1, &relid, lockmode, why);
+}
+
+/*
+ * The same for several tables at once (a table and the tables whose foreign
+ * keys point at it): all or none.  A timeout on any of them releases those
+ * already taken before the next try, so nobody queues behind a lock we hold
+ * while we wait for another.
+ */
+void
+mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
+{
 	int			timeout = mig_lock_timeout_ms;
+	int			failed = -1;
 
 	for (int attempt = 1;; attempt++)
 	{
-		if (try_lock(relid, lockmode, timeout))
+		failed = try_lock(nrels, relids, lockmode, timeout);
+		if (failed < 0)
 			return;
 		if (attempt >= mig_lock_retries)
 			break;
@@ -152,7 +171,7 @@ mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
 
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relid), why),
+			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
 			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
 					   mig_lock_retries, mig_lock_timeout_max_ms),
 			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));

@@ -105,6 +105,8 @@ extern char *mig_deparse(Node *expr, Oid relid);
 /* ddl.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
+extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
+							const char *why);
 
 /* horizon.c */
 extern bool mig_release_xmin(void);

@@ -11,6 +11,8 @@
 
 #include "postgres.h"
 
+#include "postmaster/bgworker.h"
+
 /* What a worker needs to know; travels in bgw_extra. */
 typedef struct MigWorkerArgs
 {
@@ -22,6 +24,9 @@ typedef struct MigWorkerArgs
 
 extern pid_t mig_worker_start(const char *entry, const char *name,
 							  const MigWorkerArgs *args);
+extern pid_t mig_worker_start_handle(const char *entry, const char *name,
+									 const MigWorkerArgs *args,
+									 BackgroundWorkerHandle **handlep);
 extern void mig_worker_args_for_caller(MigWorkerArgs *args, int64 arg);
 extern void mig_worker_connect(MigWorkerArgs *args);
 

@@ -31,6 +31,18 @@
 pid_t
 mig_worker_start(const char *entry, const char *name, const MigWorkerArgs *args)
 {
+	return mig_worker_start_handle(entry, name, args, NULL);
+}
+
+/*
+ * The same, also returning the worker's handle (when handlep is not NULL),
+ * for a caller that waits for the worker through a shm_mq and must notice
+ * if it dies before attaching (shm_mq_set_handle).
+ */
+pid_t
+mig_worker_start_handle(const char *entry, const char *name,
+						const MigWorkerArgs *args, BackgroundWorkerHandle **handlep)
+{
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	BgwHandleStatus status;
@@ -64,6 +76,8 @@ mig_worker_start(const char *entry, const char *name, const MigWorkerArgs *args)
 				 errmsg("could not start a migrate_ext background worker"),
 				 errhint(status == BGWH_POSTMASTER_DIED ?
 						 "The postmaster died." : "See the server log.")));
+	if (handlep)
+		*handlep = handle;
 	return pid;
 }
 

@@ -1,0 +1,177 @@
+--
+-- mig_contract: everything the old column had is rebuilt on the new one,
+-- then a short swap drops the old column.
+--
+-- The canonical case: a serial primary key referenced by another table,
+-- widened to bigint.
+CREATE TABLE orders (id serial PRIMARY KEY, note text);
+CREATE TABLE items (id serial PRIMARY KEY,
+					order_id int REFERENCES orders ON DELETE CASCADE,
+					qty int);
+CREATE INDEX orders_mod_idx ON orders ((id % 10)) WHERE id > 0;
+INSERT INTO orders (note) SELECT 'o' || g FROM generate_series(1, 200) g;
+INSERT INTO items (order_id, qty) SELECT g % 200 + 1, g FROM generate_series(1, 600) g;
+SELECT count(*) AS orders_before, sum(id) AS id_sum_before FROM orders \gset
+SELECT mig_expand('orders', 'id', type => 'bigint') > 0 AS expanded;
+
+-- refused inside a transaction block
+BEGIN;
+SELECT mig_contract('orders');
+ROLLBACK;
+
+-- refused before the backfill, and before validation, saying what is missing
+SELECT mig_contract('orders');
+-- stands in for mig_backfill until it lands
+UPDATE migrate_ext.migration SET phase = 'backfilled'
+ WHERE relid = 'orders'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_contract('orders');
+
+-- fill the new column through the trigger
+SET migrate_ext.writer = 'old';
+UPDATE orders SET id = id;
+RESET migrate_ext.writer;
+-- stands in for mig_validate until it lands
+UPDATE migrate_ext.migration SET phase = 'validated'
+ WHERE relid = 'orders'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_cutover('orders');
+
+-- a view on the old column stops contract before anything changed
+CREATE VIEW order_ids AS SELECT id FROM orders;
+CREATE VIEW order_notes AS SELECT note FROM orders;
+SELECT mig_contract('orders');
+SELECT count(*) AS copies_built FROM pg_class WHERE relname LIKE '\_mig\_%' AND relkind = 'i';
+DROP VIEW order_ids;
+
+-- writes after cutover, through the default
+INSERT INTO orders (note) VALUES ('after cutover');
+
+SELECT mig_contract('orders');
+
+-- the final state: id bigint, the primary key, its index, the default and
+-- the sequence (owned, widened), the foreign key valid
+SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull
+  FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped
+ ORDER BY attname;
+SELECT conrelid::regclass, conname, contype, convalidated, pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE conrelid IN ('orders'::regclass, 'items'::regclass)
+ ORDER BY 1, 2;
+SELECT indexrelid::regclass, indisprimary, indisunique, indisvalid, pg_get_indexdef(indexrelid)
+  FROM pg_index WHERE indrelid = 'orders'::regclass ORDER BY 1;
+SELECT format_type(atttypid, atttypmod) AS expression_index_type
+  FROM pg_attribute WHERE attrelid = 'orders_mod_idx'::regclass;
+SELECT pg_get_expr(adbin, adrelid) AS id_default
+  FROM pg_attrdef WHERE adrelid = 'orders'::regclass;
+SELECT pg_get_serial_sequence('orders', 'id') AS owned_sequence,
+	   (SELECT seqtypid::regtype FROM pg_sequence WHERE seqrelid = 'orders_id_seq'::regclass) AS sequence_type;
+SELECT count(*) AS leftovers FROM pg_class
+ WHERE relname LIKE '\_mig\_%' AND relnamespace = 'public'::regnamespace;
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal;
+SELECT phase FROM migrate_ext.migration WHERE relid = 'orders'::regclass ORDER BY id DESC LIMIT 1;
+SELECT count(*) = :orders_before + 1 AS rows_kept, sum(id) > :id_sum_before AS ids_kept FROM orders;
+
+-- the sequence still feeds it, the key is enforced, the foreign key too
+INSERT INTO orders (note) VALUES ('after contract') RETURNING id;
+INSERT INTO orders (id, note) VALUES (1, 'duplicate');
+INSERT INTO items (order_id, qty) VALUES (999999, 1);
+INSERT INTO items (order_id, qty) VALUES (202, 1);
+DELETE FROM orders WHERE id = 1;
+SELECT count(*) AS items_of_order_1 FROM items WHERE order_id = 1;
+SELECT setval('orders_id_seq', 3000000000);
+INSERT INTO orders (note) VALUES ('past int4') RETURNING id;
+
+-- nothing left to do, and no way back
+SELECT mig_contract('orders');
+SELECT mig_abort('orders');
+DROP VIEW order_notes;
+DROP TABLE items, orders;
+
+--
+-- A rename: the indexes come along (multi-column, expression, partial,
+-- unique), under their names.
+--
+CREATE TABLE people (id int PRIMARY KEY, name text, city text);
+CREATE INDEX people_name_idx ON people (name);
+CREATE INDEX people_city_name_idx ON people (city, name DESC) INCLUDE (id);
+CREATE INDEX people_lower_idx ON people (lower(name));
+CREATE INDEX people_partial_idx ON people (city) WHERE name IS NOT NULL;
+ALTER TABLE people ADD CONSTRAINT people_name_key UNIQUE (name);
+COMMENT ON COLUMN people.name IS 'what people are called';
+INSERT INTO people SELECT g, 'n' || g, 'c' || g % 3 FROM generate_series(1, 50) g;
+SELECT mig_expand('people', 'name', new_col => 'full_name') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE people SET name = name;
+RESET migrate_ext.writer;
+-- stands in for mig_validate until it lands
+UPDATE migrate_ext.migration SET phase = 'validated'
+ WHERE relid = 'people'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_contract('people');
+SELECT attname FROM pg_attribute
+ WHERE attrelid = 'people'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+SELECT indexrelid::regclass, indisvalid, pg_get_indexdef(indexrelid)
+  FROM pg_index WHERE indrelid = 'people'::regclass ORDER BY 1;
+SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
+ WHERE conrelid = 'people'::regclass ORDER BY 1;
+SELECT col_description('people'::regclass, attnum) AS comment
+  FROM pg_attribute WHERE attrelid = 'people'::regclass AND attname = 'full_name';
+INSERT INTO people VALUES (100, 'n1', 'c1');
+DROP TABLE people;
+
+--
+-- NOT NULL and CHECK asked for at expand are added at contract, without a
+-- scan under a strong lock; force skips the validation.
+--
+CREATE TABLE tight (id int PRIMARY KEY, v int);
+INSERT INTO tight VALUES (1, 5), (2, NULL), (3, 7);
+SELECT mig_expand('tight', 'v', new_col => 'w', up => 'coalesce(v, 0)',
+				  not_null => true, check_expr => 'w >= 0') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE tight SET v = v;
+RESET migrate_ext.writer;
+SELECT mig_contract('tight', force => true);
+\d tight
+SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'tight'::regclass ORDER BY 1;
+INSERT INTO tight VALUES (4, NULL);
+INSERT INTO tight VALUES (5, -1);
+SELECT * FROM tight ORDER BY id;
+SELECT detail FROM migrate_ext.phase_log
+ WHERE migration_id = (SELECT max(id) FROM migrate_ext.migration WHERE relid = 'tight'::regclass)
+   AND phase = 'contracted';
+DROP TABLE tight;
+
+--
+-- An identity column: the identity and its position come along.  And a
+-- contract that fails half way (forced before the backfill: the new column
+-- is still NULL) leaves the old column untouched and is picked up by the
+-- next call.
+--
+CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY (START WITH 10 INCREMENT BY 5) PRIMARY KEY, x text);
+INSERT INTO ident (x) SELECT 'x' || g FROM generate_series(1, 3) g;
+SELECT mig_expand('ident', 'id', type => 'bigint') > 0 AS expanded;
+SELECT mig_contract('ident', force => true);
+SELECT id, x FROM ident ORDER BY id;
+SELECT attname, attidentity FROM pg_attribute
+ WHERE attrelid = 'ident'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+SET migrate_ext.writer = 'old';
+UPDATE ident SET x = x;
+RESET migrate_ext.writer;
+SELECT mig_contract('ident', force => true);
+\d ident
+INSERT INTO ident (x) VALUES ('next') RETURNING id;
+DROP TABLE ident;
+
+--
+-- A copy of a unique index that cannot be built (up() makes duplicates):
+-- the failed concurrent build leaves no INVALID index behind.
+--
+CREATE TABLE dup (id int PRIMARY KEY, name text UNIQUE);
+INSERT INTO dup VALUES (1, 'A'), (2, 'a');
+SELECT mig_expand('dup', 'name', up => 'lower(name)') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE dup SET name = name;
+RESET migrate_ext.writer;
+SELECT mig_contract('dup', force => true);
+SELECT count(*) AS invalid_left FROM pg_index WHERE indrelid = 'dup'::regclass AND NOT indisvalid;
+SELECT attname FROM pg_attribute
+ WHERE attrelid = 'dup'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+SELECT mig_abort('dup');
+DROP TABLE dup;
