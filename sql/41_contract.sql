@@ -4,117 +4,117 @@
 --
 -- The canonical case: a serial primary key referenced by another table,
 -- widened to bigint.
-CREATE TABLE orders (id serial PRIMARY KEY, note text);
-CREATE TABLE items (id serial PRIMARY KEY,
-					order_id int REFERENCES orders ON DELETE CASCADE,
+CREATE TABLE k_orders (id serial PRIMARY KEY, note text);
+CREATE TABLE k_items (id serial PRIMARY KEY,
+					order_id int REFERENCES k_orders ON DELETE CASCADE,
 					qty int);
-CREATE INDEX orders_mod_idx ON orders ((id % 10)) WHERE id > 0;
-INSERT INTO orders (note) SELECT 'o' || g FROM generate_series(1, 200) g;
-INSERT INTO items (order_id, qty) SELECT g % 200 + 1, g FROM generate_series(1, 600) g;
-SELECT count(*) AS orders_before, sum(id) AS id_sum_before FROM orders \gset
-SELECT mig_expand('orders', 'id', type => 'bigint') > 0 AS expanded;
+CREATE INDEX k_orders_mod_idx ON k_orders ((id % 10)) WHERE id > 0;
+INSERT INTO k_orders (note) SELECT 'o' || g FROM generate_series(1, 200) g;
+INSERT INTO k_items (order_id, qty) SELECT g % 200 + 1, g FROM generate_series(1, 600) g;
+SELECT count(*) AS orders_before, sum(id) AS id_sum_before FROM k_orders \gset
+SELECT mig_expand('k_orders', 'id', type => 'bigint') > 0 AS expanded;
 
 -- refused inside a transaction block
 BEGIN;
-SELECT mig_contract('orders');
+SELECT mig_contract('k_orders');
 ROLLBACK;
 
 -- refused before the backfill, and before validation, saying what is missing
-SELECT mig_contract('orders');
+SELECT mig_contract('k_orders');
 -- stands in for mig_backfill until it lands
 UPDATE migrate_ext.migration SET phase = 'backfilled'
- WHERE relid = 'orders'::regclass AND phase NOT IN ('contracted', 'aborted');
-SELECT mig_contract('orders');
+ WHERE relid = 'k_orders'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_contract('k_orders');
 
 -- fill the new column through the trigger
 SET migrate_ext.writer = 'old';
-UPDATE orders SET id = id;
+UPDATE k_orders SET id = id;
 RESET migrate_ext.writer;
 -- stands in for mig_validate until it lands
 UPDATE migrate_ext.migration SET phase = 'validated'
- WHERE relid = 'orders'::regclass AND phase NOT IN ('contracted', 'aborted');
-SELECT mig_cutover('orders');
+ WHERE relid = 'k_orders'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_cutover('k_orders');
 
 -- a view on the old column stops contract before anything changed
-CREATE VIEW order_ids AS SELECT id FROM orders;
-CREATE VIEW order_notes AS SELECT note FROM orders;
-SELECT mig_contract('orders');
+CREATE VIEW order_ids AS SELECT id FROM k_orders;
+CREATE VIEW order_notes AS SELECT note FROM k_orders;
+SELECT mig_contract('k_orders');
 SELECT count(*) AS copies_built FROM pg_class WHERE relname LIKE '\_mig\_%' AND relkind = 'i';
 DROP VIEW order_ids;
 
 -- writes after cutover, through the default
-INSERT INTO orders (note) VALUES ('after cutover');
+INSERT INTO k_orders (note) VALUES ('after cutover');
 
-SELECT mig_contract('orders');
+SELECT mig_contract('k_orders');
 
 -- the final state: id bigint, the primary key, its index, the default and
 -- the sequence (owned, widened), the foreign key valid
 SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull
-  FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped
+  FROM pg_attribute WHERE attrelid = 'k_orders'::regclass AND attnum > 0 AND NOT attisdropped
  ORDER BY attname;
 SELECT conrelid::regclass, conname, contype, convalidated, pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE conrelid IN ('orders'::regclass, 'items'::regclass)
+  FROM pg_constraint WHERE conrelid IN ('k_orders'::regclass, 'k_items'::regclass)
  ORDER BY 1, 2;
 SELECT indexrelid::regclass, indisprimary, indisunique, indisvalid, pg_get_indexdef(indexrelid)
-  FROM pg_index WHERE indrelid = 'orders'::regclass ORDER BY 1;
+  FROM pg_index WHERE indrelid = 'k_orders'::regclass ORDER BY 1;
 SELECT format_type(atttypid, atttypmod) AS expression_index_type
-  FROM pg_attribute WHERE attrelid = 'orders_mod_idx'::regclass;
+  FROM pg_attribute WHERE attrelid = 'k_orders_mod_idx'::regclass;
 SELECT pg_get_expr(adbin, adrelid) AS id_default
-  FROM pg_attrdef WHERE adrelid = 'orders'::regclass;
-SELECT pg_get_serial_sequence('orders', 'id') AS owned_sequence,
-	   (SELECT seqtypid::regtype FROM pg_sequence WHERE seqrelid = 'orders_id_seq'::regclass) AS sequence_type;
+  FROM pg_attrdef WHERE adrelid = 'k_orders'::regclass;
+SELECT pg_get_serial_sequence('k_orders', 'id') AS owned_sequence,
+	   (SELECT seqtypid::regtype FROM pg_sequence WHERE seqrelid = 'k_orders_id_seq'::regclass) AS sequence_type;
 SELECT count(*) AS leftovers FROM pg_class
  WHERE relname LIKE '\_mig\_%' AND relnamespace = 'public'::regnamespace;
-SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal;
-SELECT phase FROM migrate_ext.migration WHERE relid = 'orders'::regclass ORDER BY id DESC LIMIT 1;
-SELECT count(*) = :orders_before + 1 AS rows_kept, sum(id) > :id_sum_before AS ids_kept FROM orders;
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'k_orders'::regclass AND NOT tgisinternal;
+SELECT phase FROM migrate_ext.migration WHERE relid = 'k_orders'::regclass ORDER BY id DESC LIMIT 1;
+SELECT count(*) = :orders_before + 1 AS rows_kept, sum(id) > :id_sum_before AS ids_kept FROM k_orders;
 
 -- the sequence still feeds it, the key is enforced, the foreign key too
-INSERT INTO orders (note) VALUES ('after contract') RETURNING id;
-INSERT INTO orders (id, note) VALUES (1, 'duplicate');
-INSERT INTO items (order_id, qty) VALUES (999999, 1);
-INSERT INTO items (order_id, qty) VALUES (202, 1);
-DELETE FROM orders WHERE id = 1;
-SELECT count(*) AS items_of_order_1 FROM items WHERE order_id = 1;
-SELECT setval('orders_id_seq', 3000000000);
-INSERT INTO orders (note) VALUES ('past int4') RETURNING id;
+INSERT INTO k_orders (note) VALUES ('after contract') RETURNING id;
+INSERT INTO k_orders (id, note) VALUES (1, 'duplicate');
+INSERT INTO k_items (order_id, qty) VALUES (999999, 1);
+INSERT INTO k_items (order_id, qty) VALUES (202, 1);
+DELETE FROM k_orders WHERE id = 1;
+SELECT count(*) AS k_items_of_order_1 FROM k_items WHERE order_id = 1;
+SELECT setval('k_orders_id_seq', 3000000000);
+INSERT INTO k_orders (note) VALUES ('past int4') RETURNING id;
 
 -- nothing left to do, and no way back
-SELECT mig_contract('orders');
-SELECT mig_abort('orders');
+SELECT mig_contract('k_orders');
+SELECT mig_abort('k_orders');
 DROP VIEW order_notes;
-DROP TABLE items, orders;
+DROP TABLE k_items, k_orders;
 
 --
 -- A rename: the indexes come along (multi-column, expression, partial,
 -- unique), under their names.
 --
-CREATE TABLE people (id int PRIMARY KEY, name text, city text);
-CREATE INDEX people_name_idx ON people (name);
-CREATE INDEX people_city_name_idx ON people (city, name DESC) INCLUDE (id);
-CREATE INDEX people_lower_idx ON people (lower(name));
-CREATE INDEX people_partial_idx ON people (city) WHERE name IS NOT NULL;
-ALTER TABLE people ADD CONSTRAINT people_name_key UNIQUE (name);
-COMMENT ON COLUMN people.name IS 'what people are called';
-INSERT INTO people SELECT g, 'n' || g, 'c' || g % 3 FROM generate_series(1, 50) g;
-SELECT mig_expand('people', 'name', new_col => 'full_name') > 0 AS expanded;
+CREATE TABLE k_people (id int PRIMARY KEY, name text, city text);
+CREATE INDEX k_people_name_idx ON k_people (name);
+CREATE INDEX k_people_city_name_idx ON k_people (city, name DESC) INCLUDE (id);
+CREATE INDEX k_people_lower_idx ON k_people (lower(name));
+CREATE INDEX k_people_partial_idx ON k_people (city) WHERE name IS NOT NULL;
+ALTER TABLE k_people ADD CONSTRAINT k_people_name_key UNIQUE (name);
+COMMENT ON COLUMN k_people.name IS 'what k_people are called';
+INSERT INTO k_people SELECT g, 'n' || g, 'c' || g % 3 FROM generate_series(1, 50) g;
+SELECT mig_expand('k_people', 'name', new_col => 'full_name') > 0 AS expanded;
 SET migrate_ext.writer = 'old';
-UPDATE people SET name = name;
+UPDATE k_people SET name = name;
 RESET migrate_ext.writer;
 -- stands in for mig_validate until it lands
 UPDATE migrate_ext.migration SET phase = 'validated'
- WHERE relid = 'people'::regclass AND phase NOT IN ('contracted', 'aborted');
-SELECT mig_contract('people');
+ WHERE relid = 'k_people'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT mig_contract('k_people');
 SELECT attname FROM pg_attribute
- WHERE attrelid = 'people'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+ WHERE attrelid = 'k_people'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
 SELECT indexrelid::regclass, indisvalid, pg_get_indexdef(indexrelid)
-  FROM pg_index WHERE indrelid = 'people'::regclass ORDER BY 1;
+  FROM pg_index WHERE indrelid = 'k_people'::regclass ORDER BY 1;
 SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
- WHERE conrelid = 'people'::regclass ORDER BY 1;
-SELECT col_description('people'::regclass, attnum) AS comment
-  FROM pg_attribute WHERE attrelid = 'people'::regclass AND attname = 'full_name';
-INSERT INTO people VALUES (100, 'n1', 'c1');
-DROP TABLE people;
+ WHERE conrelid = 'k_people'::regclass ORDER BY 1;
+SELECT col_description('k_people'::regclass, attnum) AS comment
+  FROM pg_attribute WHERE attrelid = 'k_people'::regclass AND attname = 'full_name';
+INSERT INTO k_people VALUES (100, 'n1', 'c1');
+DROP TABLE k_people;
 
 --
 -- NOT NULL and CHECK asked for at expand are added at contract, without a
