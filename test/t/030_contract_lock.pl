@@ -26,9 +26,7 @@ SELECT mig_expand('orders', 'id', type => 'bigint');
 SET migrate_ext.writer = 'old';
 UPDATE orders SET id = id;
 RESET migrate_ext.writer;
--- stands in for mig_validate until it lands
-UPDATE migrate_ext.migration SET phase = 'validated'
- WHERE relid = 'orders'::regclass AND phase NOT IN ('contracted', 'aborted');
+SELECT bool_and(passed) AS validated FROM mig_validate('orders');
 SELECT mig_cutover('orders');
 
 -- The probe: short transactions that read and write the table, each timed
