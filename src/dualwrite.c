@@ -34,6 +34,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/sysattr.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
@@ -81,6 +83,7 @@ typedef struct DwEntry
 	Oid			relid;
 	bool		valid;
 	bool		new_authoritative;	/* cut over: the new side wins by default */
+	bool		sole_before_update; /* no other BEFORE UPDATE row trigger */
 	MemoryContext cxt;
 	TupleDesc	tupdesc;
 	TupleTableSlot *slot;		/* the row after the downs */
@@ -95,8 +98,6 @@ typedef struct DwEntry
 } DwEntry;
 
 static HTAB *dw_cache = NULL;
-static DwEntry *dw_last = NULL; /* most recently used entry: a COPY or bulk
-								 * INSERT fires for the same one every row */
 
 /* What the trigger is computing, for the context line of an error. */
 typedef struct DwErrorContext
@@ -170,6 +171,16 @@ dw_build(DwEntry *e, Relation rel)
 
 	e->relid = m->relid;
 	e->new_authoritative = mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CUTOVER);
+	e->sole_before_update = true;
+	for (int t = 0; rel->trigdesc && t < rel->trigdesc->numtriggers; t++)
+	{
+		Trigger    *trig = &rel->trigdesc->triggers[t];
+
+		if (TRIGGER_TYPE_MATCHES(trig->tgtype, TRIGGER_TYPE_ROW, TRIGGER_TYPE_BEFORE,
+								 TRIGGER_TYPE_UPDATE) &&
+			strcmp(trig->tgname, MIG_TRIGGER_NAME) != 0)
+			e->sole_before_update = false;
+	}
 	e->tupdesc = CreateTupleDescCopy(desc);
 	e->slot = MakeSingleTupleTableSlot(e->tupdesc, &TTSOpsHeapTuple);
 	e->econtext = CreateStandaloneExprContext();
@@ -243,10 +254,6 @@ dw_lookup(int64 migration_id, Relation rel)
 	DwEntry    *e;
 	bool		found;
 
-	/* dynahash entries never move, and we never remove one */
-	if (dw_last && dw_last->migration_id == migration_id && dw_last->valid)
-		return dw_last;
-
 	if (dw_cache == NULL)
 	{
 		HASHCTL		ctl;
@@ -283,7 +290,6 @@ dw_lookup(int64 migration_id, Relation rel)
 		}
 		PG_END_TRY();
 	}
-	dw_last = e;
 	return e;
 }
 
@@ -333,6 +339,22 @@ dw_changed(TupleTableSlot *oldslot, TupleTableSlot *newslot, AttrNumber attnum,
 	if (onull || nnull)
 		return onull != nnull;
 	return !datum_image_eq(o, n, att->attbyval, att->attlen);
+}
+
+/*
+ * Did the UPDATE write this column?  A column outside the SET list cannot
+ * differ from the row it updates (even after a READ COMMITTED re-check, both
+ * sides come from the same latest version) unless another BEFORE trigger
+ * changed it, so only the columns in the SET list need comparing.
+ */
+static bool
+dw_written(DwEntry *e, TriggerData *td, TupleTableSlot *newslot,
+		   AttrNumber attnum, TupleDesc desc)
+{
+	if (e->sole_before_update &&
+		!bms_is_member(attnum - FirstLowInvalidHeapAttributeNumber, td->tg_updatedcols))
+		return false;
+	return dw_changed(td->tg_trigslot, newslot, attnum, TupleDescAttr(desc, attnum - 1));
 }
 
 static char *
@@ -391,10 +413,8 @@ dw_direction(DwEntry *e, DwPair *dp, TriggerData *td, TupleTableSlot *newslot,
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
-		bool		old_written = dw_changed(td->tg_trigslot, newslot, dp->old_attnum,
-											 TupleDescAttr(desc, dp->old_attnum - 1));
-		bool		new_written = dw_changed(td->tg_trigslot, newslot, dp->new_attnum,
-											 TupleDescAttr(desc, dp->new_attnum - 1));
+		bool		old_written = dw_written(e, td, newslot, dp->old_attnum, desc);
+		bool		new_written = dw_written(e, td, newslot, dp->new_attnum, desc);
 
 		if (old_written && new_written)
 			return DW_CHECK;
@@ -478,7 +498,6 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	ExprContext *econtext;
 	int			nrepl = 0;
 	bool		any_down = false;
-	int64		migration_id;
 	DwErrorContext ectx;
 	ErrorContextCallback errcallback;
 
@@ -492,8 +511,17 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 
 	rel = td->tg_relation;
 	desc = RelationGetDescr(rel);
-	migration_id = pg_strtoint64(td->tg_trigger->tgargs[0]);
-	e = dw_lookup(migration_id, rel);
+
+	/*
+	 * The FmgrInfo belongs to this trigger of this statement, so it can
+	 * remember the entry: no lookup per row.  Entries never move.
+	 */
+	e = (DwEntry *) fcinfo->flinfo->fn_extra;
+	if (e == NULL || !e->valid)
+	{
+		e = dw_lookup(pg_strtoint64(td->tg_trigger->tgargs[0]), rel);
+		fcinfo->flinfo->fn_extra = e;
+	}
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
