@@ -67,7 +67,7 @@ if bench_has_function "$MIG_BACKFILL_SIG"; then
 	pgbench_run during || exit 1
 	state=$(bv "SELECT state || ' ' || coalesce(extract(epoch FROM finished_at)::text, '') FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
 	if [ "${state%% *}" = "done" ] || [ "${state%% *}" = "failed" ]; then
-		NOTE="the backfill ended (${state%% *}) $(awk -v a="$start" -v b="${state#* }" 'BEGIN { printf "%.0f", b - a }') s into the ${SECS} s run"
+		NOTE="the backfill ended (${state%% *}) $(awk -v a="$start" -v b="${state#* }" 'BEGIN { d = b - a; if (d < 0.5) print "before pgbench started"; else printf "%.0f s into the run", d }'): the rest of the run had no backfill to compete with"
 	else
 		NOTE="the backfill was still running when pgbench ended (state ${state%% *})"
 	fi
