@@ -134,4 +134,4 @@ for s in ins upd; do
 done
 echo "(0x... are static functions of the stripped server: in ExecBR*Triggers, the larger is"
 echo " ExecCallTriggerFunc, the other (UPDATE) GetTupleForTrigger, which locks the old row.)"
-echo "(callgrind files: $CG; callgrind_annotate --tree=calling --inclusive=yes FILE)"
+echo "(callgrind files: $CG, kept with MIG_BENCH_KEEP=1; read them with callgrind_annotate --tree=calling --inclusive=yes FILE)"
