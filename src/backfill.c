@@ -228,18 +228,21 @@ bf_locktag(LOCKTAG *tag, int32 key, int64 job_id)
 }
 
 /*
- * Does a worker run the job?  Takes and at once releases the job's lock; a
- * worker that starts in between retries (bf_take_job_lock).
+ * Does a worker run the job?  Looks in the lock table, as pg_locks does:
+ * taking the lock, even for an instant, could turn away a worker that is
+ * starting.
  */
 static bool
 bf_job_alive(int64 job_id)
 {
 	LOCKTAG		tag;
+	LockData   *locks = GetLockStatusData();
 
 	bf_locktag(&tag, MIG_JOB_LOCK_KEY, job_id);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
-		return true;
-	LockRelease(&tag, ExclusiveLock, true);
+	for (int i = 0; i < locks->nelements; i++)
+		if (locks->locks[i].holdMask != 0 &&
+			memcmp(&locks->locks[i].locktag, &tag, sizeof(LOCKTAG)) == 0)
+			return true;
 	return false;
 }
 
@@ -253,6 +256,12 @@ bf_hold_gate(int64 job_id)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
+/*
+ * Start a job's worker, and wait (a few seconds at most) until it holds the
+ * job's lock, so that whoever looks right after we return does not take the
+ * job for interrupted.  The worker takes the lock before it waits for our
+ * transaction to end.
+ */
 static void
 bf_start_worker(MigWorkerArgs *args)
 {
@@ -260,6 +269,13 @@ bf_start_worker(MigWorkerArgs *args)
 
 	snprintf(name, sizeof(name), "migrate_ext backfill job " INT64_FORMAT, args->arg);
 	(void) mig_worker_start("mig_backfill_main", name, args);
+	for (int i = 0; i < 500 && !bf_job_alive(args->arg); i++)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 static bool
@@ -487,8 +503,8 @@ mig_backfill(PG_FUNCTION_ARGS)
 
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("table \"%s\" already has a backfill job (job " INT64_FORMAT ", %s)",
-						get_rel_name(relid), old_job, alive ? state : "interrupted"),
+				 errmsg("table \"%s\" already has a backfill job (%s)",
+						get_rel_name(relid), alive ? state : "interrupted"),
 				 alive ?
 				 errhint("Watch it in mig_status, or stop it with mig_cancel('%s') before starting another.",
 						 get_rel_name(relid)) :
@@ -599,8 +615,8 @@ mig_resume(PG_FUNCTION_ARGS)
 	bf_hold_gate(job_id);
 	bf_start_worker(&args);
 	ereport(NOTICE,
-			(errmsg("backfill job " INT64_FORMAT " of table \"%s\" continues from its checkpoint",
-					job_id, relname)));
+			(errmsg("the backfill of table \"%s\" continues from its checkpoint",
+					relname)));
 
 	PG_RETURN_VOID();
 }
@@ -1722,7 +1738,10 @@ bf_finish(void)
  * versions the batches left dead is reused by the next batches rather than
  * added at the end of the table.  SKIP_LOCKED: an autovacuum already at it
  * does the same job.  Only the last one may truncate the table.  A failure
- * is logged and the backfill goes on.
+ * is logged and the backfill goes on.  Index cleanup waits for the last
+ * one: pruning alone frees the heap space (the line pointers stay until
+ * then), and scanning every index at every VACUUM would cost more than the
+ * batches gain.
  */
 static void
 bf_vacuum(bool last)
@@ -1753,7 +1772,7 @@ bf_vacuum(bool last)
 		MemoryContextSwitchTo(bf->cxt);
 		if (OidIsValid(relid) && get_rel_name(relid))
 		{
-			sql = psprintf("VACUUM (SKIP_LOCKED%s) %s", last ? "" : ", TRUNCATE false",
+			sql = psprintf("VACUUM (SKIP_LOCKED%s) %s", last ? "" : ", TRUNCATE false, INDEX_CLEANUP off",
 						   bf_qualified_name(relid));
 			raw = linitial_node(RawStmt, pg_parse_query(sql));
 			pstmt = makeNode(PlannedStmt);
@@ -2040,8 +2059,9 @@ bf_wait_for_replicas(void)
  */
 
 /*
- * Take the job's lock for the life of the worker.  A checker may hold it for
- * an instant, so try for a while before leaving the job to another worker.
+ * Take the job's lock for the life of the worker.  Another worker started
+ * for the same job at the same moment may hold it; try for a while before
+ * leaving the job to it, in case it is only on its way out.
  */
 static bool
 bf_take_job_lock(void)
