@@ -180,6 +180,7 @@ typedef struct BfJob
 typedef struct BfWorker
 {
 	int64		job_id;
+	char	   *table_name;		/* for messages; NULL until the first batch */
 	MemoryContext cxt;			/* lives as long as the worker */
 
 	/* the settings, as the last read of the job row found them */
@@ -1595,6 +1596,9 @@ bf_batch(void)
 		return BF_STOP;
 	}
 	rel = table_open(m->relid, NoLock);
+	if (bf->table_name == NULL)
+		bf->table_name = MemoryContextStrdup(TopMemoryContext,
+											 bf_qualified_name(m->relid));
 	moved = bf_ground_moved(rel, m, &job, &hint);
 	if (moved)
 	{
@@ -1848,8 +1852,9 @@ bf_batch_failed(ErrorData *edata)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bf_record_end("failed",
-					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume()",
-							   edata->message, bf->attempt),
+					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume('%s')",
+							   edata->message, bf->attempt,
+							   bf->table_name ? bf->table_name : "<table>"),
 					  sqlstate);
 		PopActiveSnapshot();
 		SPI_finish();

@@ -254,9 +254,13 @@ mig_catalog_insert_migration(Oid relid, const char *table_name)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 
+	/* current_user would be the extension owner inside mig_catalog_exec() */
 	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role) "
-					 "VALUES ($1, 'expanded', current_user)",
-					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(id)}, NULL, 1);
+					 "VALUES ($1, 'expanded', $2)",
+					 2, (Oid[]) {INT8OID, NAMEOID},
+					 (Datum[]) {Int64GetDatum(id),
+						 DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetUserId(), false)))},
+					 NULL, 1);
 	return id;
 }
 
@@ -315,17 +319,19 @@ mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 void
 mig_catalog_set_phase(int64 migration_id, const char *phase, const char *detail)
 {
-	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
-	Datum		v[3];
-	char		n[4] = "   ";
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, NAMEOID};
+	Datum		v[4];
+	char		n[5] = "    ";
 
 	v[0] = Int64GetDatum(migration_id);
 	v[1] = CStringGetTextDatum(phase);
 	v[2] = text_or_null(detail, &n[2]);
+	/* current_user would be the extension owner inside mig_catalog_exec() */
+	v[3] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
 	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = now() "
 					 "WHERE id = $1", 2, types, v, n, 1);
 	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
-					 "VALUES ($1, $2, current_user, $3)", 3, types, v, n, 1);
+					 "VALUES ($1, $2, $4, $3)", 4, types, v, n, 1);
 }
 
 /* Has a backfill job ever been started for this migration? */
