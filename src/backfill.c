@@ -126,6 +126,7 @@ PG_FUNCTION_INFO_V1(mig_cancel);
 PG_FUNCTION_INFO_V1(mig_set);
 
 PGDLLEXPORT void mig_backfill_main(Datum main_arg);
+PGDLLEXPORT void mig_backfill_vacuum_main(Datum main_arg);
 
 /*
  * Whoever starts a worker holds this lock (MIG_GATE_LOCK_KEY, job id) until
@@ -180,6 +181,8 @@ typedef struct BfJob
 typedef struct BfWorker
 {
 	int64		job_id;
+	MigWorkerArgs args;			/* how we were started: for our VACUUM workers */
+	Oid			relid;			/* InvalidOid until the first batch */
 	char	   *table_name;		/* for messages; NULL until the first batch */
 	MemoryContext cxt;			/* lives as long as the worker */
 
@@ -209,6 +212,7 @@ typedef struct BfWorker
 	int			nlsn;
 
 	/* space reuse */
+	int			pending_vacuums;	/* not yet counted in the job row */
 	int64		written_since_vacuum;
 	int64		written_total;
 	int64		vacuum_every;
@@ -756,6 +760,7 @@ mig_backfill_resume_interrupted(void)
 	List	   *jobs = NIL;
 	ListCell   *lc;
 	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
 
 	SPI_connect();
 	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'migrate_ext'",
@@ -819,20 +824,26 @@ mig_backfill_resume_interrupted(void)
 		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'interrupted', updated_at = now() "
 						 "WHERE id = $1 AND state <> 'paused'",
 						 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(args->arg)}, NULL, -1);
+		/* no free slot: leave it interrupted, say so, go on with the next */
+		BeginInternalSubTransaction(NULL);
 		PG_TRY();
 		{
 			bf_start_worker(args);
+			ReleaseCurrentSubTransaction();
 			ereport(LOG,
 					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",
 							args->arg, get_database_name(MyDatabaseId))));
 		}
 		PG_CATCH();
 		{
-			/* no free slot: leave it interrupted, say so, go on */
+			MemoryContextSwitchTo(oldcxt);
 			EmitErrorReport();
 			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
 		}
 		PG_END_TRY();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
 	}
 }
 
@@ -1285,11 +1296,16 @@ bf_key_params(Relation rel, List *cols, List *values, Oid *types, Datum *datums)
 }
 
 /*
- * "SET new1 = (up1), ..." and the filter "new1 IS DISTINCT FROM (up1) OR
- * ...": a row already right is neither written nor counted.  Types without
- * a built-in equality (json, or one defined outside pg_catalog) are
- * compared as text.  Must run with search_path = pg_catalog, pg_temp, as
- * the deparsed expressions expect.
+ * "SET new1 = new1, ..." and the filter "new1 IS NULL OR new1 IS DISTINCT
+ * FROM (up1) OR ...".  The dual-write trigger computes every new value from
+ * the row version it writes (mig_backfill_writes), and skips the row when
+ * they are all right already; so up() is computed once per row written
+ * (twice would be the price of SET new1 = (up1)), and a first backfill,
+ * where the new columns are NULL, does not compute it in the filter at all.
+ * A rerun filters out, without locking them, the rows that are right.
+ * Types without a built-in equality (json, or one defined outside
+ * pg_catalog) are compared as text.  Must run with search_path =
+ * pg_catalog, pg_temp, as the deparsed expressions expect.
  */
 static void
 bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filter)
@@ -1307,15 +1323,16 @@ bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filt
 		const char *sep = foreach_current_index(lc) ? ", " : "";
 		const char *or = foreach_current_index(lc) ? " OR " : "";
 
-		appendStringInfo(set, "%s%s = (%s)", sep, col, up);
+		appendStringInfo(set, "%s%s = %s", sep, col, col);
 		if (!OidIsValid(tce->eq_opr) || bf_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
-			appendStringInfo(filter, "%s%s::text IS DISTINCT FROM (%s)::text", or, col, up);
+			appendStringInfo(filter, "%s%s IS NULL OR %s::text IS DISTINCT FROM (%s)::text",
+							 or, col, col, up);
 		else if (OidIsValid(att->attcollation) && OidIsValid(upcoll) &&
 				 upcoll != att->attcollation)
-			appendStringInfo(filter, "%s%s IS DISTINCT FROM (%s) COLLATE %s", or, col, up,
-							 generate_collation_name(att->attcollation));
+			appendStringInfo(filter, "%s%s IS NULL OR %s IS DISTINCT FROM (%s) COLLATE %s",
+							 or, col, col, up, generate_collation_name(att->attcollation));
 		else
-			appendStringInfo(filter, "%s%s IS DISTINCT FROM (%s)", or, col, up);
+			appendStringInfo(filter, "%s%s IS NULL OR %s IS DISTINCT FROM (%s)", or, col, col, up);
 	}
 }
 
@@ -1355,31 +1372,35 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	appendStringInfo(&range, "%s <= %s", bf_key_row(job->key_cols, false),
 					 bf_param_row(np + 1, nk));
 	np += nk;
-	types[np] = INT8OID;
-	values[np] = Int64GetDatum(size);
 
-	/* the size-th key, and how many rows there are up to it */
+	/* the size-th key after lower; none: the last batch, up to upper */
 	initStringInfo(&cols);
 	foreach(lc, job->key_cols)
 		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
 						 quote_identifier(lfirst(lc)));
+	types[np] = INT8OID;
+	values[np] = Int64GetDatum(size - 1);
 	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT %s, count(*) OVER () FROM (SELECT %s FROM ONLY %s WHERE %s "
-					 "ORDER BY %s LIMIT $%d) s ORDER BY %s LIMIT 1",
-					 cols.data, cols.data, qname, range.data, cols.data, np + 1,
-					 bf_key_row(job->key_cols, true));
+	appendStringInfo(&sql, "SELECT %s FROM ONLY %s WHERE %s ORDER BY %s OFFSET $%d LIMIT 1",
+					 cols.data, qname, range.data, cols.data, np + 1);
 	if (SPI_execute_with_args(sql.data, np + 1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not find the end of a backfill batch");
-	*seen = 0;
 	if (SPI_processed == 1)
-		*seen = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											nk + 1, &isnull));
-	if (*seen < size)
-		end = job->upper_key;	/* the last batch */
-	else
+	{
+		*seen = size;
 		for (int i = 1; i <= nk; i++)
 			end = lappend(end, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i));
+	}
+	else
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT count(*) FROM ONLY %s WHERE %s", qname, range.data);
+		if (SPI_execute_with_args(sql.data, np, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the rows of a backfill batch");
+		*seen = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											1, &isnull));
+		end = job->upper_key;
+	}
 
 	/* the same range, up to end */
 	np -= nk;
@@ -1525,10 +1546,10 @@ bf_batch(void)
 	long		elapsed_ms;
 	double		rate;
 	bool		throttled = false;
-	Oid			types[12] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
-		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID};
-	Datum		v[12];
-	char		n[13] = "            ";
+	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
+		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		v[13];
+	char		n[14] = "             ";
 
 	StartTransactionCommand();
 	SPI_connect();
@@ -1599,6 +1620,7 @@ bf_batch(void)
 	if (bf->table_name == NULL)
 		bf->table_name = MemoryContextStrdup(TopMemoryContext,
 											 bf_qualified_name(m->relid));
+	bf->relid = m->relid;
 	moved = bf_ground_moved(rel, m, &job, &hint);
 	if (moved)
 	{
@@ -1675,13 +1697,14 @@ bf_batch(void)
 	n[10] = bf->pending_error ? ' ' : 'n';
 	v[11] = bf->pending_sqlstate ? CStringGetTextDatum(bf->pending_sqlstate) : (Datum) 0;
 	n[11] = bf->pending_sqlstate ? ' ' : 'n';
+	v[12] = Int32GetDatum(bf->pending_vacuums);
 	mig_catalog_exec("UPDATE migrate_ext.job SET lower_key = $2, rows_done = rows_done + $3, "
 					 "rows_seen = rows_seen + $4, batches = batches + 1, batch_size = $5, "
 					 "rate_recent = $6, active_seconds = active_seconds + $7, state = $8, "
 					 "throttle_reason = $9, retries = retries + $10, "
 					 "last_error = coalesce($11, last_error), "
-					 "last_sqlstate = coalesce($12, last_sqlstate), updated_at = now() "
-					 "WHERE id = $1", 12, types, v, n, 1);
+					 "last_sqlstate = coalesce($12, last_sqlstate), vacuums = vacuums + $13, "
+					 "updated_at = now() WHERE id = $1", 13, types, v, n, 1);
 
 	PopActiveSnapshot();
 	SPI_finish();
@@ -1689,6 +1712,7 @@ bf_batch(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	bf->attempt = 0;
+	bf->pending_vacuums = 0;
 	bf->pending_retries = 0;
 	bf->pending_error = NULL;
 	bf->pending_sqlstate = NULL;
@@ -1718,10 +1742,12 @@ bf_finish(void)
 		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'done', throttle_reason = NULL, "
 						 "rows_total = rows_seen, rows_total_exact = (key_kind <> 'ctid'), "
 						 "active_seconds = active_seconds + $2, retries = retries + $3, "
-						 "rate_recent = NULL, updated_at = now(), finished_at = now() "
-						 "WHERE id = $1", 3, (Oid[]) {INT8OID, FLOAT8OID, INT8OID},
+						 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = now(), "
+						 "finished_at = now() WHERE id = $1",
+						 4, (Oid[]) {INT8OID, FLOAT8OID, INT8OID, INT4OID},
 						 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta()),
-							 Int64GetDatum(bf->pending_retries)}, NULL, 1);
+							 Int64GetDatum(bf->pending_retries), Int32GetDatum(bf->pending_vacuums)},
+						 NULL, 1);
 		m = mig_catalog_by_id(job.migration_id);
 		if (m && strcmp(m->phase, MIG_PHASE_BACKFILLING) == 0)
 			mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLED, NULL);
@@ -1737,79 +1763,114 @@ bf_finish(void)
 }
 
 /*
- * VACUUM the table between batches, as a top-level statement of our own
- * (as pg_cron's background mode runs SQL), so that the space of the row
- * versions the batches left dead is reused by the next batches rather than
- * added at the end of the table.  SKIP_LOCKED: an autovacuum already at it
- * does the same job.  Only the last one may truncate the table.  A failure
- * is logged and the backfill goes on.  Index cleanup waits for the last
- * one: pruning alone frees the heap space (the line pointers stay until
- * then), and scanning every index at every VACUUM would cost more than the
- * batches gain.
+ * VACUUM the table as a top-level statement of our own (as pg_cron's
+ * background mode runs SQL), outside any transaction: vacuum() commits and
+ * starts transactions itself, so what it reads lives in a context of ours.
+ * SKIP_LOCKED: a VACUUM already at it (autovacuum, or our previous one)
+ * does the same job.  Only the last one cleans the indexes and may truncate
+ * the table: pruning alone frees the heap space that the next batches need
+ * (the line pointers stay until then), and scanning every index each time
+ * would cost more than it gains.
+ */
+static void
+bf_run_vacuum(Oid relid, bool last)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext vacuum",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt;
+	char	   *sql = NULL;
+	RawStmt    *raw;
+	PlannedStmt *pstmt;
+
+	StartTransactionCommand();
+	oldcxt = MemoryContextSwitchTo(cxt);
+	if (get_rel_name(relid))
+		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
+					   last ? "" : ", TRUNCATE false, INDEX_CLEANUP off, PROCESS_TOAST false",
+					   bf_qualified_name(relid));
+	if (sql)
+	{
+		pgstat_report_activity(STATE_RUNNING, sql);
+		raw = linitial_node(RawStmt, pg_parse_query(sql));
+		pstmt = makeNode(PlannedStmt);
+		pstmt->commandType = CMD_UTILITY;
+		pstmt->canSetTag = true;
+		pstmt->utilityStmt = raw->stmt;
+		pstmt->stmt_location = raw->stmt_location;
+		pstmt->stmt_len = raw->stmt_len;
+		ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL,
+					   None_Receiver, NULL);
+	}
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* A worker that runs one VACUUM for a backfill, as the backfill's role. */
+void
+mig_backfill_vacuum_main(Datum main_arg)
+{
+	MigWorkerArgs args;
+
+	mig_worker_connect(&args);
+	bf_run_vacuum((Oid) args.arg, false);
+	proc_exit(0);
+}
+
+/*
+ * Between batches, so that the space of the row versions the batches left
+ * dead is reused by the next batches rather than added at the end of the
+ * table.  In a worker of its own, so that the batches go on meanwhile (on
+ * another core); in this one when no worker slot is free, and for the last
+ * VACUUM, which must be over before the job is done.  A failure is logged
+ * and the backfill goes on.
  */
 static void
 bf_vacuum(bool last)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool started = false;
 
-	if (bf->written_since_vacuum == 0)
+	if (bf->written_since_vacuum == 0 || !OidIsValid(bf->relid))
 		return;
-	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill: VACUUM");
+	bf->written_since_vacuum = 0;
+	bf->pending_vacuums++;
+
+	if (!last)
+	{
+		MigWorkerArgs args = bf->args;
+
+		args.arg = bf->relid;
+		PG_TRY();
+		{
+			(void) mig_worker_start("mig_backfill_vacuum_main",
+									"migrate_ext backfill vacuum", &args);
+			started = true;
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(oldcxt);
+			FlushErrorState();
+		}
+		PG_END_TRY();
+		if (started)
+			return;
+	}
+
 	PG_TRY();
 	{
-		MigMigration *m;
-		Oid			relid = InvalidOid;
-		char	   *sql;
-		RawStmt    *raw;
-		PlannedStmt *pstmt;
-		BfJob		job;
-
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (bf_read_job(&job) && (m = mig_catalog_by_id(job.migration_id)) != NULL)
-			relid = m->relid;
-		PopActiveSnapshot();
-		SPI_finish();
-
-		/* vacuum() commits and starts transactions: keep what it reads */
-		MemoryContextSwitchTo(bf->cxt);
-		if (OidIsValid(relid) && get_rel_name(relid))
-		{
-			sql = psprintf("VACUUM (SKIP_LOCKED%s) %s", last ? "" : ", TRUNCATE false, INDEX_CLEANUP off",
-						   bf_qualified_name(relid));
-			raw = linitial_node(RawStmt, pg_parse_query(sql));
-			pstmt = makeNode(PlannedStmt);
-			pstmt->commandType = CMD_UTILITY;
-			pstmt->canSetTag = true;
-			pstmt->utilityStmt = raw->stmt;
-			pstmt->stmt_location = raw->stmt_location;
-			pstmt->stmt_len = raw->stmt_len;
-			ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL,
-						   None_Receiver, NULL);
-
-			PushActiveSnapshot(GetTransactionSnapshot());
-			mig_catalog_exec("UPDATE migrate_ext.job SET vacuums = vacuums + 1 WHERE id = $1",
-							 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
-							 NULL, 1);
-			PopActiveSnapshot();
-		}
-		CommitTransactionCommand();
+		bf_run_vacuum(bf->relid, last);
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(bf->cxt);
+		MemoryContextSwitchTo(oldcxt);
 		EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(oldcxt);
-	MemoryContextReset(bf->cxt);
-	bf->written_since_vacuum = 0;
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
-
 /*
  * A batch failed: try it again after a growing pause, with half the rows,
  * or, after too many tries, end the job as failed with the error and what
@@ -2146,6 +2207,7 @@ mig_backfill_main(Datum main_arg)
 	mig_worker_connect(&args);
 
 	bf = MemoryContextAllocZero(TopMemoryContext, sizeof(BfWorker));
+	bf->args = args;
 	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
 									ALLOCSET_DEFAULT_SIZES);
 	bf->job_id = args.arg;
