@@ -32,20 +32,22 @@
  *	 3. find the batch's end key: the n-th key after the checkpoint, or the
  *		bound frozen when the job started (newer rows are the trigger's job,
  *		so the walk always ends, even under heavy inserts);
- *	 4. UPDATE the rows of (checkpoint, end] whose new value is not already
- *		up(old), setting new := up(old);
+ *	 4. UPDATE the rows of (checkpoint, end] whose new value may not be
+ *		up(old) yet; the dual-write trigger computes new := up(old) and
+ *		skips the rows that are right already;
  *	 5. write the checkpoint and the counters into the job row, and commit.
  * A kill or a crash therefore loses at most the batch in flight.
  *
  * Concurrent client writes.  The UPDATE runs in READ COMMITTED with
  * mig_backfill_writes set, so the dual-write trigger computes new := up(row)
- * from the row version that is actually being written.  When a client
- * updated a row after the batch's snapshot was taken, the UPDATE waits for
- * it and then re-checks the latest version (EvalPlanQual): the WHERE clause
- * "new IS DISTINCT FROM up(old)" is evaluated again on the client's version,
- * which the trigger already made right, so the row is skipped and the
- * client's value wins; if it is still not right, SET and the trigger compute
- * from that latest version, never from the stale one.  A client that
+ * from the row version that is actually being written (a BEFORE ROW trigger
+ * fires on the version the UPDATE locked).  When a client updated a row
+ * after the batch's snapshot was taken, the UPDATE waits for it and then
+ * re-checks the latest version (EvalPlanQual): the WHERE clause "new IS
+ * NULL OR new IS DISTINCT FROM up(old)" is evaluated again on the client's
+ * version, which the client's trigger already made right, so the row is
+ * skipped and the client's value wins; if it is still not right, the
+ * trigger computes from that latest version, never from the stale one.  A client that
  * updates a row after the batch wrote it waits for the batch and builds on
  * its version, and its trigger computes new from the client's old value.
  * Either way new = up(old) holds when both have committed.
