@@ -349,3 +349,34 @@ mig_catalog_has_job(int64 migration_id)
 	SPI_finish();
 	return found;
 }
+
+/*
+ * Like mig_catalog_exec(), for a statement that returns one bigint (an
+ * INSERT ... RETURNING id): runs it as the extension owner and returns the
+ * value.
+ */
+int64
+mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes, Datum *values,
+					  const char *nulls)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			ret;
+	bool		isnull;
+	int64		result;
+
+	SPI_connect();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	if (ret < 0 || SPI_processed != 1 || SPI_tuptable == NULL)
+		elog(ERROR, "migrate_ext catalog statement did not return one row");
+	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 1, &isnull));
+	if (isnull)
+		elog(ERROR, "migrate_ext catalog statement returned NULL");
+	SPI_finish();
+	return result;
+}

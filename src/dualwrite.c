@@ -609,11 +609,22 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 			dw_disagree(dp, rel, curv, curnull, upv, upnull, dp->dir == DW_DOWN);
 	}
 
+	error_context_stack = errcallback.previous;
+
+	/*
+	 * The backfill's UPDATE sets each new column to itself and leaves the
+	 * value to us: when every new value is already right (a client may just
+	 * have written the row), skip the row, so that no new row version is
+	 * written and the backfill does not count it.
+	 */
+	if (mig_backfill_writes && nrepl == 0 && !any_down &&
+		TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return PointerGetDatum(NULL);
+
 	if (nrepl > 0)
 		tuple = dw_form(e, evalslot, nrepl);
 	if (any_down)
 		ExecClearTuple(e->slot);
 
-	error_context_stack = errcallback.previous;
 	return PointerGetDatum(tuple);
 }

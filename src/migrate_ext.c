@@ -80,4 +80,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("migrate_ext");
 
 	mig_dualwrite_init();
+
+	if (process_shared_preload_libraries_in_progress)
+		mig_launcher_register();
 }

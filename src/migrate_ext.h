@@ -94,6 +94,8 @@ extern bool mig_catalog_has_job(int64 migration_id);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
 extern int	mig_phase_rank(const char *phase);
+extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
+								   Datum *values, const char *nulls);
 
 /* expr.c */
 extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
@@ -113,5 +115,15 @@ extern bool mig_release_xmin(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
+
+/*
+ * backfill.c and launcher.c: the backfill worker and the launcher that
+ * resumes interrupted jobs.  A job's worker holds the session-level advisory
+ * lock (MIG_JOB_LOCK_KEY, job id) for its whole life: a job in state
+ * running, throttled or paused whose lock nobody holds is interrupted.
+ */
+#define MIG_JOB_LOCK_KEY		1835624306	/* 'migr' */
+extern void mig_backfill_resume_interrupted(void);
+extern void mig_launcher_register(void);
 
 #endif							/* MIGRATE_EXT_H */

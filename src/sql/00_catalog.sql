@@ -61,6 +61,13 @@ CREATE INDEX phase_log_migration ON migrate_ext.phase_log (migration_id, at);
 /*
  * A backfill job.  The checkpoint (lower_key) commits in the same
  * transaction as the batch it covers, so a crash loses at most one batch.
+ *
+ * A job in state running, throttled or paused has a live worker exactly when
+ * some backend holds the session-level advisory lock on the two int4 keys
+ * (1835624306, id); look for it in pg_locks (locktype 'advisory', classid
+ * 1835624306, objid id, objsubid 2), never by taking the lock.  Without it
+ * the job is interrupted: mig_resume, or the launcher after a restart,
+ * continues it from lower_key.
  */
 CREATE TABLE migrate_ext.job (
 	id			bigserial PRIMARY KEY,
@@ -75,7 +82,8 @@ CREATE TABLE migrate_ext.job (
 	worker_pid	int,
 	key_kind	text,			/* 'primary key', 'unique key' or 'ctid' */
 	key_cols	name[],
-	lower_key	text[],			/* checkpoint: every key <= this is done; NULL: none yet */
+	lower_key	text[],			/* checkpoint: every key <= this is done (ctid: every
+								 * block before this one); NULL: none yet */
 	upper_key	text[],			/* bound frozen at start; newer rows are the trigger's */
 	rows_total	bigint,
 	rows_total_exact boolean NOT NULL DEFAULT false,
@@ -93,11 +101,15 @@ CREATE TABLE migrate_ext.job (
 	last_sqlstate text,
 	rate_recent	float8,
 	active_seconds float8 NOT NULL DEFAULT 0,	/* running time, pauses excluded */
+	vacuums		int NOT NULL DEFAULT 0,	/* VACUUMs the worker ran to reuse space */
 	started_at	timestamptz NOT NULL DEFAULT now(),
 	updated_at	timestamptz NOT NULL DEFAULT now(),
 	finished_at	timestamptz
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
+/* At most one unfinished job per migration. */
+CREATE UNIQUE INDEX job_one_unfinished ON migrate_ext.job (migration_id)
+	WHERE state IN ('running', 'throttled', 'paused', 'interrupted');
 
 GRANT SELECT ON ALL TABLES IN SCHEMA migrate_ext TO PUBLIC;
 

@@ -1,0 +1,177 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: after a start, a restart or a crash, gives every
+ *	  interrupted backfill job a new worker.
+ *
+ * Registered only when migrate_ext is in shared_preload_libraries, as a
+ * static background worker.  It starts once recovery has finished (never
+ * on a standby: the job rows it would resume are replicas of the primary's,
+ * whose workers run there; after a promotion it runs and takes the jobs
+ * over), and the postmaster starts it again after a crash, when every
+ * backfill worker died with the other backends.
+ *
+ * A backend can connect to one database only, so the launcher connects to
+ * none: it reads the list of databases from the shared catalog pg_database
+ * (as autovacuum's launcher does) and, one database after another, starts
+ * a short-lived worker connected to it, which looks for migrate_ext and its
+ * interrupted jobs there (backfill.c) and exits.  A database dropped in the
+ * meantime only makes that short worker fail to connect.  Then the launcher
+ * waits, doing nothing, until the server shuts down.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_database.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "migrate_ext.h"
+
+PGDLLEXPORT void mig_launcher_main(Datum main_arg);
+PGDLLEXPORT void mig_launcher_db_main(Datum main_arg);
+
+/* seconds before the postmaster starts a launcher that exited with an error */
+#define MIG_LAUNCHER_RESTART	5
+
+/* Called from _PG_init while shared_preload_libraries are loaded. */
+void
+mig_launcher_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = MIG_LAUNCHER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "migrate_ext");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "mig_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "migrate_ext launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "migrate_ext launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* The databases that accept connections, read from pg_database. */
+static List *
+launcher_databases(void)
+{
+	List	   *result = NIL;
+	MemoryContext resultcxt = CurrentMemoryContext;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(resultcxt);
+
+			result = lappend_oid(result, db->oid);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * Start the short worker for one database and wait until it has exited, so
+ * that the launcher never takes more than one slot of max_worker_processes
+ * besides the backfill workers themselves.
+ */
+static void
+launcher_visit(Oid dboid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "migrate_ext");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "mig_launcher_db_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "migrate_ext launcher for database %u", dboid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "migrate_ext launcher");
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("migrate_ext launcher: no free worker slot to resume the backfill jobs of database %u",
+						dboid),
+				 errhint("Raise max_worker_processes, or resume them by hand with mig_resume().")));
+		return;
+	}
+	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+		(void) WaitForBackgroundWorkerShutdown(handle);
+	pfree(handle);
+}
+
+void
+mig_launcher_main(Datum main_arg)
+{
+	List	   *dbs;
+	ListCell   *lc;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	dbs = launcher_databases();
+	foreach(lc, dbs)
+	{
+		CHECK_FOR_INTERRUPTS();
+		launcher_visit(lfirst_oid(lc));
+	}
+
+	/* nothing more to do until the next start */
+	for (;;)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* The short worker of one database, as its bootstrap superuser. */
+void
+mig_launcher_db_main(Datum main_arg)
+{
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	mig_backfill_resume_interrupted();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	proc_exit(0);
+}

@@ -1,0 +1,95 @@
+# A backfill survives a kill -9 of its worker and an immediate shutdown:
+# with migrate_ext in shared_preload_libraries, the launcher gives the job a
+# new worker after the restart, which goes on from the checkpoint, and every
+# row ends up right, each counted once.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $rows = 30000;
+my $node = PostgreSQL::Test::Cluster->new('crash');
+$node->init;
+$node->append_conf('postgresql.conf', qq(
+shared_preload_libraries = 'migrate_ext'
+max_worker_processes = 16
+restart_after_crash = on
+));
+$node->start;
+$node->safe_psql('postgres', qq(
+CREATE EXTENSION migrate_ext;
+CREATE TABLE t (id bigint PRIMARY KEY, email text NOT NULL);
+INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $rows) g;
+SELECT mig_expand('t', 'email', up => 'lower(email)');
+));
+
+my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+
+# Start a slow job, and wait until it is well under way.
+sub start_slow_job
+{
+	$node->safe_psql('postgres',
+		"SELECT mig_backfill('t', batch_size => 200, sleep_ms => 20)");
+	$node->poll_query_until('postgres', "SELECT ($job).rows_done >= 3000")
+	  or die "the backfill did not get going";
+}
+
+# After a restart: the job finishes by itself, with every row right.
+sub check_finished
+{
+	my ($what) = @_;
+	$node->poll_query_until('postgres',
+		"SELECT ($job).state NOT IN ('running', 'throttled', 'interrupted')")
+	  or die "the job did not finish after $what";
+	is($node->safe_psql('postgres', "SELECT ($job).state"), 'done', "job done after $what");
+	is( $node->safe_psql('postgres',
+			"SELECT count(*) FROM t WHERE _mig_new_email IS DISTINCT FROM lower(email)"),
+		'0',
+		"every row right after $what");
+	# the lost batch was rolled back with its checkpoint: no row counted twice
+	is( $node->safe_psql('postgres', "SELECT ($job).rows_done, ($job).rows_seen"),
+		"$rows|$rows", "each row written and counted once after $what");
+}
+
+# 1. kill -9 of the worker: the postmaster restarts every backend
+start_slow_job();
+my $pid = $node->safe_psql('postgres', "SELECT ($job).worker_pid");
+my $log_offset = -s $node->logfile;
+kill 'KILL', $pid;
+check_finished('kill -9 of the worker');
+ok($node->log_contains(qr/resuming backfill job/, $log_offset),
+	'the launcher resumed the job');
+isnt($node->safe_psql('postgres', "SELECT ($job).worker_pid"), $pid, 'by a new worker');
+
+# 2. immediate shutdown in the middle of a job
+$node->safe_psql('postgres', qq(
+SET session_replication_role = replica;
+UPDATE t SET _mig_new_email = NULL;
+));
+start_slow_job();
+$node->stop('immediate');
+$node->start;
+check_finished('an immediate shutdown');
+
+# 3. a paused job stays paused across a restart, with a worker waiting
+$node->safe_psql('postgres', qq(
+SET session_replication_role = replica;
+UPDATE t SET _mig_new_email = NULL;
+));
+start_slow_job();
+$node->safe_psql('postgres', "SELECT mig_pause('t')");
+my $done = $node->safe_psql('postgres', "SELECT ($job).rows_done");
+$node->restart;
+$node->poll_query_until('postgres', qq(
+SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = 1835624306
+			   AND objid = ($job).id AND granted)))
+  or die "no worker waits for the paused job";
+sleep(1);
+is($node->safe_psql('postgres', "SELECT ($job).state, ($job).rows_done"),
+	"paused|$done", 'a paused job stays paused after a restart');
+$node->safe_psql('postgres', "SELECT mig_set('t', 'sleep_ms', '0'); SELECT mig_resume('t')");
+check_finished('a pause across a restart');
+
+$node->stop;
+done_testing();

@@ -1,0 +1,67 @@
+# A backfill under a pgbench mix of updates, inserts and deletes that write
+# the old column only: afterwards not a single row has new <> up(old).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use IPC::Run;
+use Test::More;
+
+my $rows = 200000;
+my $node = PostgreSQL::Test::Cluster->new('pgbench');
+$node->init;
+$node->append_conf('postgresql.conf', qq(
+shared_preload_libraries = 'migrate_ext'
+max_worker_processes = 16
+max_connections = 20
+));
+$node->start;
+$node->safe_psql('postgres', qq(
+CREATE EXTENSION migrate_ext;
+CREATE TABLE t (id bigint PRIMARY KEY, email text NOT NULL, n int NOT NULL DEFAULT 0);
+INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $rows) g;
+CREATE SEQUENCE t_new_id START $rows;
+SELECT setval('t_new_id', $rows);
+VACUUM ANALYZE t;
+SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n');
+));
+
+my $script = $node->basedir . '/mix.sql';
+open my $fh, '>', $script or die;
+print $fh q{
+\set id random(1, 200000)
+\set r random(1, 10)
+BEGIN;
+UPDATE t SET email = 'Upd' || :id || '@Example.COM', n = n + 1 WHERE id = :id;
+UPDATE t SET n = n + 1 WHERE id = :id + 1;
+INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '@X.COM' WHERE :r <= 3;
+DELETE FROM t WHERE id = :id + 2 AND :r = 1;
+COMMIT;
+};
+close $fh;
+
+my ($out, $err) = ('', '');
+my $pgbench = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '20', '-f', $script,
+	  '-h', $node->host, '-p', $node->port, 'postgres' ],
+	'>', \$out, '2>', \$err);
+sleep(1);
+$node->safe_psql('postgres', "SELECT mig_backfill('t', max_rows_per_sec => 25000)");
+my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+$pgbench->finish;
+is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($err);
+like($out, qr/number of transactions actually processed: [1-9]/, 'pgbench did work');
+
+# the traffic ran during the whole backfill
+my ($state, $done, $retries) =
+  split /\|/, $node->safe_psql('postgres', "SELECT ($job).state, ($job).rows_done, ($job).retries");
+is($state, 'done', 'the backfill finished while the traffic ran');
+note("rows_done $done, retries $retries");
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM t WHERE _mig_new_email IS DISTINCT FROM lower(email) || '#' || n"),
+	'0', 'no row has new <> up(old)');
+cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM t WHERE id > $rows"), '>', 0,
+	'clients inserted rows during the backfill');
+
+$node->stop;
+done_testing();
