@@ -82,20 +82,8 @@ run() {
 	mig_backfill)
 		bq "CHECKPOINT"
 		t0=$(now)
-		bq "SELECT mig_backfill('t')" \
-			"DO \$\$
-			DECLARE s text;
-			BEGIN
-				LOOP
-					SELECT state INTO s FROM migrate_ext.job ORDER BY id DESC LIMIT 1;
-					EXIT WHEN s IN ('done', 'failed', 'cancelled');
-					PERFORM pg_sleep(0.05);
-				END LOOP;
-				IF s <> 'done' THEN
-					RAISE EXCEPTION 'the backfill job ended %: %', s,
-						(SELECT last_error FROM migrate_ext.job ORDER BY id DESC LIMIT 1);
-				END IF;
-			END \$\$" || exit 1
+		bq "SELECT mig_backfill('t')"
+		bench_wait_backfill || exit 1
 		t1=$(now)
 		ms="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) * 1000 }') -" ;;
 	esac

@@ -44,6 +44,18 @@ bq() {
 
 bv() { psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
 
+# bench_wait_backfill: wait for the table t's backfill job with mig_wait(),
+# which holds no snapshot between its polls; a waiting loop in one
+# transaction would hold back the xmin horizon, so the backfill's VACUUMs
+# could reclaim nothing. Fails unless the job ends done.
+bench_wait_backfill() {
+	local s
+	s=$(psql -X -q -A -t -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "SELECT mig_wait('t')") || return 1
+	[ "$s" = done ] && return 0
+	echo "ERROR: the backfill job ended $s: $(bv "SELECT last_error FROM migrate_ext.job ORDER BY id DESC LIMIT 1")" >&2
+	return 1
+}
+
 # bench_time PREP... -- SQL: run the PREP statements (VACUUM, CHECKPOINT,
 # SETs), then time SQL with psql's \timing, in the same session (so SETs
 # hold). Prints two numbers: the elapsed milliseconds, and the CPU

@@ -71,11 +71,7 @@ if bench_has_function "$MIG_BACKFILL_SIG"; then
 	else
 		NOTE="the backfill was still running when pgbench ended (state ${state%% *})"
 	fi
-	bq "DO \$\$ BEGIN
-		WHILE (SELECT state FROM migrate_ext.job ORDER BY id DESC LIMIT 1) NOT IN ('done', 'failed', 'cancelled') LOOP
-			PERFORM pg_sleep(0.2);
-		END LOOP;
-	END \$\$"
+	bench_wait_backfill || exit 1
 fi
 bq "DROP TABLE t"
 

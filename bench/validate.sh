@@ -28,12 +28,8 @@ bench_fresh_table "$ROWS"
 bq "SELECT mig_expand('t', 'email', new_col => 'new', up => 'lower(email)')"
 if bench_has_function "$MIG_BACKFILL_SIG"; then
 	FILL="mig_backfill"
-	bq "SELECT mig_backfill('t')" \
-		"DO \$\$ BEGIN
-			WHILE (SELECT state FROM migrate_ext.job ORDER BY id DESC LIMIT 1) NOT IN ('done', 'failed', 'cancelled') LOOP
-				PERFORM pg_sleep(0.1);
-			END LOOP;
-		END \$\$"
+	bq "SELECT mig_backfill('t')"
+	bench_wait_backfill || exit 1
 else
 	FILL="UPDATE through the trigger"
 	bq "SET migrate_ext.writer = old; UPDATE t SET new = lower(email)"
