@@ -1,0 +1,113 @@
+/*-------------------------------------------------------------------------
+ *
+ * contract.h
+ *	  What the files of mig_contract share: the plan, and the DSM segment
+ *	  between the caller and its background worker.
+ *
+ * contract_plan.c works out a ContractPlan from the catalog; contract.c (the
+ * caller) computes one to check before it starts the worker, and
+ * contract_worker.c computes it again and carries it out.  Private to those
+ * three files.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CONTRACT_H
+#define CONTRACT_H
+
+#include "postgres.h"
+
+#include "nodes/parsenodes.h"
+#include "storage/spin.h"
+#include "utils/relcache.h"
+
+#include "migrate_ext.h"
+
+/*
+ * What the caller and the worker share, at the start of the DSM segment;
+ * the shm_mq follows it.
+ */
+typedef struct ContractShared
+{
+	slock_t		mutex;
+	Oid			relid;
+	int64		migration_id;
+	bool		force;
+	/* the caller's lock ladder settings, which the worker adopts */
+	int			lock_timeout_ms;
+	int			lock_timeout_max_ms;
+	int			lock_retries;
+	bool		done;			/* set by the worker once contracted */
+	bool		caller_gone;	/* set when the caller stops waiting */
+} ContractShared;
+
+/* An index of the old column, and its copy on the new one. */
+typedef struct ContractIndex
+{
+	Oid			oldoid;
+	char	   *oldname;
+	char	   *tmpname;		/* the copy's name until the swap */
+	char		contype;		/* CONSTRAINT_PRIMARY, _UNIQUE or 0 */
+	char	   *conname;
+	bool		deferrable;
+	bool		deferred;
+	bool		replident;
+	bool		clustered;
+	IndexStmt  *stmt;			/* CREATE INDEX CONCURRENTLY of the copy */
+} ContractIndex;
+
+/* A foreign key from or to the old column, and its copy. */
+typedef struct ContractFkey
+{
+	char	   *oldname;
+	char	   *tmpname;
+	Oid			conrelid;		/* the referencing table */
+	Oid			confrelid;		/* the referenced table */
+	char	   *conrel;			/* qualified name of conrelid */
+	char	   *adddef;			/* ALTER TABLE ... ADD the copy NOT VALID */
+} ContractFkey;
+
+/* A new column and what it takes over from its old column. */
+typedef struct ContractColumn
+{
+	MigPair    *pair;
+	char	   *oldname;
+	char	   *newname;		/* current name */
+	char	   *finalname;		/* name after the swap */
+	bool		not_null;
+	char	   *nn_check;		/* the CHECK that proves NOT NULL */
+	char	   *check_tmp;		/* the check_expr asked for at expand */
+	char	   *check_sql;
+	char	   *default_sql;
+	Oid			owned_seq;		/* a serial's sequence, OWNED BY the old column */
+	bool		widen_seq;		/* ... whose type is narrower than the column */
+	Oid			ident_seq;		/* an identity's sequence */
+	char		identity;
+	char	   *comment;
+} ContractColumn;
+
+/* Everything mig_contract will do, computed from the catalog. */
+typedef struct ContractPlan
+{
+	Oid			relid;
+	int64		migration_id;
+	char	   *nspname;
+	char	   *relname;
+	char	   *qname;
+	char	   *new_type_name;	/* for sequences: the new column's type */
+	List	   *columns;		/* of ContractColumn * */
+	List	   *dropcols;		/* names of the old columns */
+	List	   *indexes;		/* of ContractIndex * */
+	List	   *fkeys;			/* of ContractFkey * */
+	List	   *lockrels;		/* OIDs locked for the swap */
+} ContractPlan;
+
+/* contract_plan.c */
+extern void mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
+									 const char *what);
+extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
+									   bool force);
+
+/* contract_worker.c: the worker's entry point, started by name */
+extern PGDLLEXPORT void mig_contract_worker_main(Datum main_arg);
+
+#endif							/* CONTRACT_H */

@@ -1,0 +1,749 @@
+/*-------------------------------------------------------------------------
+ *
+ * contract_worker.c
+ *	  The background worker of mig_contract: each step in its own short
+ *	  transaction.
+ *
+ * The worker connects as the caller's role, sends its NOTICEs and its
+ * error to the caller through the shm_mq that contract.c set up, plans again
+ * (contract_plan.c) and runs the steps: the copies of the indexes built
+ * concurrently by utility statements run at top level, the constraints
+ * added NOT VALID and then validated, SET NOT NULL proved without a scan,
+ * and last the swap.
+ *
+ * Every lock is taken through the lock_timeout ladder of ddl.c.  Each step
+ * checks what the steps before it left, so after a failure (a lock that
+ * could not be had, a cancel, a crash) a second mig_contract picks up where
+ * the first stopped; an index build that failed is dropped before failing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
+#include "catalog/pg_sequence.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "libpq/pqmq.h"
+#include "miscadmin.h"
+#include "storage/dsm.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/shm_mq.h"
+#include "storage/spin.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "contract.h"
+#include "migrate_ext.h"
+#include "migrate_ext_worker.h"
+
+/* How many times an index build that ran into a lock timeout is retried. */
+#define CONTRACT_INDEX_TRIES	3
+
+/* -------------------------------------------------------------------------
+ * The worker: each step in its own short transaction
+ * -------------------------------------------------------------------------
+ */
+
+static ContractShared *worker_shared = NULL;
+static MemoryContext contract_cxt = NULL;
+
+/*
+ * Stop at a step boundary once the caller has stopped waiting (cancelled,
+ * or gone): what the steps so far built is consistent and kept for the next
+ * mig_contract, and the old column is untouched.
+ */
+static void
+check_caller(void)
+{
+	bool		gone;
+
+	SpinLockAcquire(&worker_shared->mutex);
+	gone = worker_shared->caller_gone;
+	SpinLockRelease(&worker_shared->mutex);
+	if (gone)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("mig_contract was cancelled"),
+				 errdetail("Its background worker stopped before its next step. The old column is untouched; a new mig_contract picks up where this one stopped.")));
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* A NOTICE to the caller, between transactions: the step that starts. */
+static void
+progress(const char *fmt,...)
+pg_attribute_printf(1, 2);
+
+static void
+progress(const char *fmt,...)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		va_list		args;
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(&buf, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	ereport(NOTICE, (errmsg_internal("%s", buf.data)));
+	pfree(buf.data);
+}
+
+/*
+ * A transaction for one step.  The statements' own notices (index renames,
+ * IF EXISTS skips) would only be noise to the caller.
+ */
+static void
+xact_begin(void)
+{
+	StartTransactionCommand();
+	set_config_option("client_min_messages", "warning", PGC_USERSET, PGC_S_SESSION,
+					  GUC_ACTION_LOCAL, true, 0, false);
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+xact_end(void)
+{
+	if (ActiveSnapshotSet())
+		PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Run statements through SPI in the current transaction, as the caller's role. */
+static void
+run_sql(const char *sql)
+{
+	SPI_connect();
+	if (SPI_execute(sql, false, 0) < 0)
+		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	SPI_finish();
+}
+
+/*
+ * Run one utility statement at top level in its own transaction, as psql
+ * would: the only way to CREATE or DROP an INDEX CONCURRENTLY, which commit
+ * transactions of their own.  So it runs, like a portal, in a memory
+ * context that outlives those transactions.
+ */
+static void
+run_toplevel(Node *stmt, const char *text)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext runcxt;
+	PlannedStmt *pstmt;
+
+	runcxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext utility",
+								   ALLOCSET_DEFAULT_SIZES);
+	xact_begin();
+	MemoryContextSwitchTo(runcxt);
+	pstmt = makeNode(PlannedStmt);
+	pstmt->commandType = CMD_UTILITY;
+	pstmt->canSetTag = false;
+	pstmt->utilityStmt = copyObject(stmt);
+	pstmt->stmt_location = -1;
+	pstmt->stmt_len = 0;
+	ProcessUtility(pstmt, text, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL,
+				   None_Receiver, NULL);
+	xact_end();
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(runcxt);
+}
+
+/* 0: no such index, 1: invalid (a failed build), 2: valid.  In a transaction. */
+static int
+index_state(ContractPlan *plan, const char *name)
+{
+	Oid			indexoid = get_relname_relid(name, get_rel_namespace(plan->relid));
+
+	if (!OidIsValid(indexoid))
+		return 0;
+	if (get_rel_relkind(indexoid) != RELKIND_INDEX || IndexGetRelation(indexoid, false) != plan->relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("relation \"%s\" already exists", name),
+				 errdetail("mig_contract builds the copy of an index under this name."),
+				 errhint("Rename or drop that relation.")));
+	return get_index_isvalid(indexoid) ? 2 : 1;
+}
+
+/* 0: no such constraint, 1: NOT VALID, 2: valid.  In a transaction. */
+static int
+constraint_state(Oid relid, const char *name)
+{
+	Oid			conoid = get_relation_constraint_oid(relid, name, true);
+	HeapTuple	tup;
+	int			state;
+
+	if (!OidIsValid(conoid))
+		return 0;
+	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for constraint %u", conoid);
+	state = ((Form_pg_constraint) GETSTRUCT(tup))->convalidated ? 2 : 1;
+	ReleaseSysCache(tup);
+	return state;
+}
+
+static bool
+column_not_null(Oid relid, AttrNumber attnum)
+{
+	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(attnum));
+	bool		result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for attribute %d of relation %u", attnum, relid);
+	result = ((Form_pg_attribute) GETSTRUCT(tup))->attnotnull;
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/* Drop what a failed index build left (an INVALID index), if anything. */
+static void
+drop_index(ContractPlan *plan, const char *name)
+{
+	DropStmt   *drop = makeNode(DropStmt);
+
+	drop->removeType = OBJECT_INDEX;
+	drop->objects = list_make1(list_make2(makeString(plan->nspname), makeString(pstrdup(name))));
+	drop->behavior = DROP_RESTRICT;
+	drop->missing_ok = true;
+	drop->concurrent = true;
+	run_toplevel((Node *) drop,
+				 psprintf("DROP INDEX CONCURRENTLY IF EXISTS %s",
+						  quote_qualified_identifier(plan->nspname, name)));
+}
+
+/*
+ * Build the copy of one index with CREATE INDEX CONCURRENTLY, unless a
+ * valid one is there from an earlier run.  A build that fails leaves an
+ * INVALID index: it is dropped before failing, and a build that ran into a
+ * lock timeout (a long transaction it had to wait for) is tried again.
+ */
+static void
+build_index(ContractPlan *plan, ContractIndex *ci)
+{
+	for (int attempt = 1;; attempt++)
+	{
+		int			state;
+		volatile bool retry = false;
+
+		check_caller();
+		xact_begin();
+		state = index_state(plan, ci->tmpname);
+		xact_end();
+		if (state == 2)
+		{
+			progress("index \"%s\" is already copied to the new column", ci->oldname);
+			return;
+		}
+		if (state == 1)
+			drop_index(plan, ci->tmpname);
+
+		progress("building a copy of index \"%s\" on the new column concurrently", ci->oldname);
+		PG_TRY();
+		{
+			run_toplevel((Node *) ci->stmt,
+						 psprintf("CREATE INDEX CONCURRENTLY %s ON %s (a copy of %s on the new column)",
+								  quote_identifier(ci->tmpname), plan->qname,
+								  quote_identifier(ci->oldname)));
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(contract_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+			drop_index(plan, ci->tmpname);
+			if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE ||
+				attempt >= CONTRACT_INDEX_TRIES)
+				ReThrowError(edata);
+			FreeErrorData(edata);
+			retry = true;
+		}
+		PG_END_TRY();
+		if (!retry)
+			return;
+		pg_usleep(1000L * mig_lock_timeout_max_ms);
+	}
+}
+
+/*
+ * NOT NULL (through its CHECK) and the check_expr of expand, added NOT
+ * VALID: one short ACCESS EXCLUSIVE lock, no scan.
+ */
+static void
+add_checks(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	bool		changed;
+
+	check_caller();
+	xact_begin();
+	initStringInfo(&sql);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum) &&
+			constraint_state(plan->relid, c->nn_check) == 0)
+			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
+							 sql.len > 0 ? "," : "", quote_identifier(c->nn_check),
+							 quote_identifier(c->newname));
+		if (c->check_tmp && constraint_state(plan->relid, c->check_tmp) == 0)
+			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s) NOT VALID",
+							 sql.len > 0 ? "," : "", quote_identifier(c->check_tmp), c->check_sql);
+	}
+	changed = sql.len > 0;
+	if (changed)
+	{
+		mig_lock_table(plan->relid, AccessExclusiveLock, "add constraints NOT VALID");
+		run_sql(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
+	}
+	xact_end();
+	if (changed)
+		progress("added the NOT NULL and CHECK constraints of the new column%s as NOT VALID",
+				 list_length(plan->columns) > 1 ? "s" : "");
+}
+
+/* A foreign key copy, NOT VALID: a short SHARE ROW EXCLUSIVE on both tables. */
+static void
+add_fkey(ContractPlan *plan, ContractFkey *fk)
+{
+	bool		added = false;
+
+	check_caller();
+	xact_begin();
+	if (constraint_state(fk->conrelid, fk->tmpname) == 0)
+	{
+		Oid			rels[2] = {fk->conrelid, fk->confrelid};
+
+		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
+						ShareRowExclusiveLock, "add a foreign key NOT VALID");
+		run_sql(fk->adddef);
+		added = true;
+	}
+	xact_end();
+	if (added)
+		progress("added foreign key \"%s\" on the new column as NOT VALID", fk->oldname);
+}
+
+/*
+ * VALIDATE CONSTRAINT in its own transaction: it scans, but under SHARE
+ * UPDATE EXCLUSIVE, which lets reads and writes through.
+ */
+static void
+validate(Oid relid, const char *name, const char *what)
+{
+	int			state;
+
+	if (name == NULL)
+		return;
+	check_caller();
+	xact_begin();
+	state = constraint_state(relid, name);
+	xact_end();
+	if (state != 1)
+		return;
+
+	progress("validating %s", what);
+	xact_begin();
+	mig_lock_table(relid, ShareUpdateExclusiveLock, "validate a constraint");
+	run_sql(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												get_rel_name(relid)),
+					 quote_identifier(name)));
+	xact_end();
+}
+
+/*
+ * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
+ * NULL) proves it, then drop that CHECK.  Two statements: in one ALTER
+ * TABLE the DROP CONSTRAINT would run first and the proof be gone.
+ */
+static void
+set_not_null(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	bool		changed;
+
+	check_caller();
+	xact_begin();
+	initStringInfo(&sql);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
+			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
+							 plan->qname, quote_identifier(c->newname));
+	}
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (constraint_state(plan->relid, c->nn_check) > 0)
+			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+							 plan->qname, quote_identifier(c->nn_check));
+	}
+	changed = sql.len > 0;
+	if (changed)
+	{
+		mig_lock_table(plan->relid, AccessExclusiveLock, "set NOT NULL");
+		run_sql(sql.data);
+	}
+	xact_end();
+	if (changed)
+		progress("set NOT NULL on the new column%s, proved by the validated CHECK without a scan",
+				 list_length(plan->columns) > 1 ? "s" : "");
+}
+
+/*
+ * ADD GENERATED ... AS IDENTITY for the new column, with the old identity's
+ * options and its position: the next value it would have given.
+ */
+static char *
+identity_sql(ContractPlan *plan, ContractColumn *c)
+{
+	HeapTuple	tup;
+	Form_pg_sequence seq;
+	char	   *seqname;
+	int64		last;
+	bool		called;
+	int64		start;
+	bool		isnull;
+	StringInfoData sql;
+	int64		typmin,
+				typmax;
+
+	seqname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(c->ident_seq)),
+										 get_rel_name(c->ident_seq));
+	SPI_connect();
+	if (SPI_execute(psprintf("SELECT last_value, is_called FROM %s", seqname), true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read sequence %s", seqname);
+	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	called = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_finish();
+
+	tup = SearchSysCache1(SEQRELID, ObjectIdGetDatum(c->ident_seq));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for sequence %u", c->ident_seq);
+	seq = (Form_pg_sequence) GETSTRUCT(tup);
+	start = called ? last + seq->seqincrement : last;
+	typmin = seq->seqtypid == INT2OID ? PG_INT16_MIN : seq->seqtypid == INT4OID ? PG_INT32_MIN : PG_INT64_MIN;
+	typmax = seq->seqtypid == INT2OID ? PG_INT16_MAX : seq->seqtypid == INT4OID ? PG_INT32_MAX : PG_INT64_MAX;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s ADD GENERATED %s AS IDENTITY "
+					 "(SEQUENCE NAME %s INCREMENT BY " INT64_FORMAT " START WITH " INT64_FORMAT
+					 " CACHE " INT64_FORMAT " %s",
+					 plan->qname, quote_identifier(c->finalname),
+					 c->identity == ATTRIBUTE_IDENTITY_ALWAYS ? "ALWAYS" : "BY DEFAULT",
+					 seqname, seq->seqincrement, start, seq->seqcache,
+					 seq->seqcycle ? "CYCLE" : "NO CYCLE");
+	/* bounds that were the old type's defaults become the new type's */
+	if (seq->seqmin != (seq->seqincrement > 0 ? 1 : typmin))
+		appendStringInfo(&sql, " MINVALUE " INT64_FORMAT, seq->seqmin);
+	if (seq->seqmax != (seq->seqincrement > 0 ? typmax : -1))
+		appendStringInfo(&sql, " MAXVALUE " INT64_FORMAT, seq->seqmax);
+	appendStringInfoChar(&sql, ')');
+	ReleaseSysCache(tup);
+	return sql.data;
+}
+
+/*
+ * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
+ * taken all at once through the lock ladder.  Only catalog changes: the
+ * constraints move to the indexes built before, the sequence, default and
+ * identity move, the trigger and the old columns go, the new columns take
+ * their place, and the migration is marked contracted, all or nothing.
+ */
+static void
+swap(ContractPlan *plan, bool force)
+{
+	int			nrels = list_length(plan->lockrels);
+	Oid		   *rels = palloc(sizeof(Oid) * nrels);
+	MigMigration *m;
+	Relation	rel;
+	StringInfoData sql;
+	List	   *identities = NIL;
+	ListCell   *lc;
+
+	check_caller();
+	progress("swapping the columns of table \"%s\" under a short ACCESS EXCLUSIVE lock",
+			 plan->relname);
+	xact_begin();
+	foreach(lc, plan->lockrels)
+		rels[foreach_current_index(lc)] = lfirst_oid(lc);
+	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
+
+	/* under the lock, nothing can change any more: check what we build on */
+	rel = mig_open_table(plan->relid, NoLock);
+	m = mig_catalog_by_id(plan->migration_id);
+	if (m == NULL || mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration of table \"%s\" ended while mig_contract ran", plan->relname),
+				 errdetail("It is now in phase %s.", m ? m->phase : "unknown")));
+	mig_contract_check_phase(rel, m, force, "contract");
+	table_close(rel, NoLock);
+	foreach(lc, plan->indexes)
+	{
+		ContractIndex *ci = lfirst(lc);
+
+		if (index_state(plan, ci->tmpname) != 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the copy of index \"%s\" disappeared while mig_contract ran", ci->oldname),
+					 errhint("Run mig_contract again.")));
+	}
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "DROP TRIGGER %s ON %s;", quote_identifier(MIG_TRIGGER_NAME), plan->qname);
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+						 fk->conrel, quote_identifier(fk->oldname));
+	}
+	foreach(lc, plan->indexes)
+	{
+		ContractIndex *ci = lfirst(lc);
+
+		if (ci->contype)
+			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+							 plan->qname, quote_identifier(ci->conname));
+	}
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+		char	   *seqname;
+
+		if (!OidIsValid(c->owned_seq))
+			continue;
+		seqname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(c->owned_seq)),
+											 get_rel_name(c->owned_seq));
+		appendStringInfo(&sql, "ALTER SEQUENCE %s OWNED BY %s.%s;", seqname, plan->qname,
+						 quote_identifier(c->newname));
+		if (c->widen_seq)
+			appendStringInfo(&sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
+	}
+	/* read the identities' positions while their sequences exist */
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (OidIsValid(c->ident_seq))
+			identities = lappend(identities, identity_sql(plan, c));
+	}
+	appendStringInfo(&sql, "ALTER TABLE %s", plan->qname);
+	foreach(lc, plan->dropcols)
+		appendStringInfo(&sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
+						 quote_identifier(lfirst(lc)));
+	appendStringInfoChar(&sql, ';');
+	run_sql(sql.data);
+
+	/* the old names are free: the new objects take them */
+	resetStringInfo(&sql);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->pair->in_place && strcmp(c->newname, c->finalname) != 0)
+			appendStringInfo(&sql, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+							 quote_identifier(c->newname), quote_identifier(c->finalname));
+	}
+	foreach(lc, plan->indexes)
+	{
+		ContractIndex *ci = lfirst(lc);
+		const char *final = ci->contype ? ci->conname : ci->oldname;
+
+		if (ci->contype)
+			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
+							 plan->qname, quote_identifier(ci->conname),
+							 ci->contype == CONSTRAINT_PRIMARY ? "PRIMARY KEY" : "UNIQUE",
+							 quote_identifier(ci->tmpname),
+							 ci->deferrable ? " DEFERRABLE" : "",
+							 ci->deferred ? " INITIALLY DEFERRED" : "");
+		else
+			appendStringInfo(&sql, "ALTER INDEX %s RENAME TO %s;",
+							 quote_qualified_identifier(plan->nspname, ci->tmpname),
+							 quote_identifier(ci->oldname));
+		if (ci->replident)
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;",
+							 plan->qname, quote_identifier(final));
+		if (ci->clustered)
+			appendStringInfo(&sql, "ALTER TABLE %s CLUSTER ON %s;",
+							 plan->qname, quote_identifier(final));
+	}
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
+						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
+	}
+	foreach(lc, identities)
+		appendStringInfo(&sql, "%s;", (char *) lfirst(lc));
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->default_sql)
+			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;",
+							 plan->qname, quote_identifier(c->finalname), c->default_sql);
+		if (c->check_tmp)
+			appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;",
+							 plan->qname, quote_identifier(c->check_tmp),
+							 quote_identifier(ChooseConstraintName(plan->relname, c->finalname, "check",
+																   get_rel_namespace(plan->relid), NIL)));
+		if (c->comment)
+			appendStringInfo(&sql, "COMMENT ON COLUMN %s.%s IS %s;", plan->qname,
+							 quote_identifier(c->finalname), quote_literal_cstr(c->comment));
+	}
+	if (sql.len > 0)
+		run_sql(sql.data);
+
+	mig_catalog_set_phase(plan->migration_id, MIG_PHASE_CONTRACTED,
+						  force ? "forced: contracted without a passed validation" : NULL);
+	xact_end();
+}
+
+/*
+ * Only one mig_contract per table at a time: a session-level lock of the
+ * worker's own (an advisory lock tag that the SQL-level advisory lock
+ * functions never use), gone when the worker exits.
+ */
+static void
+lock_contract(Oid relid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, 3);
+	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("mig_contract is already running on table \"%s\"", get_rel_name(relid)),
+				 errhint("Wait for it to finish.")));
+}
+
+/*
+ * The worker's main function: connect as the caller, attach the caller's
+ * queue so that every NOTICE and the error go to the caller, plan again
+ * (the catalog may have moved since the caller checked), and run the steps.
+ */
+void
+mig_contract_worker_main(Datum main_arg)
+{
+	MigWorkerArgs args;
+	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	ContractShared *sh;
+	ContractPlan *plan;
+	Relation	rel;
+	MigMigration *m;
+	ListCell   *lc;
+	char		buf[32];
+
+	mig_worker_connect(&args);
+	seg = dsm_attach((dsm_handle) args.arg);
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("mig_contract's caller went away before its worker started")));
+	dsm_pin_mapping(seg);
+	sh = worker_shared = dsm_segment_address(seg);
+	mq = (shm_mq *) ((char *) sh + MAXALIGN(sizeof(ContractShared)));
+	shm_mq_set_sender(mq, MyProc);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	pq_redirect_to_shm_mq(seg, mqh);
+
+	contract_cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext contract",
+										 ALLOCSET_DEFAULT_SIZES);
+
+	/* the caller's ladder; generated SQL is deparsed for this search_path */
+	snprintf(buf, sizeof(buf), "%d", sh->lock_timeout_ms);
+	SetConfigOption("migrate_ext.lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
+	snprintf(buf, sizeof(buf), "%d", sh->lock_timeout_max_ms);
+	SetConfigOption("migrate_ext.lock_timeout_max", buf, PGC_USERSET, PGC_S_SESSION);
+	/* every other lock a statement takes waits at most the ladder's top */
+	SetConfigOption("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
+	snprintf(buf, sizeof(buf), "%d", sh->lock_retries);
+	SetConfigOption("migrate_ext.lock_retries", buf, PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("application_name", "migrate_ext contract", PGC_USERSET, PGC_S_SESSION);
+
+	lock_contract(sh->relid);
+
+	xact_begin();
+	/* the plan, and the migration it points into, outlive the transaction */
+	MemoryContextSwitchTo(contract_cxt);
+	rel = mig_open_table(sh->relid, AccessShareLock);
+	m = mig_catalog_active(sh->relid, false);
+	if (m->id != sh->migration_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration of table \"%s\" changed while mig_contract started",
+						RelationGetRelationName(rel))));
+	plan = mig_contract_plan(rel, m, sh->force);
+	table_close(rel, AccessShareLock);
+	xact_end();
+	MemoryContextSwitchTo(contract_cxt);
+
+	foreach(lc, plan->indexes)
+		build_index(plan, lfirst(lc));
+	add_checks(plan);
+	foreach(lc, plan->fkeys)
+		add_fkey(plan, lfirst(lc));
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null)
+			validate(plan->relid, c->nn_check,
+					 psprintf("that column \"%s\" has no NULL", c->finalname));
+		validate(plan->relid, c->check_tmp,
+				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+	}
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		validate(fk->conrelid, fk->tmpname,
+				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+	}
+	set_not_null(plan);
+	swap(plan, sh->force);
+	MemoryContextSwitchTo(contract_cxt);
+
+	progress("table \"%s\" is contracted", plan->relname);
+	SpinLockAcquire(&sh->mutex);
+	sh->done = true;
+	SpinLockRelease(&sh->mutex);
+}
