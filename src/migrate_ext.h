@@ -117,10 +117,11 @@ extern bool mig_release_xmin(void);
 extern void mig_dualwrite_init(void);
 
 /*
- * backfill.c and launcher.c: the backfill worker and the launcher that
- * resumes interrupted jobs.  A job's worker holds the session-level advisory
- * lock (MIG_JOB_LOCK_KEY, job id) for its whole life: a job in state
- * running, throttled or paused whose lock nobody holds is interrupted.
+ * backfill.c, backfill_worker.c and launcher.c: the backfill worker and the
+ * launcher that resumes interrupted jobs.  A job's worker holds the
+ * session-level advisory lock (MIG_JOB_LOCK_KEY, job id) for its whole life:
+ * a job in state running, throttled or paused whose lock nobody holds is
+ * interrupted.
  */
 #define MIG_JOB_LOCK_KEY		1835624306	/* 'migr' */
 extern void mig_backfill_resume_interrupted(void);

@@ -1,0 +1,67 @@
+/*-------------------------------------------------------------------------
+ *
+ * backfill.h
+ *	  What the three files of the backfill share, private to them:
+ *	  backfill.c, the SQL-callable controls (mig_backfill, mig_pause,
+ *	  mig_resume, mig_cancel, mig_set) and the restart of interrupted jobs;
+ *	  backfill_walk.c, the key the walk follows and the SQL of one batch;
+ *	  backfill_worker.c, the background worker that runs the batches.  The
+ *	  rest of migrate_ext sees only what migrate_ext.h declares.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MIGRATE_EXT_BACKFILL_H
+#define MIGRATE_EXT_BACKFILL_H
+
+#include "postgres.h"
+
+#include "nodes/pg_list.h"
+#include "storage/lock.h"
+#include "utils/relcache.h"
+
+#include "migrate_ext.h"
+
+/*
+ * Whoever starts a worker holds this lock (MIG_GATE_LOCK_KEY, job id) until
+ * its transaction ends; the worker waits for it, so it never reads the job
+ * row before the row it was started for is committed (or rolled back).
+ */
+#define MIG_GATE_LOCK_KEY		1835624307
+
+#define BF_VACUUM_FRACTION		0.05	/* VACUUM after this share of the rows */
+#define BF_VACUUM_MIN_ROWS		10000
+
+/* What a batch reads from the job row, valid for one transaction. */
+typedef struct BfJob
+{
+	char	   *state;
+	int64		migration_id;
+	char	   *key_kind;		/* NULL: the walk has not started */
+	List	   *key_cols;		/* of char * */
+	List	   *lower_key;		/* of char *; NIL: from the start */
+	List	   *upper_key;		/* of char *; NIL: nothing to walk */
+} BfJob;
+
+/* backfill.c: job states and the jobs' advisory locks */
+extern void bf_locktag(LOCKTAG *tag, int32 key, int64 job_id);
+extern bool bf_state_is(const char *state, const char *a, const char *b,
+						const char *c);
+extern bool bf_state_live(const char *state);
+
+/* backfill_walk.c: the walk, and the batches' SQL */
+extern const char *bf_qualified_name(Oid relid);
+extern Datum bf_text_array(List *l);
+extern bool bf_is_ctid(BfJob *job);
+extern void bf_start_walk(Relation rel, MigMigration *m, BfJob *job,
+						  int64 job_id, double *rows_per_block,
+						  int64 *vacuum_every);
+extern char *bf_ground_moved(Relation rel, MigMigration *m, BfJob *job,
+							 const char **hint);
+extern List *bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+						  int64 *seen, int64 *written);
+extern List *bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+						   double *rows_per_block, int64 *seen,
+						   int64 *written);
+extern bool bf_walk_complete(BfJob *job);
+
+#endif							/* MIGRATE_EXT_BACKFILL_H */

@@ -1,0 +1,627 @@
+/*-------------------------------------------------------------------------
+ *
+ * backfill_walk.c
+ *	  The walk of a backfill job over its table: which key it follows (the
+ *	  primary key, else a unique NOT NULL key, else physical ctid ranges),
+ *	  the upper bound frozen when it starts, the checks that the ground did
+ *	  not move under it, and the SQL of one batch: where the batch ends, and
+ *	  the UPDATE that makes the dual-write trigger compute the new values.
+ *	  The worker (backfill_worker.c) runs these in its batch transactions;
+ *	  nothing here commits or sleeps, and what the walk needs of the
+ *	  worker's state comes in as arguments.
+ *
+ * Concurrent client writes.  The UPDATE runs in READ COMMITTED with
+ * mig_backfill_writes set, so the dual-write trigger computes new := up(row)
+ * from the row version that is actually being written (a BEFORE ROW trigger
+ * fires on the version the UPDATE locked).  When a client updated a row
+ * after the batch's snapshot was taken, the UPDATE waits for it and then
+ * re-checks the latest version (EvalPlanQual): the WHERE clause "new IS
+ * NULL OR new IS DISTINCT FROM up(old)" is evaluated again on the client's
+ * version, which the client's trigger already made right, so the row is
+ * skipped and the client's value wins; if it is still not right, the
+ * trigger computes from that latest version, never from the stale one.  A client that
+ * updates a row after the batch wrote it waits for the batch and builds on
+ * its version, and its trigger computes new from the client's old value.
+ * Either way new = up(old) holds when both have committed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "commands/defrem.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "storage/bufmgr.h"
+#include "storage/itemptr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "backfill.h"
+#include "migrate_ext.h"
+
+#define BF_SMALL_TABLE_BLOCKS	1280	/* count rows_total exactly below this */
+
+/* ----------------------------------------------------------------
+ *		Small helpers
+ * ----------------------------------------------------------------
+ */
+
+/* The table's name, schema-qualified and quoted, for SQL and messages. */
+const char *
+bf_qualified_name(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
+}
+
+/* A List of C strings as a text[] datum: how key values are stored. */
+Datum
+bf_text_array(List *l)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(l), 1));
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, l)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, i, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static bool
+bf_lists_equal(List *a, List *b)
+{
+	ListCell   *la,
+			   *lb;
+
+	if (list_length(a) != list_length(b))
+		return false;
+	forboth(la, a, lb, b)
+		if (strcmp(lfirst(la), lfirst(lb)) != 0)
+		return false;
+	return true;
+}
+
+/* ----------------------------------------------------------------
+ *		The walk
+ * ----------------------------------------------------------------
+ */
+
+static Oid
+bf_operator_namespace(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Oid			nsp;
+
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	nsp = ((Form_pg_operator) GETSTRUCT(tup))->oprnamespace;
+	ReleaseSysCache(tup);
+	return nsp;
+}
+
+/*
+ * Can the walk follow this index?  A plain btree over NOT NULL columns with
+ * their default ordering and collation, whose comparison operators are
+ * built in (the batches' SQL runs with search_path = pg_catalog, so "(a, b)
+ * > ($1, $2)" must find exactly the index's operators).  Sets *cols to the
+ * key columns' names.
+ */
+static bool
+bf_index_walkable(Relation rel, Oid indexoid, List **cols)
+{
+	Relation	ind = index_open(indexoid, AccessShareLock);
+	Form_pg_index idx = ind->rd_index;
+	bool		ok;
+
+	*cols = NIL;
+	ok = ind->rd_rel->relam == BTREE_AM_OID && idx->indisvalid &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
+	for (int i = 0; ok && i < idx->indnkeyatts; i++)
+	{
+		AttrNumber	attnum = idx->indkey.values[i];
+		Form_pg_attribute att;
+		Oid			opclass;
+		Oid			gt;
+
+		if (attnum <= 0)
+		{
+			ok = false;
+			break;
+		}
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		opclass = GetDefaultOpClass(att->atttypid, BTREE_AM_OID);
+		gt = get_opfamily_member(ind->rd_opfamily[i], ind->rd_opcintype[i],
+								 ind->rd_opcintype[i], BTGreaterStrategyNumber);
+		if (!att->attnotnull || ind->rd_indoption[i] != 0 || !OidIsValid(opclass) ||
+			get_opclass_family(opclass) != ind->rd_opfamily[i] ||
+			get_opclass_input_type(opclass) != ind->rd_opcintype[i] ||
+			ind->rd_indcollation[i] != att->attcollation ||
+			!OidIsValid(gt) || bf_operator_namespace(gt) != PG_CATALOG_NAMESPACE)
+			ok = false;
+		else
+			*cols = lappend(*cols, pstrdup(NameStr(att->attname)));
+	}
+	index_close(ind, AccessShareLock);
+	return ok;
+}
+
+/*
+ * Choose what the walk follows: the primary key, else the unique NOT NULL
+ * key with the fewest columns, else physical ctid ranges.
+ */
+static const char *
+bf_choose_key(Relation rel, List **cols)
+{
+	Oid			pk = RelationGetPrimaryKeyIndex(rel);
+	List	   *best = NIL;
+	ListCell   *lc;
+
+	if (OidIsValid(pk) && bf_index_walkable(rel, pk, cols))
+		return "primary key";
+
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		List	   *c;
+		bool		unique;
+		HeapTuple	tup;
+
+		if (indexoid == pk)
+			continue;
+		tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
+		if (!HeapTupleIsValid(tup))
+			continue;
+		unique = ((Form_pg_index) GETSTRUCT(tup))->indisunique;
+		ReleaseSysCache(tup);
+		if (unique && bf_index_walkable(rel, indexoid, &c) &&
+			(best == NIL || list_length(c) < list_length(best)))
+			best = c;
+	}
+	*cols = best;
+	return best ? "unique key" : "ctid";
+}
+
+/* Does the walk follow physical ctid ranges rather than a key? */
+bool
+bf_is_ctid(BfJob *job)
+{
+	return strcmp(job->key_kind, "ctid") == 0;
+}
+
+static BlockNumber
+bf_block_of(const char *tidtext)
+{
+	ItemPointer ip = (ItemPointer) DatumGetPointer(DirectFunctionCall1(tidin,
+																	   CStringGetDatum(tidtext)));
+
+	return ItemPointerGetBlockNumberNoCheck(ip);
+}
+
+static Datum
+bf_block_tid(BlockNumber blk)
+{
+	ItemPointer ip = palloc(sizeof(ItemPointerData));
+
+	ItemPointerSet(ip, blk, 0);
+	return PointerGetDatum(ip);
+}
+
+static char *
+bf_block_text(BlockNumber blk)
+{
+	return DatumGetCString(DirectFunctionCall1(tidout, bf_block_tid(blk)));
+}
+
+/*
+ * First batch of a job: choose the key, freeze the upper bound, estimate
+ * the rows, and move the migration to backfilling.  Sets the worker's
+ * *rows_per_block and *vacuum_every from the estimate.
+ */
+void
+bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
+			  double *rows_per_block, int64 *vacuum_every)
+{
+	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
+	Datum		v[6];
+	char		n[7] = "      ";
+	int64		total = -1;
+	bool		exact = false;
+	ListCell   *lc;
+
+	job->key_kind = (char *) bf_choose_key(rel, &job->key_cols);
+	job->lower_key = NIL;
+	job->upper_key = NIL;
+	if (bf_is_ctid(job))
+	{
+		if (nblocks > 0)
+			job->upper_key = list_make1(bf_block_text(nblocks));
+	}
+	else
+	{
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfoString(&sql, "SELECT ");
+		foreach(lc, job->key_cols)
+			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) ? ", " : "",
+							 quote_identifier(lfirst(lc)));
+		appendStringInfo(&sql, " FROM ONLY %s ORDER BY ", qname);
+		foreach(lc, job->key_cols)
+			appendStringInfo(&sql, "%s%s DESC", foreach_current_index(lc) ? ", " : "",
+							 quote_identifier(lfirst(lc)));
+		appendStringInfoString(&sql, " LIMIT 1");
+		if (SPI_execute(sql.data, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the upper bound of the backfill");
+		if (SPI_processed == 1)
+			for (int i = 1; i <= list_length(job->key_cols); i++)
+				job->upper_key = lappend(job->upper_key,
+										 SPI_getvalue(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, i));
+	}
+
+	/* rows_total: exact for a small table, else the planner's estimate */
+	if (nblocks == 0)
+	{
+		total = 0;
+		exact = true;
+	}
+	else if (nblocks <= BF_SMALL_TABLE_BLOCKS)
+	{
+		bool		isnull;
+
+		if (SPI_execute(psprintf("SELECT count(*) FROM ONLY %s", qname), false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the rows to backfill");
+		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		exact = true;
+	}
+	else if (rel->rd_rel->reltuples >= 0 && rel->rd_rel->relpages > 0)
+		total = (int64) (rel->rd_rel->reltuples / rel->rd_rel->relpages * nblocks);
+
+	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
+	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
+
+	v[0] = Int64GetDatum(job_id);
+	v[1] = CStringGetTextDatum(job->key_kind);
+	v[2] = bf_text_array(job->key_cols);
+	v[3] = job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0;
+	n[3] = job->upper_key ? ' ' : 'n';
+	v[4] = Int64GetDatum(total);
+	n[4] = total >= 0 ? ' ' : 'n';
+	v[5] = BoolGetDatum(exact);
+	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
+					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
+					 "WHERE id = $1", 6, types, v, n, 1);
+
+	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
+		mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLING, NULL);
+}
+
+/*
+ * Has the ground moved under the job?  Returns NULL when all is as the job
+ * needs it, else what changed; *hint says what to do.
+ */
+char *
+bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
+{
+	const char *relname = RelationGetRelationName(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trigdesc = rel->trigdesc;
+	Trigger    *trig = NULL;
+	char		idbuf[32];
+	ListCell   *lc;
+
+	snprintf(idbuf, sizeof(idbuf), INT64_FORMAT, m->id);
+	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+		if (strcmp(trigdesc->triggers[i].tgname, MIG_TRIGGER_NAME) == 0)
+			trig = &trigdesc->triggers[i];
+	if (trig == NULL || trig->tgnargs != 1 || strcmp(trig->tgargs[0], idbuf) != 0)
+	{
+		*hint = psprintf("Client writes are no longer kept in step: abort with mig_abort('%s') and start the migration again.",
+						 relname);
+		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was dropped",
+						MIG_TRIGGER_NAME, relname);
+	}
+	if (trig->tgenabled == TRIGGER_DISABLED ||
+		(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
+		 trig->tgenabled == TRIGGER_FIRES_ON_ORIGIN :
+		 trig->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+	{
+		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
+						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
+		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was disabled",
+						MIG_TRIGGER_NAME, relname);
+	}
+
+	*hint = psprintf("Abort the migration with mig_abort('%s') and start it again.", relname);
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+		Form_pg_attribute att;
+		ListCell   *lv;
+
+		if (p->new_attnum > desc->natts ||
+			(att = TupleDescAttr(desc, p->new_attnum - 1))->attisdropped)
+			return psprintf("new column \"%s\" of table \"%s\" was dropped", p->new_col, relname);
+		if (strcmp(format_type_with_typemod(att->atttypid, att->atttypmod), p->new_type) != 0)
+			return psprintf("new column \"%s\" of table \"%s\" changed type from %s to %s",
+							NameStr(att->attname), relname, p->new_type,
+							format_type_with_typemod(att->atttypid, att->atttypmod));
+		foreach(lv, pull_var_clause(p->up, 0))
+		{
+			Var		   *var = lfirst(lv);
+
+			if (var->varattno <= 0)
+				continue;
+			if (var->varattno > desc->natts ||
+				(att = TupleDescAttr(desc, var->varattno - 1))->attisdropped)
+				return psprintf("a column that the up expression of \"%s\" reads was dropped from table \"%s\"",
+								p->new_col, relname);
+			if (att->atttypid != var->vartype || att->atttypmod != var->vartypmod)
+				return psprintf("column \"%s\" of table \"%s\", which the up expression of \"%s\" reads, changed type",
+								NameStr(att->attname), relname, p->new_col);
+		}
+	}
+
+	foreach(lc, job->key_cols)
+	{
+		if (get_attnum(RelationGetRelid(rel), lfirst(lc)) == InvalidAttrNumber)
+		{
+			*hint = psprintf("Start a new job with mig_backfill('%s'): it walks the current key.", relname);
+			return psprintf("key column \"%s\" that the backfill of table \"%s\" walks is gone",
+							(char *) lfirst(lc), relname);
+		}
+	}
+	return NULL;
+}
+
+/* "(a, b)" or "a", the key columns as a row. */
+static char *
+bf_key_row(List *cols, bool desc)
+{
+	StringInfoData s;
+	ListCell   *lc;
+
+	initStringInfo(&s);
+	if (list_length(cols) > 1 && !desc)
+		appendStringInfoChar(&s, '(');
+	foreach(lc, cols)
+		appendStringInfo(&s, "%s%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(lfirst(lc)), desc ? " DESC" : "");
+	if (list_length(cols) > 1 && !desc)
+		appendStringInfoChar(&s, ')');
+	return s.data;
+}
+
+/* "($3, $4)" or "$3", parameters first..first+n-1 as a row. */
+static char *
+bf_param_row(int first, int n)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	if (n > 1)
+		appendStringInfoChar(&s, '(');
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&s, "%s$%d", i ? ", " : "", first + i);
+	if (n > 1)
+		appendStringInfoChar(&s, ')');
+	return s.data;
+}
+
+/* Key values (text) as parameters of the key columns' types. */
+static void
+bf_key_params(Relation rel, List *cols, List *values, Oid *types, Datum *datums)
+{
+	ListCell   *lc,
+			   *lv;
+	int			i = 0;
+
+	forboth(lc, cols, lv, values)
+	{
+		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), lfirst(lc));
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		Oid			typinput;
+		Oid			typioparam;
+
+		getTypeInputInfo(att->atttypid, &typinput, &typioparam);
+		types[i] = att->atttypid;
+		datums[i] = OidInputFunctionCall(typinput, lfirst(lv), typioparam, att->atttypmod);
+		i++;
+	}
+}
+
+/*
+ * "SET new1 = new1, ..." and the filter "new1 IS NULL OR new1 IS DISTINCT
+ * FROM (up1) OR ...".  The dual-write trigger computes every new value from
+ * the row version it writes (mig_backfill_writes), and skips the row when
+ * they are all right already; so up() is computed once per row written
+ * (twice would be the price of SET new1 = (up1)), and a first backfill,
+ * where the new columns are NULL, does not compute it in the filter at all.
+ * A rerun filters out, without locking them, the rows that are right.
+ * Types without a built-in equality (json, or one defined outside
+ * pg_catalog) are compared as text.  Must run with search_path =
+ * pg_catalog, pg_temp, as the deparsed expressions expect.
+ */
+static void
+bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filter)
+{
+	ListCell   *lc;
+
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), p->new_attnum - 1);
+		const char *col = quote_identifier(NameStr(att->attname));
+		char	   *up = mig_deparse(p->up, RelationGetRelid(rel));
+		TypeCacheEntry *tce = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR);
+		Oid			upcoll = exprCollation(p->up);
+		const char *sep = foreach_current_index(lc) ? ", " : "";
+		const char *or = foreach_current_index(lc) ? " OR " : "";
+
+		appendStringInfo(set, "%s%s = %s", sep, col, col);
+		if (!OidIsValid(tce->eq_opr) || bf_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
+			appendStringInfo(filter, "%s%s IS NULL OR %s::text IS DISTINCT FROM (%s)::text",
+							 or, col, col, up);
+		else if (OidIsValid(att->attcollation) && OidIsValid(upcoll) &&
+				 upcoll != att->attcollation)
+			appendStringInfo(filter, "%s%s IS NULL OR %s IS DISTINCT FROM (%s) COLLATE %s",
+							 or, col, col, up, generate_collation_name(att->attcollation));
+		else
+			appendStringInfo(filter, "%s%s IS NULL OR %s IS DISTINCT FROM (%s)", or, col, col, up);
+	}
+}
+
+/*
+ * One batch along a key: the rows of (lower, end], end being the size-th
+ * key after lower or, near the end, the frozen upper bound.  Returns the
+ * new checkpoint; *seen and *written count the rows covered and written.
+ */
+List *
+bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+			 int64 *seen, int64 *written)
+{
+	int			nk = list_length(job->key_cols);
+	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	Oid		   *types = palloc(sizeof(Oid) * (3 * nk + 1));
+	Datum	   *values = palloc(sizeof(Datum) * (3 * nk + 1));
+	StringInfoData range;
+	StringInfoData cols;
+	StringInfoData sql;
+	StringInfoData set;
+	StringInfoData filter;
+	ListCell   *lc;
+	int			np = 0;
+	List	   *end = NIL;
+	bool		isnull;
+
+	/* (lower, upper] and the batch size */
+	initStringInfo(&range);
+	if (job->lower_key)
+	{
+		bf_key_params(rel, job->key_cols, job->lower_key, types, values);
+		appendStringInfo(&range, "%s > %s AND ", bf_key_row(job->key_cols, false),
+						 bf_param_row(1, nk));
+		np = nk;
+	}
+	bf_key_params(rel, job->key_cols, job->upper_key, types + np, values + np);
+	appendStringInfo(&range, "%s <= %s", bf_key_row(job->key_cols, false),
+					 bf_param_row(np + 1, nk));
+	np += nk;
+
+	/* the size-th key after lower; none: the last batch, up to upper */
+	initStringInfo(&cols);
+	foreach(lc, job->key_cols)
+		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	types[np] = INT8OID;
+	values[np] = Int64GetDatum(size - 1);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s FROM ONLY %s WHERE %s ORDER BY %s OFFSET $%d LIMIT 1",
+					 cols.data, qname, range.data, cols.data, np + 1);
+	if (SPI_execute_with_args(sql.data, np + 1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not find the end of a backfill batch");
+	if (SPI_processed == 1)
+	{
+		*seen = size;
+		for (int i = 1; i <= nk; i++)
+			end = lappend(end, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i));
+	}
+	else
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT count(*) FROM ONLY %s WHERE %s", qname, range.data);
+		if (SPI_execute_with_args(sql.data, np, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the rows of a backfill batch");
+		*seen = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											1, &isnull));
+		end = job->upper_key;
+	}
+
+	/* the same range, up to end */
+	np -= nk;
+	bf_key_params(rel, job->key_cols, end, types + np, values + np);
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE ONLY %s SET %s WHERE %s AND (%s)",
+					 qname, set.data, range.data, filter.data);
+	if (SPI_execute_with_args(sql.data, np + nk, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not run a backfill batch");
+	*written = SPI_processed;
+	return end;
+}
+
+/*
+ * One batch over physical ctid ranges: blocks [lower, lower + n) where n
+ * blocks hold about size rows, or up to the number of blocks the table had
+ * when the job started.  Returns the new checkpoint.  *rows_per_block, the
+ * worker's estimate, sizes the range and is refined from what it holds.
+ */
+List *
+bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+			  double *rows_per_block, int64 *seen, int64 *written)
+{
+	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
+	BlockNumber hi = bf_block_of(linitial(job->upper_key));
+	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
+	BlockNumber end = (hi - lo <= nblocks) ? hi : lo + nblocks;
+	Oid			types[2] = {TIDOID, TIDOID};
+	Datum		values[2];
+	StringInfoData set;
+	StringInfoData filter;
+	bool		isnull;
+
+	values[0] = bf_block_tid(lo);
+	values[1] = bf_block_tid(end);
+	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",
+									   qname),
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the rows of a backfill batch");
+	*seen = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (*seen > 0)
+		*rows_per_block = (double) *seen / (end - lo);
+
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	if (SPI_execute_with_args(psprintf("UPDATE ONLY %s SET %s WHERE ctid >= $1 AND ctid < $2 AND (%s)",
+									   qname, set.data, filter.data),
+							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not run a backfill batch");
+	*written = SPI_processed;
+	return list_make1(bf_block_text(end));
+}
+
+/* Has the checkpoint reached the bound frozen when the walk started? */
+bool
+bf_walk_complete(BfJob *job)
+{
+	if (job->upper_key == NIL)
+		return true;
+	if (job->lower_key == NIL)
+		return false;
+	if (bf_is_ctid(job))
+		return bf_block_of(linitial(job->lower_key)) >= bf_block_of(linitial(job->upper_key));
+	return bf_lists_equal(job->lower_key, job->upper_key);
+}
