@@ -54,6 +54,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "replication/walsender.h"
 #include "replication/walsender_private.h"
 #include "storage/ipc.h"
@@ -112,6 +113,8 @@ typedef struct BfWorker
 	Oid			relid;			/* InvalidOid until the first batch */
 	char	   *table_name;		/* for messages; NULL until the first batch */
 	MemoryContext cxt;			/* lives as long as the worker */
+
+	double		busy;			/* busy client sessions, smoothed: see bf_busy_sessions */
 
 	/* the settings, as the last read of the job row found them */
 	int			batch_size;
@@ -268,6 +271,42 @@ bf_record_end(const char *state, const char *error, const char *sqlstate)
  * ----------------------------------------------------------------
  */
 
+/* The most a batch's duration is multiplied by to yield to the load. */
+#define BF_MAX_YIELD	10.0
+
+/*
+ * Client sessions of this database that are running a statement on a CPU
+ * right now: active, and not waiting for a lock, I/O or a latch.  This is
+ * gh-ost's Threads_running.  Under load the worker yields, sleeping after
+ * each batch for the batch's duration times this number times
+ * migrate_ext.backfill_yield, so that on a busy server the backfill takes a
+ * small share of the CPU and the application's latency barely moves, while
+ * on an idle one it runs flat out.  A session that waits (in mig_wait, on a
+ * row lock the batch holds) is not counted: it is not competing with us.
+ */
+static int
+bf_busy_sessions(void)
+{
+	int			n = 0;
+	int			nbackends;
+
+	pgstat_clear_backend_activity_snapshot();
+	nbackends = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= nbackends; i++)
+	{
+		PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
+		PGPROC	   *proc;
+
+		if (be->st_backendType != B_BACKEND || be->st_databaseid != MyDatabaseId ||
+			be->st_state != STATE_RUNNING || be->st_procpid == MyProcPid)
+			continue;
+		proc = BackendPidGetProc(be->st_procpid);
+		if (proc != NULL && proc->wait_event_info == 0)
+			n++;
+	}
+	return n;
+}
+
 /* rows_recent: rows covered per second over the last BF_RATE_WINDOW_MS. */
 static double
 bf_rate_recent(TimestampTz now, uint64 seen_total)
@@ -344,6 +383,7 @@ bf_batch(void)
 	long		elapsed_ms;
 	double		rate;
 	bool		throttled = false;
+	const char *throttle_reason = NULL;
 	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
 		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
 	Datum		v[13];
@@ -468,7 +508,7 @@ bf_batch(void)
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	/* the pace: sleep_ms, or longer to hold max_rows_per_sec */
+	/* the pace: sleep_ms, or longer to hold max_rows_per_sec, or to yield */
 	bf->next_wait_ms = bf->sleep_ms;
 	if (bf->max_rows_per_sec > 0 && seen > 0)
 	{
@@ -477,9 +517,22 @@ bf_batch(void)
 		if (need > bf->next_wait_ms)
 		{
 			bf->next_wait_ms = (int) Min(need, INT_MAX);
-			throttled = true;
+			throttle_reason = "max_rows_per_sec";
 		}
 	}
+	if (mig_backfill_yield > 0)
+	{
+		long		yield_ms;
+
+		bf->busy = (bf->busy + bf_busy_sessions()) / 2;
+		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
+		if (yield_ms > bf->next_wait_ms)
+		{
+			bf->next_wait_ms = (int) Min(yield_ms, INT_MAX);
+			throttle_reason = "load";
+		}
+	}
+	throttled = throttle_reason != NULL;
 	rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
 
 	v[0] = Int64GetDatum(bf->job_id);
@@ -490,7 +543,7 @@ bf_batch(void)
 	v[5] = Float8GetDatum(rate);
 	v[6] = Float8GetDatum(bf_active_delta());
 	v[7] = CStringGetTextDatum(throttled ? "throttled" : "running");
-	v[8] = throttled ? CStringGetTextDatum("max_rows_per_sec") : (Datum) 0;
+	v[8] = throttled ? CStringGetTextDatum(throttle_reason) : (Datum) 0;
 	n[8] = throttled ? ' ' : 'n';
 	v[9] = Int64GetDatum(bf->pending_retries);
 	v[10] = bf->pending_error ? CStringGetTextDatum(bf->pending_error) : (Datum) 0;
@@ -1022,6 +1075,11 @@ mig_backfill_main(Datum main_arg)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 		bf_wait_for_replicas();
 		res = bf_try(bf_batch);
 		if (res == BF_NEXT)

@@ -27,6 +27,7 @@ int			mig_lock_timeout_ms = 50;
 int			mig_lock_timeout_max_ms = 1000;
 int			mig_lock_retries = 12;
 bool		mig_backfill_writes = false;
+double		mig_backfill_yield = 1.0;
 
 static const struct config_enum_entry writer_options[] = {
 	{"auto", MIG_WRITER_AUTO, false},
@@ -76,6 +77,17 @@ _PG_init(void)
 							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomRealVariable("migrate_ext.backfill_yield",
+							 "How much a backfill yields to the application's load.",
+							 "After each batch the worker sleeps for the batch's duration times this "
+							 "times the number of this database's sessions running a statement on a CPU "
+							 "(at most 10 batch durations). 0: never yield.",
+							 &mig_backfill_yield,
+							 1.0, 0.0, 100.0,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("migrate_ext");
 

@@ -32,6 +32,7 @@ extern int	mig_writer;
 extern int	mig_lock_timeout_ms;
 extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
+extern double mig_backfill_yield;
 
 /*
  * Set by the backfill for its own writes: the trigger then always computes

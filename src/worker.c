@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
@@ -102,6 +103,7 @@ mig_worker_connect(MigWorkerArgs *args)
 	memcpy(args, MyBgworkerEntry->bgw_extra, sizeof(MigWorkerArgs));
 
 	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->login_oid, 0);
 

@@ -1,0 +1,77 @@
+# The backfill yields to the application's load (migrate_ext.backfill_yield):
+# while this database's sessions keep CPUs busy, the job throttles with reason
+# 'load'; sessions that only wait do not count; and with the setting at 0
+# (reloaded into the running worker) it runs flat out under the same load.
+use strict;
+use warnings;
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('load');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'\n");
+$node->start;
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION migrate_ext;
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	INSERT INTO t SELECT g, 'V' || g FROM generate_series(1, 300000) g;
+	SELECT mig_expand('t', 'v', up => 'lower(v)');
+});
+
+# a session that only waits (here: for a lock) must not count as load
+$node->safe_psql('postgres', q{CREATE TABLE gate (x int)});
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(q{BEGIN; LOCK TABLE gate});
+my $waiter = IPC::Run::start(
+	[ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', 'BEGIN', '-c', 'LOCK TABLE gate', '-c', 'COMMIT' ],
+	'>', \my $wout, '2>', \my $werr);
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'})
+  or die 'the waiter does not wait';
+
+$node->safe_psql('postgres', q{SELECT mig_backfill('t', batch_size => 2000)});
+$node->poll_query_until('postgres', q{SELECT state = 'done' FROM migrate_ext.job ORDER BY id DESC LIMIT 1})
+  or die 'the backfill did not finish';
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM migrate_ext.job WHERE throttle_reason = 'load'}),
+	'0', 'a session waiting for a lock is not load');
+$holder->query_safe('COMMIT');
+$waiter->finish;
+$holder->quit;
+
+# two sessions keeping both CPUs busy
+my $busy_sql = 'SELECT count(*) FROM generate_series(1, 2000000000)';
+my @busy = map {
+	IPC::Run::start([ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', $busy_sql ],
+		'>', \my $out, '2>', \my $err)
+} 1 .. 2;
+$node->poll_query_until('postgres',
+	qq{SELECT count(*) = 2 FROM pg_stat_activity WHERE query = '$busy_sql' AND state = 'active'})
+  or die 'the busy sessions did not start';
+
+$node->safe_psql('postgres', q{
+	SET migrate_ext.writer = 'old';
+	UPDATE t SET v = v || '!' WHERE id % 2 = 0;	-- rows for a second job to write
+	SELECT mig_backfill('t', batch_size => 2000);
+});
+ok($node->poll_query_until('postgres',
+		q{SELECT state = 'throttled' AND throttle_reason = 'load' FROM mig_progress('t')}),
+	'under CPU load the job throttles with reason load');
+
+$node->safe_psql('postgres', q{ALTER SYSTEM SET migrate_ext.backfill_yield = 0; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres', q{SELECT state = 'done' FROM mig_progress('t')}),
+	'with backfill_yield = 0 it finishes under the same load');
+is($node->safe_psql('postgres',
+		qq{SELECT count(*) FROM pg_stat_activity WHERE query = '$busy_sql' AND state = 'active'}),
+	'2', 'the load was there all along');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM t WHERE _mig_new_v IS DISTINCT FROM lower(v)}),
+	'0', 'every row right');
+
+$node->safe_psql('postgres',
+	qq{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = '$busy_sql'});
+$_->finish for @busy;
+$node->stop;
+done_testing();
