@@ -389,6 +389,8 @@ bf_batch(void)
 	Datum		v[13];
 	char		n[14] = "             ";
 
+	SetCurrentStatementStartTimestamp();
+
 	StartTransactionCommand();
 	SPI_connect();
 	bf_set_local("synchronous_commit", "off");
@@ -586,6 +588,8 @@ bf_finish(void)
 	BfJob		job;
 	MigMigration *m;
 
+	SetCurrentStatementStartTimestamp();
+
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -634,6 +638,8 @@ bf_run_vacuum(Oid relid, bool last)
 	char	   *sql = NULL;
 	RawStmt    *raw;
 	PlannedStmt *pstmt;
+
+	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
 	oldcxt = MemoryContextSwitchTo(cxt);
@@ -763,6 +769,7 @@ bf_batch_failed(ErrorData *edata)
 	/* give up: record it in a fresh transaction */
 	PG_TRY();
 	{
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -838,6 +845,8 @@ bf_peek(bool *changed)
 	int			sleep_ms = bf->sleep_ms;
 	int64		max_rows_per_sec = bf->max_rows_per_sec;
 	int64		max_lag_ms = bf->max_lag_ms;
+
+	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
 	SPI_connect();
@@ -947,6 +956,7 @@ bf_wait_for_replicas(void)
 	{
 		if (!throttled)
 		{
+			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			mig_catalog_exec("UPDATE migrate_ext.job SET state = 'throttled', "
@@ -1012,6 +1022,8 @@ bf_setup(void)
 	BfJob		job;
 	bool		found;
 
+	SetCurrentStatementStartTimestamp();
+
 	StartTransactionCommand();
 	SetConfigOption("application_name", "migrate_ext backfill", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
@@ -1023,6 +1035,8 @@ bf_setup(void)
 	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
 	CommitTransactionCommand();
 	mig_backfill_writes = true;
+
+	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
 	if (!bf_take_job_lock())
@@ -1036,6 +1050,8 @@ bf_setup(void)
 	bf_locktag(&tag, MIG_GATE_LOCK_KEY, bf->job_id);
 	(void) LockAcquire(&tag, ShareLock, false, false);
 	CommitTransactionCommand();
+
+	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
 	SPI_connect();

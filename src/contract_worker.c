@@ -115,6 +115,7 @@ progress(const char *fmt,...)
 static void
 xact_begin(void)
 {
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	set_config_option("client_min_messages", "warning", PGC_USERSET, PGC_S_SESSION,
 					  GUC_ACTION_LOCAL, true, 0, false);

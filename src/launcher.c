@@ -74,6 +74,8 @@ launcher_databases(void)
 	TableScanDesc scan;
 	HeapTuple	tup;
 
+	SetCurrentStatementStartTimestamp();
+
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
@@ -167,6 +169,8 @@ mig_launcher_db_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+
+	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());

@@ -109,6 +109,7 @@ mig_worker_connect(MigWorkerArgs *args)
 
 	if (args->role_oid != args->login_oid)
 	{
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SetCurrentRoleId(args->role_oid, superuser_arg(args->role_oid));
 		CommitTransactionCommand();

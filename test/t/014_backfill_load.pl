@@ -69,6 +69,12 @@ is($node->safe_psql('postgres',
 	'2', 'the load was there all along');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM t WHERE _mig_new_v IS DISTINCT FROM lower(v)}),
 	'0', 'every row right');
+# the worker's now() moves with its transactions (a worker must set the
+# statement start time itself): the job's timestamps are not all its first
+is($node->safe_psql('postgres', q{
+	SELECT finished_at > started_at + interval '50 ms' AND updated_at = finished_at
+	  FROM migrate_ext.job ORDER BY id DESC LIMIT 1}),
+	't', 'the job row records when it really finished');
 
 $node->safe_psql('postgres',
 	qq{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = '$busy_sql'});
