@@ -62,13 +62,14 @@ extension_owner(void)
 }
 
 /*
- * Run one catalog-writing statement as the extension owner.  The caller's
- * identity is restored even on error: the security context flag makes
- * AbortTransaction do that, and forbids SET ROLE in between.
+ * Run one catalog-writing statement as the extension owner, leaving SPI
+ * connected for the caller to read the result and SPI_finish().  The
+ * caller's identity is restored even on error: the security context flag
+ * makes AbortTransaction do that, and forbids SET ROLE in between.
  */
-void
-mig_catalog_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				 const char *nulls, int expected)
+static int
+exec_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls)
 {
 	Oid			save_userid;
 	int			save_sec_context;
@@ -82,10 +83,44 @@ mig_catalog_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (ret < 0)
 		elog(ERROR, "migrate_ext catalog statement failed: %s", SPI_result_code_string(ret));
+	return ret;
+}
+
+/*
+ * Run one catalog-writing statement as the extension owner; expected >= 0
+ * is the number of rows it must touch.
+ */
+void
+mig_catalog_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				 const char *nulls, int expected)
+{
+	exec_as_owner(sql, nargs, argtypes, values, nulls);
 	if (expected >= 0 && SPI_processed != (uint64) expected)
 		elog(ERROR, "migrate_ext catalog statement touched " UINT64_FORMAT " rows, not %d",
 			 SPI_processed, expected);
 	SPI_finish();
+}
+
+/*
+ * Like mig_catalog_exec(), for a statement that returns one bigint (an
+ * INSERT ... RETURNING id): returns the value.
+ */
+int64
+mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes, Datum *values,
+					  const char *nulls)
+{
+	bool		isnull;
+	int64		result;
+
+	exec_as_owner(sql, nargs, argtypes, values, nulls);
+	if (SPI_processed != 1 || SPI_tuptable == NULL)
+		elog(ERROR, "migrate_ext catalog statement did not return one row");
+	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 1, &isnull));
+	if (isnull)
+		elog(ERROR, "migrate_ext catalog statement returned NULL");
+	SPI_finish();
+	return result;
 }
 
 static char *
@@ -234,25 +269,12 @@ mig_catalog_insert_migration(Oid relid, const char *table_name)
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
 	int64		id;
-	Oid			save_userid;
-	int			save_sec_context;
-	bool		isnull;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(table_name);
-
-	/* INSERT ... RETURNING needs the result, so not mig_catalog_exec() */
-	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	if (SPI_execute_with_args("INSERT INTO migrate_ext.migration (relid, table_name, created_by) "
-							  "VALUES ($1, $2, session_user) RETURNING id",
-							  2, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert into migrate_ext.migration");
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
+	id = mig_catalog_exec_int8("INSERT INTO migrate_ext.migration (relid, table_name, created_by) "
+							   "VALUES ($1, $2, session_user) RETURNING id",
+							   2, types, values, NULL);
 
 	/* current_user would be the extension owner in there: name the caller */
 	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role) "
@@ -348,35 +370,4 @@ mig_catalog_has_job(int64 migration_id)
 	found = SPI_processed > 0;
 	SPI_finish();
 	return found;
-}
-
-/*
- * Like mig_catalog_exec(), for a statement that returns one bigint (an
- * INSERT ... RETURNING id): runs it as the extension owner and returns the
- * value.
- */
-int64
-mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes, Datum *values,
-					  const char *nulls)
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			ret;
-	bool		isnull;
-	int64		result;
-
-	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	if (ret < 0 || SPI_processed != 1 || SPI_tuptable == NULL)
-		elog(ERROR, "migrate_ext catalog statement did not return one row");
-	result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										 1, &isnull));
-	if (isnull)
-		elog(ERROR, "migrate_ext catalog statement returned NULL");
-	SPI_finish();
-	return result;
 }
