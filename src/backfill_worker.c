@@ -307,6 +307,17 @@ bf_busy_sessions(void)
 	return n;
 }
 
+/*
+ * migrate_ext.busy_sessions(): what a backfill of this database counts as
+ * load right now, for a DBA wondering why a job says throttle_reason 'load'.
+ */
+PG_FUNCTION_INFO_V1(mig_busy_sessions);
+Datum
+mig_busy_sessions(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(bf_busy_sessions());
+}
+
 /* rows_recent: rows covered per second over the last BF_RATE_WINDOW_MS. */
 static double
 bf_rate_recent(TimestampTz now, uint64 seen_total)

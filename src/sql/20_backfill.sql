@@ -30,3 +30,8 @@ CREATE FUNCTION mig_set(tbl regclass, setting text, value text) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_set' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION mig_set IS
 	'changes a backfill setting (batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) from the next batch';
+
+CREATE FUNCTION migrate_ext.busy_sessions() RETURNS int
+	AS 'MODULE_PATHNAME', 'mig_busy_sessions' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION migrate_ext.busy_sessions() IS
+	'sessions of this database running a statement on a CPU: what a backfill yields to';

@@ -32,12 +32,11 @@ $node->poll_query_until('postgres',
 	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'})
   or die 'the waiter does not wait';
 
+is($node->safe_psql('postgres', q{SELECT migrate_ext.busy_sessions()}),
+	'0', 'a session waiting for a lock, or idle in a transaction, is not load');
 $node->safe_psql('postgres', q{SELECT mig_backfill('t', batch_size => 2000)});
 $node->poll_query_until('postgres', q{SELECT state = 'done' FROM migrate_ext.job ORDER BY id DESC LIMIT 1})
   or die 'the backfill did not finish';
-is($node->safe_psql('postgres',
-		q{SELECT count(*) FROM migrate_ext.job WHERE throttle_reason = 'load'}),
-	'0', 'a session waiting for a lock is not load');
 $holder->query_safe('COMMIT');
 $waiter->finish;
 $holder->quit;
@@ -51,6 +50,8 @@ my @busy = map {
 $node->poll_query_until('postgres',
 	qq{SELECT count(*) = 2 FROM pg_stat_activity WHERE query = '$busy_sql' AND state = 'active'})
   or die 'the busy sessions did not start';
+is($node->safe_psql('postgres', q{SELECT migrate_ext.busy_sessions()}),
+	'2', 'two sessions running on a CPU are load');
 
 $node->safe_psql('postgres', q{
 	SET migrate_ext.writer = 'old';
