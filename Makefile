@@ -5,7 +5,8 @@
 #   make test       the whole suite (pg_regress, isolation, TAP) against
 #                   throwaway servers; installs what is missing when root
 #   make demo       a throwaway server and a real migration of a generated table
-#   make bench      the benchmarks (see bench/README.md)
+#   make bench      the benchmarks (see doc/bench.md)
+#   make valgrind   a single-user backend under valgrind through the trigger's paths
 
 EXTENSION = migrate_ext
 EXTVERSION = 0.1
@@ -46,7 +47,7 @@ include $(PGXS)
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PIECES)
 	cat $^ > $@
 
-.PHONY: test demo bench tmp_check_dir
+.PHONY: test demo bench valgrind tmp_check_dir
 tmp_check_dir:
 	@mkdir -p tmp_check
 
@@ -58,3 +59,6 @@ demo:
 
 bench:
 	@bash bench/run.sh
+
+valgrind:
+	@bash test/valgrind.sh

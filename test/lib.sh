@@ -19,8 +19,8 @@ MIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIG_PG_MAJOR=15
 # What the build and the suites need beyond the postgresql-15 server and
 # client: PGXS and headers, IPC::Run (and IO::Pty, for interactive_psql) for
-# the TAP tests, and a compiler.
-MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev)
+# the TAP tests, a compiler, and valgrind for test/valgrind.sh.
+MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev valgrind)
 MIG_APT_LOG=${MIG_APT_LOG:-/tmp/migrate_ext_apt.log}
 
 mig_log() { printf '==> %s\n' "$*"; }

@@ -18,7 +18,7 @@
 #                     (default 840): a suite still running then is stopped
 #                     and counts as failed
 #   MIG_TEST_KEEP=1   keep the staging copy even when everything passed
-#   MIG_TEST_SUITES   which suites, default "regress isolation tap"
+#   MIG_TEST_SUITES   which suites, default "regress isolation tap valgrind"
 #   PG_CONFIG         default /usr/lib/postgresql/15/bin/pg_config
 
 set -uo pipefail
@@ -27,7 +27,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BUDGET=${MIG_TEST_BUDGET:-840}
-SUITES=${MIG_TEST_SUITES:-regress isolation tap}
+SUITES=${MIG_TEST_SUITES:-regress isolation tap valgrind}
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
@@ -331,6 +331,13 @@ for suite in $SUITES; do
 			copy_back tmp_check/log
 		else
 			mig_log "tap: no test/t/*.pl, skipped"
+		fi
+		;;
+	valgrind)
+		if bash "$MIG_ROOT/test/valgrind.sh"; then
+			tally valgrind 1 0
+		else
+			tally valgrind 0 1 valgrind:test/valgrind.sh
 		fi
 		;;
 	*) mig_warn "unknown suite '$suite' in MIG_TEST_SUITES" ;;
