@@ -208,6 +208,16 @@ SELECT args, sqlstate_of(format('SELECT mig_expand(%s)', args)) AS expand,
 -- how an error reads: position and context, as from mig_expand
 SELECT * FROM mig_preflight('pre_bad', 'email', up => 'lower(emial)');
 SELECT * FROM mig_preflight('pre_bad', 'n', check_expr => '_mig_new_n + 1');
+-- an error about the server rather than a row (here the stack depth) ends
+-- the preflight, and a caller's exception block catches it cleanly
+CREATE FUNCTION pre_deep(v text) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	RETURN public.pre_deep(v);
+END $$;
+INSERT INTO pre_bad (id, email) VALUES (1, 'a');
+SELECT sqlstate_of($$SELECT * FROM mig_preflight('pre_bad', 'email', 'int', up => 'pre_deep(email)')$$);
+SELECT check_name, passed, failing FROM mig_preflight('pre_bad', 'email', 'int', up => 'length(email)');
+DROP FUNCTION pre_deep(text);
 -- the column name expand would add already exists
 ALTER TABLE pre_bad ADD COLUMN _mig_new_email text;
 SELECT sqlstate_of($$SELECT mig_expand('pre_bad', 'email')$$) AS expand,

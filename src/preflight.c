@@ -568,12 +568,19 @@ try_range(PRun *run, SPIPlanPtr plan, ItemPointer lo, ItemPointer hi)
 
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
-		if (!is_row_error(edata))
-			PG_RE_THROW();
 		FlushErrorState();
+
+		/*
+		 * Out of the subtransaction before anything else, rethrowing too:
+		 * a caller's exception block rolls back the innermost one.
+		 */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (!is_row_error(edata))
+			ReThrowError(edata);
 		message = MemoryContextStrdup(run->cxt, edata->message);
 		FreeErrorData(edata);
-		RollbackAndReleaseCurrentSubTransaction();
 	}
 	PG_END_TRY();
 
