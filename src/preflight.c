@@ -95,6 +95,7 @@ typedef struct PUnique
 	bool		nulls_not_distinct;
 	bool		started;		/* start_sort() was tried */
 	TupleDesc	desc;			/* the keys, then the row's key text */
+	TupleTableSlot *slot;		/* of desc, to feed the sort */
 	Tuplesortstate *sort;
 	SortSupport ssup;
 } PUnique;
@@ -124,6 +125,7 @@ typedef struct PRun
 	SPIPlanPtr	up_plan;
 	int64		rows;
 	MemoryContext cxt;			/* the function's: results live here */
+	MemoryContext rowcxt;		/* one chunk's (or row's) work, then reset */
 } PRun;
 
 static PCheck *
@@ -144,7 +146,13 @@ add_example(PRun *run, PCheck *c, char *example)
 	c->passed = false;
 	c->failing++;
 	if (list_length(c->examples) < MAX_EXAMPLES)
-		c->examples = lappend(c->examples, MemoryContextStrdup(run->cxt, example));
+	{
+		/* the list outlives the row's memory */
+		MemoryContext oldcxt = MemoryContextSwitchTo(run->cxt);
+
+		c->examples = lappend(c->examples, pstrdup(example));
+		MemoryContextSwitchTo(oldcxt);
+	}
 }
 
 typedef struct SubstContext
@@ -322,6 +330,7 @@ start_sort(PUnique *u, TupleDesc keys)
 	attnums[u->nkeys] = u->nkeys + 1;
 	ops[u->nkeys] = TextLessOperator;
 	colls[u->nkeys] = C_COLLATION_OID;
+	u->slot = MakeSingleTupleTableSlot(keys, &TTSOpsVirtual);
 	u->sort = tuplesort_begin_heap(keys, u->nkeys + 1, attnums, ops, colls, nullsfirst,
 								   work_mem, NULL, TUPLESORT_NONE);
 	return true;
@@ -339,7 +348,8 @@ plan_unique(PRun *run, Relation idx, int n)
 	PUnique    *u = palloc0(sizeof(PUnique));
 	Form_pg_index form = idx->rd_index;
 	List	   *exprs = RelationGetIndexExpressions(idx);
-	Node	   *pred = (Node *) make_ands_explicit(RelationGetIndexPredicate(idx));
+	List	   *preds = RelationGetIndexPredicate(idx);
+	Node	   *pred = preds ? (Node *) make_ands_explicit(preds) : NULL;
 	Oid			relid = RelationGetRelid(run->rel);
 	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(run->rel), run->old_attnum - 1);
 	StringInfoData in;
@@ -467,6 +477,15 @@ unique_desc(PUnique *u, TupleDesc result)
 	return desc;
 }
 
+/* The text of a row's key; a unique key's columns may be NULL. */
+static char *
+row_key(HeapTuple tup, TupleDesc desc, int col)
+{
+	char	   *key = SPI_getvalue(tup, desc, col);
+
+	return key ? key : pstrdup("NULL");
+}
+
 /*
  * Count the flags of the rows a chunk query returned, and feed each
  * unique index's keys to its sort.
@@ -474,13 +493,14 @@ unique_desc(PUnique *u, TupleDesc result)
 static void
 consume_rows(PRun *run, SPITupleTable *tt, uint64 nrows)
 {
+	MemoryContext oldcxt = MemoryContextSwitchTo(run->rowcxt);
 	ListCell   *lc;
 
 	for (uint64 i = 0; i < nrows; i++)
 	{
 		HeapTuple	tup = tt->vals[i];
 		bool		isnull;
-		char	   *key = SPI_getvalue(tup, tt->tupdesc, 1);
+		char	   *key = row_key(tup, tt->tupdesc, 1);
 
 		run->rows++;
 		if (run->null_check && DatumGetBool(SPI_getbinval(tup, tt->tupdesc, 2, &isnull)))
@@ -510,7 +530,7 @@ consume_rows(PRun *run, SPITupleTable *tt, uint64 nrows)
 			if (u->sort == NULL ||
 				!DatumGetBool(SPI_getbinval(tup, tt->tupdesc, u->firstcol + u->nkeys, &isnull)))
 				continue;
-			slot = MakeSingleTupleTableSlot(u->desc, &TTSOpsVirtual);
+			slot = u->slot;
 			ExecClearTuple(slot);
 			for (int j = 0; j < u->nkeys; j++)
 				slot->tts_values[j] = SPI_getbinval(tup, tt->tupdesc, u->firstcol + j,
@@ -519,10 +539,9 @@ consume_rows(PRun *run, SPITupleTable *tt, uint64 nrows)
 			slot->tts_isnull[u->nkeys] = false;
 			ExecStoreVirtualTuple(slot);
 			tuplesort_puttupleslot(u->sort, slot);
-			ExecDropSingleTupleTableSlot(slot);
 		}
-		pfree(key);
 	}
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
@@ -579,7 +598,7 @@ try_range(PRun *run, SPIPlanPtr plan, ItemPointer lo, ItemPointer hi)
 		CurrentResourceOwner = oldowner;
 		if (!is_row_error(edata))
 			ReThrowError(edata);
-		message = MemoryContextStrdup(run->cxt, edata->message);
+		message = pstrdup(edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -601,10 +620,14 @@ blame_row(PRun *run, ItemPointer lo, ItemPointer hi, const char *key, char *mess
 
 	if (up_message != NULL)
 		message = up_message;
-	else if (run->check_check)
-		c = run->check_check;
-	else if (run->uniques != NIL)
-		c = ((PUnique *) linitial(run->uniques))->check;
+	else
+	{
+		SPI_freetuptable(SPI_tuptable);
+		if (run->check_check)
+			c = run->check_check;
+		else if (run->uniques != NIL)
+			c = ((PUnique *) linitial(run->uniques))->check;
+	}
 	run->rows++;
 	add_example(run, c, psprintf("%s (%s)", key, message));
 }
@@ -630,7 +653,8 @@ scan_block_by_rows(PRun *run, BlockNumber b)
 		bool		isnull;
 		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(rows->vals[i],
 																	  rows->tupdesc, 1, &isnull));
-		char	   *key = SPI_getvalue(rows->vals[i], rows->tupdesc, 2);
+		MemoryContext oldcxt = MemoryContextSwitchTo(run->rowcxt);
+		char	   *key = row_key(rows->vals[i], rows->tupdesc, 2);
 		char	   *message;
 
 		CHECK_FOR_INTERRUPTS();
@@ -645,6 +669,8 @@ scan_block_by_rows(PRun *run, BlockNumber b)
 		}
 		else
 			blame_row(run, &lo, &hi, key, message);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(run->rowcxt);
 	}
 	SPI_freetuptable(rows);
 }
@@ -668,6 +694,7 @@ scan_table(PRun *run)
 		{
 			consume_rows(run, SPI_tuptable, SPI_processed);
 			SPI_freetuptable(SPI_tuptable);
+			MemoryContextReset(run->rowcxt);
 		}
 		else
 		{
@@ -680,6 +707,7 @@ scan_table(PRun *run)
 				{
 					consume_rows(run, SPI_tuptable, SPI_processed);
 					SPI_freetuptable(SPI_tuptable);
+					MemoryContextReset(run->rowcxt);
 				}
 				else
 					scan_block_by_rows(run, bb);
@@ -739,6 +767,7 @@ find_collisions(PRun *run, PUnique *u)
 	int			cur = 0;
 	int64		size = 0;
 	List	   *keys = NIL;
+	MemoryContext oldcxt;
 
 	slots[0] = MakeSingleTupleTableSlot(u->desc, &TTSOpsMinimalTuple);
 	slots[1] = MakeSingleTupleTableSlot(u->desc, &TTSOpsMinimalTuple);
@@ -753,7 +782,11 @@ find_collisions(PRun *run, PUnique *u)
 		{
 			size++;
 			if (list_length(keys) < MAX_EXAMPLES)
+			{
+				oldcxt = MemoryContextSwitchTo(run->rowcxt);
 				keys = lappend(keys, TextDatumGetCString(slots[cur]->tts_values[u->nkeys]));
+				MemoryContextSwitchTo(oldcxt);
+			}
 			/* the group's first row is in the other slot: keep it there */
 			continue;
 		}
@@ -768,11 +801,17 @@ find_collisions(PRun *run, PUnique *u)
 		}
 		if (!more)
 			break;
+
+		/* a new group: the last one's keys are done with */
+		MemoryContextReset(run->rowcxt);
+		oldcxt = MemoryContextSwitchTo(run->rowcxt);
 		size = 1;
 		keys = list_make1(TextDatumGetCString(slots[cur]->tts_values[u->nkeys]));
+		MemoryContextSwitchTo(oldcxt);
 		cur = 1 - cur;
 	}
 	tuplesort_end(u->sort);
+	ExecDropSingleTupleTableSlot(u->slot);
 	ExecDropSingleTupleTableSlot(slots[0]);
 	ExecDropSingleTupleTableSlot(slots[1]);
 }
@@ -954,6 +993,8 @@ mig_preflight(PG_FUNCTION_ARGS)
 
 	memset(&run, 0, sizeof(run));
 	run.cxt = CurrentMemoryContext;
+	run.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "mig_preflight rows",
+									   ALLOCSET_DEFAULT_SIZES);
 	/* AccessShareLock, held to the end: the table's shape must not change */
 	run.rel = mig_open_table(PG_GETARG_OID(0), AccessShareLock);
 	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),
