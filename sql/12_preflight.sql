@@ -67,10 +67,14 @@ SELECT * FROM mig_preflight('shop.customer', 'id', 'bigint');
 -- a domain: its CHECK runs on the new value
 SELECT * FROM mig_preflight('shop.customer', 'name', 'shop.phone');
 
--- a table without a primary key names rows by ctid
-CREATE TABLE shop.import (code text, label text);
-INSERT INTO shop.import VALUES ('1', 'one'), ('x', 'ex'), ('3', 'three');
+-- a table without a primary key names rows by ctid, also when its only
+-- unique key may be NULL; NULL keys collide only under NULLS NOT DISTINCT
+CREATE TABLE shop.import (code text UNIQUE, batch int, label text);
+CREATE UNIQUE INDEX import_batch_code ON shop.import (batch, code) NULLS NOT DISTINCT;
+INSERT INTO shop.import VALUES ('1', 1, 'one'), ('x', 1, 'ex'), ('3', 1, 'three'),
+	(NULL, 2, 'none'), ('n/a', 2, 'n/a');
 SELECT * FROM mig_preflight('shop.import', 'code', 'int');
+SELECT * FROM mig_preflight('shop.import', 'code', 'int', up => $$nullif(nullif(code, 'n/a'), 'x')::int$$);
 DROP TABLE shop.import;
 
 -- a table of several chunks: failing rows in each, and new keys that

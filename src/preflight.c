@@ -228,7 +228,7 @@ relation_with_new_column(Relation rel, const char *name, Oid typid,
 
 /*
  * The key that names example rows: the primary key, else a unique index on
- * plain columns without a predicate, else ctid (as mig_validate names them).
+ * plain NOT NULL columns without a predicate, else ctid.
  */
 static void
 choose_key(PRun *run)
@@ -247,7 +247,15 @@ choose_key(PRun *run)
 		if (idx->rd_index->indisunique && idx->rd_index->indisvalid &&
 			RelationGetIndexExpressions(idx) == NIL &&
 			RelationGetIndexPredicate(idx) == NIL)
-			indexoid = lfirst_oid(lc);
+		{
+			bool		not_null = true;
+
+			for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+				not_null &= TupleDescAttr(RelationGetDescr(run->rel),
+										  idx->rd_index->indkey.values[i] - 1)->attnotnull;
+			if (not_null)
+				indexoid = lfirst_oid(lc);
+		}
 		index_close(idx, AccessShareLock);
 	}
 	if (!OidIsValid(indexoid))
