@@ -237,6 +237,8 @@ mig_ensure_user || fail_early user
 
 # --- 3. where the suites run -----------------------------------------------------
 HLOG=$(mktemp -d /tmp/migrate_ext_harness.XXXXXX)
+# the released versions' sources, for the upgrade test (git is not staged)
+mig_export_releases "$MIG_ROOT/test/releases"
 if mig_is_root; then
 	STAGE=$(mktemp -d /tmp/migrate_ext_test.XXXXXX)
 	tar -C "$MIG_ROOT" --exclude=./.git --exclude=./results --exclude=./output_iso \
