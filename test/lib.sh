@@ -28,7 +28,7 @@ MIG_PG_MAJOR=15
 # package-test (test/package.sh).
 MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev valgrind
 	git pgbouncer prometheus-postgres-exporter
-	postgresql-server-dev-all debhelper dpkg-dev fakeroot)
+	postgresql-server-dev-all debhelper dpkg-dev build-essential)
 MIG_APT_LOG=${MIG_APT_LOG:-/tmp/migrate_ext_apt.log}
 
 mig_log() { printf '==> %s\n' "$*"; }

@@ -261,6 +261,7 @@ my $fresh = catalog_dump('fresh');
 my $updated = catalog_dump('postgres');
 like($fresh, qr/CREATE TABLE migrate_ext\.job/, 'the dump shows the extension catalog');
 like($fresh, qr/CREATE FUNCTION public\.mig_expand/, 'and its functions');
+like($fresh, qr/^GRANT SELECT ON TABLE migrate_ext\.\w+ TO /m, 'and their privileges');
 if ($fresh eq $updated)
 {
 	pass("pg_dump of a fresh $new_v install and of a $old_v install updated to $new_v are the same");
