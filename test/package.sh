@@ -32,7 +32,7 @@ set -uo pipefail
 
 fail() { echo "package-test: FAILED ($*)"; exit 1; }
 
-mig_pg_env || fail "no pg_config"
+mig_ensure_packages || fail "packages missing (debhelper, postgresql-server-dev-all, ...)"
 mig_ensure_user || fail "no test user"
 SYS_PG_CONFIG=/usr/lib/postgresql/$MIG_PG_MAJOR/bin/pg_config
 VERSION=$(mig_version)

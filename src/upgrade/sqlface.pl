@@ -128,49 +128,66 @@ if (@pieces)
  */
 DO $mig_upgrade$
 DECLARE
-	ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'migrate_ext');
+	ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'migrate_ext');
 	todo text[];
 	left_over text[];
 	obj text;
 	why text;
+	views text[];
+	details text[] := '{}';
 BEGIN
-	SELECT pg_catalog.array_agg(o ORDER BY o)
+	SELECT coalesce(pg_catalog.array_agg(o ORDER BY o), '{}')
 	  INTO todo
-	  FROM (SELECT 'VIEW ' || c.oid::pg_catalog.regclass::text AS o
+	  FROM (SELECT pg_catalog.concat('VIEW ', c.oid::pg_catalog.regclass) AS o
 			  FROM pg_catalog.pg_depend d
-			  JOIN pg_catalog.pg_class c ON c.oid = d.objid
-			 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-			   AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-			   AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind = 'v'
+			  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid
+			 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+			   AND d.refobjid OPERATOR(pg_catalog.=) ext
+			   AND d.deptype OPERATOR(pg_catalog.=) 'e'
+			   AND c.relkind OPERATOR(pg_catalog.=) 'v'
 			UNION ALL
-			SELECT 'FUNCTION ' || p.oid::pg_catalog.regprocedure::text
+			SELECT pg_catalog.concat('FUNCTION ', p.oid::pg_catalog.regprocedure)
 			  FROM pg_catalog.pg_depend d
-			  JOIN pg_catalog.pg_proc p ON p.oid = d.objid
-			 WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-			   AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-			   AND d.refobjid = ext AND d.deptype = 'e') s;
+			  JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) d.objid
+			 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+			   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+			   AND d.refobjid OPERATOR(pg_catalog.=) ext
+			   AND d.deptype OPERATOR(pg_catalog.=) 'e') s;
 	LOOP
 		left_over := '{}';
-		FOREACH obj IN ARRAY coalesce(todo, '{}')
+		FOREACH obj IN ARRAY todo
 		LOOP
 			BEGIN
-				EXECUTE 'DROP ' || obj;
+				EXECUTE pg_catalog.concat('DROP ', obj);
 			EXCEPTION WHEN dependent_objects_still_exist THEN
-				left_over := left_over || obj;
-				GET STACKED DIAGNOSTICS why = PG_EXCEPTION_DETAIL;
+				left_over := pg_catalog.array_append(left_over, obj);
 			END;
 		END LOOP;
-		EXIT WHEN pg_catalog.cardinality(left_over) = pg_catalog.cardinality(coalesce(todo, '{}'));
+		EXIT WHEN pg_catalog.cardinality(left_over) OPERATOR(pg_catalog.=) pg_catalog.cardinality(todo);
 		todo := left_over;
 	END LOOP;
+	-- views nothing of ours could drop: a view of the DBA uses one of them
+	views := '{}';
 	FOREACH obj IN ARRAY left_over
 	LOOP
-		IF obj LIKE 'VIEW %' THEN
-			RAISE EXCEPTION 'cannot update extension migrate_ext: % is used by objects outside the extension', obj
-				USING DETAIL = why,
-					  HINT = 'Drop them, run ALTER EXTENSION migrate_ext UPDATE, and create them again.';
+		IF pg_catalog.starts_with(obj, 'VIEW ') THEN
+			views := pg_catalog.array_append(views, pg_catalog.substr(obj, 6));
+			BEGIN
+				EXECUTE pg_catalog.concat('DROP ', obj);
+			EXCEPTION WHEN dependent_objects_still_exist THEN
+				GET STACKED DIAGNOSTICS why = PG_EXCEPTION_DETAIL;
+				details := pg_catalog.array_append(details, why);
+			END;
 		END IF;
 	END LOOP;
+	IF pg_catalog.cardinality(views) OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'cannot update extension migrate_ext: its views % are used by objects outside the extension',
+			pg_catalog.array_to_string(views, ', ')
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  DETAIL = pg_catalog.array_to_string(details, E'\n'),
+				  HINT = 'Drop those objects, run ALTER EXTENSION migrate_ext UPDATE, and create them again.';
+	END IF;
 END
 $mig_upgrade$;
 

@@ -143,6 +143,11 @@ $node->safe_psql('postgres', "SELECT mig_pause('app.t_paused')");
 $node->poll_query_until('postgres', "SELECT (" . $job->('t_running') . ").rows_done >= 1000")
   or die "the backfill of t_running did not start";
 
+# A database where a view of the DBA's uses mig_status: the update must stop
+# and say so, rather than drop the view with CASCADE.
+$node->safe_psql('postgres', 'CREATE DATABASE watched');
+$node->safe_psql('watched', 'CREATE EXTENSION migrate_ext; CREATE VIEW my_watch AS SELECT table_name FROM mig_status');
+
 my $phases = "SELECT m.table_name, m.phase FROM migrate_ext.migration m ORDER BY m.id";
 is($node->safe_psql('postgres', $phases), join("\n",
 		'app.t_expanded|expanded', 'app.t_running|backfilling', 'app.t_paused|backfilling',
@@ -175,6 +180,14 @@ $node->start;
 $node->safe_psql('postgres', 'ALTER EXTENSION migrate_ext UPDATE');
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'migrate_ext'"),
 	$new_v, "updated to $new_v");
+my ($rc, $o, $e) = $node->psql('watched', 'ALTER EXTENSION migrate_ext UPDATE');
+like($e, qr/cannot update extension migrate_ext: its views .*mig_status.* are used by objects outside the extension.*view my_watch depends on view mig_status/s,
+	'a view of the DBA on mig_status stops the update, naming it');
+is($node->safe_psql('watched', "SELECT extversion FROM pg_extension WHERE extname = 'migrate_ext'"),
+	$old_v, 'and the failed update changed nothing');
+$node->safe_psql('watched', 'DROP VIEW my_watch; ALTER EXTENSION migrate_ext UPDATE; CREATE VIEW my_watch AS SELECT table_name FROM mig_status');
+is($node->safe_psql('watched', "SELECT extversion FROM pg_extension WHERE extname = 'migrate_ext'"),
+	$new_v, 'without the view it updates');
 is($node->safe_psql('postgres', $history), $history_before,
 	'the history (migrations, phases, pairs, jobs, validations) is intact');
 
