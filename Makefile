@@ -29,6 +29,9 @@ UPGRADE_DELTAS = $(sort $(wildcard src/upgrade/*--*.sql))
 UPGRADE_SCRIPTS = $(patsubst src/upgrade/%.sql,$(EXTENSION)--%.sql,$(UPGRADE_DELTAS))
 DATA_built += $(UPGRADE_SCRIPTS)
 
+# MIGRATE_EXT_VERSION: the version the library was built as, for the C code
+# to compare with pg_extension.extversion (a library newer than its catalog
+# runs between a package upgrade and ALTER EXTENSION ... UPDATE).
 PG_CPPFLAGS = -I$(srcdir)/src -DMIGRATE_EXT_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare -Wno-clobbered

@@ -133,8 +133,8 @@ $node->safe_psql('postgres', "SELECT mig_contract('app.t_contracted')");
 $node->safe_psql('postgres', "SELECT mig_abort('app.t_aborted')");
 
 # Two slow backfills: one paused, one running when the server stops.
-$node->safe_psql('postgres', "SELECT mig_backfill('app.t_paused', batch_size => 200, max_rows_per_sec => 2000)");
-$node->safe_psql('postgres', "SELECT mig_backfill('app.t_running', batch_size => 200, max_rows_per_sec => 2000)");
+$node->safe_psql('postgres', "SELECT mig_backfill('app.t_paused', batch_size => 200, max_rows_per_sec => 1000)");
+$node->safe_psql('postgres', "SELECT mig_backfill('app.t_running', batch_size => 200, max_rows_per_sec => 1000)");
 my $job = sub { "(SELECT j FROM migrate_ext.job j JOIN migrate_ext.migration m ON m.id = j.migration_id "
 	  . "WHERE m.relid = 'app.$_[0]'::regclass ORDER BY j.id DESC LIMIT 1)" };
 $node->poll_query_until('postgres', "SELECT (" . $job->('t_paused') . ").rows_done >= 1000")
