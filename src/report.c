@@ -24,12 +24,14 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+#include "backfill.h"
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_progress_bar);
@@ -37,6 +39,7 @@ PG_FUNCTION_INFO_V1(mig_arrow);
 PG_FUNCTION_INFO_V1(mig_migration_of);
 PG_FUNCTION_INFO_V1(mig_wait);
 PG_FUNCTION_INFO_V1(mig_checklist);
+PG_FUNCTION_INFO_V1(mig_lock_key);
 
 /* Cells of the progress bar: wide enough to read, narrow enough for psql. */
 #define BAR_CELLS		20
@@ -117,6 +120,29 @@ Datum
 mig_migration_of(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(migration_of(PG_GETARG_OID(0)));
+}
+
+/*
+ * migrate_ext.lock_key(kind): the first int4 key of an advisory lock the
+ * extension takes, so that SQL (the status view, tests, a DBA's query on
+ * pg_locks) never spells the number.  'job': a worker holds (key, job id)
+ * for its whole life; 'gate': whoever starts a worker holds (key, job id)
+ * until its transaction ends.
+ */
+Datum
+mig_lock_key(PG_FUNCTION_ARGS)
+{
+	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (strcmp(kind, "job") == 0)
+		PG_RETURN_INT32(MIG_JOB_LOCK_KEY);
+	if (strcmp(kind, "gate") == 0)
+		PG_RETURN_INT32(MIG_GATE_LOCK_KEY);
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown migrate_ext lock \"%s\"", kind),
+			 errhint("Use \"job\" (a worker's liveness) or \"gate\" (a worker's start).")));
+	PG_RETURN_NULL();			/* keep compiler quiet */
 }
 
 /* A duration the way gh-ost prints it: 44s, 2m05s, 1h02m03s. */
@@ -660,6 +686,12 @@ mig_checklist(PG_FUNCTION_ARGS)
 	bool		trigger_ok;
 	ListCell   *lc;
 
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(relid)),
+				 errdetail("The runbook shows the migration's expressions, failing rows and errors, which only roles that can read the table may see."),
+				 errhint("mig_status and mig_progress() show every role the migration's progress.")));
 	memset(&cs, 0, sizeof(cs));
 	cs.m = mig_catalog_by_id(migration_of(relid));
 	read_progress(cs.m->id, &cs.prog);

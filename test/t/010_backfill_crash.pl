@@ -82,7 +82,7 @@ $node->safe_psql('postgres', "SELECT mig_pause('t')");
 my $done = $node->safe_psql('postgres', "SELECT ($job).rows_done");
 $node->restart;
 $node->poll_query_until('postgres', qq(
-SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = 1835624306
+SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = migrate_ext.lock_key('job')
 			   AND objid = ($job).id AND granted)))
   or die "no worker waits for the paused job";
 sleep(1);

@@ -22,7 +22,7 @@ SELECT mig_backfill('t', batch_size => 200, sleep_ms => 20);
 ));
 my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
 my $alive = qq(EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
-			   AND classid = 1835624306 AND objid = ($job).id));
+			   AND classid = migrate_ext.lock_key('job') AND objid = ($job).id));
 $node->poll_query_until('postgres', "SELECT ($job).rows_done >= 4000")
   or die "the backfill did not get going";
 
