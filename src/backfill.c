@@ -36,6 +36,7 @@
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -195,7 +196,7 @@ bf_lock_latest_job(int64 migration_id, char **state)
 	bool		isnull;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT id FROM migrate_ext.job WHERE migration_id = $1 "
+	if (mig_catalog_query("SELECT id FROM migrate_ext.job WHERE migration_id OPERATOR(pg_catalog.=) $1 "
 							  "ORDER BY id DESC LIMIT 1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
@@ -208,11 +209,11 @@ bf_lock_latest_job(int64 migration_id, char **state)
 	SPI_finish();
 
 	v = Int64GetDatum(job_id);
-	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id = $1 FOR NO KEY UPDATE",
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, &type, &v, NULL, 1);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT state FROM migrate_ext.job WHERE id = $1",
+	if (mig_catalog_query("SELECT state FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read migrate_ext.job");
@@ -232,9 +233,9 @@ bf_set_state(int64 job_id, const char *state, bool finished)
 	v[1] = CStringGetTextDatum(state);
 	mig_catalog_exec(finished ?
 					 "UPDATE migrate_ext.job SET state = $2, throttle_reason = NULL, "
-					 "updated_at = now(), finished_at = now() WHERE id = $1" :
+					 "updated_at = pg_catalog.now(), finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1" :
 					 "UPDATE migrate_ext.job SET state = $2, throttle_reason = NULL, "
-					 "updated_at = now(), finished_at = NULL WHERE id = $1",
+					 "updated_at = pg_catalog.now(), finished_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
 					 2, types, v, NULL, 1);
 }
 
@@ -296,7 +297,7 @@ mig_backfill(PG_FUNCTION_ARGS)
 				 errdetail("After cutover the new column is the source of truth; the dual-write trigger keeps the old one in step.")));
 
 	/* one job at a time: concurrent callers queue on the migration row */
-	mig_catalog_exec("SELECT 1 FROM migrate_ext.migration WHERE id = $1 FOR UPDATE",
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.migration WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(m->id)}, NULL, 1);
 	old_job = bf_lock_latest_job(m->id, &state);
 	if (old_job != 0 && (bf_state_live(state) || strcmp(state, "interrupted") == 0))
@@ -408,8 +409,8 @@ mig_resume(PG_FUNCTION_ARGS)
 	 */
 	mig_worker_args_for_caller(&args, job_id);
 	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'running', throttle_reason = NULL, "
-					 "finished_at = NULL, updated_at = now(), dboid = $2, role_oid = $3, "
-					 "login_oid = $4 WHERE id = $1",
+					 "finished_at = NULL, updated_at = pg_catalog.now(), dboid = $2, role_oid = $3, "
+					 "login_oid = $4 WHERE id OPERATOR(pg_catalog.=) $1",
 					 4, (Oid[]) {INT8OID, OIDOID, OIDOID, OIDOID},
 					 (Datum[]) {Int64GetDatum(job_id), ObjectIdGetDatum(args.dboid),
 						 ObjectIdGetDatum(args.role_oid), ObjectIdGetDatum(args.login_oid)},
@@ -475,7 +476,7 @@ mig_set(PG_FUNCTION_ARGS)
 	{
 		if (value == NULL || pg_strcasecmp(value, "auto") == 0)
 		{
-			sql = "UPDATE migrate_ext.job SET batch_size_fixed = false WHERE id = $1";
+			sql = "UPDATE migrate_ext.job SET batch_size_fixed = false WHERE id OPERATOR(pg_catalog.=) $1";
 			n[1] = 'n';
 		}
 		else
@@ -483,7 +484,7 @@ mig_set(PG_FUNCTION_ARGS)
 			int32		size = pg_strtoint32(value);
 
 			bf_check_range(size, 1, "batch_size");
-			sql = "UPDATE migrate_ext.job SET batch_size = $2, batch_size_fixed = true WHERE id = $1";
+			sql = "UPDATE migrate_ext.job SET batch_size = $2, batch_size_fixed = true WHERE id OPERATOR(pg_catalog.=) $1";
 			v[1] = Int32GetDatum(size);
 		}
 	}
@@ -498,8 +499,8 @@ mig_set(PG_FUNCTION_ARGS)
 					 errmsg("%s must not be NULL", setting)));
 		ms = pg_strtoint32(value);
 		bf_check_range(ms, target ? 1 : 0, setting);
-		sql = target ? "UPDATE migrate_ext.job SET target_batch_ms = $2 WHERE id = $1" :
-			"UPDATE migrate_ext.job SET sleep_ms = $2 WHERE id = $1";
+		sql = target ? "UPDATE migrate_ext.job SET target_batch_ms = $2 WHERE id OPERATOR(pg_catalog.=) $1" :
+			"UPDATE migrate_ext.job SET sleep_ms = $2 WHERE id OPERATOR(pg_catalog.=) $1";
 		v[1] = Int32GetDatum(ms);
 	}
 	else if (strcmp(setting, "max_replica_lag") == 0)
@@ -513,7 +514,7 @@ mig_set(PG_FUNCTION_ARGS)
 									   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 			(void) bf_interval_ms(DatumGetIntervalP(v[1]), setting);
 		}
-		sql = "UPDATE migrate_ext.job SET max_replica_lag = $2 WHERE id = $1";
+		sql = "UPDATE migrate_ext.job SET max_replica_lag = $2 WHERE id OPERATOR(pg_catalog.=) $1";
 	}
 	else if (strcmp(setting, "max_rows_per_sec") == 0)
 	{
@@ -527,7 +528,7 @@ mig_set(PG_FUNCTION_ARGS)
 			bf_check_range(rate, 1, setting);
 			v[1] = Int64GetDatum(rate);
 		}
-		sql = "UPDATE migrate_ext.job SET max_rows_per_sec = $2 WHERE id = $1";
+		sql = "UPDATE migrate_ext.job SET max_rows_per_sec = $2 WHERE id OPERATOR(pg_catalog.=) $1";
 	}
 	else
 		ereport(ERROR,
@@ -560,17 +561,14 @@ mig_backfill_resume_interrupted(void)
 	ResourceOwner oldowner = CurrentResourceOwner;
 
 	SPI_connect();
-	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'migrate_ext'",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_extension");
-	if (SPI_processed == 0)
+	if (!OidIsValid(get_extension_oid("migrate_ext", true)))
 	{
 		SPI_finish();
 		return;
 	}
-	if (SPI_execute("SELECT id, role_oid, login_oid FROM migrate_ext.job "
+	if (mig_catalog_query("SELECT id, role_oid, login_oid FROM migrate_ext.job "
 					"WHERE state IN ('running', 'throttled', 'paused', 'interrupted') "
-					"ORDER BY id", true, 0) != SPI_OK_SELECT)
+					"ORDER BY id", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -608,8 +606,8 @@ mig_backfill_resume_interrupted(void)
 			v[0] = Int64GetDatum(args->arg);
 			v[1] = CStringGetTextDatum("the role that started this job no longer exists or can no longer log in, so the job cannot continue after the restart; start it again with mig_backfill() as the table's owner");
 			mig_catalog_exec("UPDATE migrate_ext.job SET state = 'failed', last_error = $2, "
-							 "last_sqlstate = '28000', finished_at = now(), updated_at = now() "
-							 "WHERE id = $1", 2, (Oid[]) {INT8OID, TEXTOID}, v, NULL, 1);
+							 "last_sqlstate = '28000', finished_at = pg_catalog.now(), updated_at = pg_catalog.now() "
+							 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, TEXTOID}, v, NULL, 1);
 			ereport(WARNING,
 					(errmsg("migrate_ext: backfill job " INT64_FORMAT " cannot be resumed: its role is gone or cannot log in",
 							args->arg)));
@@ -618,8 +616,8 @@ mig_backfill_resume_interrupted(void)
 
 		/* mig_status shows it interrupted until the worker takes over */
 		bf_hold_gate(args->arg);
-		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'interrupted', updated_at = now() "
-						 "WHERE id = $1 AND state <> 'paused'",
+		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'interrupted', updated_at = pg_catalog.now() "
+						 "WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.<>) 'paused'",
 						 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(args->arg)}, NULL, -1);
 		/* no free slot: leave it interrupted, say so, go on with the next */
 		BeginInternalSubTransaction(NULL);

@@ -309,7 +309,7 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	v[5] = BoolGetDatum(exact);
 	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
 					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-					 "WHERE id = $1", 6, types, v, n, 1);
+					 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
 
 	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
 		mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLING, NULL);

@@ -186,10 +186,10 @@ bf_read_job(BfJob *job)
 	Datum		d;
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
+	if (mig_catalog_query("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 							  "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 							  "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-							  "upper_key, migration_id FROM migrate_ext.job WHERE id = $1",
+							  "upper_key, migration_id FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	if (SPI_processed != 1)
@@ -221,7 +221,7 @@ bf_read_job(BfJob *job)
 static void
 bf_lock_job(void)
 {
-	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id = $1 FOR NO KEY UPDATE",
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)}, NULL, 1);
 }
 
@@ -258,7 +258,7 @@ bf_record_end(const char *state, const char *error, const char *sqlstate)
 	v[4] = Int64GetDatum(bf->pending_retries);
 	mig_catalog_exec("UPDATE migrate_ext.job SET state = $2, last_error = $3, "
 					 "last_sqlstate = $4, retries = retries + $5, throttle_reason = NULL, "
-					 "updated_at = now(), finished_at = now() WHERE id = $1",
+					 "updated_at = pg_catalog.now(), finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
 					 5, types, v, n, 1);
 	bf->pending_retries = 0;
 	ereport(LOG,
@@ -418,7 +418,7 @@ bf_batch(void)
 	{
 		if (bf->active_since != 0)
 			mig_catalog_exec("UPDATE migrate_ext.job SET active_seconds = active_seconds + $2 "
-							 "WHERE id = $1", 2, (Oid[]) {INT8OID, FLOAT8OID},
+							 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, FLOAT8OID},
 							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
 							 NULL, 1);
 		bf->active_since = 0;
@@ -570,7 +570,7 @@ bf_batch(void)
 					 "throttle_reason = $9, retries = retries + $10, "
 					 "last_error = coalesce($11, last_error), "
 					 "last_sqlstate = coalesce($12, last_sqlstate), vacuums = vacuums + $13, "
-					 "updated_at = now() WHERE id = $1", 13, types, v, n, 1);
+					 "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1", 13, types, v, n, 1);
 
 	PopActiveSnapshot();
 	SPI_finish();
@@ -610,8 +610,8 @@ bf_finish(void)
 		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'done', throttle_reason = NULL, "
 						 "rows_total = rows_seen, rows_total_exact = (key_kind <> 'ctid'), "
 						 "active_seconds = active_seconds + $2, retries = retries + $3, "
-						 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = now(), "
-						 "finished_at = now() WHERE id = $1",
+						 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = pg_catalog.now(), "
+						 "finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
 						 4, (Oid[]) {INT8OID, FLOAT8OID, INT8OID, INT4OID},
 						 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta()),
 							 Int64GetDatum(bf->pending_retries), Int32GetDatum(bf->pending_vacuums)},
@@ -971,9 +971,9 @@ bf_wait_for_replicas(void)
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			mig_catalog_exec("UPDATE migrate_ext.job SET state = 'throttled', "
-							 "throttle_reason = 'replica lag', updated_at = now(), "
+							 "throttle_reason = 'replica lag', updated_at = pg_catalog.now(), "
 							 "active_seconds = active_seconds + $2 "
-							 "WHERE id = $1 AND state IN ('running', 'throttled')",
+							 "WHERE id OPERATOR(pg_catalog.=) $1 AND state IN ('running', 'throttled')",
 							 2, (Oid[]) {INT8OID, FLOAT8OID},
 							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
 							 NULL, -1);
@@ -1069,9 +1069,9 @@ bf_setup(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	found = bf_read_job(&job) && (bf_state_live(job.state) || strcmp(job.state, "interrupted") == 0);
 	if (found)
-		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = now(), "
+		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = pg_catalog.now(), "
 						 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "
-						 "WHERE id = $1", 2, (Oid[]) {INT8OID, INT4OID},
+						 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, INT4OID},
 						 (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(MyProcPid)}, NULL, 1);
 	PopActiveSnapshot();
 	SPI_finish();

@@ -14,11 +14,19 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/readfuncs.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -44,43 +52,82 @@ mig_phase_rank(const char *phase)
 	return -1;					/* keep compiler quiet */
 }
 
-/* The role that owns the extension, and so its catalog tables. */
+/*
+ * The role that owns the extension, and so its catalog tables: read from
+ * pg_extension directly, as there is nothing SQL would add.
+ */
 static Oid
 extension_owner(void)
 {
-	bool		isnull;
-	Datum		d;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
 
-	if (SPI_execute("SELECT extowner FROM pg_catalog.pg_extension "
-					"WHERE extname = 'migrate_ext'", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("migrate_ext"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"migrate_ext\" is not installed in this database")));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return DatumGetObjectId(d);
+	return owner;
 }
 
 /*
- * Run one catalog-writing statement as the extension owner, leaving SPI
- * connected for the caller to read the result and SPI_finish().  The
- * caller's identity is restored even on error: the security context flag
- * makes AbortTransaction do that, and forbids SET ROLE in between.
+ * The one executor for every statement migrate_ext runs on its own catalog,
+ * reads included: the statement runs as the extension owner (so the catalog
+ * tables need no grant to anyone) with search_path pinned to pg_catalog,
+ * so that no function or operator planted by a caller, through SET or
+ * ALTER ROLE ... SET, can be reached from it.  Same arguments and result
+ * as SPI_execute_with_args(); the caller is connected to SPI and reads the
+ * result from SPI_tuptable.  Identity and search_path are restored on
+ * error too: SECURITY_LOCAL_USERID_CHANGE and the GUC nest level are both
+ * undone by (sub)transaction abort, and the flag forbids SET ROLE meanwhile.
+ */
+int
+mig_catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				  const char *nulls, bool read_only, long tcount)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+	int			ret;
+
+	Assert(sql != NULL);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls,
+								read_only, tcount);
+	AtEOXact_GUC(true, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return ret;
+}
+
+/*
+ * mig_catalog_query() in an SPI connection of its own, left open for the
+ * caller to read the result and SPI_finish().
  */
 static int
 exec_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			  const char *nulls)
 {
-	Oid			save_userid;
-	int			save_sec_context;
 	int			ret;
 
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	ret = mig_catalog_query(sql, nargs, argtypes, values, nulls, false, 0);
 	if (ret < 0)
 		elog(ERROR, "migrate_ext catalog statement failed: %s", SPI_result_code_string(ret));
 	return ret;
@@ -155,7 +202,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 	uint64		nmig;
 
 	SPI_connect();
-	if (SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+	if (mig_catalog_query(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.migration");
 
 	nmig = SPI_processed;
@@ -181,9 +228,9 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 		Oid			int8type = INT8OID;
 		Datum		id = Int64GetDatum(m->id);
 
-		if (SPI_execute_with_args("SELECT * FROM migrate_ext.column_pair "
-								  "WHERE migration_id = $1 ORDER BY ord",
-								  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
+		if (mig_catalog_query("SELECT * FROM migrate_ext.column_pair "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY ord",
+							  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read migrate_ext.column_pair");
 
 		spicxt = MemoryContextSwitchTo(callercxt);
@@ -225,7 +272,7 @@ mig_catalog_active(Oid relid, bool missing_ok)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE relid = $1 AND phase NOT IN ('contracted', 'aborted')",
+						"WHERE relid OPERATOR(pg_catalog.=) $1 AND phase NOT IN ('contracted', 'aborted')",
 						ObjectIdGetDatum(relid), OIDOID);
 	if (l != NIL)
 		return linitial(l);
@@ -245,7 +292,7 @@ mig_catalog_latest(Oid relid)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE relid = $1 ORDER BY id DESC LIMIT 1",
+						"WHERE relid OPERATOR(pg_catalog.=) $1 ORDER BY id DESC LIMIT 1",
 						ObjectIdGetDatum(relid), OIDOID);
 	return l != NIL ? linitial(l) : NULL;
 }
@@ -257,7 +304,7 @@ mig_catalog_by_id(int64 id)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE id = $1",
+						"WHERE id OPERATOR(pg_catalog.=) $1",
 						Int64GetDatum(id), INT8OID);
 	return l != NIL ? linitial(l) : NULL;
 }
@@ -349,8 +396,8 @@ mig_catalog_set_phase(int64 migration_id, const char *phase, const char *detail)
 	v[2] = text_or_null(detail, &n[2]);
 	/* current_user would be the extension owner in there: name the caller */
 	v[3] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = now() "
-					 "WHERE id = $1", 2, types, v, n, 1);
+	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = pg_catalog.now() "
+					 "WHERE id OPERATOR(pg_catalog.=) $1", 2, types, v, n, 1);
 	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
 					 "VALUES ($1, $2, $4, $3)", 4, types, v, n, 1);
 }
@@ -364,8 +411,9 @@ mig_catalog_has_job(int64 migration_id)
 	bool		found;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT 1 FROM migrate_ext.job WHERE migration_id = $1",
-							  1, &type, &v, NULL, true, 1) != SPI_OK_SELECT)
+	if (mig_catalog_query("SELECT 1 FROM migrate_ext.job "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1",
+						  1, &type, &v, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	found = SPI_processed > 0;
 	SPI_finish();

@@ -445,8 +445,8 @@ mig_abort(PG_FUNCTION_ARGS)
 
 	/* the worker stops at its next batch when it sees the job cancelled */
 	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
-					 "throttle_reason = NULL, updated_at = now(), finished_at = now() "
-					 "WHERE migration_id = $1 "
+					 "throttle_reason = NULL, updated_at = pg_catalog.now(), finished_at = pg_catalog.now() "
+					 "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
 					 "AND state IN ('running', 'throttled', 'paused', 'interrupted')",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(m->id)}, NULL, -1);
 

@@ -92,6 +92,9 @@ extern void mig_catalog_insert_pair(int64 migration_id, const MigPair *pair);
 extern void mig_catalog_set_phase(int64 migration_id, const char *phase,
 								  const char *detail);
 extern bool mig_catalog_has_job(int64 migration_id);
+extern int	mig_catalog_query(const char *sql, int nargs, Oid *argtypes,
+							  Datum *values, const char *nulls, bool read_only,
+							  long tcount);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
 extern int	mig_phase_rank(const char *phase);

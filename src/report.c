@@ -29,6 +29,7 @@
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "backfill.h"
@@ -233,16 +234,16 @@ read_progress(int64 migration_id, Progress *p)
 	double		d;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT g.table_name, g.phase, g.job_id, g.state, j.state, "
+	if (mig_catalog_query("SELECT g.table_name, g.phase, g.job_id, g.state, j.state, "
 							  "g.throttle_reason, g.rows_done, g.rows_seen, g.rows_total, "
 							  "g.rows_total_exact, g.percent, "
 							  "coalesce(g.rate_recent, g.rate_avg), g.rate_avg, "
 							  "extract(epoch FROM g.eta), g.batch_size, g.batches, g.retries, "
 							  "g.last_error, g.last_sqlstate, "
-							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF') "
+							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF'), g.relid "
 							  "FROM migrate_ext.progress g "
 							  "LEFT JOIN migrate_ext.job j ON j.id = g.job_id "
-							  "WHERE g.migration_id = $1",
+							  "WHERE g.migration_id OPERATOR(pg_catalog.=) $1",
 							  1, &argtype, &arg, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "migration " INT64_FORMAT " not found in migrate_ext.progress",
@@ -253,6 +254,15 @@ read_progress(int64 migration_id, Progress *p)
 	MemoryContextSwitchTo(callercxt);
 	memset(p, 0, sizeof(*p));
 	p->table_name = get_string(tup, desc, 1);
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 21, &isnull));
+
+		/* named as the caller's search_path names it, not the pinned one */
+		if (!isnull && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			p->table_name = DatumGetCString(DirectFunctionCall1(regclassout,
+																ObjectIdGetDatum(relid)));
+	}
 	p->phase = get_string(tup, desc, 2);
 	p->job_id = get_int64(tup, desc, 3);
 	p->state = get_string(tup, desc, 4);
@@ -494,8 +504,8 @@ read_phase_log(ChecklistState *cs)
 	int			prev = mig_phase_rank(MIG_PHASE_EXPANDED);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
-							  "FROM migrate_ext.phase_log WHERE migration_id = $1 ORDER BY at",
+	if (mig_catalog_query("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
+							  "FROM migrate_ext.phase_log WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY at",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.phase_log");
 	cs->reached = mig_phase_rank(cs->m->phase);
@@ -527,8 +537,8 @@ read_table_state(ChecklistState *cs)
 	{
 		MigPair    *pair = lfirst(lc);
 
-		if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_attribute "
-								  "WHERE attrelid = $1 AND attnum = $2 AND NOT attisdropped",
+		if (mig_catalog_query("SELECT 1 FROM pg_catalog.pg_attribute "
+								  "WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.=) $2 AND NOT attisdropped",
 								  2, (Oid[]) {OIDOID, INT2OID},
 								  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
 								  Int16GetDatum(pair->new_attnum)},
@@ -537,8 +547,8 @@ read_table_state(ChecklistState *cs)
 		if (SPI_processed == 0)
 			cs->new_cols_exist = false;
 	}
-	if (SPI_execute_with_args("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid = $1 AND tgname = $2",
+	if (mig_catalog_query("SELECT tgenabled FROM pg_catalog.pg_trigger "
+							  "WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
 							  2, (Oid[]) {OIDOID, TEXTOID},
 							  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
 							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
@@ -558,11 +568,11 @@ append_validation(StringInfo buf, ChecklistState *cs)
 	uint64		n;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT run, sample, rows_checked, "
+	if (mig_catalog_query("SELECT run, sample, rows_checked, "
 							  "to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role, "
 							  "check_name, passed, failing, detail "
-							  "FROM migrate_ext.validation WHERE migration_id = $1 AND run = "
-							  "(SELECT max(run) FROM migrate_ext.validation WHERE migration_id = $1) "
+							  "FROM migrate_ext.validation WHERE migration_id OPERATOR(pg_catalog.=) $1 AND run = "
+							  "(SELECT max(run) FROM migrate_ext.validation WHERE migration_id OPERATOR(pg_catalog.=) $1) "
 							  "ORDER BY ord",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.validation");

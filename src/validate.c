@@ -303,8 +303,8 @@ check_trigger(VRun *run)
 	char		tgenabled = '\0';
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid = $1 AND tgname = $2",
+	if (mig_catalog_query("SELECT tgenabled FROM pg_catalog.pg_trigger "
+							  "WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
 							  2, (Oid[]) {OIDOID, TEXTOID},
 							  (Datum[]) {ObjectIdGetDatum(RelationGetRelid(run->rel)),
 							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
@@ -442,8 +442,8 @@ live_job(VRun *run, int64 *job_id)
 	char	   *state = NULL;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT job_id, state FROM migrate_ext.progress "
-							  "WHERE migration_id = $1 "
+	if (mig_catalog_query("SELECT job_id, state FROM migrate_ext.progress "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
 							  "AND state IN ('running', 'throttled', 'paused')",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->m->id)},
 							  NULL, false, 1) != SPI_OK_SELECT)
@@ -508,8 +508,8 @@ phase_before_validated(int64 migration_id)
 	char	   *phase = pstrdup(MIG_PHASE_BACKFILLED);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT phase FROM migrate_ext.phase_log "
-							  "WHERE migration_id = $1 AND phase <> 'validated' "
+	if (mig_catalog_query("SELECT phase FROM migrate_ext.phase_log "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 AND phase OPERATOR(pg_catalog.<>) 'validated' "
 							  "ORDER BY at DESC LIMIT 1",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
 							  NULL, false, 1) != SPI_OK_SELECT)
@@ -530,8 +530,8 @@ phase_before_validated(int64 migration_id)
 static void
 move_phase(int64 migration_id, const char *from, const char *to, const char *detail)
 {
-	mig_catalog_exec("WITH u AS (UPDATE migrate_ext.migration SET phase = $3, updated_at = now() "
-					 "WHERE id = $1 AND phase = $2 RETURNING id) "
+	mig_catalog_exec("WITH u AS (UPDATE migrate_ext.migration SET phase = $3, updated_at = pg_catalog.now() "
+					 "WHERE id OPERATOR(pg_catalog.=) $1 AND phase OPERATOR(pg_catalog.=) $2 RETURNING id) "
 					 "INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
 					 "SELECT id, $3, $4, $5 FROM u",
 					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
