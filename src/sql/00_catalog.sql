@@ -6,8 +6,13 @@
  * so the tables double as the audit trail behind mig_history.
  *
  * The tables live in schema migrate_ext, out of the way of the public API,
- * and are written only by the extension's C code, which switches to the
- * extension owner for that (catalog.c).  Everyone may read them.
+ * and are read and written only by the extension's C code, which switches
+ * to the extension owner for that (catalog.c), and by its views.  Nobody
+ * else may read them: they hold key values, failing rows and expressions of
+ * tables a role may not be allowed to read.  Everyone reads them through
+ * mig_status, mig_history, migrate_ext.status, .jobs, .validations and
+ * .column_pairs (30_report.sql), which show those only to roles that may
+ * SELECT the table.
  */
 \echo Use "CREATE EXTENSION migrate_ext" to load this file. \quit
 
@@ -112,8 +117,6 @@ CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 CREATE UNIQUE INDEX job_one_unfinished ON migrate_ext.job (migration_id)
 	WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'throttled', 'paused',
 		'interrupted']::pg_catalog.text[]);
-
-GRANT SELECT ON ALL TABLES IN SCHEMA migrate_ext TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration_id_seq', '');

@@ -37,7 +37,6 @@ CREATE TABLE migrate_ext.validation (
 	PRIMARY KEY (run, ord)
 );
 CREATE INDEX validation_migration ON migrate_ext.validation (migration_id, run);
-GRANT SELECT ON migrate_ext.validation TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.validation', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.validation_run_seq', '');
 
@@ -254,8 +253,6 @@ SELECT p.migration_id, m.relid, p.ord, p.old_col, p.old_attnum, p.new_col, p.new
 COMMENT ON VIEW migrate_ext.column_pairs IS
 	'every old -> new column pair; expressions only for roles that can read the table';
 
-/* until the C code reads the catalog as the extension owner */
-GRANT SELECT ON migrate_ext.progress TO PUBLIC;
 GRANT SELECT ON migrate_ext.status, migrate_ext.jobs, migrate_ext.validations,
 	migrate_ext.column_pairs, mig_status, mig_history TO PUBLIC;
 
