@@ -188,15 +188,15 @@ SELECT g.table_name, g.columns, g.phase, g.state, g.throttle_reason, g.rows_done
 	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact
   FROM migrate_ext.progress g;
 
-CREATE VIEW mig_status WITH (security_barrier) AS
+CREATE VIEW @extschema@.mig_status WITH (security_barrier) AS
 SELECT s.*
   FROM migrate_ext.status s
  WHERE s.phase OPERATOR(pg_catalog.<>) ALL
 	   (ARRAY['contracted', 'aborted']::pg_catalog.text[]);
-COMMENT ON VIEW mig_status IS
+COMMENT ON VIEW @extschema@.mig_status IS
 	'one row per active migration: phase, backfill progress, rate and ETA';
 
-CREATE VIEW mig_history WITH (security_barrier) AS
+CREATE VIEW @extschema@.mig_history WITH (security_barrier) AS
 SELECT s.*, m.created_at, m.created_by, j.finished_at,
 	   (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
 				'phase', l.phase, 'at', l.at, 'by', l.by_role, 'detail', l.detail))
@@ -206,7 +206,7 @@ SELECT s.*, m.created_at, m.created_by, j.finished_at,
   FROM migrate_ext.status s
   JOIN migrate_ext.migration m ON m.id OPERATOR(pg_catalog.=) s.migration_id
   LEFT JOIN migrate_ext.job j ON j.id OPERATOR(pg_catalog.=) s.job_id;
-COMMENT ON VIEW mig_history IS
+COMMENT ON VIEW @extschema@.mig_history IS
 	'every migration, active or not, with who moved it to each phase and when';
 
 /*
@@ -254,7 +254,7 @@ COMMENT ON VIEW migrate_ext.column_pairs IS
 	'every old -> new column pair; expressions only for roles that can read the table';
 
 GRANT SELECT ON migrate_ext.status, migrate_ext.jobs, migrate_ext.validations,
-	migrate_ext.column_pairs, mig_status, mig_history TO PUBLIC;
+	migrate_ext.column_pairs, @extschema@.mig_status, @extschema@.mig_history TO PUBLIC;
 
 /* SQL-standard body: bound when the script runs, not under a caller's search_path. */
 CREATE FUNCTION mig_progress(tbl regclass) RETURNS SETOF @extschema@.mig_status
@@ -264,21 +264,21 @@ BEGIN ATOMIC
 	  FROM migrate_ext.status s
 	 WHERE s.migration_id OPERATOR(pg_catalog.=) migrate_ext.migration_of(tbl);
 END;
-COMMENT ON FUNCTION mig_progress IS
+COMMENT ON FUNCTION @extschema@.mig_progress IS
 	'the mig_status row of the table''s latest migration (active or not)';
 
 CREATE FUNCTION mig_wait(tbl regclass, timeout interval DEFAULT NULL) RETURNS text
 	AS 'MODULE_PATHNAME', 'mig_wait' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_wait IS
+COMMENT ON FUNCTION @extschema@.mig_wait IS
 	'waits for the backfill job to end, printing a progress line every few seconds; returns its state';
 
 CREATE FUNCTION mig_validate(tbl regclass, sample int DEFAULT NULL)
 	RETURNS TABLE (check_name text, passed boolean, failing bigint, detail text)
 	AS 'MODULE_PATHNAME', 'mig_validate' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_validate IS
+COMMENT ON FUNCTION @extschema@.mig_validate IS
 	'checks every row (or a random sample) of the migration; all passed on an exact run: phase validated';
 
 CREATE FUNCTION mig_checklist(tbl regclass) RETURNS text
 	AS 'MODULE_PATHNAME', 'mig_checklist' LANGUAGE C STABLE STRICT;
-COMMENT ON FUNCTION mig_checklist IS
+COMMENT ON FUNCTION @extschema@.mig_checklist IS
 	'the live runbook of the table''s migration, as markdown';
