@@ -558,6 +558,7 @@ mig_backfill_resume_interrupted(void)
 	List	   *jobs = NIL;
 	ListCell   *lc;
 	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext spicxt;
 	ResourceOwner oldowner = CurrentResourceOwner;
 
 	SPI_connect();
@@ -581,7 +582,10 @@ mig_backfill_resume_interrupted(void)
 		args->arg = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		args->role_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		args->login_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		/* the list must outlive SPI_finish(), which frees SPI's context */
+		spicxt = MemoryContextSwitchTo(oldcxt);
 		jobs = lappend(jobs, args);
+		MemoryContextSwitchTo(spicxt);
 	}
 	SPI_finish();
 

@@ -398,6 +398,7 @@ bf_batch(void)
 	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
 		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
 	Datum		v[13];
+	MigOwnerSave owner;
 	char		n[14] = "             ";
 
 	SetCurrentStatementStartTimestamp();
@@ -484,8 +485,13 @@ bf_batch(void)
 		return BF_STOP;
 	}
 	if (job.key_kind == NULL)
+	{
+		/* the walk's bounds must see every row: as the owner, RLS not forced */
+		mig_owner_switch(m->relid, &owner);
 		bf_start_walk(rel, m, &job, bf->job_id, &bf->rows_per_block,
 					  &bf->vacuum_every);
+		mig_owner_restore(&owner);
+	}
 	else if (bf->vacuum_every == 0)
 	{
 		/* a resumed job: the same pace as at its start */
@@ -513,11 +519,14 @@ bf_batch(void)
 
 	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill batch");
 	start = GetCurrentTimestamp();
+	/* the table's triggers and the up expressions run as its owner */
+	mig_owner_switch(m->relid, &owner);
 	if (bf_is_ctid(&job))
 		end = bf_ctid_batch(rel, m, &job, size, &bf->rows_per_block,
 							&seen, &written);
 	else
 		end = bf_key_batch(rel, m, &job, size, &seen, &written);
+	mig_owner_restore(&owner);
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
@@ -645,15 +654,21 @@ bf_run_vacuum(Oid relid, bool last)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext vacuum",
 											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext oldcxt;
+	MemoryContext oldcxt = CurrentMemoryContext;
 	char	   *sql = NULL;
 	RawStmt    *raw;
 	PlannedStmt *pstmt;
 
+	/*
+	 * oldcxt is taken before the transaction starts: VACUUM commits its own
+	 * transactions, and the context current inside the first one is gone by
+	 * the time we get back.
+	 */
+	Assert(!IsTransactionState());
 	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
-	oldcxt = MemoryContextSwitchTo(cxt);
+	MemoryContextSwitchTo(cxt);
 	if (get_rel_name(relid))
 		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
 					   last ? "" : ", TRUNCATE false, INDEX_CLEANUP off, PROCESS_TOAST false",
@@ -1069,6 +1084,13 @@ bf_setup(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	found = bf_read_job(&job) && (bf_state_live(job.state) || strcmp(job.state, "interrupted") == 0);
 	if (found)
+	{
+		MigMigration *m = mig_catalog_by_id(job.migration_id);
+
+		if (m != NULL && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
+			mig_worker_apply_role_settings(mig_table_owner(m->relid));
+	}
+	if (found)
 		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = pg_catalog.now(), "
 						 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "
 						 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, INT4OID},
@@ -1076,6 +1098,44 @@ bf_setup(void)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * bf_setup(), and when it fails, the error recorded in the job row in a
+ * fresh transaction rather than only in the server log: a worker that dies
+ * of its set-up must not leave the job looking alive.
+ */
+static bool
+bf_setup_or_record(void)
+{
+	volatile bool found = false;
+
+	PG_TRY();
+	{
+		found = bf_setup();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(bf->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		bf_record_end("failed",
+					  psprintf("the backfill worker could not start: %s", edata->message),
+					  unpack_sql_state(edata->sqlerrcode));
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+		found = false;
+	}
+	PG_END_TRY();
 	return found;
 }
 
@@ -1096,7 +1156,7 @@ mig_backfill_main(Datum main_arg)
 	bf->rows_per_block = 100;
 	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);
 
-	if (!bf_setup())
+	if (!bf_setup_or_record())
 		proc_exit(0);
 
 	for (;;)

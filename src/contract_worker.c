@@ -359,6 +359,8 @@ static void
 validate(Oid relid, const char *name, const char *what)
 {
 	int			state;
+	char	   *sql;
+	MigOwnerSave owner;
 
 	if (name == NULL)
 		return;
@@ -372,10 +374,14 @@ validate(Oid relid, const char *name, const char *what)
 	progress("validating %s", what);
 	xact_begin();
 	mig_lock_table(relid, ShareUpdateExclusiveLock, "validate a constraint");
-	run_sql(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												get_rel_name(relid)),
-					 quote_identifier(name)));
+	sql = psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   quote_identifier(name));
+	/* the check expressions and the table's domains run as its owner */
+	mig_owner_switch(relid, &owner);
+	run_sql(sql);
+	mig_owner_restore(&owner);
 	xact_end();
 }
 

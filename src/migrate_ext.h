@@ -101,6 +101,19 @@ extern int	mig_phase_rank(const char *phase);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
 
+/* relation.c: user code runs as the table's owner, restricted */
+typedef struct MigOwnerSave
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+	bool		active;
+} MigOwnerSave;
+
+extern Oid	mig_table_owner(Oid relid);
+extern void mig_owner_switch(Oid relid, MigOwnerSave *save);
+extern void mig_owner_restore(MigOwnerSave *save);
+
 /* expr.c */
 extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 						   Oid typid, int32 typmod, bool is_check);
