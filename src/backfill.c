@@ -289,11 +289,11 @@ mig_backfill(PG_FUNCTION_ARGS)
 		bf_check_range(PG_GETARG_INT64(5), 1, "max_rows_per_sec");
 
 	m = bf_migration(relid);
-	if (mig_phase_rank(m->phase) > mig_phase_rank(MIG_PHASE_VALIDATED))
+	if (m->phase > MIG_PHASE_VALIDATED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the migration of table \"%s\" is in phase %s, past its backfill",
-						get_rel_name(relid), m->phase),
+						get_rel_name(relid), mig_phase_name(m->phase)),
 				 errdetail("After cutover the new column is the source of truth; the dual-write trigger keeps the old one in step.")));
 
 	/* one job at a time: concurrent callers queue on the migration row */

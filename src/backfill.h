@@ -49,7 +49,6 @@ extern bool bf_state_is(const char *state, const char *a, const char *b,
 extern bool bf_state_live(const char *state);
 
 /* backfill_walk.c: the walk, and the batches' SQL */
-extern const char *bf_qualified_name(Oid relid);
 extern Datum bf_text_array(List *l);
 extern bool bf_is_ctid(BfJob *job);
 extern void bf_start_walk(Relation rel, MigMigration *m, BfJob *job,

@@ -62,14 +62,6 @@
  * ----------------------------------------------------------------
  */
 
-/* The table's name, schema-qualified and quoted, for SQL and messages. */
-const char *
-bf_qualified_name(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
-}
-
 /* A List of C strings as a text[] datum: how key values are stored. */
 Datum
 bf_text_array(List *l)
@@ -238,7 +230,7 @@ void
 bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 			  double *rows_per_block, int64 *vacuum_every)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
 	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
 	Datum		v[6];
@@ -311,8 +303,8 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
 					 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
 
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
-		mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLING, NULL);
+	if (m->phase == MIG_PHASE_EXPANDED)
+		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
 }
 
 /*
@@ -500,7 +492,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			 int64 *seen, int64 *written)
 {
 	int			nk = list_length(job->key_cols);
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	Oid		   *types = palloc(sizeof(Oid) * (3 * nk + 1));
 	Datum	   *values = palloc(sizeof(Datum) * (3 * nk + 1));
 	StringInfoData range;
@@ -581,7 +573,7 @@ List *
 bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			  double *rows_per_block, int64 *seen, int64 *written)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
 	BlockNumber hi = bf_block_of(linitial(job->upper_key));
 	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));

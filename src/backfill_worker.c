@@ -437,7 +437,7 @@ bf_batch(void)
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 
 	m = mig_catalog_by_id(job.migration_id);
-	if (m == NULL || strcmp(m->phase, MIG_PHASE_ABORTED) == 0)
+	if (m == NULL || m->phase == MIG_PHASE_ABORTED)
 	{
 		bf_record_end("cancelled", "the migration was aborted", NULL);
 		PopActiveSnapshot();
@@ -445,11 +445,11 @@ bf_batch(void)
 		CommitTransactionCommand();
 		return BF_STOP;
 	}
-	if (mig_phase_rank(m->phase) > mig_phase_rank(MIG_PHASE_VALIDATED))
+	if (m->phase > MIG_PHASE_VALIDATED)
 	{
 		bf_record_end("failed",
 					  psprintf("the migration of table %s moved to phase %s while the backfill ran; nothing more to do, the dual-write trigger keeps the columns in step",
-							   m->table_name, m->phase), NULL);
+							   m->table_name, mig_phase_name(m->phase)), NULL);
 		PopActiveSnapshot();
 		SPI_finish();
 		CommitTransactionCommand();
@@ -471,7 +471,7 @@ bf_batch(void)
 	rel = table_open(m->relid, NoLock);
 	if (bf->table_name == NULL)
 		bf->table_name = MemoryContextStrdup(TopMemoryContext,
-											 bf_qualified_name(m->relid));
+											 mig_qualified_name(m->relid));
 	bf->relid = m->relid;
 	moved = bf_ground_moved(rel, m, &job, &hint);
 	if (moved)
@@ -626,8 +626,8 @@ bf_finish(void)
 							 Int64GetDatum(bf->pending_retries), Int32GetDatum(bf->pending_vacuums)},
 						 NULL, 1);
 		m = mig_catalog_by_id(job.migration_id);
-		if (m && strcmp(m->phase, MIG_PHASE_BACKFILLING) == 0)
-			mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLED, NULL);
+		if (m && m->phase == MIG_PHASE_BACKFILLING)
+			(void) mig_catalog_move_phase(m->id, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED, NULL);
 		PopActiveSnapshot();
 		SPI_finish();
 		CommitTransactionCommand();
@@ -672,7 +672,7 @@ bf_run_vacuum(Oid relid, bool last)
 	if (get_rel_name(relid))
 		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
 					   last ? "" : ", TRUNCATE false, INDEX_CLEANUP off, PROCESS_TOAST false",
-					   bf_qualified_name(relid));
+					   mig_qualified_name(relid));
 	if (sql)
 	{
 		pgstat_report_activity(STATE_RUNNING, sql);

@@ -59,29 +59,37 @@ typedef struct MigPair
 	Node	   *check;
 } MigPair;
 
+/*
+ * A migration's phase, in lifecycle order (so "has it reached X" is a
+ * comparison); aborted sorts last.  catalog.c holds the one mapping to the
+ * text stored in migrate_ext.migration.phase.
+ */
+typedef enum MigPhase
+{
+	MIG_PHASE_EXPANDED,
+	MIG_PHASE_BACKFILLING,
+	MIG_PHASE_BACKFILLED,
+	MIG_PHASE_VALIDATED,
+	MIG_PHASE_CUTOVER,
+	MIG_PHASE_CONTRACTED,
+	MIG_PHASE_ABORTED
+} MigPhase;
+
+#define MIG_PHASE_COUNT			(MIG_PHASE_ABORTED + 1)
+
 /* A migration and its pairs, as stored in migrate_ext.migration. */
 typedef struct MigMigration
 {
 	int64		id;
 	Oid			relid;
 	char	   *table_name;
-	char	   *phase;
+	MigPhase	phase;
 	List	   *pairs;			/* of MigPair * in ord order */
 } MigMigration;
-
-/* Phases, in order. */
-#define MIG_PHASE_EXPANDED		"expanded"
-#define MIG_PHASE_BACKFILLING	"backfilling"
-#define MIG_PHASE_BACKFILLED	"backfilled"
-#define MIG_PHASE_VALIDATED		"validated"
-#define MIG_PHASE_CUTOVER		"cutover"
-#define MIG_PHASE_CONTRACTED	"contracted"
-#define MIG_PHASE_ABORTED		"aborted"
 
 /* Name of the dual-write trigger; "zz" so that it fires after the table's
  * other BEFORE triggers and sees the row they leave. */
 #define MIG_TRIGGER_NAME		"zz_migrate_ext_dualwrite"
-#define MIG_SCHEMA				"migrate_ext"
 
 /* catalog.c */
 extern MigMigration *mig_catalog_active(Oid relid, bool missing_ok);
@@ -89,15 +97,18 @@ extern MigMigration *mig_catalog_by_id(int64 id);
 extern MigMigration *mig_catalog_latest(Oid relid);
 extern int64 mig_catalog_insert_migration(Oid relid, const char *table_name);
 extern void mig_catalog_insert_pair(int64 migration_id, const MigPair *pair);
-extern void mig_catalog_set_phase(int64 migration_id, const char *phase,
-								  const char *detail);
+extern const char *mig_phase_name(MigPhase phase);
+extern MigPhase mig_phase_parse(const char *name);
+extern bool mig_catalog_move_phase(int64 migration_id, MigPhase from,
+								   MigPhase to, const char *detail);
+extern void mig_catalog_set_phase(int64 migration_id, MigPhase from,
+								  MigPhase to, const char *detail);
 extern bool mig_catalog_has_job(int64 migration_id);
 extern int	mig_catalog_query(const char *sql, int nargs, Oid *argtypes,
 							  Datum *values, const char *nulls, bool read_only,
 							  long tcount);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
-extern int	mig_phase_rank(const char *phase);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
 
@@ -121,8 +132,11 @@ extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
 extern char *mig_deparse(Node *expr, Oid relid);
 
-/* ddl.c */
+/* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
+extern const char *mig_qualified_name(Oid relid);
+extern void mig_run_utility(const char *sql);
+extern void mig_sleep_ms(long ms);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);

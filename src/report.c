@@ -53,8 +53,6 @@ PG_FUNCTION_INFO_V1(mig_checklist);
  */
 #define WAIT_INTERRUPTED_GRACE_MS 2000
 
-/* expanded .. aborted, as mig_phase_rank() ranks them */
-#define MIG_PHASE_RANKS	7
 
 static bool
 utf8_database(void)
@@ -415,7 +413,7 @@ typedef struct ChecklistState
 	Progress	prog;
 	const char *tbl;			/* the table as mig_* calls name it */
 	int			reached;		/* rank of the phase now, or reached before an abort */
-	char	   *reached_at[MIG_PHASE_RANKS];	/* "<time> by <role>" per phase */
+	char	   *reached_at[MIG_PHASE_COUNT];	/* "<time> by <role>" per phase */
 	bool		new_cols_exist;
 	char		trigger;		/* tgenabled, '\0' when missing */
 	int64		val_run;		/* 0: never validated */
@@ -459,9 +457,9 @@ cell(const char *s)
 }
 
 static bool
-reached(const ChecklistState *cs, const char *phase)
+reached(const ChecklistState *cs, MigPhase phase)
 {
-	return cs->reached >= mig_phase_rank(phase);
+	return cs->reached >= phase;
 }
 
 /*
@@ -475,26 +473,26 @@ read_phase_log(ChecklistState *cs)
 	MemoryContext callercxt = CurrentMemoryContext;
 	Oid			argtype = INT8OID;
 	Datum		arg = Int64GetDatum(cs->m->id);
-	int			prev = mig_phase_rank(MIG_PHASE_EXPANDED);
+	int			prev = MIG_PHASE_EXPANDED;
 
 	SPI_connect();
 	if (mig_catalog_query("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
 							  "FROM migrate_ext.phase_log WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY at",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.phase_log");
-	cs->reached = mig_phase_rank(cs->m->phase);
+	cs->reached = cs->m->phase;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *phase = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		int			rank = mig_phase_rank(phase);
+		MigPhase	phase = mig_phase_parse(SPI_getvalue(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1));
 
-		cs->reached_at[rank] = MemoryContextStrdup(callercxt,
-												   SPI_getvalue(SPI_tuptable->vals[i],
-																SPI_tuptable->tupdesc, 2));
-		if (strcmp(phase, MIG_PHASE_ABORTED) != 0)
-			prev = rank;
+		cs->reached_at[phase] = MemoryContextStrdup(callercxt,
+													SPI_getvalue(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 2));
+		if (phase != MIG_PHASE_ABORTED)
+			prev = phase;
 	}
-	if (strcmp(cs->m->phase, MIG_PHASE_ABORTED) == 0)
+	if (cs->m->phase == MIG_PHASE_ABORTED)
 		cs->reached = prev;
 	SPI_finish();
 }
@@ -639,12 +637,12 @@ append_figures(StringInfo buf, const Progress *p)
 }
 
 static void
-append_reached(StringInfo buf, ChecklistState *cs, const char *phase)
+append_reached(StringInfo buf, ChecklistState *cs, MigPhase phase)
 {
-	char	   *at = cs->reached_at[mig_phase_rank(phase)];
+	char	   *at = cs->reached_at[phase];
 
 	if (at && reached(cs, phase))
-		appendStringInfo(buf, "Reached %s: %s.\n", phase, at);
+		appendStringInfo(buf, "Reached %s: %s.\n", mig_phase_name(phase), at);
 }
 
 /*
@@ -677,8 +675,8 @@ mig_checklist(PG_FUNCTION_ARGS)
 	read_table_state(&cs);
 	tbl = quote_literal_cstr(cs.prog.table_name);
 	abort_cmd = psprintf("`SELECT mig_abort(%s);`", tbl);
-	aborted = strcmp(cs.m->phase, MIG_PHASE_ABORTED) == 0;
-	contracted = strcmp(cs.m->phase, MIG_PHASE_CONTRACTED) == 0;
+	aborted = cs.m->phase == MIG_PHASE_ABORTED;
+	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
 	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
 	backfill_done = cs.prog.job_id != 0 && strcmp(cs.prog.state, "done") == 0;
 	trigger_ok = cs.trigger == 'O' || cs.trigger == 'A';
@@ -687,9 +685,9 @@ mig_checklist(PG_FUNCTION_ARGS)
 	appendStringInfo(&buf, "# Migration " INT64_FORMAT " of table %s\n\n",
 					 cs.m->id, cs.prog.table_name);
 	append_pairs(&buf, &cs);
-	appendStringInfo(&buf, "- Phase: **%s**", cs.m->phase);
-	if (cs.reached_at[mig_phase_rank(cs.m->phase)])
-		appendStringInfo(&buf, " (since %s)", cs.reached_at[mig_phase_rank(cs.m->phase)]);
+	appendStringInfo(&buf, "- Phase: **%s**", mig_phase_name(cs.m->phase));
+	if (cs.reached_at[cs.m->phase])
+		appendStringInfo(&buf, " (since %s)", cs.reached_at[cs.m->phase]);
 	appendStringInfoString(&buf, "\n");
 	if (aborted)
 		appendStringInfoString(&buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
