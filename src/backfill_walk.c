@@ -232,9 +232,6 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 {
 	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
-	Datum		v[6];
-	char		n[7] = "      ";
 	int64		total = -1;
 	bool		exact = false;
 	ListCell   *lc;
@@ -291,17 +288,9 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
-	v[0] = Int64GetDatum(job_id);
-	v[1] = CStringGetTextDatum(job->key_kind);
-	v[2] = bf_text_array(job->key_cols);
-	v[3] = job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0;
-	n[3] = job->upper_key ? ' ' : 'n';
-	v[4] = Int64GetDatum(total);
-	n[4] = total >= 0 ? ' ' : 'n';
-	v[5] = BoolGetDatum(exact);
-	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
-					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-					 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
+	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
+					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
+					   job->upper_key == NIL, total, exact);
 
 	if (m->phase == MIG_PHASE_EXPANDED)
 		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);

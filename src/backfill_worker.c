@@ -144,7 +144,6 @@ typedef struct BfWorker
 	/* space reuse */
 	int			pending_vacuums;	/* not yet counted in the job row */
 	int64		written_since_vacuum;
-	int64		written_total;
 	int64		vacuum_every;
 	double		rows_per_block; /* ctid walk: rows a block holds */
 } BfWorker;
@@ -192,12 +191,14 @@ bf_read_job(BfJob *job)
 							  "upper_key, migration_id FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
+	/* a job row that is gone is as good as cancelled */
+	job->state = JOB_CANCELLED;
 	if (SPI_processed != 1)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 
-	job->state = SPI_getvalue(tup, desc, 1);
+	job->state = mig_job_state_parse(SPI_getvalue(tup, desc, 1));
 	bf->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 	bf->batch_size_fixed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 	bf->target_batch_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
@@ -244,26 +245,13 @@ bf_active_delta(void)
  * error and what to do about it recorded, and logged.
  */
 static void
-bf_record_end(const char *state, const char *error, const char *sqlstate)
+bf_record_end(JobState state, const char *error, const char *sqlstate)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
-	Datum		v[5];
-	char		n[6] = "     ";
-
-	v[0] = Int64GetDatum(bf->job_id);
-	v[1] = CStringGetTextDatum(state);
-	v[2] = CStringGetTextDatum(error);
-	v[3] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
-	n[3] = sqlstate ? ' ' : 'n';
-	v[4] = Int64GetDatum(bf->pending_retries);
-	mig_catalog_exec("UPDATE migrate_ext.job SET state = $2, last_error = $3, "
-					 "last_sqlstate = $4, retries = retries + $5, throttle_reason = NULL, "
-					 "updated_at = pg_catalog.now(), finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
-					 5, types, v, n, 1);
+	mig_job_end(bf->job_id, state, error, sqlstate, bf->pending_retries);
 	bf->pending_retries = 0;
 	ereport(LOG,
 			(errmsg("migrate_ext: backfill job " INT64_FORMAT " %s: %s",
-					bf->job_id, state, error)));
+					bf->job_id, mig_job_state_name(state), error)));
 }
 
 /* ----------------------------------------------------------------
@@ -376,6 +364,55 @@ bf_set_local(const char *name, const char *value)
 }
 
 /*
+ * The end of a batch's (or the finish's) transaction, whatever the outcome:
+ * the catalog writes made in it commit with it.
+ */
+static BfResult
+bf_commit(BfResult res)
+{
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return res;
+}
+
+/*
+ * How long to wait before the next batch: sleep_ms, or longer to hold
+ * max_rows_per_sec, or to yield to the application's load; *reason says
+ * which throttle made it longer (NULL: none).
+ */
+static int
+bf_pace(int64 seen, long elapsed_ms, const char **reason)
+{
+	int			wait_ms = bf->sleep_ms;
+
+	*reason = NULL;
+	if (bf->max_rows_per_sec > 0 && seen > 0)
+	{
+		int64		need = seen * 1000 / bf->max_rows_per_sec - elapsed_ms;
+
+		if (need > wait_ms)
+		{
+			wait_ms = (int) Min(need, INT_MAX);
+			*reason = "max_rows_per_sec";
+		}
+	}
+	if (mig_backfill_yield > 0)
+	{
+		long		yield_ms;
+
+		bf->busy = (bf->busy + bf_busy_sessions()) / 2;
+		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
+		if (yield_ms > wait_ms)
+		{
+			wait_ms = (int) Min(yield_ms, INT_MAX);
+			*reason = "load";
+		}
+	}
+	return wait_ms;
+}
+
+/*
  * One batch, in its own transaction.  See the file header for the steps.
  */
 static BfResult
@@ -392,14 +429,9 @@ bf_batch(void)
 	int64		written;
 	List	   *end;
 	long		elapsed_ms;
-	double		rate;
-	bool		throttled = false;
-	const char *throttle_reason = NULL;
-	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
-		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
-	Datum		v[13];
+	const char *throttle_reason;
+	MigJobBatch batch;
 	MigOwnerSave owner;
-	char		n[14] = "             ";
 
 	SetCurrentStatementStartTimestamp();
 
@@ -408,25 +440,16 @@ bf_batch(void)
 	bf_set_local("synchronous_commit", "off");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bf_lock_job();
-	if (!bf_read_job(&job) || !bf_state_is(job.state, "running", "throttled", "paused"))
+	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
 	{
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return bf_commit(BF_STOP);
 	}
-	if (strcmp(job.state, "paused") == 0)
+	if (job.state == JOB_PAUSED)
 	{
 		if (bf->active_since != 0)
-			mig_catalog_exec("UPDATE migrate_ext.job SET active_seconds = active_seconds + $2 "
-							 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, FLOAT8OID},
-							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
-							 NULL, 1);
+			mig_job_add_active(bf->job_id, bf_active_delta());
 		bf->active_since = 0;
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_PAUSED;
+		return bf_commit(BF_PAUSED);
 	}
 	if (bf->active_since == 0)
 		bf->active_since = GetCurrentTimestamp();
@@ -439,34 +462,25 @@ bf_batch(void)
 	m = mig_catalog_by_id(job.migration_id);
 	if (m == NULL || m->phase == MIG_PHASE_ABORTED)
 	{
-		bf_record_end("cancelled", "the migration was aborted", NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		bf_record_end(JOB_CANCELLED, "the migration was aborted", NULL);
+		return bf_commit(BF_STOP);
 	}
 	if (m->phase > MIG_PHASE_VALIDATED)
 	{
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("the migration of table %s moved to phase %s while the backfill ran; nothing more to do, the dual-write trigger keeps the columns in step",
 							   m->table_name, mig_phase_name(m->phase)), NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return bf_commit(BF_STOP);
 	}
 
 	/* the table, then the checks: DDL cannot change it under the lock */
 	LockRelationOid(m->relid, RowExclusiveLock);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
 	{
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("table %s was dropped while the backfill ran; nothing is left to do",
 							   m->table_name), NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return bf_commit(BF_STOP);
 	}
 	rel = table_open(m->relid, NoLock);
 	if (bf->table_name == NULL)
@@ -477,12 +491,9 @@ bf_batch(void)
 	if (moved)
 	{
 		table_close(rel, NoLock);
-		bf_record_end("failed", psprintf("%s. %s", moved, hint),
+		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint),
 					  "55000");
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return bf_commit(BF_STOP);
 	}
 	if (job.key_kind == NULL)
 	{
@@ -504,10 +515,7 @@ bf_batch(void)
 	if (bf_walk_complete(&job))
 	{
 		table_close(rel, NoLock);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_WALKED;
+		return bf_commit(BF_WALKED);
 	}
 
 	size = bf->batch_size;
@@ -530,56 +538,20 @@ bf_batch(void)
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	/* the pace: sleep_ms, or longer to hold max_rows_per_sec, or to yield */
-	bf->next_wait_ms = bf->sleep_ms;
-	if (bf->max_rows_per_sec > 0 && seen > 0)
-	{
-		int64		need = seen * 1000 / bf->max_rows_per_sec - elapsed_ms;
-
-		if (need > bf->next_wait_ms)
-		{
-			bf->next_wait_ms = (int) Min(need, INT_MAX);
-			throttle_reason = "max_rows_per_sec";
-		}
-	}
-	if (mig_backfill_yield > 0)
-	{
-		long		yield_ms;
-
-		bf->busy = (bf->busy + bf_busy_sessions()) / 2;
-		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
-		if (yield_ms > bf->next_wait_ms)
-		{
-			bf->next_wait_ms = (int) Min(yield_ms, INT_MAX);
-			throttle_reason = "load";
-		}
-	}
-	throttled = throttle_reason != NULL;
-	rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
-
-	v[0] = Int64GetDatum(bf->job_id);
-	v[1] = bf_text_array(end);
-	v[2] = Int64GetDatum(written);
-	v[3] = Int64GetDatum(seen);
-	v[4] = Int32GetDatum(bf_next_size(size, elapsed_ms));
-	v[5] = Float8GetDatum(rate);
-	v[6] = Float8GetDatum(bf_active_delta());
-	v[7] = CStringGetTextDatum(throttled ? "throttled" : "running");
-	v[8] = throttled ? CStringGetTextDatum(throttle_reason) : (Datum) 0;
-	n[8] = throttled ? ' ' : 'n';
-	v[9] = Int64GetDatum(bf->pending_retries);
-	v[10] = bf->pending_error ? CStringGetTextDatum(bf->pending_error) : (Datum) 0;
-	n[10] = bf->pending_error ? ' ' : 'n';
-	v[11] = bf->pending_sqlstate ? CStringGetTextDatum(bf->pending_sqlstate) : (Datum) 0;
-	n[11] = bf->pending_sqlstate ? ' ' : 'n';
-	v[12] = Int32GetDatum(bf->pending_vacuums);
-	mig_catalog_exec("UPDATE migrate_ext.job SET lower_key = $2, rows_done = rows_done + $3, "
-					 "rows_seen = rows_seen + $4, batches = batches + 1, batch_size = $5, "
-					 "rate_recent = $6, active_seconds = active_seconds + $7, state = $8, "
-					 "throttle_reason = $9, retries = retries + $10, "
-					 "last_error = coalesce($11, last_error), "
-					 "last_sqlstate = coalesce($12, last_sqlstate), vacuums = vacuums + $13, "
-					 "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1", 13, types, v, n, 1);
+	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
+	batch.lower_key = bf_text_array(end);
+	batch.written = written;
+	batch.seen = seen;
+	batch.next_batch_size = bf_next_size(size, elapsed_ms);
+	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
+	batch.active_seconds = bf_active_delta();
+	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
+	batch.throttle_reason = throttle_reason;
+	batch.retries = bf->pending_retries;
+	batch.error = bf->pending_error;
+	batch.sqlstate = bf->pending_sqlstate;
+	batch.vacuums = bf->pending_vacuums;
+	mig_job_checkpoint(bf->job_id, &batch);
 
 	PopActiveSnapshot();
 	SPI_finish();
@@ -592,7 +564,6 @@ bf_batch(void)
 	bf->pending_error = NULL;
 	bf->pending_sqlstate = NULL;
 	bf->seen_total += seen;
-	bf->written_total += written;
 	bf->written_since_vacuum += written;
 	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), bf->seen_total);
 	return BF_NEXT;
@@ -614,29 +585,19 @@ bf_finish(void)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bf_lock_job();
-	if (bf_read_job(&job) && bf_state_is(job.state, "running", "throttled", NULL))
+	if (bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED))
 	{
-		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'done', throttle_reason = NULL, "
-						 "rows_total = rows_seen, rows_total_exact = (key_kind <> 'ctid'), "
-						 "active_seconds = active_seconds + $2, retries = retries + $3, "
-						 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = pg_catalog.now(), "
-						 "finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
-						 4, (Oid[]) {INT8OID, FLOAT8OID, INT8OID, INT4OID},
-						 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta()),
-							 Int64GetDatum(bf->pending_retries), Int32GetDatum(bf->pending_vacuums)},
-						 NULL, 1);
+		mig_job_done(bf->job_id, bf_active_delta(), bf->pending_retries,
+					 bf->pending_vacuums);
 		m = mig_catalog_by_id(job.migration_id);
 		if (m && m->phase == MIG_PHASE_BACKFILLING)
 			(void) mig_catalog_move_phase(m->id, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED, NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return bf_commit(BF_STOP);
 	}
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
-	return (job.state && strcmp(job.state, "paused") == 0) ? BF_PAUSED : BF_STOP;
+	return job.state == JOB_PAUSED ? BF_PAUSED : BF_STOP;
 }
 
 /*
@@ -799,7 +760,7 @@ bf_batch_failed(ErrorData *edata)
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume('%s')",
 							   edata->message, bf->attempt,
 							   bf->table_name ? bf->table_name : "<table>"),
@@ -877,7 +838,7 @@ bf_peek(bool *changed)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	running = bf_read_job(&job) && bf_state_is(job.state, "running", "throttled", NULL);
+	running = bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED);
 	*changed = sleep_ms != bf->sleep_ms || max_rows_per_sec != bf->max_rows_per_sec ||
 		max_lag_ms != bf->max_lag_ms;
 	PopActiveSnapshot();
@@ -985,13 +946,7 @@ bf_wait_for_replicas(void)
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			mig_catalog_exec("UPDATE migrate_ext.job SET state = 'throttled', "
-							 "throttle_reason = 'replica lag', updated_at = pg_catalog.now(), "
-							 "active_seconds = active_seconds + $2 "
-							 "WHERE id OPERATOR(pg_catalog.=) $1 AND state IN ('running', 'throttled')",
-							 2, (Oid[]) {INT8OID, FLOAT8OID},
-							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
-							 NULL, -1);
+			mig_job_throttle_for_lag(bf->job_id, bf_active_delta());
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			throttled = true;
@@ -1024,7 +979,7 @@ bf_take_job_lock(void)
 {
 	LOCKTAG		tag;
 
-	bf_locktag(&tag, MIG_JOB_LOCK_KEY, bf->job_id);
+	mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, bf->job_id);
 	for (int i = 0; i < 20; i++)
 	{
 		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
@@ -1073,7 +1028,7 @@ bf_setup(void)
 		CommitTransactionCommand();
 		return false;
 	}
-	bf_locktag(&tag, MIG_GATE_LOCK_KEY, bf->job_id);
+	mig_job_locktag(&tag, MIG_JOB_LOCK_GATE, bf->job_id);
 	(void) LockAcquire(&tag, ShareLock, false, false);
 	CommitTransactionCommand();
 
@@ -1082,7 +1037,7 @@ bf_setup(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	found = bf_read_job(&job) && (bf_state_live(job.state) || strcmp(job.state, "interrupted") == 0);
+	found = bf_read_job(&job) && (mig_job_state_live(job.state) || job.state == JOB_INTERRUPTED);
 	if (found)
 	{
 		MigMigration *m = mig_catalog_by_id(job.migration_id);
@@ -1091,10 +1046,7 @@ bf_setup(void)
 			mig_worker_apply_role_settings(mig_table_owner(m->relid));
 	}
 	if (found)
-		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = pg_catalog.now(), "
-						 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "
-						 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, INT4OID},
-						 (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(MyProcPid)}, NULL, 1);
+		mig_job_claim(bf->job_id, MyProcPid);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
@@ -1127,7 +1079,7 @@ bf_setup_or_record(void)
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("the backfill worker could not start: %s", edata->message),
 					  unpack_sql_state(edata->sqlerrcode));
 		PopActiveSnapshot();

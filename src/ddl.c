@@ -294,11 +294,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	}
 
 	/* the worker stops at its next batch when it sees the job cancelled */
-	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
-					 "throttle_reason = NULL, updated_at = pg_catalog.now(), finished_at = pg_catalog.now() "
-					 "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
-					 "AND state IN ('running', 'throttled', 'paused', 'interrupted')",
-					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(m->id)}, NULL, -1);
+	mig_job_cancel_for_migration(m->id);
 
 	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
 

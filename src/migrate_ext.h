@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
@@ -141,21 +142,100 @@ extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
 
+/* job.c: backfill job rows, their states, the job locks */
+typedef enum JobState
+{
+	JOB_RUNNING,
+	JOB_THROTTLED,
+	JOB_PAUSED,
+	JOB_INTERRUPTED,
+	JOB_DONE,
+	JOB_FAILED,
+	JOB_CANCELLED
+} JobState;
+
+typedef enum MigJobLock
+{
+	MIG_JOB_LOCK_LIVENESS,		/* held by the job's worker for its life */
+	MIG_JOB_LOCK_GATE			/* held by its starter until commit */
+} MigJobLock;
+
+typedef enum MigJobSetting
+{
+	MIG_JOB_BATCH_SIZE_AUTO,
+	MIG_JOB_BATCH_SIZE,
+	MIG_JOB_TARGET_BATCH_MS,
+	MIG_JOB_SLEEP_MS,
+	MIG_JOB_MAX_REPLICA_LAG,
+	MIG_JOB_MAX_ROWS_PER_SEC
+} MigJobSetting;
+
+/* A new job's settings, as mig_backfill was given them. */
+typedef struct MigJobSettings
+{
+	int32		batch_size;
+	bool		batch_size_fixed;
+	int32		target_batch_ms;
+	int32		sleep_ms;
+	Interval   *max_replica_lag;	/* NULL: none */
+	int64		max_rows_per_sec;	/* 0: none */
+} MigJobSettings;
+
+/* What one committed batch adds to its job row. */
+typedef struct MigJobBatch
+{
+	Datum		lower_key;		/* text[]: the checkpoint */
+	int64		written;
+	int64		seen;
+	int32		next_batch_size;
+	double		rate;
+	double		active_seconds;
+	JobState	state;			/* running or throttled */
+	const char *throttle_reason;
+	int64		retries;
+	const char *error;			/* of a retried attempt, or NULL */
+	const char *sqlstate;
+	int32		vacuums;
+} MigJobBatch;
+
+struct MigWorkerArgs;
+struct LOCKTAG;
+
+extern const char *mig_job_state_name(JobState state);
+extern JobState mig_job_state_parse(const char *name);
+extern bool mig_job_state_live(JobState state);
+extern bool mig_job_state_ended(JobState state);
+extern int32 mig_job_liveness_key(void);
+extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 job_id);
+extern bool mig_job_alive(int64 job_id);
+extern void mig_job_hold_gate(int64 job_id);
+extern void mig_job_start_worker(struct MigWorkerArgs *args);
+extern int64 mig_job_insert(int64 migration_id, const struct MigWorkerArgs *args,
+							const MigJobSettings *settings);
+extern void mig_job_set_state(int64 job_id, JobState state, bool finished);
+extern void mig_job_restart(int64 job_id, const struct MigWorkerArgs *args);
+extern void mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value,
+								bool isnull);
+extern void mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
+							   Datum upper_key, bool upper_null, int64 rows_total,
+							   bool exact);
+extern void mig_job_claim(int64 job_id, int pid);
+extern void mig_job_mark_interrupted(int64 job_id);
+extern void mig_job_end(int64 job_id, JobState state, const char *error,
+						const char *sqlstate, int64 retries);
+extern void mig_job_cancel_for_migration(int64 migration_id);
+extern void mig_job_add_active(int64 job_id, double seconds);
+extern void mig_job_throttle_for_lag(int64 job_id, double active_seconds);
+extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
+extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
+						 int vacuums);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
 
-/*
- * backfill.c, backfill_worker.c and launcher.c: the backfill worker and the
- * launcher that resumes interrupted jobs.  A job's worker holds the
- * session-level advisory lock (MIG_JOB_LOCK_KEY, job id) for its whole life:
- * a job in state running, throttled or paused whose lock nobody holds is
- * interrupted.
- */
-#define MIG_JOB_LOCK_KEY		1835624306	/* 'migr' */
-extern void mig_backfill_resume_interrupted(void);
 extern void mig_launcher_register(void);
 
 #endif							/* MIGRATE_EXT_H */

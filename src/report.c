@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -275,8 +276,9 @@ append_rows(StringInfo buf, const Progress *p)
 static bool
 state_is_final(const char *state)
 {
-	return strcmp(state, "done") == 0 || strcmp(state, "failed") == 0 ||
-		strcmp(state, "cancelled") == 0 || strcmp(state, "interrupted") == 0;
+	JobState	s = mig_job_state_parse(state);
+
+	return mig_job_state_ended(s) || s == JOB_INTERRUPTED;
 }
 
 /*
@@ -326,6 +328,9 @@ mig_wait(PG_FUNCTION_ARGS)
 	TimestampTz next_report = 0;
 	TimestampTz interrupted_since = 0;
 	Progress	p;
+	MemoryContext pollcxt;
+	MemoryContext oldcxt;
+	text	   *result;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -351,7 +356,14 @@ mig_wait(PG_FUNCTION_ARGS)
 				 errdetail("The transaction's snapshot would never see the job progress."),
 				 errhint("Call it outside a transaction block or in a READ COMMITTED transaction.")));
 
+	/*
+	 * Each poll reads into a context reset before the next one, so a wait
+	 * of hours uses the memory of one poll.
+	 */
+	pollcxt = AllocSetContextCreate(CurrentMemoryContext, "mig_wait poll",
+									ALLOCSET_SMALL_SIZES);
 	migration_id = migration_of(relid);
+	oldcxt = MemoryContextSwitchTo(pollcxt);
 	read_progress(migration_id, &p);
 	if (p.job_id == 0)
 		ereport(ERROR,
@@ -371,8 +383,8 @@ mig_wait(PG_FUNCTION_ARGS)
 
 		/* a job interrupted by the book is final; one that only looks it, later */
 		final = state_is_final(p.state);
-		if (strcmp(p.state, "interrupted") == 0 &&
-			strcmp(p.stored_state, "interrupted") != 0)
+		if (mig_job_state_parse(p.state) == JOB_INTERRUPTED &&
+			mig_job_state_parse(p.stored_state) != JOB_INTERRUPTED)
 		{
 			if (interrupted_since == 0)
 				interrupted_since = now;
@@ -397,9 +409,13 @@ mig_wait(PG_FUNCTION_ARGS)
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(pollcxt);
 		read_progress(migration_id, &p);
 	}
-	PG_RETURN_TEXT_P(cstring_to_text(p.state));
+	MemoryContextSwitchTo(oldcxt);
+	result = cstring_to_text(p.state);
+	MemoryContextDelete(pollcxt);
+	PG_RETURN_TEXT_P(result);
 }
 
 /* ---------------------------------------------------------------- */
@@ -678,7 +694,7 @@ mig_checklist(PG_FUNCTION_ARGS)
 	aborted = cs.m->phase == MIG_PHASE_ABORTED;
 	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
 	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
-	backfill_done = cs.prog.job_id != 0 && strcmp(cs.prog.state, "done") == 0;
+	backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
 	trigger_ok = cs.trigger == 'O' || cs.trigger == 'A';
 
 	initStringInfo(&buf);
