@@ -262,50 +262,6 @@ bf_record_end(JobState state, const char *error, const char *sqlstate)
 /* The most a batch's duration is multiplied by to yield to the load. */
 #define BF_MAX_YIELD	10.0
 
-/*
- * Client sessions of this database that are running a statement on a CPU
- * right now: active, and not waiting for a lock, I/O or a latch.  This is
- * gh-ost's Threads_running.  Under load the worker yields, sleeping after
- * each batch for the batch's duration times this number times
- * migrate_ext.backfill_yield, so that on a busy server the backfill takes a
- * small share of the CPU and the application's latency barely moves, while
- * on an idle one it runs flat out.  A session that waits (in mig_wait, on a
- * row lock the batch holds) is not counted: it is not competing with us.
- */
-static int
-bf_busy_sessions(void)
-{
-	int			n = 0;
-	int			nbackends;
-
-	pgstat_clear_backend_activity_snapshot();
-	nbackends = pgstat_fetch_stat_numbackends();
-	for (int i = 1; i <= nbackends; i++)
-	{
-		PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
-		PGPROC	   *proc;
-
-		if (be->st_backendType != B_BACKEND || be->st_databaseid != MyDatabaseId ||
-			be->st_state != STATE_RUNNING || be->st_procpid == MyProcPid)
-			continue;
-		proc = BackendPidGetProc(be->st_procpid);
-		if (proc != NULL && proc->wait_event_info == 0)
-			n++;
-	}
-	return n;
-}
-
-/*
- * migrate_ext.busy_sessions(): what a backfill of this database counts as
- * load right now, for a DBA wondering why a job says throttle_reason 'load'.
- */
-PG_FUNCTION_INFO_V1(mig_busy_sessions);
-Datum
-mig_busy_sessions(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_INT32(bf_busy_sessions());
-}
-
 /* rows_recent: rows covered per second over the last BF_RATE_WINDOW_MS. */
 static double
 bf_rate_recent(TimestampTz now, uint64 seen_total)
@@ -401,7 +357,7 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 	{
 		long		yield_ms;
 
-		bf->busy = (bf->busy + bf_busy_sessions()) / 2;
+		bf->busy = (bf->busy + mig_busy_sessions_count()) / 2;
 		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
 		if (yield_ms > wait_ms)
 		{

@@ -232,6 +232,7 @@ extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 
 /* horizon.c */
 extern bool mig_release_xmin(void);
+extern int	mig_busy_sessions_count(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);

@@ -787,3 +787,14 @@ mig_checklist(PG_FUNCTION_ARGS)
 
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }
+
+/*
+ * migrate_ext.busy_sessions(): what a backfill of this database counts as
+ * load right now, for a DBA wondering why a job says throttle_reason 'load'.
+ */
+PG_FUNCTION_INFO_V1(mig_busy_sessions);
+Datum
+mig_busy_sessions(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(mig_busy_sessions_count());
+}
