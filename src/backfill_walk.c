@@ -494,6 +494,8 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	List	   *end = NIL;
 	bool		isnull;
 
+	Assert(nk > 0 && size > 0);
+	Assert(job->upper_key != NIL && list_length(job->upper_key) == nk);
 	/* (lower, upper] and the batch size */
 	initStringInfo(&range);
 	if (job->lower_key)
@@ -573,6 +575,7 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	StringInfoData filter;
 	bool		isnull;
 
+	Assert(lo <= end && end <= hi);
 	values[0] = bf_block_tid(lo);
 	values[1] = bf_block_tid(end);
 	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",

@@ -56,7 +56,6 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/walsender.h"
-#include "replication/walsender_private.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -72,6 +71,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
 #include "backfill.h"
@@ -369,7 +369,85 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 }
 
 /*
- * One batch, in its own transaction.  See the file header for the steps.
+ * The migration and the table a batch works on, checked under the batch's
+ * lock on the table, with the walk started if it was not.  NULL when there
+ * is no batch to run: *res says why (an ending recorded in the job row, or
+ * the walk is complete); else the table is open in *relp.
+ */
+static MigMigration *
+bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
+{
+	MigMigration *m = mig_catalog_by_id(job->migration_id);
+	Relation	rel;
+	char	   *moved;
+	const char *hint;
+	MigOwnerSave owner;
+
+	*res = BF_STOP;
+	if (m == NULL || m->phase == MIG_PHASE_ABORTED)
+	{
+		bf_record_end(JOB_CANCELLED, "the migration was aborted", NULL);
+		return NULL;
+	}
+	if (m->phase > MIG_PHASE_VALIDATED)
+	{
+		bf_record_end(JOB_FAILED,
+					  psprintf("the migration of table %s moved to phase %s while the backfill ran; nothing more to do, the dual-write trigger keeps the columns in step",
+							   m->table_name, mig_phase_name(m->phase)), NULL);
+		return NULL;
+	}
+
+	/* the table, then the checks: DDL cannot change it under the lock */
+	LockRelationOid(m->relid, RowExclusiveLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
+	{
+		bf_record_end(JOB_FAILED,
+					  psprintf("table %s was dropped while the backfill ran; nothing is left to do",
+							   m->table_name), NULL);
+		return NULL;
+	}
+	rel = table_open(m->relid, NoLock);
+	if (bf->table_name == NULL)
+		bf->table_name = MemoryContextStrdup(TopMemoryContext,
+											 mig_qualified_name(m->relid));
+	bf->relid = m->relid;
+	moved = bf_ground_moved(rel, m, job, &hint);
+	if (moved)
+	{
+		table_close(rel, NoLock);
+		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint), "55000");
+		return NULL;
+	}
+	if (job->key_kind == NULL)
+	{
+		/* the walk's bounds must see every row: as the owner, RLS not forced */
+		mig_owner_switch(m->relid, &owner);
+		bf_start_walk(rel, m, job, bf->job_id, &bf->rows_per_block,
+					  &bf->vacuum_every);
+		mig_owner_restore(&owner);
+	}
+	else if (bf->vacuum_every == 0)
+	{
+		/* a resumed job: the same pace as at its start */
+		int64		total = rel->rd_rel->reltuples > 0 ? (int64) rel->rd_rel->reltuples : 0;
+
+		bf->vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * total));
+		if (rel->rd_rel->relpages > 0 && total > 0)
+			bf->rows_per_block = (double) total / rel->rd_rel->relpages;
+	}
+	if (bf_walk_complete(job))
+	{
+		table_close(rel, NoLock);
+		*res = BF_WALKED;
+		return NULL;
+	}
+	*relp = rel;
+	return m;
+}
+
+/*
+ * One batch, in one transaction that commits its rows together with the
+ * job's checkpoint: a kill loses at most this batch.
  */
 static BfResult
 bf_batch(void)
@@ -377,8 +455,7 @@ bf_batch(void)
 	BfJob		job;
 	MigMigration *m;
 	Relation	rel;
-	char	   *moved;
-	const char *hint;
+	BfResult	res;
 	TimestampTz start;
 	int			size;
 	int64		seen;
@@ -397,9 +474,7 @@ bf_batch(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bf_lock_job();
 	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
-	{
 		return bf_commit(BF_STOP);
-	}
 	if (job.state == JOB_PAUSED)
 	{
 		if (bf->active_since != 0)
@@ -415,64 +490,9 @@ bf_batch(void)
 	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 
-	m = mig_catalog_by_id(job.migration_id);
-	if (m == NULL || m->phase == MIG_PHASE_ABORTED)
-	{
-		bf_record_end(JOB_CANCELLED, "the migration was aborted", NULL);
-		return bf_commit(BF_STOP);
-	}
-	if (m->phase > MIG_PHASE_VALIDATED)
-	{
-		bf_record_end(JOB_FAILED,
-					  psprintf("the migration of table %s moved to phase %s while the backfill ran; nothing more to do, the dual-write trigger keeps the columns in step",
-							   m->table_name, mig_phase_name(m->phase)), NULL);
-		return bf_commit(BF_STOP);
-	}
-
-	/* the table, then the checks: DDL cannot change it under the lock */
-	LockRelationOid(m->relid, RowExclusiveLock);
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
-	{
-		bf_record_end(JOB_FAILED,
-					  psprintf("table %s was dropped while the backfill ran; nothing is left to do",
-							   m->table_name), NULL);
-		return bf_commit(BF_STOP);
-	}
-	rel = table_open(m->relid, NoLock);
-	if (bf->table_name == NULL)
-		bf->table_name = MemoryContextStrdup(TopMemoryContext,
-											 mig_qualified_name(m->relid));
-	bf->relid = m->relid;
-	moved = bf_ground_moved(rel, m, &job, &hint);
-	if (moved)
-	{
-		table_close(rel, NoLock);
-		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint),
-					  "55000");
-		return bf_commit(BF_STOP);
-	}
-	if (job.key_kind == NULL)
-	{
-		/* the walk's bounds must see every row: as the owner, RLS not forced */
-		mig_owner_switch(m->relid, &owner);
-		bf_start_walk(rel, m, &job, bf->job_id, &bf->rows_per_block,
-					  &bf->vacuum_every);
-		mig_owner_restore(&owner);
-	}
-	else if (bf->vacuum_every == 0)
-	{
-		/* a resumed job: the same pace as at its start */
-		int64		total = rel->rd_rel->reltuples > 0 ? (int64) rel->rd_rel->reltuples : 0;
-
-		bf->vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * total));
-		if (rel->rd_rel->relpages > 0 && total > 0)
-			bf->rows_per_block = (double) total / rel->rd_rel->relpages;
-	}
-	if (bf_walk_complete(&job))
-	{
-		table_close(rel, NoLock);
-		return bf_commit(BF_WALKED);
-	}
+	m = bf_batch_target(&job, &rel, &res);
+	if (m == NULL)
+		return bf_commit(res);
 
 	size = bf->batch_size;
 	if (bf->attempt > 0 && bf->retry_size < size)
@@ -480,6 +500,7 @@ bf_batch(void)
 	if (bf->max_rows_per_sec > 0)
 		size = (int) Min(size, Max(1, bf->max_rows_per_sec * bf->target_batch_ms / 1000));
 	bf->retry_size = Max(1, size / 2);
+	Assert(size >= 1);
 
 	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill batch");
 	start = GetCurrentTimestamp();
@@ -508,10 +529,7 @@ bf_batch(void)
 	batch.sqlstate = bf->pending_sqlstate;
 	batch.vacuums = bf->pending_vacuums;
 	mig_job_checkpoint(bf->job_id, &batch);
-
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
+	(void) bf_commit(BF_NEXT);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	bf->attempt = 0;
@@ -830,14 +848,48 @@ bf_wait(int ms)
 }
 
 /*
+ * The replay position of the slowest physical standby streaming from us;
+ * *any is false when there is none.  Read through pg_stat_get_wal_senders()
+ * (the public face of the walsenders' shared state), as the extension's
+ * owner, since a role without pg_read_all_stats sees no positions, in a
+ * short transaction of its own.
+ */
+static XLogRecPtr
+bf_slowest_standby(bool *any)
+{
+	XLogRecPtr	slowest = InvalidXLogRecPtr;
+	bool		isnull;
+	Datum		d;
+
+	Assert(!IsTransactionState());
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (mig_catalog_query("SELECT pg_catalog.min(s.replay_lsn) "
+						  "FROM pg_catalog.pg_stat_get_wal_senders() s, "
+						  "pg_catalog.pg_stat_get_activity(s.pid) a "
+						  "WHERE a.datid IS NULL AND s.state IN ('streaming', 'catchup')",
+						  0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_stat_get_wal_senders()");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*any = !isnull;
+	if (!isnull)
+		slowest = DatumGetLSN(d);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return slowest;
+}
+
+/*
  * How far behind is the slowest streaming standby, in milliseconds?
  *
  * pg_stat_replication's replay_lag does not grow while a standby's replay
- * is paused (it measures WAL that was replayed), and its LSN columns are
- * hidden from roles without pg_read_all_stats.  So we read the walsenders'
- * shared memory ourselves and keep a ring of (time, WAL flush position)
- * samples: the lag is the age of the oldest sample the standby has not
- * replayed yet.  Samples are spaced so that the ring spans twice the
+ * is paused (it measures WAL that was replayed).  So we read the standbys'
+ * replay positions (bf_slowest_standby) and keep a ring of (time, WAL flush
+ * position) samples: the lag is the age of the oldest sample the standby
+ * has not replayed yet.  Samples are spaced so that the ring spans twice the
  * allowed lag.  Logical walsenders (connected to a database) are not
  * standbys and are left out.
  */
@@ -845,38 +897,15 @@ static int64
 bf_replica_lag_ms(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	XLogRecPtr	slowest = InvalidXLogRecPtr;
-	bool		any = false;
+	XLogRecPtr	slowest;
+	bool		any;
 	int64		spacing = Max(50, bf->max_lag_ms / (BF_RING / 2));
 
 	if (bf->nlsn == 0 ||
 		TimestampDifferenceExceeds(bf->lsn[bf->nlsn - 1].at, now, (int) Min(spacing, INT_MAX)))
 		bf_push(bf->lsn, &bf->nlsn, now, GetFlushRecPtr(NULL));
 
-	for (int i = 0; i < max_wal_senders; i++)
-	{
-		WalSnd	   *walsnd = &WalSndCtl->walsnds[i];
-		pid_t		pid;
-		WalSndState state;
-		XLogRecPtr	apply;
-		PGPROC	   *proc;
-
-		SpinLockAcquire(&walsnd->mutex);
-		pid = walsnd->pid;
-		state = walsnd->state;
-		apply = walsnd->apply;
-		SpinLockRelease(&walsnd->mutex);
-
-		if (pid == 0 || XLogRecPtrIsInvalid(apply) ||
-			(state != WALSNDSTATE_STREAMING && state != WALSNDSTATE_CATCHUP))
-			continue;
-		proc = BackendPidGetProc(pid);
-		if (proc == NULL || OidIsValid(proc->databaseId))
-			continue;
-		if (!any || apply < slowest)
-			slowest = apply;
-		any = true;
-	}
+	slowest = bf_slowest_standby(&any);
 	if (!any)
 		return 0;
 	for (int i = 0; i < bf->nlsn; i++)

@@ -18,6 +18,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 3000;
 my $node = PostgreSQL::Test::Cluster->new('privileges');
@@ -25,23 +28,8 @@ $node->init;
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'\n");
 $node->start;
 
-# the latest job of a table, as a row expression
-sub job
-{
-	my ($tbl) = @_;
-	return "(SELECT j FROM migrate_ext.job j JOIN migrate_ext.migration m ON m.id = j.migration_id"
-	  . " WHERE m.relid = '$tbl'::regclass ORDER BY j.id DESC LIMIT 1)";
-}
-
-sub wait_job_done
-{
-	my ($tbl) = @_;
-	my $j = job($tbl);
-	$node->poll_query_until('postgres',
-		"SELECT ($j).state NOT IN ('running', 'throttled', 'interrupted')")
-	  or die "the backfill of $tbl did not end";
-	return $node->safe_psql('postgres', "SELECT ($j).state");
-}
+sub job { return job_row(@_); }
+sub wait_job_done { return wait_job_ended($node, @_); }
 
 $node->safe_psql('postgres', q{
 CREATE EXTENSION migrate_ext;
