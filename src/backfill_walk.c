@@ -321,10 +321,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was dropped",
 						MIG_TRIGGER_NAME, relname);
 	}
-	if (trig->tgenabled == TRIGGER_DISABLED ||
-		(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
-		 trig->tgenabled == TRIGGER_FIRES_ON_ORIGIN :
-		 trig->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+	if (!mig_trigger_fires(trig->tgenabled))
 	{
 		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);

@@ -138,6 +138,8 @@ extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
 extern const char *mig_qualified_name(Oid relid);
 extern void mig_run_utility(const char *sql);
 extern void mig_sleep_ms(long ms);
+extern char mig_trigger_tgenabled(Oid relid);
+extern bool mig_trigger_fires(char tgenabled);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);

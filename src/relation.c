@@ -20,7 +20,8 @@
  * ladder for strong locks (pg_repack's: a short lock_timeout in a
  * subtransaction, a growing wait on the latch between tries, so that an
  * ALTER TABLE never queues the application behind it for long), and the
- * one runner for the utility statements migrate_ext generates.
+ * one runner for the utility statements migrate_ext generates, and the one
+ * rule for whether the dual-write trigger is enabled.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,7 +30,12 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -38,6 +44,7 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -269,4 +276,44 @@ mig_sleep_ms(long ms)
 	pgstat_report_wait_end();
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * pg_trigger.tgenabled of the table's dual-write trigger, or '\0' when it
+ * has none: read from the catalog directly, with no SQL in between.
+ */
+char
+mig_trigger_tgenabled(Oid relid)
+{
+	Relation	tgrel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char		tgenabled = '\0';
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[1], Anum_pg_trigger_tgname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum(MIG_TRIGGER_NAME));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 2, key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		tgenabled = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled;
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return tgenabled;
+}
+
+/*
+ * The one rule for "is the dual-write trigger enabled": does it fire for
+ * the application's writes?  Clients run with session_replication_role =
+ * origin, for which a trigger fires when enabled (O) or always (A); one
+ * disabled (D) or enabled on replicas only (R) lets writes through without
+ * keeping the columns in step.
+ */
+bool
+mig_trigger_fires(char tgenabled)
+{
+	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
 }

@@ -16,7 +16,9 @@
 
 #include <math.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_attribute.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -519,32 +521,23 @@ read_table_state(ChecklistState *cs)
 {
 	ListCell   *lc;
 
-	SPI_connect();
 	cs->new_cols_exist = true;
 	foreach(lc, cs->m->pairs)
 	{
 		MigPair    *pair = lfirst(lc);
+		HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(cs->m->relid),
+										  Int16GetDatum(pair->new_attnum));
 
-		if (mig_catalog_query("SELECT 1 FROM pg_catalog.pg_attribute "
-								  "WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.=) $2 AND NOT attisdropped",
-								  2, (Oid[]) {OIDOID, INT2OID},
-								  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
-								  Int16GetDatum(pair->new_attnum)},
-								  NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read pg_attribute");
-		if (SPI_processed == 0)
+		if (!HeapTupleIsValid(tup))
 			cs->new_cols_exist = false;
+		else
+		{
+			if (((Form_pg_attribute) GETSTRUCT(tup))->attisdropped)
+				cs->new_cols_exist = false;
+			ReleaseSysCache(tup);
+		}
 	}
-	if (mig_catalog_query("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
-							  2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
-							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
-							  NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_trigger");
-	cs->trigger = SPI_processed > 0 ?
-		*SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : '\0';
-	SPI_finish();
+	cs->trigger = mig_trigger_tgenabled(cs->m->relid);
 }
 
 /* The last validation: a summary line and its checks as a markdown table. */
@@ -695,7 +688,7 @@ mig_checklist(PG_FUNCTION_ARGS)
 	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
 	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
 	backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
-	trigger_ok = cs.trigger == 'O' || cs.trigger == 'A';
+	trigger_ok = mig_trigger_fires(cs.trigger);
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "# Migration " INT64_FORMAT " of table %s\n\n",

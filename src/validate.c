@@ -300,21 +300,10 @@ static void
 check_trigger(VRun *run)
 {
 	VCheck	   *c = add_check(run, "trigger_enabled", NULL, NULL, NULL);
-	char		tgenabled = '\0';
+	char		tgenabled;
 
-	SPI_connect();
-	if (mig_catalog_query("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid OPERATOR(pg_catalog.=) $1 AND tgname OPERATOR(pg_catalog.=) $2",
-							  2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(RelationGetRelid(run->rel)),
-							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
-							  NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_trigger");
-	if (SPI_processed > 0)
-		tgenabled = *SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	SPI_finish();
-
-	c->passed = tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+	tgenabled = mig_trigger_tgenabled(RelationGetRelid(run->rel));
+	c->passed = mig_trigger_fires(tgenabled);
 	c->failing = c->passed ? 0 : 1;
 	if (tgenabled == '\0')
 		c->detail = psprintf("trigger %s is missing: writes are not dual-written",
