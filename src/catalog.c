@@ -32,24 +32,37 @@
 
 #include "migrate_ext.h"
 
-static const char *const phase_order[] = {
-	MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED,
-	MIG_PHASE_VALIDATED, MIG_PHASE_CUTOVER, MIG_PHASE_CONTRACTED,
-	MIG_PHASE_ABORTED
+/* The one mapping between MigPhase and the text stored in the catalog. */
+static const char *const phase_names[] = {
+	[MIG_PHASE_EXPANDED] = "expanded",
+	[MIG_PHASE_BACKFILLING] = "backfilling",
+	[MIG_PHASE_BACKFILLED] = "backfilled",
+	[MIG_PHASE_VALIDATED] = "validated",
+	[MIG_PHASE_CUTOVER] = "cutover",
+	[MIG_PHASE_CONTRACTED] = "contracted",
+	[MIG_PHASE_ABORTED] = "aborted"
 };
 
-/*
- * Rank of a phase in the lifecycle, for "has it reached X" tests; aborted
- * ranks last.
- */
-int
-mig_phase_rank(const char *phase)
+StaticAssertDecl(lengthof(phase_names) == MIG_PHASE_ABORTED + 1,
+				 "phase_names must name every MigPhase");
+
+/* A phase's name, as stored in migrate_ext.migration.phase. */
+const char *
+mig_phase_name(MigPhase phase)
 {
-	for (int i = 0; i < lengthof(phase_order); i++)
-		if (strcmp(phase, phase_order[i]) == 0)
-			return i;
-	elog(ERROR, "unknown migration phase \"%s\"", phase);
-	return -1;					/* keep compiler quiet */
+	Assert(phase >= MIG_PHASE_EXPANDED && phase <= MIG_PHASE_ABORTED);
+	return phase_names[phase];
+}
+
+/* The phase a stored name stands for; the catalog holds no other names. */
+MigPhase
+mig_phase_parse(const char *name)
+{
+	for (int i = 0; i < lengthof(phase_names); i++)
+		if (strcmp(name, phase_names[i]) == 0)
+			return (MigPhase) i;
+	elog(ERROR, "unknown migration phase \"%s\"", name);
+	return MIG_PHASE_ABORTED;	/* keep compiler quiet */
 }
 
 /*
@@ -217,7 +230,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		m->table_name = get_text(tup, desc, "table_name");
-		m->phase = get_text(tup, desc, "phase");
+		m->phase = mig_phase_parse(get_text(tup, desc, "phase"));
 		result = lappend(result, m);
 	}
 	MemoryContextSwitchTo(spicxt);
@@ -383,23 +396,56 @@ mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 					 15, types, v, n, 1);
 }
 
-/* Move a migration to a phase, and log who did it and when. */
-void
-mig_catalog_set_phase(int64 migration_id, const char *phase, const char *detail)
+/*
+ * The only writer of phases: move a migration from phase "from" to phase
+ * "to", compare-and-set, and log who did it and why in phase_log, in one
+ * statement.  Returns false, changing nothing, when the migration is not in
+ * "from" (someone moved it first).
+ */
+bool
+mig_catalog_move_phase(int64 migration_id, MigPhase from, MigPhase to,
+					   const char *detail)
 {
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		v[4];
-	char		n[5] = "    ";
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		v[5];
+	char		n[6] = "     ";
+	int64		moved;
 
+	Assert(from != to);
 	v[0] = Int64GetDatum(migration_id);
-	v[1] = CStringGetTextDatum(phase);
-	v[2] = text_or_null(detail, &n[2]);
+	v[1] = CStringGetTextDatum(mig_phase_name(from));
+	v[2] = CStringGetTextDatum(mig_phase_name(to));
 	/* current_user would be the extension owner in there: name the caller */
 	v[3] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = pg_catalog.now() "
-					 "WHERE id OPERATOR(pg_catalog.=) $1", 2, types, v, n, 1);
-	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
-					 "VALUES ($1, $2, $4, $3)", 4, types, v, n, 1);
+	v[4] = text_or_null(detail, &n[4]);
+	moved = mig_catalog_exec_int8("WITH u AS (UPDATE migrate_ext.migration "
+								  "SET phase = $3, updated_at = pg_catalog.now() "
+								  "WHERE id OPERATOR(pg_catalog.=) $1 "
+								  "AND phase OPERATOR(pg_catalog.=) $2 RETURNING id), "
+								  "l AS (INSERT INTO migrate_ext.phase_log "
+								  "(migration_id, phase, by_role, detail) "
+								  "SELECT id, $3, $4, $5 FROM u RETURNING 1) "
+								  "SELECT pg_catalog.count(*) FROM l",
+								  5, types, v, n);
+	Assert(moved == 0 || moved == 1);
+	return moved == 1;
+}
+
+/*
+ * mig_catalog_move_phase() for a caller that has the migration locked or
+ * has just checked its phase: losing the race is an error.
+ */
+void
+mig_catalog_set_phase(int64 migration_id, MigPhase from, MigPhase to,
+					  const char *detail)
+{
+	if (!mig_catalog_move_phase(migration_id, from, to, detail))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("migration " INT64_FORMAT " is no longer in phase %s",
+						migration_id, mig_phase_name(from)),
+				 errdetail("Another session changed its phase meanwhile; nothing was changed."),
+				 errhint("Look at mig_status, then try again.")));
 }
 
 /* Has a backfill job ever been started for this migration? */
