@@ -17,15 +17,14 @@ BEGIN
 	END LOOP;
 	RAISE EXCEPTION 'timed out after % s waiting for %', timeout_s, cond;
 END $$;
-CREATE FUNCTION bf_now(tbl regclass) RETURNS migrate_ext.job
+CREATE FUNCTION bf_now(tbl regclass) RETURNS migrate_ext.jobs
 LANGUAGE sql AS $$
-	SELECT j.* FROM migrate_ext.job j JOIN migrate_ext.migration m ON m.id = j.migration_id
-	WHERE m.relid = tbl ORDER BY j.id DESC LIMIT 1
+	SELECT j.* FROM migrate_ext.jobs j WHERE j.relid = tbl ORDER BY j.id DESC LIMIT 1
 $$;
 CREATE FUNCTION bf_worker(tbl regclass) RETURNS boolean
 LANGUAGE sql AS $$
 	SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
-				   AND classid = 1835624306 AND objid = (bf_now(tbl)).id AND objsubid = 2)
+				   AND classid = migrate_ext.lock_key('job') AND objid = (bf_now(tbl)).id AND objsubid = 2)
 $$;
 
 CREATE TABLE bf_ctl (id int PRIMARY KEY, email text);
@@ -144,9 +143,8 @@ SELECT mig_backfill('bf_owned', batch_size => 100) > 0 AS started;
 CALL bf_until($$(bf_now('bf_owned')).state NOT IN ('running', 'throttled')$$);
 SELECT state, rows_done, role_oid::regrole AS runs_as, login_oid::regrole = session_user::regrole AS logs_in_as_session_user
 FROM bf_now('bf_owned');
-SELECT l.phase, l.by_role FROM migrate_ext.phase_log l
-JOIN migrate_ext.migration m ON m.id = l.migration_id
-WHERE m.relid = 'bf_owned'::regclass ORDER BY l.at;
+SELECT e->>'phase' AS phase, e->>'by' AS by_role
+FROM mig_history, jsonb_array_elements(phases) e WHERE table_name = 'bf_owned';
 RESET ROLE;
 SELECT count(*) AS wrong FROM bf_owned WHERE _mig_new_amount IS DISTINCT FROM amount::numeric(12,2);
 DROP TABLE bf_owned;

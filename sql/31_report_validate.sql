@@ -130,12 +130,12 @@ SELECT * FROM mig_validate('rep_split2');
 INSERT INTO migrate_ext.job (migration_id, state, dboid, role_oid, login_oid)
 SELECT id, 'running', (SELECT oid FROM pg_database WHERE datname = current_database()), 10, 10
   FROM migrate_ext.migration WHERE relid = 'rep_json'::regclass;
-SELECT pg_advisory_lock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
+SELECT pg_advisory_lock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
 SELECT check_name, passed, failing, regexp_replace(detail, 'job \d+', 'job N') AS detail
   FROM mig_validate('rep_json') WHERE check_name = 'backfilled';
 SELECT phase FROM mig_progress('rep_json');
 -- once the worker is gone (interrupted), the rows decide
-SELECT pg_advisory_unlock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int);
+SELECT pg_advisory_unlock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int);
 SELECT check_name, passed FROM mig_validate('rep_json') WHERE check_name = 'backfilled';
 SELECT phase FROM mig_progress('rep_json');
 

@@ -62,14 +62,6 @@
  * ----------------------------------------------------------------
  */
 
-/* The table's name, schema-qualified and quoted, for SQL and messages. */
-const char *
-bf_qualified_name(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
-}
-
 /* A List of C strings as a text[] datum: how key values are stored. */
 Datum
 bf_text_array(List *l)
@@ -238,11 +230,8 @@ void
 bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 			  double *rows_per_block, int64 *vacuum_every)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
-	Datum		v[6];
-	char		n[7] = "      ";
 	int64		total = -1;
 	bool		exact = false;
 	ListCell   *lc;
@@ -299,20 +288,12 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
-	v[0] = Int64GetDatum(job_id);
-	v[1] = CStringGetTextDatum(job->key_kind);
-	v[2] = bf_text_array(job->key_cols);
-	v[3] = job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0;
-	n[3] = job->upper_key ? ' ' : 'n';
-	v[4] = Int64GetDatum(total);
-	n[4] = total >= 0 ? ' ' : 'n';
-	v[5] = BoolGetDatum(exact);
-	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
-					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-					 "WHERE id = $1", 6, types, v, n, 1);
+	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
+					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
+					   job->upper_key == NIL, total, exact);
 
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
-		mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLING, NULL);
+	if (m->phase == MIG_PHASE_EXPANDED)
+		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
 }
 
 /*
@@ -340,10 +321,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was dropped",
 						MIG_TRIGGER_NAME, relname);
 	}
-	if (trig->tgenabled == TRIGGER_DISABLED ||
-		(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
-		 trig->tgenabled == TRIGGER_FIRES_ON_ORIGIN :
-		 trig->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+	if (!mig_trigger_fires(trig->tgenabled))
 	{
 		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
@@ -500,7 +478,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			 int64 *seen, int64 *written)
 {
 	int			nk = list_length(job->key_cols);
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	Oid		   *types = palloc(sizeof(Oid) * (3 * nk + 1));
 	Datum	   *values = palloc(sizeof(Datum) * (3 * nk + 1));
 	StringInfoData range;
@@ -513,6 +491,8 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	List	   *end = NIL;
 	bool		isnull;
 
+	Assert(nk > 0 && size > 0);
+	Assert(job->upper_key != NIL && list_length(job->upper_key) == nk);
 	/* (lower, upper] and the batch size */
 	initStringInfo(&range);
 	if (job->lower_key)
@@ -581,7 +561,7 @@ List *
 bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			  double *rows_per_block, int64 *seen, int64 *written)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
 	BlockNumber hi = bf_block_of(linitial(job->upper_key));
 	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
@@ -592,6 +572,7 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	StringInfoData filter;
 	bool		isnull;
 
+	Assert(lo <= end && end <= hi);
 	values[0] = bf_block_tid(lo);
 	values[1] = bf_block_tid(end);
 	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",

@@ -90,7 +90,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 	/* held until commit, so that mig_abort (ACCESS EXCLUSIVE) cannot cross */
 	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, false);
-	if (strcmp(m->phase, MIG_PHASE_CUTOVER) == 0)
+	if (m->phase == MIG_PHASE_CUTOVER)
 	{
 		ereport(NOTICE,
 				(errmsg("the migration of table \"%s\" is already cut over",
@@ -98,9 +98,9 @@ mig_cutover(PG_FUNCTION_ARGS)
 		table_close(rel, NoLock);
 		PG_RETURN_VOID();
 	}
-	if (strcmp(m->phase, MIG_PHASE_VALIDATED) != 0)
+	if (m->phase != MIG_PHASE_VALIDATED)
 	{
-		if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
+		if (m->phase == MIG_PHASE_EXPANDED)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot cut over table \"%s\": its migration is not validated",
@@ -112,12 +112,12 @@ mig_cutover(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot cut over table \"%s\": its migration is not validated",
 						RelationGetRelationName(rel)),
-				 errdetail("The migration is in phase %s: no validation has passed yet.", m->phase),
+				 errdetail("The migration is in phase %s: no validation has passed yet.", mig_phase_name(m->phase)),
 				 errhint("Run mig_validate('%s') and fix what it reports.",
 						 RelationGetRelationName(rel))));
 	}
 
-	mig_catalog_set_phase(m->id, MIG_PHASE_CUTOVER, NULL);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_CUTOVER, NULL);
 	CacheInvalidateRelcache(rel);
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();
@@ -203,7 +203,7 @@ mig_contract(PG_FUNCTION_ARGS)
 	{
 		MigMigration *last = mig_catalog_latest(relid);
 
-		if (last != NULL && strcmp(last->phase, MIG_PHASE_CONTRACTED) == 0)
+		if (last != NULL && last->phase == MIG_PHASE_CONTRACTED)
 		{
 			ereport(NOTICE,
 					(errmsg("the migration of table \"%s\" is already contracted",

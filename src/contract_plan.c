@@ -79,9 +79,9 @@ mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
 {
 	const char *relname = RelationGetRelationName(rel);
 
-	if (mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_VALIDATED) || force)
+	if (m->phase >= MIG_PHASE_VALIDATED || force)
 		return;
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
+	if (m->phase == MIG_PHASE_EXPANDED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
@@ -90,7 +90,7 @@ mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-			 errdetail("The migration is in phase %s: no validation has passed yet.", m->phase),
+			 errdetail("The migration is in phase %s: no validation has passed yet.", mig_phase_name(m->phase)),
 			 errhint("Run mig_validate('%s') and fix what it reports.", relname)));
 }
 

@@ -130,16 +130,6 @@ xact_end(void)
 	CommitTransactionCommand();
 }
 
-/* Run statements through SPI in the current transaction, as the caller's role. */
-static void
-run_sql(const char *sql)
-{
-	SPI_connect();
-	if (SPI_execute(sql, false, 0) < 0)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-	SPI_finish();
-}
-
 /*
  * Run one utility statement at top level in its own transaction, as psql
  * would: the only way to CREATE or DROP an INDEX CONCURRENTLY, which commit
@@ -286,7 +276,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		PG_END_TRY();
 		if (!retry)
 			return;
-		pg_usleep(1000L * mig_lock_timeout_max_ms);
+		mig_sleep_ms(mig_lock_timeout_max_ms);
 	}
 }
 
@@ -321,7 +311,7 @@ add_checks(ContractPlan *plan)
 	if (changed)
 	{
 		mig_lock_table(plan->relid, AccessExclusiveLock, "add constraints NOT VALID");
-		run_sql(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
+		mig_run_utility(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
 	}
 	xact_end();
 	if (changed)
@@ -343,7 +333,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 
 		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
 						ShareRowExclusiveLock, "add a foreign key NOT VALID");
-		run_sql(fk->adddef);
+		mig_run_utility(fk->adddef);
 		added = true;
 	}
 	xact_end();
@@ -359,6 +349,8 @@ static void
 validate(Oid relid, const char *name, const char *what)
 {
 	int			state;
+	char	   *sql;
+	MigOwnerSave owner;
 
 	if (name == NULL)
 		return;
@@ -372,10 +364,14 @@ validate(Oid relid, const char *name, const char *what)
 	progress("validating %s", what);
 	xact_begin();
 	mig_lock_table(relid, ShareUpdateExclusiveLock, "validate a constraint");
-	run_sql(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												get_rel_name(relid)),
-					 quote_identifier(name)));
+	sql = psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   quote_identifier(name));
+	/* the check expressions and the table's domains run as its owner */
+	mig_owner_switch(relid, &owner);
+	mig_run_utility(sql);
+	mig_owner_restore(&owner);
 	xact_end();
 }
 
@@ -414,7 +410,7 @@ set_not_null(ContractPlan *plan)
 	if (changed)
 	{
 		mig_lock_table(plan->relid, AccessExclusiveLock, "set NOT NULL");
-		run_sql(sql.data);
+		mig_run_utility(sql.data);
 	}
 	xact_end();
 	if (changed)
@@ -505,11 +501,11 @@ swap(ContractPlan *plan, bool force)
 	/* under the lock, nothing can change any more: check what we build on */
 	rel = mig_open_table(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
-	if (m == NULL || mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the migration of table \"%s\" ended while mig_contract ran", plan->relname),
-				 errdetail("It is now in phase %s.", m ? m->phase : "unknown")));
+				 errdetail("It is now in phase %s.", m ? mig_phase_name(m->phase) : "unknown")));
 	mig_contract_check_phase(rel, m, force, "contract");
 	table_close(rel, NoLock);
 	foreach(lc, plan->indexes)
@@ -567,7 +563,7 @@ swap(ContractPlan *plan, bool force)
 		appendStringInfo(&sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
 						 quote_identifier(lfirst(lc)));
 	appendStringInfoChar(&sql, ';');
-	run_sql(sql.data);
+	mig_run_utility(sql.data);
 
 	/* the old names are free: the new objects take them */
 	resetStringInfo(&sql);
@@ -628,9 +624,9 @@ swap(ContractPlan *plan, bool force)
 							 quote_identifier(c->finalname), quote_literal_cstr(c->comment));
 	}
 	if (sql.len > 0)
-		run_sql(sql.data);
+		mig_run_utility(sql.data);
 
-	mig_catalog_set_phase(plan->migration_id, MIG_PHASE_CONTRACTED,
+	mig_catalog_set_phase(plan->migration_id, m->phase, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();
 }

@@ -6,15 +6,12 @@
  *
  * An ALTER TABLE that waits for its lock behind a long transaction makes
  * every later query on the table queue behind it: that is how a one-second
- * migration takes a site down.  So every strong lock here is taken with a
- * short lock_timeout in a subtransaction; on timeout the subtransaction is
- * rolled back (which lets the queue drain), we sleep, and try again with a
- * longer timeout, up to migrate_ext.lock_timeout_max (the most any other
- * session ever waits behind us), as pg_repack does.  Once the lock is held
- * the DDL itself is metadata-only and quick.
+ * migration takes a site down.  So every strong lock here is taken through
+ * relation.c's lock_timeout ladder; once the lock is held the DDL itself is
+ * metadata-only and quick.
  *
- * The DDL is run through SPI with every identifier quoted and every type
- * printed from its OID: no user text is ever pasted into SQL.
+ * The DDL is run through mig_run_utility() with every identifier quoted and
+ * every type printed from its OID: no user text is ever pasted into SQL.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,7 +20,6 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "common/pg_prng.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
@@ -47,152 +43,6 @@
 
 PG_FUNCTION_INFO_V1(mig_expand);
 PG_FUNCTION_INFO_V1(mig_abort);
-
-/*
- * Open the table a migration function was given, after checking that it is
- * an ordinary table the caller owns.
- */
-Relation
-mig_open_table(Oid relid, LOCKMODE lockmode)
-{
-	Relation	rel;
-	char		relkind;
-
-	relkind = get_rel_relkind(relid);
-	if (relkind == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
-	if (relkind != RELKIND_RELATION)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not an ordinary table", get_rel_name(relid)),
-				 errdetail("migrate_ext migrates columns of ordinary tables; this is a %s.",
-						   relkind == RELKIND_VIEW ? "view" :
-						   relkind == RELKIND_MATVIEW ? "materialized view" :
-						   relkind == RELKIND_FOREIGN_TABLE ? "foreign table" :
-						   relkind == RELKIND_PARTITIONED_TABLE ? "partitioned table" :
-						   "relation of another kind")));
-	if (!pg_class_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
-
-	rel = table_open(relid, lockmode);
-	return rel;
-}
-
-/*
- * Try once to take the locks, in order, each with the given lock_timeout.
- * Returns -1 when all are held, or the index of the one that timed out (and
- * then none is held); rethrows anything else.  The subtransaction's locks
- * pass to the caller's transaction when it commits.
- */
-static int
-try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile int failed = -1;
-
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		char		buf[32];
-
-		snprintf(buf, sizeof(buf), "%d", timeout_ms);
-		set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
-						  GUC_ACTION_LOCAL, true, 0, false);
-		for (int i = 0; i < nrels; i++)
-		{
-			failed = i;
-			LockRelationOid(relids[i], lockmode);
-		}
-		failed = -1;
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-		{
-			FreeErrorData(edata);
-			PG_RE_THROW();
-		}
-		FlushErrorState();
-		FreeErrorData(edata);
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-
-	MemoryContextSwitchTo(oldcxt);
-	CurrentResourceOwner = oldowner;
-	return failed;
-}
-
-/*
- * Take a strong lock on the table under the lock_timeout ladder, or fail
- * with an error that names the blockers.
- */
-void
-mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
-{
-	mig_lock_tables(1, &relid, lockmode, why);
-}
-
-/*
- * The same for several tables at once (a table and the tables whose foreign
- * keys point at it): all or none.  A timeout on any of them releases those
- * already taken before the next try, so nobody queues behind a lock we hold
- * while we wait for another.
- */
-void
-mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
-{
-	int			timeout = mig_lock_timeout_ms;
-	int			failed = -1;
-
-	for (int attempt = 1;; attempt++)
-	{
-		failed = try_lock(nrels, relids, lockmode, timeout);
-		if (failed < 0)
-			return;
-		if (attempt >= mig_lock_retries)
-			break;
-
-		/* back off, with jitter, so the queued traffic drains */
-		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		pg_usleep(1000L * (timeout / 2 + pg_prng_uint32(&pg_global_prng_state) % (timeout + 1)));
-		pgstat_report_wait_end();
-		CHECK_FOR_INTERRUPTS();
-		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
-	}
-
-	ereport(ERROR,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
-			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
-					   mig_lock_retries, mig_lock_timeout_max_ms),
-			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));
-}
-
-/* Run one DDL statement through SPI, as the caller. */
-static void
-run_ddl(const char *sql)
-{
-	SPI_connect();
-	if (SPI_execute(sql, false, 0) < 0)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-	SPI_finish();
-}
-
-static const char *
-qualified_name(Relation rel)
-{
-	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-									  RelationGetRelationName(rel));
-}
 
 static AttrNumber
 column_attnum(Relation rel, const char *colname, bool missing_ok)
@@ -311,12 +161,12 @@ mig_expand(PG_FUNCTION_ARGS)
 				 errmsg("column cannot be of pseudo-type %s", format_type_be(typid))));
 
 	m = mig_catalog_active(relid, true);
-	if (m != NULL && (strcmp(m->phase, MIG_PHASE_EXPANDED) != 0 ||
+	if (m != NULL && (m->phase != MIG_PHASE_EXPANDED ||
 					  mig_catalog_has_job(m->id)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" already has an active migration in phase %s",
-						RelationGetRelationName(rel), m->phase),
+						RelationGetRelationName(rel), mig_phase_name(m->phase)),
 				 errdetail("Column pairs can be added to a migration only before its backfill starts."),
 				 errhint("Finish it with mig_contract() or roll it back with mig_abort() first.")));
 
@@ -338,7 +188,7 @@ mig_expand(PG_FUNCTION_ARGS)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "ALTER TABLE %s ADD COLUMN %s %s",
-					 qualified_name(rel), quote_identifier(new_col),
+					 mig_qualified_name(RelationGetRelid(rel)), quote_identifier(new_col),
 					 format_type_with_typemod(typid, typmod));
 	if (typid == oldatt->atttypid && OidIsValid(oldatt->attcollation) &&
 		oldatt->attcollation != DEFAULT_COLLATION_OID)
@@ -348,7 +198,7 @@ mig_expand(PG_FUNCTION_ARGS)
 	/* ALTER TABLE refuses a table this backend has open; the lock stays */
 	oldatt = NULL;
 	table_close(rel, NoLock);
-	run_ddl(sql.data);
+	mig_run_utility(sql.data);
 	CommandCounterIncrement();
 	rel = table_open(relid, NoLock);
 	oldatt = TupleDescAttr(RelationGetDescr(rel), old_attnum - 1);
@@ -376,7 +226,7 @@ mig_expand(PG_FUNCTION_ARGS)
 
 	if (m == NULL)
 	{
-		const char *qname = qualified_name(rel);
+		const char *qname = mig_qualified_name(RelationGetRelid(rel));
 
 		migration_id = mig_catalog_insert_migration(relid, qname);
 		pair.ord = 1;
@@ -388,7 +238,7 @@ mig_expand(PG_FUNCTION_ARGS)
 						 "EXECUTE FUNCTION migrate_ext.dualwrite('" INT64_FORMAT "')",
 						 quote_identifier(MIG_TRIGGER_NAME), qname, migration_id);
 		table_close(rel, NoLock);
-		run_ddl(sql.data);
+		mig_run_utility(sql.data);
 	}
 	else
 	{
@@ -430,7 +280,7 @@ mig_abort(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("table \"%s\" has no migration to abort",
 							RelationGetRelationName(rel))));
-		if (strcmp(last->phase, MIG_PHASE_CONTRACTED) == 0)
+		if (last->phase == MIG_PHASE_CONTRACTED)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the migration of table \"%s\" was contracted and cannot be aborted",
@@ -444,19 +294,15 @@ mig_abort(PG_FUNCTION_ARGS)
 	}
 
 	/* the worker stops at its next batch when it sees the job cancelled */
-	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
-					 "throttle_reason = NULL, updated_at = now(), finished_at = now() "
-					 "WHERE migration_id = $1 "
-					 "AND state IN ('running', 'throttled', 'paused', 'interrupted')",
-					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(m->id)}, NULL, -1);
+	mig_job_cancel_for_migration(m->id);
 
 	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
 
 	/* one statement, so the table is rewritten in the catalog only once */
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS %s ON %s; ALTER TABLE %s",
-					 quote_identifier(MIG_TRIGGER_NAME), qualified_name(rel),
-					 qualified_name(rel));
+					 quote_identifier(MIG_TRIGGER_NAME), mig_qualified_name(RelationGetRelid(rel)),
+					 mig_qualified_name(RelationGetRelid(rel)));
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
@@ -467,8 +313,8 @@ mig_abort(PG_FUNCTION_ARGS)
 						 quote_identifier(new_column_name(rel, p)));
 	}
 	table_close(rel, NoLock);
-	run_ddl(sql.data);
+	mig_run_utility(sql.data);
 
-	mig_catalog_set_phase(m->id, MIG_PHASE_ABORTED, NULL);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_ABORTED, NULL);
 	PG_RETURN_VOID();
 }

@@ -162,7 +162,7 @@ dw_build(DwEntry *e, Relation rel)
 	oldcxt = MemoryContextSwitchTo(e->cxt);
 	m = mig_catalog_by_id(e->migration_id);
 	if (m == NULL || m->relid != RelationGetRelid(rel) ||
-		mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+		m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("trigger \"%s\" on table \"%s\" belongs to no active migration",
@@ -170,7 +170,7 @@ dw_build(DwEntry *e, Relation rel)
 				 errhint("Drop the trigger, or start a migration with mig_expand().")));
 
 	e->relid = m->relid;
-	e->new_authoritative = mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CUTOVER);
+	e->new_authoritative = m->phase >= MIG_PHASE_CUTOVER;
 	e->sole_before_update = true;
 	for (int t = 0; rel->trigdesc && t < rel->trigdesc->numtriggers; t++)
 	{

@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 30000;
 my $node = PostgreSQL::Test::Cluster->new('crash');
@@ -24,7 +27,7 @@ INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $
 SELECT mig_expand('t', 'email', up => 'lower(email)');
 ));
 
-my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+my $job = latest_job();
 
 # Start a slow job, and wait until it is well under way.
 sub start_slow_job
@@ -82,7 +85,7 @@ $node->safe_psql('postgres', "SELECT mig_pause('t')");
 my $done = $node->safe_psql('postgres', "SELECT ($job).rows_done");
 $node->restart;
 $node->poll_query_until('postgres', qq(
-SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = 1835624306
+SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = migrate_ext.lock_key('job')
 			   AND objid = ($job).id AND granted)))
   or die "no worker waits for the paused job";
 sleep(1);
