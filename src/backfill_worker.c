@@ -1045,7 +1045,6 @@ bf_setup(void)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
 	CommitTransactionCommand();
-	mig_backfill_writes = true;
 
 	SetCurrentStatementStartTimestamp();
 
@@ -1068,6 +1067,8 @@ bf_setup(void)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	found = bf_read_job(&job) && (bf_state_live(job.state) || strcmp(job.state, "interrupted") == 0);
+	if (found)
+		mig_dualwrite_backfill_scope(job.migration_id);
 	if (found)
 		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = now(), "
 						 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "

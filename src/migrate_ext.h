@@ -34,12 +34,6 @@ extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
 
-/*
- * Set by the backfill for its own writes: the trigger then always computes
- * the new side from the old one and never propagates anything down.
- */
-extern bool mig_backfill_writes;
-
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
 typedef struct MigPair
 {
@@ -104,6 +98,9 @@ extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
 extern char *mig_deparse(Node *expr, Oid relid);
+struct ParseState;
+extern void mig_check_expr(Relation rel, Node *expr, const char *what,
+						   struct ParseState *pstate);
 
 /* ddl.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
@@ -111,11 +108,24 @@ extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
 
+/* guard.c */
+extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern struct Bitmapset *mig_protected_columns(List *pairs);
+extern void mig_check_trigger_order(Relation rel, const char *dwname);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
+
+/*
+ * The backfill worker of migration_id: that migration's trigger, fired by
+ * the worker's own batch UPDATE (and nothing else), always computes the new
+ * side from the old one, never propagates anything down, and skips rows
+ * already right.
+ */
+extern void mig_dualwrite_backfill_scope(int64 migration_id);
 
 /*
  * backfill.c, backfill_worker.c and launcher.c: the backfill worker and the

@@ -23,7 +23,10 @@ CREATE TABLE migrate_ext.migration (
 						 'cutover', 'contracted', 'aborted')),
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	created_by	name NOT NULL DEFAULT current_user,
-	updated_at	timestamptz NOT NULL DEFAULT now()
+	updated_at	timestamptz NOT NULL DEFAULT now(),
+	/* set (guard.c) when writes may have bypassed the dual-write trigger */
+	invalidated_at timestamptz,
+	invalidated_why text
 );
 
 /* One active migration per table. */
