@@ -123,25 +123,42 @@ not_immutable(Oid funcid, void *context)
 	return true;
 }
 
-/* Does the function convert between a zoned and an unzoned time type? */
+static bool
+is_zoned(Oid typid)
+{
+	return typid == TIMESTAMPTZOID || typid == TIMETZOID;
+}
+
+static bool
+is_unzoned(Oid typid)
+{
+	return typid == TIMESTAMPOID || typid == TIMEOID || typid == DATEOID;
+}
+
+/*
+ * Does the function convert between a zoned and an unzoned time type (and
+ * so depend on the session's TimeZone)?
+ */
 static bool
 is_zone_conversion(Oid funcid)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
 	Form_pg_proc proc;
-	bool		result = false;
+	bool		zoned;
+	bool		unzoned;
 
 	if (!HeapTupleIsValid(tup))
 		return false;
 	proc = (Form_pg_proc) GETSTRUCT(tup);
-	if (proc->prorettype == TIMESTAMPTZOID || proc->prorettype == TIMETZOID)
-		result = true;
+	zoned = is_zoned(proc->prorettype);
+	unzoned = is_unzoned(proc->prorettype);
 	for (int i = 0; i < proc->pronargs; i++)
-		if (proc->proargtypes.values[i] == TIMESTAMPTZOID ||
-			proc->proargtypes.values[i] == TIMETZOID)
-			result = true;
+	{
+		zoned |= is_zoned(proc->proargtypes.values[i]);
+		unzoned |= is_unzoned(proc->proargtypes.values[i]);
+	}
 	ReleaseSysCache(tup);
-	return result;
+	return zoned && unzoned;
 }
 
 static void
@@ -155,7 +172,7 @@ refuse_function(ExprCheck *ck, Node *node)
 				 errmsg("%s expression must be immutable", ck->what),
 				 errdetail("Function %s converts between time zones by the session's TimeZone setting, so sessions in different zones and the backfill would compute different values from the same row.",
 						   format_procedure(ck->bad_func)),
-				 errhint("Name the zone: write (column AT TIME ZONE '%s') to convert as this database does (its TimeZone is '%s').",
+				 errhint("Name the zone: write (column AT TIME ZONE '%s') to convert as this database does ('%s' is its TimeZone).",
 						 GetConfigOptionResetString("TimeZone"),
 						 GetConfigOptionResetString("TimeZone")),
 				 parser_errposition(ck->pstate, exprLocation(node))));
@@ -172,9 +189,11 @@ refuse_function(ExprCheck *ck, Node *node)
 /*
  * The rules for an up, down or check expression, beyond what the parser
  * enforces for a generated column: deterministic (immutable, except a cast
- * of text to an enum, which depends only on the enum's catalog), and no
+ * to or from an enum through text, which depends only on the enum's
+ * catalog), and no
  * system column, whole-row reference or stored generated column (a BEFORE
- * trigger sees the generated value stale or NULL).
+ * trigger sees the generated value stale or NULL).  Children are checked
+ * before their parent.
  */
 static bool
 check_walker(Node *node, ExprCheck *ck)
@@ -202,25 +221,34 @@ check_walker(Node *node, ExprCheck *ck)
 					 parser_errposition(ck->pstate, var->location)));
 		return false;
 	}
+	/* innermost first, so that the error names the function at fault */
+	if (expression_tree_walker(node, check_walker, (void *) ck))
+		return true;
 	if (IsA(node, SQLValueFunction) || IsA(node, NextValueExpr))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
 				 errmsg("%s expression must be immutable", ck->what),
 				 errdetail("It reads the session's state (the time, the user or a sequence), so the trigger in each session, the backfill and the validation would compute different values from the same row."),
 				 parser_errposition(ck->pstate, exprLocation(node))));
-	if (IsA(node, CoerceViaIO) && type_is_enum(((CoerceViaIO *) node)->resulttype))
+	if (IsA(node, CoerceViaIO))
 	{
+		/* the I/O of an enum depends only on the enum's catalog */
 		CoerceViaIO *io = (CoerceViaIO *) node;
-		Oid			outfunc;
+		Oid			argtype = exprType((Node *) io->arg);
+		Oid			func;
+		Oid			ioparam;
 		bool		isvarlena;
 
-		getTypeOutputInfo(exprType((Node *) io->arg), &outfunc, &isvarlena);
-		if (not_immutable(outfunc, ck))
+		getTypeOutputInfo(argtype, &func, &isvarlena);
+		if (!type_is_enum(argtype) && not_immutable(func, ck))
+			refuse_function(ck, node);
+		getTypeInputInfo(io->resulttype, &func, &ioparam);
+		if (!type_is_enum(io->resulttype) && not_immutable(func, ck))
 			refuse_function(ck, node);
 	}
 	else if (check_functions_in_node(node, not_immutable, ck))
 		refuse_function(ck, node);
-	return expression_tree_walker(node, check_walker, (void *) ck);
+	return false;
 }
 
 void

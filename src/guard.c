@@ -231,13 +231,14 @@ mig_guard_ddl_start(PG_FUNCTION_ARGS)
 static void
 guard_enabled(Relation rel, int64 migration_id, char tgenabled)
 {
+	const char *how;
 	char	   *why;
 
 	if (tgenabled == TRIGGER_FIRES_ALWAYS)
 		return;
-	why = psprintf("the dual-write trigger was set to %s by ALTER TABLE",
-				   tgenabled == TRIGGER_DISABLED ? "DISABLE" :
-				   tgenabled == TRIGGER_FIRES_ON_REPLICA ? "ENABLE REPLICA" : "ENABLE");
+	how = tgenabled == TRIGGER_DISABLED ? "DISABLE" :
+		tgenabled == TRIGGER_FIRES_ON_REPLICA ? "ENABLE REPLICA" : "ENABLE";
+	why = psprintf("the dual-write trigger was set to %s by ALTER TABLE", how);
 	mig_catalog_exec("UPDATE migrate_ext.migration SET invalidated_at = pg_catalog.now(), "
 					 "invalidated_why = $2 WHERE id OPERATOR(pg_catalog.=) $1",
 					 2, (Oid[]) {INT8OID, TEXTOID},
@@ -247,8 +248,8 @@ guard_enabled(Relation rel, int64 migration_id, char tgenabled)
 			(errcode(ERRCODE_WARNING),
 			 errmsg("writes to table \"%s\" may now bypass the dual-write trigger of migration " INT64_FORMAT,
 					RelationGetRelationName(rel), migration_id),
-			 errdetail("%s; the migration is recorded as invalidated, and cutover and contract need a validation that passes after the trigger is enabled again.",
-					   why),
+			 errdetail("ALTER TABLE set the trigger to %s. The migration is recorded as invalidated: cutover and contract need a validation that passes after the trigger is enabled again.",
+					   how),
 			 errhint("Run ALTER TABLE %s ENABLE ALWAYS TRIGGER %s, then mig_backfill() and mig_validate() again.",
 					 quote_identifier(RelationGetRelationName(rel)),
 					 quote_identifier(MIG_TRIGGER_NAME))));
