@@ -27,7 +27,11 @@
  * cached per migration; the cache entry is rebuilt when the table's
  * relcache entry or any function is invalidated (ALTER TABLE, a phase change
  * that calls CacheInvalidateRelcache, CREATE OR REPLACE FUNCTION of a
- * function that an expression inlined).
+ * function that an expression inlined).  Every (re)build checks that the
+ * stored expressions still fit the columns' types, so a cooked tree is
+ * never run against a column that changed under it (guard.c protects the
+ * columns; this is the backstop).  EXECUTE on the functions they call is
+ * checked again whenever the writing role is not the one last checked.
  *
  *-------------------------------------------------------------------------
  */
@@ -270,6 +274,53 @@ dw_check_execute(DwEntry *e)
 	e->checked_user = userid;
 }
 
+/*
+ * Compile pair p of the migration into e->pairs[i], after checking that its
+ * expressions still fit the columns; collect the functions they call.
+ */
+static void
+dw_build_pair(DwEntry *e, int i, Relation rel, MigPair *p, List **funcs)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	DwPair	   *dp;
+	Form_pg_attribute oldatt;
+	Form_pg_attribute newatt;
+	TypeCacheEntry *tce;
+
+	dp = &e->pairs[i];
+	oldatt = TupleDescAttr(desc, p->old_attnum - 1);
+	newatt = TupleDescAttr(desc, p->new_attnum - 1);
+
+	dp->old_attnum = p->old_attnum;
+	dp->new_attnum = p->new_attnum;
+	dp->old_col = pstrdup(NameStr(oldatt->attname));
+	dp->new_col = pstrdup(NameStr(newatt->attname));
+	dw_check_types(rel, p->up, "up", newatt);
+	if (p->down)
+		dw_check_types(rel, p->down, "down", oldatt);
+	(void) dw_collect_walker(p->up, funcs);
+	(void) dw_collect_walker(p->down, funcs);
+	dp->up = dw_compile(p->up);
+	dp->down = p->down ? dw_compile(p->down) : NULL;
+	/* the old column's down is the one its latest pair gave */
+	for (int j = 0; j < i; j++)
+	{
+		if (e->pairs[j].old_attnum != dp->old_attnum)
+			continue;
+		if (dp->down)
+			e->pairs[j].down = dp->down;
+		else if (e->pairs[j].down)
+			dp->down = e->pairs[j].down;
+	}
+	dp->new_collation = newatt->attcollation;
+	tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
+	if (OidIsValid(tce->eq_opr_finfo.fn_oid))
+	{
+		dp->new_eq = palloc(sizeof(FmgrInfo));
+		fmgr_info_copy(dp->new_eq, &tce->eq_opr_finfo, e->cxt);
+	}
+}
+
 /* (Re)build an entry's compiled state from the catalog. */
 static void
 dw_build(DwEntry *e, Relation rel)
@@ -322,10 +373,6 @@ dw_build(DwEntry *e, Relation rel)
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
-		DwPair	   *dp;
-		Form_pg_attribute oldatt;
-		Form_pg_attribute newatt;
-		TypeCacheEntry *tce;
 
 		/*
 		 * A column dropped by hand leaves nothing to keep in step: skip the
@@ -344,38 +391,7 @@ dw_build(DwEntry *e, Relation rel)
 			e->npairs--;
 			continue;
 		}
-		dp = &e->pairs[i++];
-		oldatt = TupleDescAttr(desc, p->old_attnum - 1);
-		newatt = TupleDescAttr(desc, p->new_attnum - 1);
-
-		dp->old_attnum = p->old_attnum;
-		dp->new_attnum = p->new_attnum;
-		dp->old_col = pstrdup(NameStr(oldatt->attname));
-		dp->new_col = pstrdup(NameStr(newatt->attname));
-		dw_check_types(rel, p->up, "up", newatt);
-		if (p->down)
-			dw_check_types(rel, p->down, "down", oldatt);
-		(void) dw_collect_walker(p->up, &funcs);
-		(void) dw_collect_walker(p->down, &funcs);
-		dp->up = dw_compile(p->up);
-		dp->down = p->down ? dw_compile(p->down) : NULL;
-		/* the old column's down is the one its latest pair gave */
-		for (int j = 0; j < i - 1; j++)
-		{
-			if (e->pairs[j].old_attnum != dp->old_attnum)
-				continue;
-			if (dp->down)
-				e->pairs[j].down = dp->down;
-			else if (e->pairs[j].down)
-				dp->down = e->pairs[j].down;
-		}
-		dp->new_collation = newatt->attcollation;
-		tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
-		if (OidIsValid(tce->eq_opr_finfo.fn_oid))
-		{
-			dp->new_eq = palloc(sizeof(FmgrInfo));
-			fmgr_info_copy(dp->new_eq, &tce->eq_opr_finfo, e->cxt);
-		}
+		dw_build_pair(e, i++, rel, p, &funcs);
 	}
 	e->nfuncs = list_length(funcs);
 	e->funcs = palloc(sizeof(Oid) * Max(e->nfuncs, 1));
