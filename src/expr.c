@@ -29,6 +29,7 @@
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/regproc.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -175,6 +176,13 @@ refuse_function(ExprCheck *ck, Node *node)
 				 errhint("Name the zone: write (column AT TIME ZONE '%s') to convert as this database does ('%s' is its TimeZone).",
 						 GetConfigOptionResetString("TimeZone"),
 						 GetConfigOptionResetString("TimeZone")),
+				 parser_errposition(ck->pstate, exprLocation(node))));
+	if (ck->bad_func == F_TEXTANYCAT || ck->bad_func == F_ANYTEXTCAT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("%s expression must be immutable", ck->what),
+				 errdetail("|| between text and a value of another type is stable: it prints that value by its type's output function, which may depend on session settings."),
+				 errhint("Cast the other operand to text explicitly, as in col::text."),
 				 parser_errposition(ck->pstate, exprLocation(node))));
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
