@@ -7,9 +7,11 @@
  * as cookDefault() and cookConstraint() in heap.c cook a generated column or
  * a CHECK constraint: the same restrictions (no subqueries, aggregates,
  * window or set-returning functions), coercion to the column's type, and
- * collations assigned.  The cooked tree is stored; it refers to columns by
- * attribute number and to functions by OID, so neither a later search_path
- * nor a renamed column changes what it computes.  Every error is raised
+ * collations assigned; and, stricter than a generated column, the rules of
+ * mig_check_expr() (immutable, no system, whole-row or generated columns).
+ * The cooked tree is stored; it refers to columns by attribute number and
+ * to functions by OID, so neither a later search_path nor a renamed column
+ * changes what it computes.  Every error is raised
  * here, at expand time, never at the first write.
  *
  *-------------------------------------------------------------------------
