@@ -46,6 +46,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "migrate_ext.h"
@@ -369,7 +370,12 @@ expand_active(Relation rel)
 static void
 expand_recheck(Relation rel, MigMigration *before, const char *new_col)
 {
-	MigMigration *now = mig_catalog_active(RelationGetRelid(rel), true);
+	MigMigration *now;
+
+	/* a fresh snapshot: in READ COMMITTED, one that sees what committed */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	now = mig_catalog_active(RelationGetRelid(rel), true);
+	PopActiveSnapshot();
 
 	if ((before == NULL) != (now == NULL) ||
 		(now != NULL && list_length(now->pairs) != list_length(before->pairs)))
@@ -463,19 +469,22 @@ expand_pair(Relation rel, ExpandArgs *a, Node *up, MigPair *pair)
 }
 
 /*
- * Record the migration in the catalog; the one-active-migration index
- * turns a race with a concurrent mig_expand (REPEATABLE READ does not see
- * its row) into 55000.
+ * Record the migration (when it is new) and the pair in the catalog; the
+ * one-active-migration index and the pair's primary key turn a race with a
+ * concurrent mig_expand (REPEATABLE READ does not see its rows) into 55000.
  */
 static int64
-expand_insert_migration(Relation rel, const char *qname)
+expand_insert(Relation rel, const char *qname, MigMigration *m, MigPair *pair)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile int64 id = 0;
+	volatile int64 id = m ? m->id : 0;
 
 	PG_TRY();
 	{
-		id = mig_catalog_insert_migration(RelationGetRelid(rel), qname);
+		if (m == NULL)
+			id = mig_catalog_insert_migration(RelationGetRelid(rel), qname);
+		pair->ord = m ? list_length(m->pairs) + 1 : 1;
+		mig_catalog_insert_pair(id, pair);
 	}
 	PG_CATCH();
 	{
@@ -601,11 +610,9 @@ mig_expand(PG_FUNCTION_ARGS)
 	rel = table_open(a.relid, NoLock);
 	expand_pair(rel, &a, up, &pair);
 
+	migration_id = expand_insert(rel, qname, m, &pair);
 	if (m == NULL)
 	{
-		migration_id = expand_insert_migration(rel, qname);
-		pair.ord = 1;
-		mig_catalog_insert_pair(migration_id, &pair);
 		table_close(rel, NoLock);
 		expand_create_trigger(qname, migration_id);
 		rel = table_open(a.relid, NoLock);
@@ -613,9 +620,6 @@ mig_expand(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		migration_id = m->id;
-		pair.ord = list_length(m->pairs) + 1;
-		mig_catalog_insert_pair(migration_id, &pair);
 		/* make the trigger of every backend reload the pairs */
 		CacheInvalidateRelcache(rel);
 	}
