@@ -1000,7 +1000,6 @@ bf_setup(void)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
 	CommitTransactionCommand();
-	mig_backfill_writes = true;
 
 	SetCurrentStatementStartTimestamp();
 
@@ -1029,9 +1028,9 @@ bf_setup(void)
 
 		if (m != NULL && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
 			mig_worker_apply_role_settings(mig_table_owner(m->relid));
-	}
-	if (found)
+		mig_dualwrite_backfill_scope(job.migration_id);
 		mig_job_claim(bf->job_id, MyProcPid);
+	}
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();

@@ -27,6 +27,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_depend.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_rewrite.h"
 #include "catalog/pg_sequence.h"
@@ -345,6 +346,10 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 		bool		carried = false;
 
 		ObjectAddressSubSet(addr, dep->classid, dep->objid, dep->objsubid);
+		/* the dual-write trigger (guard.c): contract drops it first */
+		if (dep->classid == TriggerRelationId &&
+			dep->objid == mig_dualwrite_trigger(RelationGetRelid(rel), NULL, NULL))
+			continue;
 		if (dep->classid == RewriteRelationId)
 		{
 			*blockers = lappend(*blockers, describe_rule(dep->objid));

@@ -35,12 +35,6 @@ extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
 
-/*
- * Set by the backfill for its own writes: the trigger then always computes
- * the new side from the old one and never propagates anything down.
- */
-extern bool mig_backfill_writes;
-
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
 typedef struct MigPair
 {
@@ -132,6 +126,9 @@ extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
 extern char *mig_deparse(Node *expr, Oid relid);
+struct ParseState;
+extern void mig_check_expr(Relation rel, Node *expr, const char *what,
+						   struct ParseState *pstate);
 
 /* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
@@ -232,12 +229,25 @@ extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
 extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 						 int vacuums);
 
+/* guard.c */
+extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern struct Bitmapset *mig_protected_columns(List *pairs);
+extern void mig_check_trigger_order(Relation rel, const char *dwname);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 extern int	mig_busy_sessions_count(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
+
+/*
+ * The backfill worker of migration_id: that migration's trigger, fired by
+ * the worker's own batch UPDATE (and nothing else), always computes the new
+ * side from the old one, never propagates anything down, and skips rows
+ * already right.
+ */
+extern void mig_dualwrite_backfill_scope(int64 migration_id);
 
 extern void mig_launcher_register(void);
 

@@ -28,7 +28,10 @@ CREATE TABLE migrate_ext.migration (
 			'backfilled', 'validated', 'cutover', 'contracted', 'aborted']::pg_catalog.text[])),
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	created_by	name NOT NULL DEFAULT current_user,
-	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	/* set (guard.c) when writes may have bypassed the dual-write trigger */
+	invalidated_at timestamptz,
+	invalidated_why text
 );
 
 /* One active migration per table. */

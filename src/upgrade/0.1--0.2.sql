@@ -9,3 +9,11 @@
  * Add new columns at the END of their CREATE TABLE in src/sql, since
  * ALTER TABLE ... ADD COLUMN appends: pg_dump shows column order.
  */
+
+-- writes that may have bypassed the dual-write trigger (guard.c)
+ALTER TABLE migrate_ext.migration
+	ADD COLUMN invalidated_at timestamptz,
+	ADD COLUMN invalidated_why text;
+
+-- the catalog is read through the masked views only (see README "Security")
+REVOKE SELECT ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;

@@ -26,7 +26,7 @@ INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $
 CREATE SEQUENCE t_new_id START $rows;
 SELECT setval('t_new_id', $rows);
 VACUUM ANALYZE t;
-SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n');
+SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n::text');
 ));
 
 my $script = $node->basedir . '/mix.sql';
