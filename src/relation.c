@@ -15,33 +15,33 @@
  * ROW LEVEL SECURITY cannot hide rows from a backfill, a validation or a
  * contract (they must see every row to be right).
  *
- * Also here, because every layer above needs them: opening a table a
- * migration function was given, its qualified name, the lock_timeout
- * ladder for strong locks (pg_repack's: a short lock_timeout in a
- * subtransaction, a growing wait on the latch between tries, so that an
- * ALTER TABLE never queues the application behind it for long), and the
- * one runner for the utility statements migrate_ext generates, and the one
- * rule for whether the dual-write trigger is enabled, and the one choice
- * of the key that walks and names a table's rows.
+ * Also here, because every layer above needs them, each written once:
+ * opening a table a migration function was given; its qualified name; the
+ * lock_timeout ladder for strong locks (pg_repack's: a short lock_timeout
+ * in a subtransaction, a growing wait on the latch between tries, so that
+ * an ALTER TABLE never queues the application behind it for long); the
+ * runner for the utility statements migrate_ext generates; the rule for
+ * whether the dual-write trigger is enabled; and the choice of the key that
+ * walks and names a table's rows.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "access/genam.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
-#include "commands/defrem.h"
-#include "access/stratnum.h"
-#include "catalog/indexing.h"
-#include "catalog/pg_class.h"
 #include "catalog/pg_trigger.h"
+#include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -54,8 +54,8 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
-#include "utils/relcache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/wait_event.h"
 
