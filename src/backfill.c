@@ -15,9 +15,9 @@
  * change that row and the worker notices at its next batch.
  *
  * Liveness.  The worker holds the session-level advisory lock on the two
- * int4 keys (MIG_JOB_LOCK_KEY, job id) -- pg_advisory_lock(1835624306, id)
- * -- for its whole life; a worker that cannot get it leaves the job to the
- * worker that holds it.  A job in state running, throttled or paused whose
+ * int4 keys (migrate_ext.job_lock_key(), job id), defined in job.c, for its
+ * whole life; a worker that cannot get it leaves the job to the worker that
+ * holds it.  A job in state running, throttled or paused whose
  * lock nobody holds is therefore interrupted (its worker was killed, or the
  * server restarted): mig_resume, or the launcher (launcher.c) after a
  * restart, continues it from its checkpoint.  Readers must look for the
@@ -34,9 +34,9 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
-#include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"

@@ -94,102 +94,6 @@ bf_lists_equal(List *a, List *b)
  * ----------------------------------------------------------------
  */
 
-static Oid
-bf_operator_namespace(Oid opno)
-{
-	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
-	Oid			nsp;
-
-	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	nsp = ((Form_pg_operator) GETSTRUCT(tup))->oprnamespace;
-	ReleaseSysCache(tup);
-	return nsp;
-}
-
-/*
- * Can the walk follow this index?  A plain btree over NOT NULL columns with
- * their default ordering and collation, whose comparison operators are
- * built in (the batches' SQL runs with search_path = pg_catalog, so "(a, b)
- * > ($1, $2)" must find exactly the index's operators).  Sets *cols to the
- * key columns' names.
- */
-static bool
-bf_index_walkable(Relation rel, Oid indexoid, List **cols)
-{
-	Relation	ind = index_open(indexoid, AccessShareLock);
-	Form_pg_index idx = ind->rd_index;
-	bool		ok;
-
-	*cols = NIL;
-	ok = ind->rd_rel->relam == BTREE_AM_OID && idx->indisvalid &&
-		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
-		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
-	for (int i = 0; ok && i < idx->indnkeyatts; i++)
-	{
-		AttrNumber	attnum = idx->indkey.values[i];
-		Form_pg_attribute att;
-		Oid			opclass;
-		Oid			gt;
-
-		if (attnum <= 0)
-		{
-			ok = false;
-			break;
-		}
-		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-		opclass = GetDefaultOpClass(att->atttypid, BTREE_AM_OID);
-		gt = get_opfamily_member(ind->rd_opfamily[i], ind->rd_opcintype[i],
-								 ind->rd_opcintype[i], BTGreaterStrategyNumber);
-		if (!att->attnotnull || ind->rd_indoption[i] != 0 || !OidIsValid(opclass) ||
-			get_opclass_family(opclass) != ind->rd_opfamily[i] ||
-			get_opclass_input_type(opclass) != ind->rd_opcintype[i] ||
-			ind->rd_indcollation[i] != att->attcollation ||
-			!OidIsValid(gt) || bf_operator_namespace(gt) != PG_CATALOG_NAMESPACE)
-			ok = false;
-		else
-			*cols = lappend(*cols, pstrdup(NameStr(att->attname)));
-	}
-	index_close(ind, AccessShareLock);
-	return ok;
-}
-
-/*
- * Choose what the walk follows: the primary key, else the unique NOT NULL
- * key with the fewest columns, else physical ctid ranges.
- */
-static const char *
-bf_choose_key(Relation rel, List **cols)
-{
-	Oid			pk = RelationGetPrimaryKeyIndex(rel);
-	List	   *best = NIL;
-	ListCell   *lc;
-
-	if (OidIsValid(pk) && bf_index_walkable(rel, pk, cols))
-		return "primary key";
-
-	foreach(lc, RelationGetIndexList(rel))
-	{
-		Oid			indexoid = lfirst_oid(lc);
-		List	   *c;
-		bool		unique;
-		HeapTuple	tup;
-
-		if (indexoid == pk)
-			continue;
-		tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
-		if (!HeapTupleIsValid(tup))
-			continue;
-		unique = ((Form_pg_index) GETSTRUCT(tup))->indisunique;
-		ReleaseSysCache(tup);
-		if (unique && bf_index_walkable(rel, indexoid, &c) &&
-			(best == NIL || list_length(c) < list_length(best)))
-			best = c;
-	}
-	*cols = best;
-	return best ? "unique key" : "ctid";
-}
-
 /* Does the walk follow physical ctid ranges rather than a key? */
 bool
 bf_is_ctid(BfJob *job)
@@ -236,7 +140,7 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	bool		exact = false;
 	ListCell   *lc;
 
-	job->key_kind = (char *) bf_choose_key(rel, &job->key_cols);
+	job->key_kind = (char *) mig_choose_key(rel, &job->key_cols);
 	job->lower_key = NIL;
 	job->upper_key = NIL;
 	if (bf_is_ctid(job))
@@ -456,7 +360,7 @@ bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filt
 		const char *or = foreach_current_index(lc) ? " OR " : "";
 
 		appendStringInfo(set, "%s%s = %s", sep, col, col);
-		if (!OidIsValid(tce->eq_opr) || bf_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
+		if (!OidIsValid(tce->eq_opr) || mig_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
 			appendStringInfo(filter, "%s%s IS NULL OR %s::text IS DISTINCT FROM (%s)::text",
 							 or, col, col, up);
 		else if (OidIsValid(att->attcollation) && OidIsValid(upcoll) &&

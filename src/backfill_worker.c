@@ -1038,62 +1038,36 @@ bf_setup(void)
 }
 
 /*
- * bf_setup(), and when it fails, the error recorded in the job row in a
- * fresh transaction rather than only in the server log: a worker that dies
- * of its set-up must not leave the job looking alive.
+ * The worker is dying of an error (in its set-up, between batches, while it
+ * waits): record it in the job row in a fresh transaction rather than only
+ * in the server log, so the job does not look alive or merely interrupted.
+ * mig_resume() continues it from its checkpoint once the cause is fixed.
  */
-static bool
-bf_setup_or_record(void)
+static void
+bf_record_death(void)
 {
-	volatile bool found = false;
+	ErrorData  *edata;
 
-	PG_TRY();
-	{
-		found = bf_setup();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(bf->cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		bf_record_end(JOB_FAILED,
-					  psprintf("the backfill worker could not start: %s", edata->message),
-					  unpack_sql_state(edata->sqlerrcode));
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		found = false;
-	}
-	PG_END_TRY();
-	return found;
+	MemoryContextSwitchTo(bf->cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_record_end(JOB_FAILED,
+				  psprintf("the backfill worker stopped on an error: %s; fix the cause, then continue from the checkpoint with mig_resume('%s')",
+						   edata->message, bf->table_name ? bf->table_name : "<table>"),
+				  unpack_sql_state(edata->sqlerrcode));
+	(void) bf_commit(BF_STOP);
 }
 
-void
-mig_backfill_main(Datum main_arg)
+/* Batches until the job ends, is cancelled, or fails. */
+static void
+bf_run(void)
 {
-	MigWorkerArgs args;
 	BfResult	res;
-
-	mig_worker_connect(&args);
-
-	bf = MemoryContextAllocZero(TopMemoryContext, sizeof(BfWorker));
-	bf->args = args;
-	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
-									ALLOCSET_DEFAULT_SIZES);
-	bf->job_id = args.arg;
-	bf->max_lag_ms = -1;
-	bf->rows_per_block = 100;
-	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);
-
-	if (!bf_setup_or_record())
-		proc_exit(0);
 
 	for (;;)
 	{
@@ -1125,10 +1099,38 @@ mig_backfill_main(Datum main_arg)
 			else if (res == BF_RETRY)
 				bf_wait(bf->backoff_ms);
 			else
-				break;
+				return;
 		}
 		else
-			break;
+			return;
 	}
+}
+
+void
+mig_backfill_main(Datum main_arg)
+{
+	MigWorkerArgs args;
+
+	mig_worker_connect(&args);
+
+	bf = MemoryContextAllocZero(TopMemoryContext, sizeof(BfWorker));
+	bf->args = args;
+	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
+									ALLOCSET_DEFAULT_SIZES);
+	bf->job_id = args.arg;
+	bf->max_lag_ms = -1;
+	bf->rows_per_block = 100;
+	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);
+
+	PG_TRY();
+	{
+		if (bf_setup())
+			bf_run();
+	}
+	PG_CATCH();
+	{
+		bf_record_death();
+	}
+	PG_END_TRY();
 	proc_exit(0);
 }

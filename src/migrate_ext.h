@@ -137,6 +137,8 @@ extern void mig_run_utility(const char *sql);
 extern void mig_sleep_ms(long ms);
 extern char mig_trigger_tgenabled(Oid relid);
 extern bool mig_trigger_fires(char tgenabled);
+extern const char *mig_choose_key(Relation rel, List **cols);
+extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);

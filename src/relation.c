@@ -15,26 +15,33 @@
  * ROW LEVEL SECURITY cannot hide rows from a backfill, a validation or a
  * contract (they must see every row to be right).
  *
- * Also here, because every layer above needs them: opening a table a
- * migration function was given, its qualified name, the lock_timeout
- * ladder for strong locks (pg_repack's: a short lock_timeout in a
- * subtransaction, a growing wait on the latch between tries, so that an
- * ALTER TABLE never queues the application behind it for long), and the
- * one runner for the utility statements migrate_ext generates, and the one
- * rule for whether the dual-write trigger is enabled.
+ * Also here, because every layer above needs them, each written once:
+ * opening a table a migration function was given; its qualified name; the
+ * lock_timeout ladder for strong locks (pg_repack's: a short lock_timeout
+ * in a subtransaction, a growing wait on the latch between tries, so that
+ * an ALTER TABLE never queues the application behind it for long); the
+ * runner for the utility statements migrate_ext generates; the rule for
+ * whether the dual-write trigger is enabled; and the choice of the key that
+ * walks and names a table's rows.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "access/genam.h"
-#include "access/stratnum.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_trigger.h"
+#include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -48,6 +55,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/wait_event.h"
 
@@ -316,4 +324,104 @@ bool
 mig_trigger_fires(char tgenabled)
 {
 	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/* The schema of an operator, or InvalidOid when it is gone. */
+Oid
+mig_operator_namespace(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Oid			nsp;
+
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	nsp = ((Form_pg_operator) GETSTRUCT(tup))->oprnamespace;
+	ReleaseSysCache(tup);
+	return nsp;
+}
+
+/*
+ * Can a walk follow this index?  A plain btree over NOT NULL columns with
+ * their default ordering and collation, whose comparison operators are
+ * built in (the batches' SQL runs with search_path = pg_catalog, so "(a, b)
+ * > ($1, $2)" must find exactly the index's operators).  Sets *cols to the
+ * key columns' names.
+ */
+static bool
+key_index_walkable(Relation rel, Oid indexoid, List **cols)
+{
+	Relation	ind = index_open(indexoid, AccessShareLock);
+	Form_pg_index idx = ind->rd_index;
+	bool		ok;
+
+	*cols = NIL;
+	ok = ind->rd_rel->relam == BTREE_AM_OID && idx->indisvalid &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
+	for (int i = 0; ok && i < idx->indnkeyatts; i++)
+	{
+		AttrNumber	attnum = idx->indkey.values[i];
+		Form_pg_attribute att;
+		Oid			opclass;
+		Oid			gt;
+
+		if (attnum <= 0)
+		{
+			ok = false;
+			break;
+		}
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		opclass = GetDefaultOpClass(att->atttypid, BTREE_AM_OID);
+		gt = get_opfamily_member(ind->rd_opfamily[i], ind->rd_opcintype[i],
+								 ind->rd_opcintype[i], BTGreaterStrategyNumber);
+		if (!att->attnotnull || ind->rd_indoption[i] != 0 || !OidIsValid(opclass) ||
+			get_opclass_family(opclass) != ind->rd_opfamily[i] ||
+			get_opclass_input_type(opclass) != ind->rd_opcintype[i] ||
+			ind->rd_indcollation[i] != att->attcollation ||
+			!OidIsValid(gt) || mig_operator_namespace(gt) != PG_CATALOG_NAMESPACE)
+			ok = false;
+		else
+			*cols = lappend(*cols, pstrdup(NameStr(att->attname)));
+	}
+	index_close(ind, AccessShareLock);
+	return ok;
+}
+
+/*
+ * The one key chooser, for the backfill's walk and for naming rows in
+ * validation: the primary key, else the unique NOT NULL key with the fewest
+ * columns, else physical ctid ranges.  Returns "primary key", "unique key"
+ * or "ctid" (stored as job.key_kind); *cols gets the key's column names
+ * (NIL for ctid).
+ */
+const char *
+mig_choose_key(Relation rel, List **cols)
+{
+	Oid			pk = RelationGetPrimaryKeyIndex(rel);
+	List	   *best = NIL;
+	ListCell   *lc;
+
+	if (OidIsValid(pk) && key_index_walkable(rel, pk, cols))
+		return "primary key";
+
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		List	   *c;
+		bool		unique;
+		HeapTuple	tup;
+
+		if (indexoid == pk)
+			continue;
+		tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
+		if (!HeapTupleIsValid(tup))
+			continue;
+		unique = ((Form_pg_index) GETSTRUCT(tup))->indisunique;
+		ReleaseSysCache(tup);
+		if (unique && key_index_walkable(rel, indexoid, &c) &&
+			(best == NIL || list_length(c) < list_length(best)))
+			best = c;
+	}
+	*cols = best;
+	return best ? "unique key" : "ctid";
 }

@@ -150,66 +150,36 @@ column_sql(VRun *run, AttrNumber attnum, const char *recorded)
 }
 
 /*
- * The key that names example rows: the primary key, else a unique index on
- * plain columns without a predicate, else ctid.
+ * The key that names example rows: the one the backfill walks
+ * (mig_choose_key), else ctid.
  */
 static void
 choose_key(VRun *run)
 {
-	Oid			indexoid = RelationGetPrimaryKeyIndex(run->rel);
+	List	   *cols;
 	ListCell   *lc;
+	StringInfoData label;
 
-	if (!OidIsValid(indexoid))
-	{
-		foreach(lc, RelationGetIndexList(run->rel))
-		{
-			Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-			bool		usable = idx->rd_index->indisunique &&
-				RelationGetIndexExpressions(idx) == NIL &&
-				RelationGetIndexPredicate(idx) == NIL;
-
-			index_close(idx, AccessShareLock);
-			if (usable)
-			{
-				indexoid = lfirst_oid(lc);
-				break;
-			}
-		}
-	}
-
-	if (OidIsValid(indexoid))
-	{
-		Relation	idx = index_open(indexoid, AccessShareLock);
-		int			nkeys = idx->rd_index->indnkeyatts;
-		StringInfoData label;
-		StringInfoData expr;
-
-		initStringInfo(&label);
-		initStringInfo(&expr);
-		for (int i = 0; i < nkeys; i++)
-		{
-			AttrNumber	attnum = idx->rd_index->indkey.values[i];
-			char	   *col = column_sql(run, attnum, "?");
-
-			appendStringInfo(&label, "%s%s", i > 0 ? ", " : "", col);
-			appendStringInfo(&expr, "%s%s", i > 0 ? ", " : "", col);
-		}
-		index_close(idx, AccessShareLock);
-		if (nkeys == 1)
-		{
-			run->key_label = label.data;
-			run->key_expr = psprintf("%s::pg_catalog.text", expr.data);
-		}
-		else
-		{
-			run->key_label = psprintf("(%s)", label.data);
-			run->key_expr = psprintf("ROW(%s)::pg_catalog.text", expr.data);
-		}
-	}
-	else
+	(void) mig_choose_key(run->rel, &cols);
+	if (cols == NIL)
 	{
 		run->key_label = "ctid";
 		run->key_expr = "ctid::pg_catalog.text";
+		return;
+	}
+	initStringInfo(&label);
+	foreach(lc, cols)
+		appendStringInfo(&label, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	if (list_length(cols) == 1)
+	{
+		run->key_label = label.data;
+		run->key_expr = psprintf("%s::pg_catalog.text", label.data);
+	}
+	else
+	{
+		run->key_label = psprintf("(%s)", label.data);
+		run->key_expr = psprintf("ROW(%s)::pg_catalog.text", label.data);
 	}
 }
 

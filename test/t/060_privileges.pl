@@ -13,6 +13,8 @@
 #  3. FORCE ROW LEVEL SECURITY with a policy hiding half the rows: backfill
 #     and validation still cover every row.
 #  4. A NOLOGIN owner's job, started by a superuser under SET ROLE, runs.
+#  5. A worker does not inherit its login role's lock_timeout for its own
+#     set-up: it waits for its starter to commit and completes.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -191,6 +193,26 @@ SELECT mig_backfill('t4', batch_size => 100);
 is(wait_job_done('t4'), 'done', "a NOLOGIN owner's job runs");
 is($node->safe_psql('postgres', "SELECT count(*) FROM t4 WHERE _mig_new_v IS DISTINCT FROM lower(v)"),
 	'0', 'every row of t4 backfilled');
+
+# 5. ALTER ROLE ... SET lock_timeout does not kill the worker's set-up
+$node->safe_psql('postgres', q{
+CREATE ROLE dave LOGIN;
+GRANT CREATE ON SCHEMA public TO dave;
+ALTER ROLE dave SET lock_timeout = '1ms';
+});
+$node->safe_psql('postgres', q{
+SET ROLE dave;
+CREATE TABLE public.t5 (id int PRIMARY KEY, v text);
+INSERT INTO public.t5 SELECT g, 'V' || g FROM generate_series(1, 500) g;
+SELECT mig_expand('t5', 'v', up => 'lower(v)');
+});
+# the worker waits for this transaction (its start gate) longer than 1 ms
+$node->psql('postgres', "SET lock_timeout = 0; BEGIN;
+	SELECT mig_backfill('t5', batch_size => 100); SELECT pg_sleep(0.5); COMMIT;",
+	connstr => $node->connstr('postgres') . ' user=dave');
+is(wait_job_done('t5'), 'done', "the job of a role with lock_timeout = 1ms completes");
+is($node->safe_psql('postgres', "SELECT count(*) FROM t5 WHERE _mig_new_v IS DISTINCT FROM lower(v)"),
+	'0', 'every row of t5 backfilled');
 
 $node->stop;
 done_testing();
