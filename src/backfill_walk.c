@@ -192,9 +192,10 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
+	job->walk_relfilenode = rel->rd_rel->relfilenode;
 	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
 					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
-					   job->upper_key == NIL, total, exact);
+					   job->upper_key == NIL, total, exact, job->walk_relfilenode);
 
 	if (m->phase == MIG_PHASE_EXPANDED)
 		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
@@ -227,9 +228,17 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 	}
 	if (!mig_trigger_fires(trig->tgenabled))
 	{
-		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
+		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE ALWAYS TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was disabled",
+						MIG_TRIGGER_NAME, relname);
+	}
+	if (!job->fire_triggers && trig->tgenabled != TRIGGER_FIRES_ALWAYS)
+	{
+		/* the batch skips every trigger that is not ENABLE ALWAYS */
+		*hint = psprintf("Enable it again as ALTER TABLE %s ENABLE ALWAYS TRIGGER %s, then continue with mig_resume('%s').",
+						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
+		return psprintf("the dual-write trigger \"%s\" of table \"%s\" is no longer ENABLE ALWAYS, so the backfill, which runs with session_replication_role = replica to skip the table's other triggers, would not fire it",
 						MIG_TRIGGER_NAME, relname);
 	}
 
@@ -243,7 +252,9 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		if (p->new_attnum > desc->natts ||
 			(att = TupleDescAttr(desc, p->new_attnum - 1))->attisdropped)
 			return psprintf("new column \"%s\" of table \"%s\" was dropped", p->new_col, relname);
-		if (strcmp(format_type_with_typemod(att->atttypid, att->atttypmod), p->new_type) != 0)
+		/* by OID and typmod: the text differs under another search_path */
+		if (att->atttypid != exprType(p->up) ||
+			(exprTypmod(p->up) >= 0 && att->atttypmod != exprTypmod(p->up)))
 			return psprintf("new column \"%s\" of table \"%s\" changed type from %s to %s",
 							NameStr(att->attname), relname, p->new_type,
 							format_type_with_typemod(att->atttypid, att->atttypmod));
@@ -496,6 +507,23 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 		elog(ERROR, "could not run a backfill batch");
 	*written = SPI_processed;
 	return list_make1(bf_block_text(end));
+}
+
+/*
+ * Was the table rewritten (VACUUM FULL, CLUSTER, SET TABLESPACE, TRUNCATE)
+ * since its ctid walk started?  Its rows then sit in other blocks of a new
+ * file, and the checkpoint means nothing: the walk must start again, from
+ * block 0 up to the new file's size (which holds every row the old bound
+ * did, and rows already right are skipped without a write).  A key walk
+ * does not care.  A job from before walk_relfilenode was recorded starts
+ * again too: it cannot tell.
+ */
+bool
+bf_rewritten(Relation rel, BfJob *job)
+{
+	if (job->key_kind == NULL || !bf_is_ctid(job))
+		return false;
+	return job->walk_relfilenode != rel->rd_rel->relfilenode;
 }
 
 /* Has the checkpoint reached the bound frozen when the walk started? */

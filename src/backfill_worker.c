@@ -188,7 +188,8 @@ bf_read_job(BfJob *job)
 	if (mig_catalog_query("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 							  "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 							  "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-							  "upper_key, migration_id FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
+							  "upper_key, migration_id, fire_triggers, walk_relfilenode "
+							  "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	/* a job row that is gone is as good as cancelled */
@@ -215,6 +216,9 @@ bf_read_job(BfJob *job)
 	d = SPI_getbinval(tup, desc, 11, &isnull);
 	job->upper_key = isnull ? NIL : bf_text_list(d);
 	job->migration_id = DatumGetInt64(SPI_getbinval(tup, desc, 12, &isnull));
+	job->fire_triggers = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
+	d = SPI_getbinval(tup, desc, 14, &isnull);
+	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
 	return true;
 }
 
@@ -320,6 +324,33 @@ bf_set_local(const char *name, const char *value)
 }
 
 /*
+ * The batch's UPDATE changes nothing but the new column(s), so by default it
+ * fires none of the table's other triggers (updated_at, audit, change
+ * capture): session_replication_role = replica for the batch's statements
+ * only, which the dual-write trigger, ENABLE ALWAYS (bf_ground_moved checks
+ * it every batch), ignores.
+ *
+ * Setting it needs PGC_SUSET, which set_config_option grants here from C
+ * although the worker may run as a plain role.  That is safe: the setting is
+ * LOCAL to the batch's transaction and set back to origin right after the
+ * batch's own two statements, which only read the key and write the new
+ * column(s) through the dual-write trigger; no user SQL runs under it but the
+ * immutable up expressions and triggers marked ENABLE ALWAYS or ENABLE
+ * REPLICA, which the owner asked to fire under replica.  Constraints stay
+ * right: foreign-key and deferred constraint triggers only act on columns
+ * the batch does not change (the new column has no foreign key, unique
+ * index or constraint trigger before contract), and CHECK and NOT NULL
+ * constraints do not depend on triggers; nothing is queued, so nothing
+ * deferred is lost at commit.
+ */
+static void
+bf_skip_triggers(bool skip)
+{
+	(void) set_config_option("session_replication_role", skip ? "replica" : "origin",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * The end of a batch's (or the finish's) transaction, whatever the outcome:
  * the catalog writes made in it commit with it.
  */
@@ -418,6 +449,13 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint), "55000");
 		return NULL;
 	}
+	if (bf_rewritten(rel, job))
+	{
+		ereport(LOG,
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": table %s was rewritten (VACUUM FULL, CLUSTER, SET TABLESPACE or TRUNCATE) under its ctid walk; the walk starts again from the first block, skipping the rows already right",
+						bf->job_id, bf->table_name)));
+		job->key_kind = NULL;
+	}
 	if (job->key_kind == NULL)
 	{
 		/* the walk's bounds must see every row: as the owner, RLS not forced */
@@ -498,19 +536,30 @@ bf_batch(void)
 	if (bf->attempt > 0 && bf->retry_size < size)
 		size = bf->retry_size;
 	if (bf->max_rows_per_sec > 0)
-		size = (int) Min(size, Max(1, bf->max_rows_per_sec * bf->target_batch_ms / 1000));
+		size = (int) Min(size, Max(1.0, (double) bf->max_rows_per_sec * bf->target_batch_ms / 1000));
 	bf->retry_size = Max(1, size / 2);
 	Assert(size >= 1);
 
 	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill batch");
 	start = GetCurrentTimestamp();
-	/* the table's triggers and the up expressions run as its owner */
+	/*
+	 * The table's triggers and the up expressions run as its owner, in a
+	 * security-restricted operation, where PostgreSQL refuses to queue a
+	 * deferred trigger past the end of a statement: constraint triggers that
+	 * fire (fire_triggers, ENABLE ALWAYS or REPLICA ones) fire at the end of
+	 * the batch's UPDATE instead of at commit, which for a transaction of
+	 * one UPDATE comes to the same.
+	 */
+	if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not make the batch's constraints immediate");
 	mig_owner_switch(m->relid, &owner);
+	bf_skip_triggers(!job.fire_triggers);
 	if (bf_is_ctid(&job))
 		end = bf_ctid_batch(rel, m, &job, size, &bf->rows_per_block,
 							&seen, &written);
 	else
 		end = bf_key_batch(rel, m, &job, size, &seen, &written);
+	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());

@@ -17,3 +17,9 @@ ALTER TABLE migrate_ext.migration
 
 -- the catalog is read through the masked views only (see README "Security")
 REVOKE SELECT ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
+
+-- the backfill: other triggers skipped unless asked for; a ctid walk notices
+-- a table rewrite (backfill_walk.c)
+ALTER TABLE migrate_ext.job
+	ADD COLUMN fire_triggers boolean NOT NULL DEFAULT false,
+	ADD COLUMN walk_relfilenode oid;
