@@ -52,5 +52,6 @@ extern List *bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 						   int64 *written);
 extern bool bf_walk_complete(BfJob *job);
 extern bool bf_rewritten(Relation rel, BfJob *job);
+extern char *bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit);
 
 #endif							/* MIGRATE_EXT_BACKFILL_H */

@@ -31,6 +31,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
+#include "access/xact.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
@@ -48,6 +49,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
@@ -507,6 +509,154 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 		elog(ERROR, "could not run a backfill batch");
 	*written = SPI_processed;
 	return list_make1(bf_block_text(end));
+}
+
+/*
+ * The rows a failed batch covered, in walk order, at most limit: their key
+ * values (or ctid) in the first columns of the result, left in SPI_tuptable.
+ */
+static void
+bf_batch_rows(Relation rel, BfJob *job, int limit)
+{
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
+	int			nk = list_length(job->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * (2 * nk + 2));
+	Datum	   *values = palloc(sizeof(Datum) * (2 * nk + 2));
+	StringInfoData sql;
+	int			np = 0;
+
+	initStringInfo(&sql);
+	if (bf_is_ctid(job))
+	{
+		types[0] = types[1] = TIDOID;
+		values[0] = bf_block_tid(job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0);
+		values[1] = bf_block_tid(bf_block_of(linitial(job->upper_key)));
+		np = 2;
+		appendStringInfo(&sql, "SELECT ctid FROM ONLY %s WHERE ctid >= $1 AND ctid < $2 ORDER BY ctid",
+						 qname);
+	}
+	else
+	{
+		ListCell   *lc;
+
+		appendStringInfoString(&sql, "SELECT ");
+		foreach(lc, job->key_cols)
+			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) ? ", " : "",
+							 quote_identifier(lfirst(lc)));
+		appendStringInfo(&sql, " FROM ONLY %s WHERE ", qname);
+		if (job->lower_key)
+		{
+			bf_key_params(rel, job->key_cols, job->lower_key, types, values);
+			appendStringInfo(&sql, "%s > %s AND ", bf_key_row(job->key_cols, false),
+							 bf_param_row(1, nk));
+			np = nk;
+		}
+		bf_key_params(rel, job->key_cols, job->upper_key, types + np, values + np);
+		appendStringInfo(&sql, "%s <= %s ORDER BY %s", bf_key_row(job->key_cols, false),
+						 bf_param_row(np + 1, nk), bf_key_row(job->key_cols, false));
+		np += nk;
+	}
+	if (SPI_execute_with_args(sql.data, np, types, values, NULL, true, limit) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the rows of a failed backfill batch");
+}
+
+/*
+ * Does the batch's UPDATE of this one row fail?  Tried in a subtransaction
+ * that is always rolled back: nothing is written.
+ */
+static bool
+bf_row_fails(const char *sql, int np, Oid *types, Datum *values)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool failed = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		(void) SPI_execute_with_args(sql, np, types, values, NULL, false, 0);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		failed = true;
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return failed;
+}
+
+/*
+ * A batch failed with an error that is not a lock wait or a cancel: which
+ * row?  Re-runs the batch's UPDATE row by row, in walk order, each in a
+ * subtransaction rolled back at once, over the first limit rows after the
+ * checkpoint (the failed batch was no larger).  Returns the first row that
+ * fails as "id = 42", "(a, b) = (1, x)" or "ctid (3,7)", or NULL when each
+ * row passes alone (the error was not one row's).  Runs as the batch does:
+ * as the owner, with the same settings; writes nothing.
+ */
+char *
+bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
+{
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
+	int			nk = bf_is_ctid(job) ? 1 : list_length(job->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * nk);
+	Datum	   *values = palloc(sizeof(Datum) * nk);
+	SPITupleTable *rows;
+	uint64		nrows;
+	StringInfoData set;
+	StringInfoData filter;
+	char	   *sql;
+
+	Assert(limit > 0 && job->upper_key != NIL);
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	if (bf_is_ctid(job))
+		sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid = $1 AND (%s)", qname, set.data, filter.data);
+	else
+		sql = psprintf("UPDATE ONLY %s SET %s WHERE %s = %s AND (%s)", qname, set.data,
+					   bf_key_row(job->key_cols, false), bf_param_row(1, nk), filter.data);
+
+	bf_batch_rows(rel, job, limit);
+	rows = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		HeapTuple	tup = rows->vals[r];
+		StringInfoData key;
+
+		for (int i = 0; i < nk; i++)
+		{
+			bool		isnull;
+
+			types[i] = SPI_gettypeid(rows->tupdesc, i + 1);
+			values[i] = SPI_getbinval(tup, rows->tupdesc, i + 1, &isnull);
+		}
+		if (!bf_row_fails(sql, nk, types, values))
+			continue;
+
+		initStringInfo(&key);
+		if (bf_is_ctid(job))
+			appendStringInfo(&key, "ctid %s", SPI_getvalue(tup, rows->tupdesc, 1));
+		else
+		{
+			appendStringInfo(&key, "%s = ", bf_key_row(job->key_cols, false));
+			if (nk > 1)
+				appendStringInfoChar(&key, '(');
+			for (int i = 0; i < nk; i++)
+				appendStringInfo(&key, "%s%s", i ? ", " : "",
+								 SPI_getvalue(tup, rows->tupdesc, i + 1));
+			if (nk > 1)
+				appendStringInfoChar(&key, ')');
+		}
+		return key.data;
+	}
+	return NULL;
 }
 
 /*

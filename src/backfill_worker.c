@@ -742,6 +742,67 @@ bf_vacuum(bool last)
 }
 
 /*
+ * The failed batch's transaction, again, to find the row that fails
+ * (bf_failing_row): the same checks and settings, nothing written.
+ */
+static char *
+bf_locate_step(void)
+{
+	BfJob		job;
+	MigMigration *m;
+	Relation	rel;
+	BfResult	res;
+	MigOwnerSave owner;
+	char	   *row = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_set_local("lock_timeout", psprintf("%d", Max(50, bf->target_batch_ms / 2)));
+	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
+	bf_set_local("search_path", "pg_catalog, pg_temp");
+	if (bf_read_job(&job) && mig_job_state_live(job.state) &&
+		(m = bf_batch_target(&job, &rel, &res)) != NULL)
+	{
+		if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not make the batch's constraints immediate");
+		mig_owner_switch(m->relid, &owner);
+		bf_skip_triggers(!job.fire_triggers);
+		row = bf_failing_row(rel, m, &job, Min(BF_MAX_BATCH, Max(1000, 2 * bf->batch_size)));
+		bf_skip_triggers(false);
+		mig_owner_restore(&owner);
+		table_close(rel, NoLock);
+		if (row)
+			row = MemoryContextStrdup(TopMemoryContext, row);
+	}
+	(void) bf_commit(BF_STOP);
+	return row;
+}
+
+/* bf_locate_step, whose own failure only leaves the row unnamed. */
+static char *
+bf_locate_row(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	char	   *volatile row = NULL;
+
+	PG_TRY();
+	{
+		row = bf_locate_step();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	return row;
+}
+
+/*
  * A batch failed: try it again after a growing pause, with half the rows,
  * or, after too many tries, end the job as failed with the error and what
  * to do.
@@ -755,6 +816,7 @@ bf_batch_failed(ErrorData *edata)
 		edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		edata->sqlerrcode == ERRCODE_QUERY_CANCELED;
 	int			max_attempts = transient ? BF_TRANSIENT_RETRIES : BF_OTHER_RETRIES;
+	char	   *row = NULL;
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
 	if (bf->pending_error)
@@ -776,7 +838,9 @@ bf_batch_failed(ErrorData *edata)
 		return BF_RETRY;
 	}
 
-	/* give up: record it in a fresh transaction */
+	/* give up: name the row, and record it in a fresh transaction */
+	if (!transient)
+		row = bf_locate_row();
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
@@ -784,8 +848,10 @@ bf_batch_failed(ErrorData *edata)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bf_record_end(JOB_FAILED,
-					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume('%s')",
+					  psprintf("%s (the batch failed %d times%s%s); fix the cause, then continue from the checkpoint with mig_resume('%s')",
 							   edata->message, bf->attempt,
+							   row ? "; the first row that fails is the one with " : "",
+							   row ? row : "",
 							   bf->table_name ? bf->table_name : "<table>"),
 					  sqlstate);
 		PopActiveSnapshot();
