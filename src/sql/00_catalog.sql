@@ -114,8 +114,8 @@ CREATE TABLE migrate_ext.job (
 	started_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	finished_at	timestamptz,
-	fire_triggers boolean NOT NULL DEFAULT false,	/* the table's other triggers fire */
-	walk_relfilenode oid		/* the table's file when the walk started: a ctid
+	fire_triggers boolean NOT NULL DEFAULT false,	/* the other triggers of the table fire */
+	walk_relfilenode oid		/* the file of the table when the walk started: a ctid
 								 * walk starts again after a rewrite */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
