@@ -35,6 +35,7 @@ typedef struct BfJob
 	List	   *upper_key;		/* of char *; NIL: nothing to walk */
 	bool		fire_triggers;	/* the table's other triggers fire too */
 	Oid			walk_relfilenode;	/* the table's file the walk started on */
+	bool		walk_known;		/* the catalog records it (0.2 on) */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */

@@ -238,7 +238,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 	if (!job->fire_triggers && trig->tgenabled != TRIGGER_FIRES_ALWAYS)
 	{
 		/* the batch skips every trigger that is not ENABLE ALWAYS */
-		*hint = psprintf("Enable it again as ALTER TABLE %s ENABLE ALWAYS TRIGGER %s, then continue with mig_resume('%s').",
+		*hint = psprintf("Enable it again as ALTER TABLE %s ENABLE ALWAYS TRIGGER %s (for a migration begun before migrate_ext 0.2, ALTER EXTENSION migrate_ext UPDATE does it), then continue with mig_resume('%s').",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" is no longer ENABLE ALWAYS, so the backfill, which runs with session_replication_role = replica to skip the table's other triggers, would not fire it",
 						MIG_TRIGGER_NAME, relname);
@@ -666,12 +666,13 @@ bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
  * block 0 up to the new file's size (which holds every row the old bound
  * did, and rows already right are skipped without a write).  A key walk
  * does not care.  A job from before walk_relfilenode was recorded starts
- * again too: it cannot tell.
+ * again too: it cannot tell.  A catalog older than the library, which
+ * cannot record the file, is not checked.
  */
 bool
 bf_rewritten(Relation rel, BfJob *job)
 {
-	if (job->key_kind == NULL || !bf_is_ctid(job))
+	if (job->key_kind == NULL || !bf_is_ctid(job) || !job->walk_known)
 		return false;
 	return job->walk_relfilenode != rel->rd_rel->relfilenode;
 }

@@ -206,6 +206,7 @@ struct LOCKTAG;
 
 extern const char *mig_job_state_name(JobState state);
 extern JobState mig_job_state_parse(const char *name);
+extern bool mig_job_has_column(const char *name);
 extern bool mig_job_state_live(JobState state);
 extern bool mig_job_state_ended(JobState state);
 extern int32 mig_job_liveness_key(void);
