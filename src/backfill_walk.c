@@ -204,6 +204,37 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 }
 
 /*
+ * A batch that skips the table's other triggers runs with
+ * session_replication_role = replica, where triggers marked ENABLE ALWAYS or
+ * ENABLE REPLICA still fire: user code that would then write other tables
+ * with their own triggers and foreign-key checks skipped, a power the
+ * table's owner does not have.  So a table with such a trigger (other than
+ * ours and PostgreSQL's internal ones) needs fire_triggers; returns what to
+ * say, or NULL.
+ */
+static char *
+bf_replica_triggers(Relation rel, const char **hint)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	const char *relname = RelationGetRelationName(rel);
+
+	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (t->tgisinternal || strcmp(t->tgname, MIG_TRIGGER_NAME) == 0 ||
+			(t->tgenabled != TRIGGER_FIRES_ALWAYS && t->tgenabled != TRIGGER_FIRES_ON_REPLICA))
+			continue;
+		*hint = psprintf("Let the backfill fire the table's triggers with mig_set('%s', 'fire_triggers', 'on') and continue with mig_resume('%s'), or make the trigger ENABLE (origin) while it runs.",
+						 relname, relname);
+		return psprintf("table \"%s\" has trigger \"%s\" %s, which would run under the session_replication_role = replica that the backfill uses to skip the other triggers, where its own writes would skip the triggers and foreign-key checks of other tables",
+						relname, t->tgname,
+						t->tgenabled == TRIGGER_FIRES_ALWAYS ? "ENABLE ALWAYS" : "ENABLE REPLICA");
+	}
+	return NULL;
+}
+
+/*
  * Has the ground moved under the job?  Returns NULL when all is as the job
  * needs it, else what changed; *hint says what to do.
  */
@@ -215,6 +246,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 	TriggerDesc *trigdesc = rel->trigdesc;
 	Trigger    *trig = NULL;
 	char		idbuf[32];
+	char	   *moved;
 	ListCell   *lc;
 
 	snprintf(idbuf, sizeof(idbuf), INT64_FORMAT, m->id);
@@ -243,6 +275,9 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" is no longer ENABLE ALWAYS, so the backfill, which runs with session_replication_role = replica to skip the table's other triggers, would not fire it",
 						MIG_TRIGGER_NAME, relname);
 	}
+
+	if (!job->fire_triggers && (moved = bf_replica_triggers(rel, hint)) != NULL)
+		return moved;
 
 	*hint = psprintf("Abort the migration with mig_abort('%s') and start it again.", relname);
 	foreach(lc, m->pairs)

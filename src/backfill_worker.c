@@ -338,9 +338,11 @@ bf_set_local(const char *name, const char *value)
  * although the worker may run as a plain role.  That is safe: the setting is
  * LOCAL to the batch's transaction and set back to origin right after the
  * batch's own two statements, which only read the key and write the new
- * column(s) through the dual-write trigger; no user SQL runs under it but the
- * immutable up expressions and triggers marked ENABLE ALWAYS or ENABLE
- * REPLICA, which the owner asked to fire under replica.  Constraints stay
+ * column(s) through the dual-write trigger; no user code runs under it but
+ * the up expressions, immutable and so read-only, and index and CHECK
+ * expressions: a table with a user trigger marked ENABLE ALWAYS or ENABLE
+ * REPLICA, which would fire under replica and could write other tables with
+ * their checks skipped, needs fire_triggers (bf_ground_moved).  Constraints stay
  * right: foreign-key and deferred constraint triggers only act on columns
  * the batch does not change (the new column has no foreign key, unique
  * index or constraint trigger before contract), and CHECK and NOT NULL

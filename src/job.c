@@ -290,7 +290,9 @@ mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
 
 /*
  * The walk's key, bound and the table's file, chosen by the job's first
- * batch (and again when a ctid walk finds the table rewritten).
+ * batch (and again when a ctid walk finds the table rewritten: rows_seen
+ * then counts the new walk, so that progress stays right; rows_done keeps
+ * every row written).
  */
 void
 mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
@@ -313,12 +315,12 @@ mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
 	v[6] = ObjectIdGetDatum(relfilenode);
 	if (!mig_job_has_column("walk_relfilenode"))
 		mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
-						 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-						 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
+						 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6, "
+						 "rows_seen = 0 WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
 	else
 		mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
 					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6, "
-						 "walk_relfilenode = $7 "
+						 "rows_seen = 0, walk_relfilenode = $7 "
 						 "WHERE id OPERATOR(pg_catalog.=) $1", 7, types, v, n, 1);
 }
 

@@ -148,5 +148,30 @@ is(wait_job_ended($node, 'shop.customer'), 'failed', 'a dual-write trigger not E
 like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").last_error"),
 	qr/no longer ENABLE ALWAYS.*ENABLE ALWAYS TRIGGER/, 'and says how to fix it');
 
+# --- a user trigger ENABLE ALWAYS would fire under replica: it needs fire_triggers ---
+$node->safe_psql('postgres', q{
+	SET client_min_messages = error;
+	ALTER TABLE shop.customer ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+	SELECT mig_abort('shop.customer');
+	TRUNCATE shop.audit, shop.trig_log;
+	ALTER TABLE shop.customer ENABLE ALWAYS TRIGGER customer_audit;
+	SELECT mig_expand('shop.customer', 'email', type => 'text', up => 'lower(email)');
+	SELECT mig_backfill('shop.customer');
+});
+is(wait_job_ended($node, 'shop.customer'), 'failed', 'an ENABLE ALWAYS user trigger fails the default job');
+like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").last_sqlstate || ' ' || (" . job_row('shop.customer') . ").last_error"),
+	qr/^55000 table "customer" has trigger "customer_audit" ENABLE ALWAYS, which would run under the session_replication_role = replica.*fire_triggers/,
+	'naming the trigger and fire_triggers');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM shop.audit}) . '|'
+	. $node->safe_psql('postgres', q{SELECT count(*) FROM shop.customer WHERE _mig_new_email IS NOT NULL}),
+	'0|0', 'before writing anything');
+$node->safe_psql('postgres', q{
+	SELECT mig_set('shop.customer', 'fire_triggers', 'true');
+	SELECT mig_resume('shop.customer');
+});
+is(wait_job_ended($node, 'shop.customer'), 'done', 'with fire_triggers it goes on');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM shop.audit WHERE op = 'UPDATE'}), '3000',
+	'and the trigger fired for every row, as asked');
+
 $node->stop;
 done_testing();

@@ -53,8 +53,10 @@ for my $how (sort keys %rewrite)
 		'20000|20000', "$how mid-backfill: every row backfilled");
 	is($node->safe_psql('postgres', "SELECT bool_and(passed) FROM mig_validate('$t')"), 't',
 		"$how: validation passes");
-	ok($node->safe_psql('postgres', "SELECT (" . job_row($t) . ").rows_seen") > 20000,
-		"$how: the walk started again on the new file");
+	# rows_seen counts the new walk (a ctid walk may meet a row version it
+	# moved ahead of itself once more); rows_done every row written, once
+	is($node->safe_psql('postgres', "SELECT (" . job_row($t) . ").rows_done, (" . job_row($t) . ").rows_seen BETWEEN 20000 AND 21000"),
+		'20000|t', "$how: the walk started again on the new file, and wrote no row twice");
 	like(slurp_file($node->logfile), qr/table public\.$t was rewritten/, "$how: and logged it");
 }
 
