@@ -65,6 +65,15 @@ refused("SELECT mig_expand('h', 'id', type => 'bigint')", '0A000',
 refused("SELECT mig_expand('e', 'at', type => 'timestamp')", '0A000',
 	'cannot change partition-key column "at"', 'Rewrite the data', 'column in a key expression');
 
+# every other entry point refuses a partitioned table the same way
+for my $f (qw(mig_backfill mig_validate mig_cutover mig_contract mig_abort mig_preflight))
+{
+	my $call = $f eq 'mig_preflight' ? "SELECT * FROM mig_preflight('r', 'v', 'int')"
+	  : $f eq 'mig_validate' ? "SELECT * FROM mig_validate('r')" : "SELECT $f('r')";
+	refused($call, '0A000', 'migrate_ext does not migrate partitioned tables yet; "r" is one',
+		'Change the column with ALTER TABLE', "$f on a partitioned table");
+}
+
 # a role that does not own it learns nothing about it
 $node->safe_psql('postgres', 'CREATE ROLE stranger');
 my ($ret, $out, $err) = $node->psql('postgres', "SET ROLE stranger; SELECT mig_expand('r', 'v', type => 'int')");
