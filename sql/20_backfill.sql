@@ -128,7 +128,13 @@ SELECT q, bf_sqlstate(q) FROM (VALUES
 	($$SELECT mig_set('bf_users', 'target_batch_ms', '')$$),
 	($$SELECT mig_backfill('bf_plain', max_rows_per_sec => 9223372036854775807)$$),
 	($$SELECT mig_backfill('bf_plain', batch_size => -1)$$),
-	($$SELECT mig_backfill('bf_plain', sleep_ms => 2147483647)$$)) v(q);
+	($$SELECT mig_backfill('bf_plain', sleep_ms => 2147483647)$$),
+	($$SELECT mig_backfill('bf_plain', parallel => 0)$$),
+	($$SELECT mig_set('bf_users', 'parallel', '-1')$$)) v(q);
+-- parallel: one worker so far; more is refused, not run as one
+SELECT mig_backfill('bf_plain', parallel => 2);
+SELECT mig_set('bf_users', 'Parallel', '4');
+SELECT mig_set('bf_users', 'parallel', '1');
 -- names are case-insensitive
 SELECT mig_set('bf_users', 'Max_Rows_Per_Sec', '1000000000000');
 SELECT mig_set('bf_users', 'SLEEP_MS', '20');

@@ -62,7 +62,7 @@ PG_FUNCTION_INFO_V1(mig_job_lock_key);
 #define BF_FIRST_BATCH			500		/* rows, when batch_size is adaptive */
 
 #define BF_SETTINGS_HINT \
-	"The settings are batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec and fire_triggers."
+	"The settings are batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, parallel and fire_triggers."
 
 /*
  * Bounds of the settings: the worker multiplies them by durations and row
@@ -103,6 +103,22 @@ bf_check_range(int64 value, int64 min, int64 max, const char *what)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at most " INT64_FORMAT ", not " INT64_FORMAT,
 						what, max, value)));
+}
+
+/*
+ * parallel: one worker is all there is so far; more is refused rather than
+ * quietly run as one.
+ */
+static void
+bf_check_parallel(int64 n)
+{
+	bf_check_range(n, 1, BF_MAX_SETTING, "parallel");
+	if (n > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a parallel backfill is not built yet"),
+				 errdetail("Each job runs one worker."),
+				 errhint("Leave parallel at 1, its default.")));
 }
 
 /* ----------------------------------------------------------------
@@ -172,7 +188,7 @@ bf_no_job(const char *relname, const char *what)
 
 /*
  * mig_backfill(tbl, batch_size, target_batch_ms, sleep_ms, max_replica_lag,
- *				max_rows_per_sec, fire_triggers) returns the job id
+ *				max_rows_per_sec, parallel, fire_triggers) returns the job id
  *
  * Records the job and starts its worker; returns at once.  Everything is
  * checked here, in the caller's session, so that bad input is an error the
@@ -206,6 +222,14 @@ mig_backfill(PG_FUNCTION_ARGS)
 		(void) bf_interval_ms(PG_GETARG_INTERVAL_P(4), "max_replica_lag");
 	if (!PG_ARGISNULL(5))
 		bf_check_range(PG_GETARG_INT64(5), 1, BF_MAX_RATE, "max_rows_per_sec");
+	if (PG_NARGS() > 6)
+	{
+		if (PG_ARGISNULL(6))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("parallel must not be NULL")));
+		bf_check_parallel(PG_GETARG_INT32(6));
+	}
 
 	m = bf_migration(relid);
 	if (m->phase > MIG_PHASE_VALIDATED)
@@ -241,7 +265,7 @@ mig_backfill(PG_FUNCTION_ARGS)
 	settings.sleep_ms = PG_GETARG_INT32(3);
 	settings.max_replica_lag = PG_ARGISNULL(4) ? NULL : PG_GETARG_INTERVAL_P(4);
 	settings.max_rows_per_sec = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT64(5);
-	settings.fire_triggers = PG_NARGS() > 6 && !PG_ARGISNULL(6) && PG_GETARG_BOOL(6);
+	settings.fire_triggers = PG_NARGS() > 7 && !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
 	job_id = mig_job_insert(m->id, &args, &settings);
 
 	mig_job_hold_gate(job_id);
@@ -420,6 +444,12 @@ bf_parse_setting(const char *setting, const char *value, Datum *v)
 			*v = Int64GetDatum(bf_parse_int(value, 1, BF_MAX_RATE, "max_rows_per_sec"));
 		return MIG_JOB_MAX_ROWS_PER_SEC;
 	}
+	if (pg_strcasecmp(setting, "parallel") == 0)
+	{
+		bf_not_null(value, "parallel");
+		bf_check_parallel(bf_parse_int(value, 1, BF_MAX_SETTING, "parallel"));
+		return MIG_JOB_PARALLEL;
+	}
 	if (pg_strcasecmp(setting, "fire_triggers") == 0)
 	{
 		bool		b;
@@ -468,7 +498,8 @@ mig_set(PG_FUNCTION_ARGS)
 	job_id = bf_lock_latest_job(m->id, &state);
 	if (job_id == 0 || state == JOB_DONE)
 		bf_no_job(relname, "change");
-	mig_job_set_setting(job_id, which, v, value == NULL);
+	if (which != MIG_JOB_PARALLEL)	/* 1, as it is */
+		mig_job_set_setting(job_id, which, v, value == NULL);
 	PG_RETURN_VOID();
 }
 

@@ -169,7 +169,8 @@ typedef enum MigJobSetting
 	MIG_JOB_SLEEP_MS,
 	MIG_JOB_MAX_REPLICA_LAG,
 	MIG_JOB_MAX_ROWS_PER_SEC,
-	MIG_JOB_FIRE_TRIGGERS
+	MIG_JOB_FIRE_TRIGGERS,
+	MIG_JOB_PARALLEL			/* always 1 so far: nothing to store */
 } MigJobSetting;
 
 /* A new job's settings, as mig_backfill was given them. */
