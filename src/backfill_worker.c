@@ -185,14 +185,17 @@ bf_read_job(BfJob *job)
 	Datum		d;
 	bool		isnull;
 
-	/* columns of 0.2 only when the catalog has them (mig_job_has_column) */
+	/*
+	 * Columns of 0.2 only when the catalog has them (mig_job_has_column);
+	 * under a 0.1 catalog the job runs as 0.1 ran it, firing the triggers.
+	 */
 	job->walk_known = mig_job_has_column("walk_relfilenode");
 	if (mig_catalog_query(psprintf("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 								   "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 								   "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
 								   "upper_key, migration_id, %s, %s "
 								   "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
-								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "false",
+								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "true",
 								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid"),
 						  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
