@@ -98,24 +98,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 		table_close(rel, NoLock);
 		PG_RETURN_VOID();
 	}
-	if (strcmp(m->phase, MIG_PHASE_VALIDATED) != 0)
-	{
-		if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot cut over table \"%s\": its migration is not validated",
-							RelationGetRelationName(rel)),
-					 errdetail("The migration is in phase expanded: the existing rows have not been backfilled."),
-					 errhint("Run mig_backfill('%s'), then mig_validate('%s').",
-							 RelationGetRelationName(rel), RelationGetRelationName(rel))));
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot cut over table \"%s\": its migration is not validated",
-						RelationGetRelationName(rel)),
-				 errdetail("The migration is in phase %s: no validation has passed yet.", m->phase),
-				 errhint("Run mig_validate('%s') and fix what it reports.",
-						 RelationGetRelationName(rel))));
-	}
+	mig_finish_gate(rel, m, false, "cut over");
 
 	mig_catalog_set_phase(m->id, MIG_PHASE_CUTOVER, NULL);
 	CacheInvalidateRelcache(rel);

@@ -101,9 +101,11 @@ typedef struct ContractPlan
 	List	   *lockrels;		/* OIDs locked for the swap */
 } ContractPlan;
 
+/* contract_gate.c */
+extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
+							const char *what);
+
 /* contract_plan.c */
-extern void mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
-									 const char *what);
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);
 

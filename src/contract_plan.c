@@ -72,28 +72,6 @@ attname_of(Oid relid, AttrNumber attnum)
 	return get_attname(relid, attnum, false);
 }
 
-/* Refuse unless validated (or cut over), or forced; say what is missing. */
-void
-mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
-						 const char *what)
-{
-	const char *relname = RelationGetRelationName(rel);
-
-	if (mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_VALIDATED) || force)
-		return;
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-				 errdetail("The migration is in phase expanded: the existing rows have not been backfilled."),
-				 errhint("Run mig_backfill('%s'), then mig_validate('%s').", relname, relname)));
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-			 errdetail("The migration is in phase %s: no validation has passed yet.", m->phase),
-			 errhint("Run mig_validate('%s') and fix what it reports.", relname)));
-}
-
 /* -------------------------------------------------------------------------
  * The plan
  * -------------------------------------------------------------------------
@@ -444,7 +422,7 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
 	plan->lockrels = list_make1_oid(plan->relid);
 
-	mig_contract_check_phase(rel, m, force, "contract");
+	mig_finish_gate(rel, m, force, "contract");
 
 	map = make_attrmap(desc->natts);
 	for (int i = 0; i < desc->natts; i++)

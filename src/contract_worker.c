@@ -510,7 +510,7 @@ swap(ContractPlan *plan, bool force)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the migration of table \"%s\" ended while mig_contract ran", plan->relname),
 				 errdetail("It is now in phase %s.", m ? m->phase : "unknown")));
-	mig_contract_check_phase(rel, m, force, "contract");
+	mig_finish_gate(rel, m, force, "contract");
 	table_close(rel, NoLock);
 	foreach(lc, plan->indexes)
 	{

@@ -23,7 +23,9 @@ CREATE TABLE migrate_ext.migration (
 						 'cutover', 'contracted', 'aborted')),
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	created_by	name NOT NULL DEFAULT current_user,
-	updated_at	timestamptz NOT NULL DEFAULT now()
+	updated_at	timestamptz NOT NULL DEFAULT now(),
+	invalidated_at timestamptz,	/* the dual-write trigger was disabled, or writes */
+	invalidated_why text		/* may have bypassed it, while the migration was active */
 );
 
 /* One active migration per table. */
