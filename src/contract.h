@@ -105,6 +105,10 @@ typedef struct ContractPlan
 extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 							const char *what);
 
+/* contract_undo.c */
+extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
+								Oid relid);
+
 /* contract_plan.c */
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);

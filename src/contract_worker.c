@@ -235,6 +235,22 @@ drop_index(ContractPlan *plan, const char *name)
 }
 
 /*
+ * A copy of a unique index enforces uniqueness of the new column on every
+ * write from now on: recorded, so that a contract that stops drops it.
+ */
+static void
+record_index(ContractPlan *plan, ContractIndex *ci)
+{
+	Oid			indexoid;
+
+	xact_begin();
+	indexoid = get_relname_relid(ci->tmpname, get_rel_namespace(plan->relid));
+	if (OidIsValid(indexoid))
+		mig_contract_record(plan->migration_id, RelationRelationId, indexoid, plan->relid);
+	xact_end();
+}
+
+/*
  * Build the copy of one index with CREATE INDEX CONCURRENTLY, unless a
  * valid one is there from an earlier run.  A build that fails leaves an
  * INVALID index: it is dropped before failing, and a build that ran into a
@@ -255,7 +271,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		if (state == 2)
 		{
 			progress("index \"%s\" is already copied to the new column", ci->oldname);
-			return;
+			break;
 		}
 		if (state == 1)
 			drop_index(plan, ci->tmpname);
@@ -285,9 +301,21 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		}
 		PG_END_TRY();
 		if (!retry)
-			return;
+			break;
 		pg_usleep(1000L * mig_lock_timeout_max_ms);
 	}
+	if (ci->stmt->unique)
+		record_index(plan, ci);
+}
+
+/* Record a constraint contract has just added under this name, if it has. */
+static void
+record_constraint(ContractPlan *plan, Oid relid, const char *name)
+{
+	Oid			conoid = get_relation_constraint_oid(relid, name, true);
+
+	if (OidIsValid(conoid))
+		mig_contract_record(plan->migration_id, ConstraintRelationId, conoid, relid);
 }
 
 /*
@@ -322,6 +350,15 @@ add_checks(ContractPlan *plan)
 	{
 		mig_lock_table(plan->relid, AccessExclusiveLock, "add constraints NOT VALID");
 		run_sql(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
+		/* enforced on new writes from now on: recorded, for an undo */
+		foreach(lc, plan->columns)
+		{
+			ContractColumn *c = lfirst(lc);
+
+			record_constraint(plan, plan->relid, c->nn_check);
+			if (c->check_tmp)
+				record_constraint(plan, plan->relid, c->check_tmp);
+		}
 	}
 	xact_end();
 	if (changed)
@@ -344,6 +381,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
 						ShareRowExclusiveLock, "add a foreign key NOT VALID");
 		run_sql(fk->adddef);
+		record_constraint(plan, fk->conrelid, fk->tmpname);
 		added = true;
 	}
 	xact_end();
@@ -381,25 +419,21 @@ validate(Oid relid, const char *name, const char *what)
 
 /*
  * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
- * NULL) proves it, then drop that CHECK.  Two statements: in one ALTER
- * TABLE the DROP CONSTRAINT would run first and the proof be gone.
+ * NULL) proves it, then drop that CHECK.  Separate statements: in one ALTER
+ * TABLE the DROP CONSTRAINT would run first and the proof be gone.  Part of
+ * the swap, so that a contract that stops before it leaves no NOT NULL.
  */
 static void
-set_not_null(ContractPlan *plan)
+not_null_sql(ContractPlan *plan, StringInfo sql)
 {
-	StringInfoData sql;
 	ListCell   *lc;
-	bool		changed;
 
-	check_caller();
-	xact_begin();
-	initStringInfo(&sql);
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
-			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
+			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
 							 plan->qname, quote_identifier(c->newname));
 	}
 	foreach(lc, plan->columns)
@@ -407,19 +441,9 @@ set_not_null(ContractPlan *plan)
 		ContractColumn *c = lfirst(lc);
 
 		if (constraint_state(plan->relid, c->nn_check) > 0)
-			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 							 plan->qname, quote_identifier(c->nn_check));
 	}
-	changed = sql.len > 0;
-	if (changed)
-	{
-		mig_lock_table(plan->relid, AccessExclusiveLock, "set NOT NULL");
-		run_sql(sql.data);
-	}
-	xact_end();
-	if (changed)
-		progress("set NOT NULL on the new column%s, proved by the validated CHECK without a scan",
-				 list_length(plan->columns) > 1 ? "s" : "");
 }
 
 /*
@@ -477,32 +501,17 @@ identity_sql(ContractPlan *plan, ContractColumn *c)
 }
 
 /*
- * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
- * taken all at once through the lock ladder.  Only catalog changes: the
- * constraints move to the indexes built before, the sequence, default and
- * identity move, the trigger and the old columns go, the new columns take
- * their place, and the migration is marked contracted, all or nothing.
+ * Under the swap's lock nothing can change any more: check once more what
+ * the swap builds on, the gate included (a validation that failed, or the
+ * trigger disabled, while contract was building).
  */
 static void
-swap(ContractPlan *plan, bool force)
+swap_recheck(ContractPlan *plan, bool force)
 {
-	int			nrels = list_length(plan->lockrels);
-	Oid		   *rels = palloc(sizeof(Oid) * nrels);
 	MigMigration *m;
 	Relation	rel;
-	StringInfoData sql;
-	List	   *identities = NIL;
 	ListCell   *lc;
 
-	check_caller();
-	progress("swapping the columns of table \"%s\" under a short ACCESS EXCLUSIVE lock",
-			 plan->relname);
-	xact_begin();
-	foreach(lc, plan->lockrels)
-		rels[foreach_current_index(lc)] = lfirst_oid(lc);
-	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
-
-	/* under the lock, nothing can change any more: check what we build on */
 	rel = mig_open_table(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
 	if (m == NULL || mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
@@ -522,14 +531,25 @@ swap(ContractPlan *plan, bool force)
 					 errmsg("the copy of index \"%s\" disappeared while mig_contract ran", ci->oldname),
 					 errhint("Run mig_contract again.")));
 	}
+}
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER %s ON %s;", quote_identifier(MIG_TRIGGER_NAME), plan->qname);
+/*
+ * The first half of the swap: NOT NULL, then what goes with the old column
+ * (the trigger, the old foreign keys and key constraints, a serial's
+ * ownership), and the old columns.
+ */
+static void
+swap_drop_sql(ContractPlan *plan, StringInfo sql)
+{
+	ListCell   *lc;
+
+	not_null_sql(plan, sql);
+	appendStringInfo(sql, "DROP TRIGGER %s ON %s;", quote_identifier(MIG_TRIGGER_NAME), plan->qname);
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+		appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 						 fk->conrel, quote_identifier(fk->oldname));
 	}
 	foreach(lc, plan->indexes)
@@ -537,7 +557,7 @@ swap(ContractPlan *plan, bool force)
 		ContractIndex *ci = lfirst(lc);
 
 		if (ci->contype)
-			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 							 plan->qname, quote_identifier(ci->conname));
 	}
 	foreach(lc, plan->columns)
@@ -549,34 +569,30 @@ swap(ContractPlan *plan, bool force)
 			continue;
 		seqname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(c->owned_seq)),
 											 get_rel_name(c->owned_seq));
-		appendStringInfo(&sql, "ALTER SEQUENCE %s OWNED BY %s.%s;", seqname, plan->qname,
+		appendStringInfo(sql, "ALTER SEQUENCE %s OWNED BY %s.%s;", seqname, plan->qname,
 						 quote_identifier(c->newname));
 		if (c->widen_seq)
-			appendStringInfo(&sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
+			appendStringInfo(sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
 	}
-	/* read the identities' positions while their sequences exist */
-	foreach(lc, plan->columns)
-	{
-		ContractColumn *c = lfirst(lc);
-
-		if (OidIsValid(c->ident_seq))
-			identities = lappend(identities, identity_sql(plan, c));
-	}
-	appendStringInfo(&sql, "ALTER TABLE %s", plan->qname);
+	appendStringInfo(sql, "ALTER TABLE %s", plan->qname);
 	foreach(lc, plan->dropcols)
-		appendStringInfo(&sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
+		appendStringInfo(sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
 						 quote_identifier(lfirst(lc)));
-	appendStringInfoChar(&sql, ';');
-	run_sql(sql.data);
+	appendStringInfoChar(sql, ';');
+}
 
-	/* the old names are free: the new objects take them */
-	resetStringInfo(&sql);
+/* The old names are free: the new column and the copies take them. */
+static void
+swap_rename_sql(ContractPlan *plan, StringInfo sql)
+{
+	ListCell   *lc;
+
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->pair->in_place && strcmp(c->newname, c->finalname) != 0)
-			appendStringInfo(&sql, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+			appendStringInfo(sql, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
 							 quote_identifier(c->newname), quote_identifier(c->finalname));
 	}
 	foreach(lc, plan->indexes)
@@ -585,54 +601,187 @@ swap(ContractPlan *plan, bool force)
 		const char *final = ci->contype ? ci->conname : ci->oldname;
 
 		if (ci->contype)
-			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
+			appendStringInfo(sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
 							 plan->qname, quote_identifier(ci->conname),
 							 ci->contype == CONSTRAINT_PRIMARY ? "PRIMARY KEY" : "UNIQUE",
 							 quote_identifier(ci->tmpname),
 							 ci->deferrable ? " DEFERRABLE" : "",
 							 ci->deferred ? " INITIALLY DEFERRED" : "");
 		else
-			appendStringInfo(&sql, "ALTER INDEX %s RENAME TO %s;",
+			appendStringInfo(sql, "ALTER INDEX %s RENAME TO %s;",
 							 quote_qualified_identifier(plan->nspname, ci->tmpname),
 							 quote_identifier(ci->oldname));
 		if (ci->replident)
-			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;",
+			appendStringInfo(sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;",
 							 plan->qname, quote_identifier(final));
 		if (ci->clustered)
-			appendStringInfo(&sql, "ALTER TABLE %s CLUSTER ON %s;",
+			appendStringInfo(sql, "ALTER TABLE %s CLUSTER ON %s;",
 							 plan->qname, quote_identifier(final));
 	}
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
+}
+
+/* What the new columns take over: identity, default, CHECK name, comment. */
+static void
+swap_column_sql(ContractPlan *plan, List *identities, StringInfo sql)
+{
+	ListCell   *lc;
+
 	foreach(lc, identities)
-		appendStringInfo(&sql, "%s;", (char *) lfirst(lc));
+		appendStringInfo(sql, "%s;", (char *) lfirst(lc));
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->default_sql)
-			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;",
 							 plan->qname, quote_identifier(c->finalname), c->default_sql);
 		if (c->check_tmp)
-			appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;",
+			appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;",
 							 plan->qname, quote_identifier(c->check_tmp),
 							 quote_identifier(ChooseConstraintName(plan->relname, c->finalname, "check",
 																   get_rel_namespace(plan->relid), NIL)));
 		if (c->comment)
-			appendStringInfo(&sql, "COMMENT ON COLUMN %s.%s IS %s;", plan->qname,
+			appendStringInfo(sql, "COMMENT ON COLUMN %s.%s IS %s;", plan->qname,
 							 quote_identifier(c->finalname), quote_literal_cstr(c->comment));
 	}
+}
+
+/*
+ * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
+ * taken all at once through the lock ladder.  Only catalog changes: NOT
+ * NULL is set (proved by the validated CHECK), the constraints move to the
+ * indexes built before, the sequence, default and identity move, the
+ * trigger and the old columns go, the new columns take their place, and the
+ * migration is marked contracted, all or nothing.
+ */
+static void
+swap(ContractPlan *plan, bool force)
+{
+	int			nrels = list_length(plan->lockrels);
+	Oid		   *rels = palloc(sizeof(Oid) * nrels);
+	StringInfoData sql;
+	List	   *identities = NIL;
+	ListCell   *lc;
+
+	check_caller();
+	progress("swapping the columns of table \"%s\" under a short ACCESS EXCLUSIVE lock",
+			 plan->relname);
+	xact_begin();
+	foreach(lc, plan->lockrels)
+		rels[foreach_current_index(lc)] = lfirst_oid(lc);
+	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
+	swap_recheck(plan, force);
+
+	/* read the identities' positions while their sequences exist */
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (OidIsValid(c->ident_seq))
+			identities = lappend(identities, identity_sql(plan, c));
+	}
+	initStringInfo(&sql);
+	swap_drop_sql(plan, &sql);
+	run_sql(sql.data);
+
+	resetStringInfo(&sql);
+	swap_rename_sql(plan, &sql);
+	swap_column_sql(plan, identities, &sql);
 	if (sql.len > 0)
 		run_sql(sql.data);
 
+	/* the copies are the real ones now: nothing is left to undo */
+	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "
+					 "WHERE migration_id OPERATOR(pg_catalog.=) $1",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(plan->migration_id)},
+					 NULL, -1);
 	mig_catalog_set_phase(plan->migration_id, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();
+}
+
+/*
+ * The steps: copies of the indexes, the constraints NOT VALID then
+ * validated, and the swap.
+ */
+static void
+run_steps(ContractPlan *plan, bool force)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->indexes)
+		build_index(plan, lfirst(lc));
+	add_checks(plan);
+	foreach(lc, plan->fkeys)
+		add_fkey(plan, lfirst(lc));
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null)
+			validate(plan->relid, c->nn_check,
+					 psprintf("that column \"%s\" has no NULL", c->finalname));
+		validate(plan->relid, c->check_tmp,
+				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+	}
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		validate(fk->conrelid, fk->tmpname,
+				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+	}
+	swap(plan, force);
+}
+
+/*
+ * A step failed or the caller cancelled: before the error goes out, drop
+ * what this and earlier runs added that is enforced on new writes (the NOT
+ * VALID constraints, the unique index copies), so that the table enforces
+ * nothing it did not before.  Plain index copies stay for the next run.  If
+ * that cannot be done either (a lock not to be had), the error says so and
+ * mig_abort or the next mig_contract removes them.  Re-throws the error.
+ */
+static void
+pg_attribute_noreturn()
+undo_after_failure(ContractPlan *plan)
+{
+	MemoryContext ecxt = MemoryContextSwitchTo(contract_cxt);
+	ErrorData  *edata = CopyErrorData();
+	volatile int dropped = -1;
+
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	PG_TRY();
+	{
+		xact_begin();
+		dropped = mig_contract_undo(plan->migration_id);
+		xact_end();
+	}
+	PG_CATCH();
+	{
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(contract_cxt);
+	if (dropped > 0)
+		edata->detail = psprintf("%s%sWhat mig_contract had added that writes would meet (%d NOT VALID constraints or unique index copies) was dropped: the table enforces nothing it did not before.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 dropped);
+	else if (dropped < 0)
+		edata->detail = psprintf("%s%sWhat mig_contract had added could not be dropped: mig_abort('%s') or the next mig_contract removes it.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 plan->relname);
+	MemoryContextSwitchTo(ecxt);
+	ReThrowError(edata);
 }
 
 /*
@@ -669,7 +818,6 @@ mig_contract_worker_main(Datum main_arg)
 	ContractPlan *plan;
 	Relation	rel;
 	MigMigration *m;
-	ListCell   *lc;
 	char		buf[32];
 
 	mig_worker_connect(&args);
@@ -717,30 +865,15 @@ mig_contract_worker_main(Datum main_arg)
 	xact_end();
 	MemoryContextSwitchTo(contract_cxt);
 
-	foreach(lc, plan->indexes)
-		build_index(plan, lfirst(lc));
-	add_checks(plan);
-	foreach(lc, plan->fkeys)
-		add_fkey(plan, lfirst(lc));
-	foreach(lc, plan->columns)
+	PG_TRY();
 	{
-		ContractColumn *c = lfirst(lc);
-
-		if (c->not_null)
-			validate(plan->relid, c->nn_check,
-					 psprintf("that column \"%s\" has no NULL", c->finalname));
-		validate(plan->relid, c->check_tmp,
-				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+		run_steps(plan, sh->force);
 	}
-	foreach(lc, plan->fkeys)
+	PG_CATCH();
 	{
-		ContractFkey *fk = lfirst(lc);
-
-		validate(fk->conrelid, fk->tmpname,
-				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+		undo_after_failure(plan);
 	}
-	set_not_null(plan);
-	swap(plan, sh->force);
+	PG_END_TRY();
 	MemoryContextSwitchTo(contract_cxt);
 
 	progress("table \"%s\" is contracted", plan->relname);

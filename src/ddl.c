@@ -212,22 +212,6 @@ column_attnum(Relation rel, const char *colname, bool missing_ok)
 }
 
 /*
- * The new column's current name (a DBA may have renamed it), or the
- * recorded one when it is gone.
- */
-static const char *
-new_column_name(Relation rel, MigPair *p)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	Form_pg_attribute att;
-
-	if (p->new_attnum > desc->natts)
-		return p->new_col;
-	att = TupleDescAttr(desc, p->new_attnum - 1);
-	return att->attisdropped ? p->new_col : pstrdup(NameStr(att->attname));
-}
-
-/*
  * The shadow column of an in-place change: "_mig_new_<col>", shortened to
  * fit a name.
  */
@@ -418,6 +402,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	MigMigration *m;
 	ListCell   *lc;
 	StringInfoData sql;
+	int			ndrop = 0;
 
 	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, true);
@@ -452,21 +437,29 @@ mig_abort(PG_FUNCTION_ARGS)
 
 	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
 
-	/* one statement, so the table is rewritten in the catalog only once */
+	/*
+	 * One statement, so the table is rewritten in the catalog only once.
+	 * The new columns by their recorded attnums: a column dropped by hand
+	 * is skipped, never one that took its name since.
+	 */
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS %s ON %s; ALTER TABLE %s",
-					 quote_identifier(MIG_TRIGGER_NAME), qualified_name(rel),
-					 qualified_name(rel));
+	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS %s ON %s;",
+					 quote_identifier(MIG_TRIGGER_NAME), qualified_name(rel));
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
+		TupleDesc	desc = RelationGetDescr(rel);
 
-		/* IF EXISTS: the column may have been dropped by hand already */
-		appendStringInfo(&sql, "%s DROP COLUMN IF EXISTS %s",
-						 foreach_current_index(lc) > 0 ? "," : "",
-						 quote_identifier(new_column_name(rel, p)));
+		if (p->new_attnum > desc->natts ||
+			TupleDescAttr(desc, p->new_attnum - 1)->attisdropped)
+			continue;
+		appendStringInfo(&sql, "%s DROP COLUMN %s",
+						 ndrop++ > 0 ? "," : psprintf(" ALTER TABLE %s", qualified_name(rel)),
+						 quote_identifier(NameStr(TupleDescAttr(desc, p->new_attnum - 1)->attname)));
 	}
 	table_close(rel, NoLock);
+	/* first what an unfinished mig_contract added, by the OIDs it recorded */
+	(void) mig_contract_undo(m->id);
 	run_ddl(sql.data);
 
 	mig_catalog_set_phase(m->id, MIG_PHASE_ABORTED, NULL);

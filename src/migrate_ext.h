@@ -111,6 +111,9 @@ extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
 
+/* contract_undo.c: drop what an unfinished mig_contract added */
+extern int	mig_contract_undo(int64 migration_id);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 
