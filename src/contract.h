@@ -58,6 +58,7 @@ typedef struct ContractIndex
 /* A foreign key from or to the old column, and its copy. */
 typedef struct ContractFkey
 {
+	Oid			conoid;			/* the old foreign key */
 	char	   *oldname;
 	char	   *tmpname;
 	Oid			conrelid;		/* the referencing table */
@@ -77,6 +78,7 @@ typedef struct ContractColumn
 	char	   *nn_check;		/* the CHECK that proves NOT NULL */
 	char	   *check_tmp;		/* the check_expr asked for at expand */
 	char	   *check_sql;
+	Node	   *default_expr;	/* the old column's default, cooked */
 	char	   *default_sql;
 	Oid			owned_seq;		/* a serial's sequence, OWNED BY the old column */
 	bool		widen_seq;		/* ... whose type is narrower than the column */
@@ -99,7 +101,20 @@ typedef struct ContractPlan
 	List	   *indexes;		/* of ContractIndex * */
 	List	   *fkeys;			/* of ContractFkey * */
 	List	   *lockrels;		/* OIDs locked for the swap */
+	struct AttrMap *map;		/* old attnum -> new (0 for a split) */
+	List	   *blockers;		/* descriptions of what would stop contract */
 } ContractPlan;
+
+/* A check of mig_validate that predicts contract: failing 0 is a pass. */
+typedef struct MigPrediction
+{
+	char	   *name;
+	int64		failing;
+	char	   *detail;
+} MigPrediction;
+
+/* contract_predict.c, for validate.c */
+extern List *mig_contract_predict(Relation rel, MigMigration *m);
 
 /* contract_gate.c */
 extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
@@ -110,6 +125,7 @@ extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
 
 /* contract_plan.c */
+extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);
 

@@ -165,6 +165,7 @@ plan_fkey(ContractPlan *plan, AttrMap *map, Oid conoid)
 		elog(ERROR, "cache lookup failed for constraint %u", conoid);
 	con = (Form_pg_constraint) GETSTRUCT(tup);
 
+	fk->conoid = conoid;
 	fk->oldname = pstrdup(NameStr(con->conname));
 	fk->tmpname = copy_name(fk->oldname, conoid);
 	fk->conrelid = con->conrelid;
@@ -398,37 +399,17 @@ narrower_integer(Oid t1, Oid t2)
 }
 
 /*
- * Check everything that can be checked and compute every step, without
- * changing anything.  The caller runs it to fail early, with the error in
- * its own session; the worker runs it again to get the plan it executes.
- * Takes no lock that outlives it.
+ * The columns of the plan, and the attribute map from old to new (an old
+ * column of several pairs, a split, maps to nothing); *oldattnums gets each
+ * old column once.
  */
-ContractPlan *
-mig_contract_plan(Relation rel, MigMigration *m, bool force)
+static void
+plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnums)
 {
-	ContractPlan *plan = palloc0(sizeof(ContractPlan));
 	TupleDesc	desc = RelationGetDescr(rel);
-	AttrMap    *map;
-	List	   *blockers = NIL;
-	List	   *indexoids = NIL;
-	List	   *fkoids = NIL;
-	List	   *oldattnums = NIL;
+	AttrMap    *map = plan->map;
 	ListCell   *lc;
 
-	plan->relid = RelationGetRelid(rel);
-	plan->migration_id = m->id;
-	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
-	plan->relname = pstrdup(RelationGetRelationName(rel));
-	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
-	plan->lockrels = list_make1_oid(plan->relid);
-
-	mig_finish_gate(rel, m, force, "contract");
-
-	map = make_attrmap(desc->natts);
-	for (int i = 0; i < desc->natts; i++)
-		map->attnums[i] = i + 1;
-
-	/* the columns; an old column of several pairs is a split */
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
@@ -442,11 +423,11 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 							plan->relname),
 					 errdetail("Column pair \"%s\" -> \"%s\" no longer exists.", p->old_col, p->new_col),
 					 errhint("Abort the migration with mig_abort('%s').", plan->relname)));
-		if (list_member_int(oldattnums, p->old_attnum))
+		if (list_member_int(*oldattnums, p->old_attnum))
 			map->attnums[p->old_attnum - 1] = InvalidAttrNumber;
 		else
 		{
-			oldattnums = lappend_int(oldattnums, p->old_attnum);
+			*oldattnums = lappend_int(*oldattnums, p->old_attnum);
 			map->attnums[p->old_attnum - 1] = p->new_attnum;
 			plan->dropcols = lappend(plan->dropcols,
 									 pstrdup(NameStr(TupleDescAttr(desc, p->old_attnum - 1)->attname)));
@@ -458,14 +439,18 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		MigPair    *p = lfirst(lc);
 		Form_pg_attribute oldatt = TupleDescAttr(desc, p->old_attnum - 1);
 		Form_pg_attribute newatt = TupleDescAttr(desc, p->new_attnum - 1);
-		bool		split = map->attnums[p->old_attnum - 1] == InvalidAttrNumber;
 		ContractColumn *c = palloc0(sizeof(ContractColumn));
 
 		c->pair = p;
 		c->oldname = pstrdup(NameStr(oldatt->attname));
 		c->newname = pstrdup(NameStr(newatt->attname));
 		c->finalname = p->in_place ? c->oldname : c->newname;
-		c->not_null = p->not_null || (!split && oldatt->attnotnull);
+
+		/*
+		 * NOT NULL is a property of the data: it goes to the new column, and
+		 * to each column of a split, whose validation names the NULLs.
+		 */
+		c->not_null = p->not_null || oldatt->attnotnull;
 		c->nn_check = psprintf("_mig_nn_%d", p->new_attnum);
 		if (p->check)
 		{
@@ -474,46 +459,22 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		}
 		plan->columns = lappend(plan->columns, c);
 	}
+}
 
-	/* what depends on each old column */
-	foreach(lc, oldattnums)
-	{
-		AttrNumber	attnum = lfirst_int(lc);
-		ContractColumn *owner = NULL;
-		ListCell   *lc2;
+/* The defaults, sequences and comments of the columns taken over. */
+static void
+plan_takeover(ContractPlan *plan, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
 
-		if (map->attnums[attnum - 1] != InvalidAttrNumber)
-			foreach(lc2, plan->columns)
-				if (((ContractColumn *) lfirst(lc2))->pair->old_attnum == attnum)
-					owner = lfirst(lc2);
-		scan_dependents(plan, rel, attnum, owner, &blockers, &indexoids, &fkoids);
-	}
-
-	if (blockers != NIL)
-	{
-		StringInfoData detail;
-
-		initStringInfo(&detail);
-		foreach(lc, blockers)
-			appendStringInfo(&detail, "%s%s depends on it.", foreach_current_index(lc) > 0 ? "\n" : "",
-							 (char *) lfirst(lc));
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot contract table \"%s\": other objects use its old column%s %s",
-						plan->relname, list_length(plan->dropcols) > 1 ? "s" : "",
-						"that mig_contract would drop"),
-				 errdetail_internal("%s", detail.data),
-				 errhint("Drop them, or change them to use the new column, then run mig_contract again; nothing was changed.")));
-	}
-
-	/* the defaults, sequences and comments of the columns taken over */
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
 		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
 
-		if (map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
 			continue;
 		c->identity = oldatt->attidentity;
 		c->comment = GetComment(plan->relid, RelationRelationId, c->pair->old_attnum);
@@ -521,8 +482,10 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		{
 			for (int i = 0; i < desc->constr->num_defval; i++)
 				if (desc->constr->defval[i].adnum == c->pair->old_attnum)
-					c->default_sql = mig_deparse(stringToNode(desc->constr->defval[i].adbin),
-												 plan->relid);
+				{
+					c->default_expr = stringToNode(desc->constr->defval[i].adbin);
+					c->default_sql = mig_deparse(c->default_expr, plan->relid);
+				}
 		}
 		if (OidIsValid(c->owned_seq))
 		{
@@ -540,14 +503,20 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		if (c->widen_seq || c->identity)
 			plan->new_type_name = format_type_be_qualified(newatt->atttypid);
 	}
+}
 
-	/* indexes and foreign keys, with every table they touch */
+/* The copies of the indexes and foreign keys, with every table they touch. */
+static void
+plan_objects(ContractPlan *plan, List *indexoids, List *fkoids)
+{
+	ListCell   *lc;
+
 	foreach(lc, indexoids)
 	{
 		Oid			indexoid = lfirst_oid(lc);
 
 		if (get_index_isvalid(indexoid))
-			plan->indexes = lappend(plan->indexes, plan_index(plan, map, indexoid));
+			plan->indexes = lappend(plan->indexes, plan_index(plan, plan->map, indexoid));
 		else
 			ereport(NOTICE,
 					(errmsg("index \"%s\" is invalid and is not carried over to the new column",
@@ -555,16 +524,95 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 	}
 	foreach(lc, fkoids)
 	{
-		ContractFkey *fk = plan_fkey(plan, map, lfirst_oid(lc));
+		ContractFkey *fk = plan_fkey(plan, plan->map, lfirst_oid(lc));
 
 		if (!pg_class_ownercheck(fk->conrelid, GetUserId()))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("must be owner of table \"%s\" to move its foreign key \"%s\" to the new column",
-							get_rel_name(fk->conrelid), fk->oldname)));
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("foreign key %s of table %s (which mig_contract must move to the new column, and only its owner can)",
+											  fk->oldname, get_rel_name(fk->conrelid)));
+		else if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("foreign key %s of partitioned table %s (which cannot be added NOT VALID, as mig_contract would move it)",
+											  fk->oldname, get_rel_name(fk->conrelid)));
 		plan->fkeys = lappend(plan->fkeys, fk);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->conrelid);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->confrelid);
 	}
+}
+
+/*
+ * Compute every step without changing anything or checking the gate; what
+ * would stop contract is collected in plan->blockers.  Validation uses it
+ * to predict contract; mig_contract_plan() to run it.
+ */
+ContractPlan *
+mig_contract_plan_build(Relation rel, MigMigration *m)
+{
+	ContractPlan *plan = palloc0(sizeof(ContractPlan));
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexoids = NIL;
+	List	   *fkoids = NIL;
+	List	   *oldattnums = NIL;
+	ListCell   *lc;
+
+	plan->relid = RelationGetRelid(rel);
+	plan->migration_id = m->id;
+	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
+	plan->relname = pstrdup(RelationGetRelationName(rel));
+	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
+	plan->lockrels = list_make1_oid(plan->relid);
+	plan->map = make_attrmap(desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+		plan->map->attnums[i] = i + 1;
+
+	plan_columns(plan, rel, m, &oldattnums);
+
+	/* what depends on each old column */
+	foreach(lc, oldattnums)
+	{
+		AttrNumber	attnum = lfirst_int(lc);
+		ContractColumn *owner = NULL;
+		ListCell   *lc2;
+
+		if (plan->map->attnums[attnum - 1] != InvalidAttrNumber)
+			foreach(lc2, plan->columns)
+				if (((ContractColumn *) lfirst(lc2))->pair->old_attnum == attnum)
+					owner = lfirst(lc2);
+		scan_dependents(plan, rel, attnum, owner, &plan->blockers, &indexoids, &fkoids);
+	}
+	plan_takeover(plan, rel);
+	plan_objects(plan, indexoids, fkoids);
 	return plan;
+}
+
+/*
+ * Check everything that can be checked and compute every step, without
+ * changing anything.  The caller runs it to fail early, with the error in
+ * its own session; the worker runs it again to get the plan it executes.
+ * Takes no lock that outlives it.
+ */
+ContractPlan *
+mig_contract_plan(Relation rel, MigMigration *m, bool force)
+{
+	ContractPlan *plan;
+	StringInfoData detail;
+	ListCell   *lc;
+
+	mig_finish_gate(rel, m, force, "contract");
+	plan = mig_contract_plan_build(rel, m);
+	if (plan->blockers == NIL)
+		return plan;
+
+	initStringInfo(&detail);
+	foreach(lc, plan->blockers)
+		appendStringInfo(&detail, "%s%s depends on it.", foreach_current_index(lc) > 0 ? "\n" : "",
+						 (char *) lfirst(lc));
+	ereport(ERROR,
+			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+			 errmsg("cannot contract table \"%s\": other objects use its old column%s %s",
+					plan->relname, list_length(plan->dropcols) > 1 ? "s" : "",
+					"that mig_contract would drop"),
+			 errdetail_internal("%s", detail.data),
+			 errhint("Drop them, or change them to use the new column, then run mig_contract again; nothing was changed.")));
+	return NULL;				/* keep compiler quiet */
 }

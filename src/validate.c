@@ -50,6 +50,7 @@
 #include "utils/resowner.h"
 #include "utils/typcache.h"
 
+#include "contract.h"
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_validate);
@@ -275,9 +276,13 @@ build_checks(VRun *run)
 					  psprintf("where %s differs from down(%s) and down(%s) does not map back to %s under up",
 							   oldc, newc, newc, newc));
 		}
-		if (pair->not_null)
+		/* asked for, or the old column's, which contract carries over */
+		if (pair->not_null ||
+			TupleDescAttr(RelationGetDescr(run->rel), pair->old_attnum - 1)->attnotnull)
 			add_check(run, "not_null", pair, psprintf("%s IS NULL", n),
-					  psprintf("with %s NULL", newc));
+					  pair->not_null ? psprintf("with %s NULL", newc) :
+					  psprintf("with %s NULL (%s is NOT NULL, and contract makes %s so)",
+							   newc, oldc, newc));
 		if (pair->check)
 		{
 			appendStringInfo(&run->cols, ", %s AS k%d",
@@ -606,6 +611,26 @@ scan_table(VRun *run)
 	SPI_finish();
 }
 
+/*
+ * What contract would meet (contract_predict.c): each a check of its own,
+ * its detail already written.
+ */
+static void
+add_predictions(VRun *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, mig_contract_predict(run->rel, run->m))
+	{
+		MigPrediction *p = lfirst(lc);
+		VCheck	   *c = add_check(run, p->name, NULL, NULL, NULL);
+
+		c->failing = p->failing;
+		c->passed = p->failing == 0;
+		c->detail = p->detail;
+	}
+}
+
 /* The state of the migration's latest backfill job when it is still live. */
 static char *
 live_job(VRun *run, int64 *job_id)
@@ -809,6 +834,7 @@ mig_validate(PG_FUNCTION_ARGS)
 	choose_key(&run);
 	build_checks(&run);
 	scan_table(&run);
+	add_predictions(&run);
 	AtEOXact_GUC(true, save_nestlevel);
 
 	finish_details(&run, job_state, job_id);
