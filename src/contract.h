@@ -67,6 +67,16 @@ typedef struct ContractFkey
 	char	   *adddef;			/* ALTER TABLE ... ADD the copy NOT VALID */
 } ContractFkey;
 
+/* A CHECK constraint of the old column, re-stated on the new one. */
+typedef struct ContractCheck
+{
+	char	   *oldname;
+	char	   *tmpname;		/* the copy's name until the swap */
+	bool		noinherit;
+	Node	   *expr;			/* on the new column */
+	char	   *sql;
+} ContractCheck;
+
 /* A new column and what it takes over from its old column. */
 typedef struct ContractColumn
 {
@@ -85,6 +95,11 @@ typedef struct ContractColumn
 	Oid			ident_seq;		/* an identity's sequence */
 	char		identity;
 	char	   *comment;
+	bool		has_acl;		/* column privileges to copy */
+	List	   *options;		/* attoptions, of DefElem */
+	int			stattarget;		/* -1: the default */
+	char		storage;		/* 0: the type's default */
+	char		compression;	/* 0: the default */
 } ContractColumn;
 
 /* Everything mig_contract will do, computed from the catalog. */
@@ -103,6 +118,8 @@ typedef struct ContractPlan
 	List	   *lockrels;		/* OIDs locked for the swap */
 	struct AttrMap *map;		/* old attnum -> new (0 for a split) */
 	List	   *blockers;		/* descriptions of what would stop contract */
+	List	   *checkoids;		/* CHECK constraints of the old columns */
+	List	   *checks;			/* of ContractCheck * */
 } ContractPlan;
 
 /* A check of mig_validate that predicts contract: failing 0 is a pass. */

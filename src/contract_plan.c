@@ -31,6 +31,9 @@
 #include "catalog/pg_rewrite.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
+#include "access/reloptions.h"
+#include "access/toast_compression.h"
+#include "nodes/nodeFuncs.h"
 #include "commands/comment.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -364,6 +367,12 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 				*fkeys = list_append_unique_oid(*fkeys, dep->objid);
 				carried = true;
 			}
+			else if (col != NULL && con->contype == CONSTRAINT_CHECK)
+			{
+				/* re-stated on the new column */
+				plan->checkoids = list_append_unique_oid(plan->checkoids, dep->objid);
+				carried = true;
+			}
 			else if (col != NULL && (con->contype == CONSTRAINT_PRIMARY ||
 									 con->contype == CONSTRAINT_UNIQUE))
 			{
@@ -540,6 +549,139 @@ plan_objects(ContractPlan *plan, List *indexoids, List *fkoids)
 	}
 }
 
+typedef struct RemapContext
+{
+	AttrMap    *map;
+	TupleDesc	desc;
+} RemapContext;
+
+/* Move every Var of the table to its column in the map, with its type. */
+static Node *
+remap_mutator(Node *node, RemapContext *ctx)
+{
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0)
+	{
+		Var		   *var = (Var *) copyObject(node);
+		AttrNumber	to = var->varattno > 0 ? ctx->map->attnums[var->varattno - 1] : 0;
+		Form_pg_attribute att;
+
+		if (to == InvalidAttrNumber)
+			return (Node *) var;	/* a system column, or a split's */
+		att = TupleDescAttr(ctx->desc, to - 1);
+
+		var->varattno = to;
+		var->varattnosyn = to;
+		var->vartype = att->atttypid;
+		var->vartypmod = att->atttypmod;
+		var->varcollid = att->attcollation;
+		return (Node *) var;
+	}
+	return expression_tree_mutator(node, remap_mutator, (void *) ctx);
+}
+
+/*
+ * The CHECK constraints of the old column, re-stated on the new one: added
+ * NOT VALID under a temporary name, validated, and given their own name
+ * back once the old column (and with it the old constraint) is gone.
+ */
+static void
+plan_checks(ContractPlan *plan, Relation rel)
+{
+	ListCell   *lc;
+	RemapContext ctx;
+
+	ctx.map = plan->map;
+	ctx.desc = RelationGetDescr(rel);
+	foreach(lc, plan->checkoids)
+	{
+		Oid			conoid = lfirst_oid(lc);
+		HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
+		Form_pg_constraint con;
+		ContractCheck *ck = palloc0(sizeof(ContractCheck));
+		bool		isnull;
+		Datum		d;
+		Node	   *expr;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for constraint %u", conoid);
+		con = (Form_pg_constraint) GETSTRUCT(tup);
+		ck->oldname = pstrdup(NameStr(con->conname));
+		ck->tmpname = copy_name(ck->oldname, conoid);
+		ck->noinherit = con->connoinherit;
+		d = SysCacheGetAttr(CONSTROID, tup, Anum_pg_constraint_conbin, &isnull);
+		Assert(!isnull);
+		expr = remap_mutator(stringToNode(TextDatumGetCString(d)), &ctx);
+		ck->expr = expr;
+		ck->sql = mig_deparse(expr, plan->relid);
+		ReleaseSysCache(tup);
+		plan->checks = lappend(plan->checks, ck);
+	}
+}
+
+/*
+ * What else the old column had, for the swap: column privileges (with
+ * grant option), statistics target, options, storage, compression.  What
+ * cannot be carried is said in a NOTICE.
+ */
+static void
+plan_props(ContractPlan *plan, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
+
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
+		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		HeapTuple	tup;
+		bool		isnull;
+		Datum		d;
+
+		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+			continue;
+		tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(plan->relid),
+							  Int16GetDatum(c->pair->old_attnum));
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for attribute %d of relation %u",
+				 c->pair->old_attnum, plan->relid);
+		d = SysCacheGetAttr(ATTNUM, tup, Anum_pg_attribute_attacl, &isnull);
+		c->has_acl = !isnull;
+		d = SysCacheGetAttr(ATTNUM, tup, Anum_pg_attribute_attoptions, &isnull);
+		if (!isnull)
+			c->options = untransformRelOptions(d);
+		ReleaseSysCache(tup);
+		c->stattarget = oldatt->attstattarget;
+		if (oldatt->attstorage != get_typstorage(oldatt->atttypid))
+		{
+			if (get_typstorage(newatt->atttypid) != TYPSTORAGE_PLAIN)
+				c->storage = oldatt->attstorage;
+			else
+				ereport(NOTICE,
+						(errmsg("the storage of column \"%s\" is not carried over: type %s has only PLAIN",
+								c->oldname, format_type_be(newatt->atttypid))));
+		}
+		if (CompressionMethodIsValid(oldatt->attcompression))
+		{
+			if (get_typstorage(newatt->atttypid) != TYPSTORAGE_PLAIN)
+				c->compression = oldatt->attcompression;
+			else
+				ereport(NOTICE,
+						(errmsg("the compression of column \"%s\" is not carried over: type %s is not compressible",
+								c->oldname, format_type_be(newatt->atttypid))));
+		}
+		if (OidIsValid(oldatt->attcollation) && OidIsValid(newatt->attcollation) &&
+			oldatt->attcollation != newatt->attcollation)
+			ereport(NOTICE,
+					(errmsg("column \"%s\" keeps collation \"%s\" given at expand, not the old column's \"%s\"",
+							c->finalname, get_collation_name(newatt->attcollation),
+							get_collation_name(oldatt->attcollation)),
+					 errhint("Changing it at contract would rewrite the table; it is chosen at mig_expand.")));
+	}
+}
+
 /*
  * Compute every step without changing anything or checking the gate; what
  * would stop contract is collected in plan->blockers.  Validation uses it
@@ -582,6 +724,8 @@ mig_contract_plan_build(Relation rel, MigMigration *m)
 	}
 	plan_takeover(plan, rel);
 	plan_objects(plan, indexoids, fkoids);
+	plan_checks(plan, rel);
+	plan_props(plan, rel);
 	return plan;
 }
 

@@ -296,6 +296,20 @@ mig_contract_predict(Relation rel, MigMigration *m)
 		prediction(&out, "contract_blockers", 0,
 				   "nothing depends on the old column that mig_contract cannot carry");
 	predict_defaults(plan, rel, &out);
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		run_count(&out, psprintf("check:%s", ck->oldname),
+				  psprintf("SELECT pg_catalog.count(*), pg_catalog.string_agg(k, ', ') FILTER (WHERE i <= %d) "
+						   "FROM (SELECT ctid::pg_catalog.text AS k, pg_catalog.row_number() OVER () AS i "
+						   "FROM ONLY %s WHERE NOT (%s)) d",
+						   PREDICT_EXAMPLES, plan->qname, ck->sql),
+				  psprintf("row(s) would violate CHECK constraint %s re-stated on the new column (by ctid)",
+						   ck->oldname),
+				  psprintf("every row meets CHECK constraint %s re-stated on the new column",
+						   ck->oldname));
+	}
 	predict_unique(plan, &out);
 	foreach(lc, plan->fkeys)
 		predict_fkey(plan, lfirst(lc), &out);

@@ -22,6 +22,8 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/toast_compression.h"
+#include "commands/defrem.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/pg_class.h"
@@ -345,6 +347,15 @@ add_checks(ContractPlan *plan)
 			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s) NOT VALID",
 							 sql.len > 0 ? "," : "", quote_identifier(c->check_tmp), c->check_sql);
 	}
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		if (constraint_state(plan->relid, ck->tmpname) == 0)
+			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s)%s NOT VALID",
+							 sql.len > 0 ? "," : "", quote_identifier(ck->tmpname), ck->sql,
+							 ck->noinherit ? " NO INHERIT" : "");
+	}
 	changed = sql.len > 0;
 	if (changed)
 	{
@@ -359,6 +370,8 @@ add_checks(ContractPlan *plan)
 			if (c->check_tmp)
 				record_constraint(plan, plan->relid, c->check_tmp);
 		}
+		foreach(lc, plan->checks)
+			record_constraint(plan, plan->relid, ((ContractCheck *) lfirst(lc))->tmpname);
 	}
 	xact_end();
 	if (changed)
@@ -625,6 +638,84 @@ swap_rename_sql(ContractPlan *plan, StringInfo sql)
 		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
+	/* the old CHECKs went with the old column: the copies take their names */
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", plan->qname,
+						 quote_identifier(ck->tmpname), quote_identifier(ck->oldname));
+	}
+}
+
+/*
+ * GRANT statements that give the new column the old one's privileges, with
+ * their grant options.  Read before the old column goes; the grants are
+ * then the caller's (the owner's), whoever had granted them.
+ */
+static void
+grants_sql(ContractPlan *plan, ContractColumn *c, StringInfo sql)
+{
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
+							  "FROM pg_catalog.pg_attribute t, "
+							  "LATERAL pg_catalog.aclexplode(t.attacl) a "
+							  "WHERE t.attrelid OPERATOR(pg_catalog.=) $1 "
+							  "AND t.attnum OPERATOR(pg_catalog.=) $2 ORDER BY 1, 2",
+							  2, (Oid[]) {OIDOID, INT2OID},
+							  (Datum[]) {ObjectIdGetDatum(plan->relid),
+							  Int16GetDatum(c->pair->old_attnum)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the privileges of column \"%s\"", c->oldname);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		grantable = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+
+		appendStringInfo(sql, "GRANT %s (%s) ON %s TO %s%s;",
+						 SPI_getvalue(tup, desc, 2), quote_identifier(c->finalname), plan->qname,
+						 grantee == InvalidOid ? "PUBLIC" :
+						 quote_identifier(GetUserNameFromId(grantee, false)),
+						 grantable ? " WITH GRANT OPTION" : "");
+	}
+	SPI_finish();
+}
+
+/*
+ * The old column's statistics target, options, storage and compression,
+ * for the new one.
+ */
+static void
+props_sql(ContractPlan *plan, ContractColumn *c, StringInfo sql)
+{
+	const char *col = quote_identifier(c->finalname);
+	ListCell   *lc;
+
+	if (c->stattarget >= 0)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET STATISTICS %d;",
+						 plan->qname, col, c->stattarget);
+	foreach(lc, c->options)
+	{
+		DefElem    *def = lfirst_node(DefElem, lc);
+
+		/* the server's own bookkeeping, not a user's option */
+		if (strncmp(def->defname, "pg_", 3) == 0)
+			continue;
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET (%s = %s);",
+						 plan->qname, col, quote_identifier(def->defname),
+						 quote_literal_cstr(defGetString(def)));
+	}
+	if (c->storage)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET STORAGE %s;", plan->qname, col,
+						 c->storage == TYPSTORAGE_PLAIN ? "PLAIN" :
+						 c->storage == TYPSTORAGE_EXTERNAL ? "EXTERNAL" :
+						 c->storage == TYPSTORAGE_MAIN ? "MAIN" : "EXTENDED");
+	if (c->compression)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET COMPRESSION %s;", plan->qname,
+						 col, GetCompressionMethodName(c->compression));
 }
 
 /* What the new columns take over: identity, default, CHECK name, comment. */
@@ -667,6 +758,7 @@ swap(ContractPlan *plan, bool force)
 	int			nrels = list_length(plan->lockrels);
 	Oid		   *rels = palloc(sizeof(Oid) * nrels);
 	StringInfoData sql;
+	StringInfoData grants;
 	List	   *identities = NIL;
 	ListCell   *lc;
 
@@ -687,6 +779,15 @@ swap(ContractPlan *plan, bool force)
 		if (OidIsValid(c->ident_seq))
 			identities = lappend(identities, identity_sql(plan, c));
 	}
+	/* and the old columns' privileges, while they exist */
+	initStringInfo(&grants);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->has_acl)
+			grants_sql(plan, c, &grants);
+	}
 	initStringInfo(&sql);
 	swap_drop_sql(plan, &sql);
 	run_sql(sql.data);
@@ -694,6 +795,9 @@ swap(ContractPlan *plan, bool force)
 	resetStringInfo(&sql);
 	swap_rename_sql(plan, &sql);
 	swap_column_sql(plan, identities, &sql);
+	appendStringInfoString(&sql, grants.data);
+	foreach(lc, plan->columns)
+		props_sql(plan, lfirst(lc), &sql);
 	if (sql.len > 0)
 		run_sql(sql.data);
 
@@ -730,6 +834,13 @@ run_steps(ContractPlan *plan, bool force)
 					 psprintf("that column \"%s\" has no NULL", c->finalname));
 		validate(plan->relid, c->check_tmp,
 				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+	}
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		validate(plan->relid, ck->tmpname,
+				 psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
 	}
 	foreach(lc, plan->fkeys)
 	{
