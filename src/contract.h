@@ -16,6 +16,7 @@
 
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
 #include "nodes/parsenodes.h"
 #include "storage/spin.h"
 #include "utils/relcache.h"
@@ -95,6 +96,8 @@ typedef struct ContractColumn
 	Oid			ident_seq;		/* an identity's sequence */
 	char		identity;
 	char	   *comment;
+	Oid			old_typid;
+	Oid			new_typid;
 	bool		has_acl;		/* column privileges to copy */
 	List	   *options;		/* attoptions, of DefElem */
 	int			stattarget;		/* -1: the default */
@@ -119,6 +122,8 @@ typedef struct ContractPlan
 	struct AttrMap *map;		/* old attnum -> new (0 for a split) */
 	List	   *blockers;		/* descriptions of what would stop contract */
 	List	   *checkoids;		/* CHECK constraints of the old columns */
+	List	   *viewdirect;		/* views reading an old column */
+	List	   *views;			/* every view to recreate, shallowest first */
 	List	   *checks;			/* of ContractCheck * */
 } ContractPlan;
 
@@ -136,6 +141,11 @@ extern List *mig_contract_predict(Relation rel, MigMigration *m);
 /* contract_gate.c */
 extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 							const char *what);
+
+/* contract_views.c */
+extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
+extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
+extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
 
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,

@@ -108,6 +108,34 @@ describe_rule(Oid ruleoid)
 	return getObjectDescription(&addr, false);
 }
 
+/* The plain view whose _RETURN rule this is, else InvalidOid. */
+static Oid
+view_of_rule(Oid ruleoid)
+{
+	Relation	rwrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			result = InvalidOid;
+
+	rwrel = table_open(RewriteRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ruleoid));
+	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0 &&
+			get_rel_relkind(rw->ev_class) == RELKIND_VIEW)
+			result = rw->ev_class;
+	}
+	systable_endscan(scan);
+	table_close(rwrel, AccessShareLock);
+	return result;
+}
+
 /* The column's name on either side of a foreign key, mapped to the new one. */
 static char *
 fkey_columns(ContractPlan *plan, AttrMap *map, Oid relid, Datum arr)
@@ -329,7 +357,13 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 		ObjectAddressSubSet(addr, dep->classid, dep->objid, dep->objsubid);
 		if (dep->classid == RewriteRelationId)
 		{
-			*blockers = lappend(*blockers, describe_rule(dep->objid));
+			Oid			view = view_of_rule(dep->objid);
+
+			/* a view of an old column that has a new one is recreated */
+			if (OidIsValid(view) && col != NULL)
+				plan->viewdirect = list_append_unique_oid(plan->viewdirect, view);
+			else
+				*blockers = lappend(*blockers, describe_rule(dep->objid));
 			continue;
 		}
 		if (dep->classid == RelationRelationId && col != NULL)
@@ -454,6 +488,8 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 		c->oldname = pstrdup(NameStr(oldatt->attname));
 		c->newname = pstrdup(NameStr(newatt->attname));
 		c->finalname = p->in_place ? c->oldname : c->newname;
+		c->old_typid = oldatt->atttypid;
+		c->new_typid = newatt->atttypid;
 
 		/*
 		 * NOT NULL is a property of the data: it goes to the new column, and
@@ -726,6 +762,7 @@ mig_contract_plan_build(Relation rel, MigMigration *m)
 	plan_objects(plan, indexoids, fkoids);
 	plan_checks(plan, rel);
 	plan_props(plan, rel);
+	mig_contract_plan_views(plan, plan->viewdirect);
 	return plan;
 }
 

@@ -745,6 +745,40 @@ swap_column_sql(ContractPlan *plan, List *identities, StringInfo sql)
 }
 
 /*
+ * Create the views again on the new columns.  A new column that keeps its
+ * own name carries the old one's for that moment, so that the captured
+ * definitions read it; renamed back, its views follow it.
+ */
+static void
+swap_views(ContractPlan *plan, List *views)
+{
+	StringInfoData there;
+	StringInfoData back;
+	ListCell   *lc;
+
+	if (views == NIL)
+		return;
+	initStringInfo(&there);
+	initStringInfo(&back);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->pair->in_place || plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+			continue;
+		appendStringInfo(&there, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+						 quote_identifier(c->newname), quote_identifier(c->oldname));
+		appendStringInfo(&back, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+						 quote_identifier(c->oldname), quote_identifier(c->newname));
+	}
+	if (there.len > 0)
+		run_sql(there.data);
+	mig_contract_recreate_views(plan, views);
+	if (back.len > 0)
+		run_sql(back.data);
+}
+
+/*
  * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
  * taken all at once through the lock ladder.  Only catalog changes: NOT
  * NULL is set (proved by the validated CHECK), the constraints move to the
@@ -760,6 +794,7 @@ swap(ContractPlan *plan, bool force)
 	StringInfoData sql;
 	StringInfoData grants;
 	List	   *identities = NIL;
+	List	   *views;
 	ListCell   *lc;
 
 	check_caller();
@@ -788,12 +823,19 @@ swap(ContractPlan *plan, bool force)
 		if (c->has_acl)
 			grants_sql(plan, c, &grants);
 	}
+	/* the views, captured before they go, deepest first */
 	initStringInfo(&sql);
+	views = mig_contract_capture_views(plan, &sql);
 	swap_drop_sql(plan, &sql);
 	run_sql(sql.data);
 
 	resetStringInfo(&sql);
 	swap_rename_sql(plan, &sql);
+	if (sql.len > 0)
+		run_sql(sql.data);
+	swap_views(plan, views);
+
+	resetStringInfo(&sql);
 	swap_column_sql(plan, identities, &sql);
 	appendStringInfoString(&sql, grants.data);
 	foreach(lc, plan->columns)
