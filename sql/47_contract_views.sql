@@ -80,6 +80,34 @@ INSERT INTO v_eu (id, name) VALUES (101, 'Eve') RETURNING region;
 INSERT INTO v_names (id, uname) VALUES (102, 'Zed');
 SELECT id, full_name, region FROM v_acct WHERE id >= 100 ORDER BY id;
 
+-- a type change exposed through views: the intended change, and nothing else
+CREATE TABLE v_qty (id int PRIMARY KEY, qty int NOT NULL);
+INSERT INTO v_qty SELECT g, g * 10 FROM generate_series(1, 10) g;
+CREATE VIEW v_qty_x AS SELECT id, qty, qty * 2 AS dbl, qty::text AS txt FROM v_qty;
+CREATE VIEW v_qty_sum AS SELECT sum(qty) AS total, max(dbl) AS top FROM v_qty_x;
+SELECT mig_expand('v_qty', 'qty', type => 'bigint') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE v_qty SET qty = qty;
+RESET migrate_ext.writer;
+SELECT bool_and(passed) AS validated FROM mig_validate('v_qty');
+-- sum(bigint) is numeric, not bigint: a change beyond the intended one,
+-- so the swap rolls back whole
+\set VERBOSITY default
+SELECT mig_contract('v_qty');
+\set VERBOSITY terse
+SELECT attname FROM pg_attribute WHERE attrelid = 'v_qty'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
+SELECT attrelid::regclass, attname, format_type(atttypid, atttypmod) FROM pg_attribute
+ WHERE attrelid IN ('v_qty_x'::regclass, 'v_qty_sum'::regclass) AND attnum > 0 ORDER BY 1, attnum;
+SELECT * FROM v_qty_sum;
+-- with max() the only change is the intended one
+DROP VIEW v_qty_sum;
+CREATE VIEW v_qty_sum AS SELECT max(qty) AS total, max(dbl) AS top FROM v_qty_x;
+SELECT mig_contract('v_qty');
+SELECT attrelid::regclass, attname, format_type(atttypid, atttypmod) FROM pg_attribute
+ WHERE attrelid IN ('v_qty_x'::regclass, 'v_qty_sum'::regclass) AND attnum > 0 ORDER BY 1, attnum;
+SELECT * FROM v_qty_sum;
+DROP TABLE v_qty CASCADE;
+
 -- what cannot be carried is named by validation, before anything is built
 CREATE MATERIALIZED VIEW v_mat AS SELECT id, full_name FROM v_acct;
 CREATE FUNCTION v_rows_of() RETURNS SETOF v_names LANGUAGE sql AS 'SELECT * FROM v_names';

@@ -136,6 +136,47 @@ locked_by_me(Oid relid)
 }
 
 /*
+ * Re-raise the worker's NOTICEs and its error here until it detaches,
+ * waiting on the latch between messages (cancellable).
+ */
+static void
+relay_worker(shm_mq_handle *mqh)
+{
+	for (;;)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res = shm_mq_receive(mqh, &nbytes, &data, true);
+
+		if (res == SHM_MQ_SUCCESS)
+		{
+			StringInfoData msg;
+			char		msgtype;
+
+			initStringInfo(&msg);
+			appendBinaryStringInfo(&msg, data, nbytes);
+			msgtype = pq_getmsgbyte(&msg);
+			if (msgtype == 'E' || msgtype == 'N')
+			{
+				ErrorData	edata;
+
+				pq_parse_errornotice(&msg, &edata);
+				/* the worker's FATAL (it was terminated) is our ERROR */
+				edata.elevel = Min(edata.elevel, ERROR);
+				ThrowErrorData(&edata);
+			}
+			pfree(msg.data);
+			continue;
+		}
+		if (res == SHM_MQ_DETACHED)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * mig_contract(tbl, force)
  *
  * Checks, then runs the steps in a background worker and waits for it,
@@ -237,38 +278,7 @@ mig_contract(PG_FUNCTION_ARGS)
 							&args, &handle);
 	mqh = shm_mq_attach(mq, seg, handle);
 
-	for (;;)
-	{
-		Size		nbytes;
-		void	   *data;
-		shm_mq_result res = shm_mq_receive(mqh, &nbytes, &data, true);
-
-		if (res == SHM_MQ_SUCCESS)
-		{
-			StringInfoData msg;
-			char		msgtype;
-
-			initStringInfo(&msg);
-			appendBinaryStringInfo(&msg, data, nbytes);
-			msgtype = pq_getmsgbyte(&msg);
-			if (msgtype == 'E' || msgtype == 'N')
-			{
-				ErrorData	edata;
-
-				pq_parse_errornotice(&msg, &edata);
-				/* the worker's FATAL (it was terminated) is our ERROR */
-				edata.elevel = Min(edata.elevel, ERROR);
-				ThrowErrorData(&edata);
-			}
-			pfree(msg.data);
-			continue;
-		}
-		if (res == SHM_MQ_DETACHED)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
+	relay_worker(mqh);
 
 	SpinLockAcquire(&sh->mutex);
 	done = sh->done;

@@ -33,7 +33,9 @@
 #include "executor/spi.h"
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/dsm.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/shm_mq.h"
@@ -304,7 +306,10 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		PG_END_TRY();
 		if (!retry)
 			break;
-		pg_usleep(1000L * mig_lock_timeout_max_ms);
+		/* let the long transaction it ran into get ahead */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 mig_lock_timeout_max_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
 	}
 	if (ci->stmt->unique)
 		record_index(plan, ci);
