@@ -52,3 +52,25 @@ RESET migrate_ext.writer;
 SELECT check_name, passed, failing, detail FROM mig_validate('p_item') WHERE check_name ~ 'fkey';
 SELECT mig_abort('p_item');
 DROP TABLE p_part, p_line, p_item, p_cat, p_users, p_def;
+
+-- a check that cannot run (no privilege on the referenced table) fails and
+-- says why (conservative: it blocks contract unless forced); mig_validate itself goes on
+CREATE ROLE p_app;
+CREATE SCHEMA p_app AUTHORIZATION p_app;
+CREATE TABLE p_ref (code text PRIMARY KEY);
+INSERT INTO p_ref VALUES ('a');
+GRANT REFERENCES ON p_ref TO p_app;
+SET ROLE p_app;
+CREATE TABLE p_app.p_mine (id int PRIMARY KEY, code text REFERENCES public.p_ref);
+INSERT INTO p_app.p_mine VALUES (1, 'a');
+SELECT mig_expand('p_app.p_mine', 'code', up => 'code') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE p_app.p_mine SET code = code;
+RESET migrate_ext.writer;
+SELECT check_name, passed, failing, detail FROM mig_validate('p_app.p_mine') WHERE NOT passed;
+SELECT mig_abort('p_app.p_mine');
+DROP TABLE p_app.p_mine;
+RESET ROLE;
+DROP TABLE p_ref;
+DROP SCHEMA p_app;
+DROP ROLE p_app;

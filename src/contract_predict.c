@@ -23,6 +23,7 @@
 
 #include "access/attmap.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -35,6 +36,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 
 #include "contract.h"
@@ -63,28 +65,60 @@ qualified_rel(Oid relid)
 
 /*
  * Run a query returning (count bigint, examples text); fill a prediction's
- * count and detail ("<count> <what>, e.g. <examples>").
+ * count and detail ("<count> <what>, e.g. <examples>").  In a
+ * subtransaction: a query that cannot run (no privilege on a referenced
+ * table, say) is a failing check that says why, not an error of
+ * mig_validate.
  */
 static void
 run_count(List **out, const char *name, const char *sql, const char *what,
 		  const char *okdetail)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	int64		failing = 0;
-	char	   *examples = NULL;
-	bool		isnull;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int64 failing = 0;
+	char	   *volatile examples = NULL;
+	char	   *volatile error = NULL;
 
-	SPI_connect();
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-	failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull)
-		failing = 0;
-	examples = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (examples)
-		examples = MemoryContextStrdup(cxt, examples);
-	SPI_finish();
-	if (failing > 0)
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		bool		isnull;
+		char	   *ex;
+
+		SPI_connect();
+		if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+		failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (isnull)
+			failing = 0;
+		ex = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		if (ex)
+			examples = MemoryContextStrdup(cxt, ex);
+		SPI_finish();
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		error = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	if (error)
+		prediction(out, name, 1, psprintf("could not be checked: %s", error));
+	else if (failing > 0)
 		prediction(out, name, failing,
 				   psprintf(INT64_FORMAT " %s%s%s", failing, what,
 							examples ? ", e.g. " : "", examples ? examples : ""));
