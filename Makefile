@@ -7,9 +7,13 @@
 #   make demo       a throwaway server and a real migration of a generated table
 #   make bench      the benchmarks (see doc/bench.md)
 #   make valgrind   a single-user backend under valgrind through the trigger's paths
+#   make package-test  build the Debian package in a clean copy, install it,
+#                   and run pg_regress against the installed files (debian/)
 
 EXTENSION = migrate_ext
-EXTVERSION = 0.1
+# The version lives in one place, the control file's default_version; META.json
+# and debian/changelog must agree (test/t/081_versions.pl checks).
+EXTVERSION := $(shell sed -n -E "s/^default_version[[:space:]]*=[[:space:]]*'([^']+)'.*/\1/p" $(EXTENSION).control)
 MODULE_big = migrate_ext
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
@@ -17,7 +21,18 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 SQL_PIECES = $(sort $(wildcard src/sql/*.sql))
 
-PG_CPPFLAGS = -I$(srcdir)/src
+# Update scripts: one per src/upgrade/FROM--TO.sql (the catalog delta), made
+# by src/upgrade/sqlface.pl; the step that ends at EXTVERSION also re-creates
+# every function and view from SQL_PIECES.  src/upgrade/RELEASES says which
+# commit each released version was built from.
+UPGRADE_DELTAS = $(sort $(wildcard src/upgrade/*--*.sql))
+UPGRADE_SCRIPTS = $(patsubst src/upgrade/%.sql,$(EXTENSION)--%.sql,$(UPGRADE_DELTAS))
+DATA_built += $(UPGRADE_SCRIPTS)
+
+# MIGRATE_EXT_VERSION: the version the library was built as, for the C code
+# to compare with pg_extension.extversion (a library newer than its catalog
+# runs between a package upgrade and ALTER EXTENSION ... UPDATE).
+PG_CPPFLAGS = -I$(srcdir)/src -DMIGRATE_EXT_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
 	-Wno-sign-compare -Wno-clobbered
 
@@ -44,10 +59,19 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+ifeq ($(EXTVERSION),)
+$(error no default_version in $(EXTENSION).control)
+endif
+
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PIECES)
 	cat $^ > $@
 
-.PHONY: test demo bench valgrind tmp_check_dir
+# The last step (to EXTVERSION) re-creates the code; earlier ones are deltas.
+$(EXTENSION)--%.sql: src/upgrade/%.sql src/upgrade/sqlface.pl $(SQL_PIECES)
+	perl src/upgrade/sqlface.pl $< $(if $(filter %--$(EXTVERSION),$*),$(SQL_PIECES)) > $@.tmp
+	mv $@.tmp $@
+
+.PHONY: test demo bench valgrind tmp_check_dir package-test
 tmp_check_dir:
 	@mkdir -p tmp_check
 
@@ -62,3 +86,6 @@ bench:
 
 valgrind:
 	@bash test/valgrind.sh
+
+package-test:
+	@bash test/package.sh

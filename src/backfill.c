@@ -583,7 +583,13 @@ mig_backfill_resume_interrupted(void)
 		args->arg = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		args->role_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		args->login_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
-		jobs = lappend(jobs, args);
+		/* the list must outlive SPI_finish, like its elements */
+		{
+			MemoryContext spicxt = MemoryContextSwitchTo(oldcxt);
+
+			jobs = lappend(jobs, args);
+			MemoryContextSwitchTo(spicxt);
+		}
 	}
 	SPI_finish();
 

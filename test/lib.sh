@@ -12,6 +12,8 @@
 #   mig_ensure_user       the unprivileged user that runs servers (initdb
 #                         refuses root): MIG_TEST_USER, default migtest
 #   mig_as_user CMD       run CMD with bash as that user, with a clean PATH
+#   mig_export_releases DIR  the source of each released version (git
+#                         archive of the commit src/upgrade/RELEASES names)
 #
 # Settings (environment): MIG_TEST_USER, PG_CONFIG, MIG_APT_LOG.
 
@@ -19,8 +21,14 @@ MIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MIG_PG_MAJOR=15
 # What the build and the suites need beyond the postgresql-15 server and
 # client: PGXS and headers, IPC::Run (and IO::Pty, for interactive_psql) for
-# the TAP tests, a compiler, and valgrind for test/valgrind.sh.
-MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev valgrind)
+# the TAP tests, a compiler, valgrind for test/valgrind.sh, git for the
+# released version test/t/080_upgrade.pl builds, pgbouncer for
+# test/t/082_pgbouncer.pl, prometheus-postgres-exporter for
+# test/t/083_exporter.pl, and the Debian packaging tools for make
+# package-test (test/package.sh).
+MIG_PACKAGES=("postgresql-server-dev-$MIG_PG_MAJOR" libipc-run-perl libio-pty-perl make gcc libc6-dev valgrind
+	git pgbouncer prometheus-postgres-exporter
+	postgresql-server-dev-all debhelper dpkg-dev build-essential)
 MIG_APT_LOG=${MIG_APT_LOG:-/tmp/migrate_ext_apt.log}
 
 mig_log() { printf '==> %s\n' "$*"; }
@@ -126,13 +134,38 @@ mig_install() {
 # mig_make_var NAME: a plain "NAME = value" of the Makefile.
 mig_make_var() { sed -n -E "s/^$1[[:space:]]*=[[:space:]]*//p" "$MIG_ROOT/Makefile" | head -n 1; }
 
+# The version being built: the control file's default_version.
+mig_version() {
+	sed -n -E "s/^default_version[[:space:]]*=[[:space:]]*'([^']+)'.*/\1/p" \
+		"$MIG_ROOT/$(mig_make_var EXTENSION).control"
+}
+
+# mig_export_releases DIR: DIR/migrate_ext-V.tar for each released version V
+# of src/upgrade/RELEASES, from git history. Says so, and goes on, when the
+# tree is not a git clone or lacks the commit (a shallow clone): the upgrade
+# test then fails saying what is missing.
+mig_export_releases() {
+	local dir=$1 v c
+	mkdir -p "$dir" || return 1
+	while read -r v c; do
+		case $v in '' | '#'*) continue ;; esac
+		if git -C "$MIG_ROOT" archive --format=tar --prefix="migrate_ext-$v/" "$c" \
+			>"$dir/migrate_ext-$v.tar" 2>"$dir/migrate_ext-$v.err"; then
+			rm -f "$dir/migrate_ext-$v.err"
+		else
+			rm -f "$dir/migrate_ext-$v.tar"
+			mig_warn "cannot export release $v (commit $c) from git: $(head -n 1 "$dir/migrate_ext-$v.err")"
+		fi
+	done <"$MIG_ROOT/src/upgrade/RELEASES"
+}
+
 # True when the installed library, control file and SQL script are the ones
 # in the work tree (for a user who cannot run make install).
 mig_installed_is_current() {
 	local ext mod ver lib share
 	ext=$(mig_make_var EXTENSION)
 	mod=$(mig_make_var MODULE_big)
-	ver=$(mig_make_var EXTVERSION)
+	ver=$(mig_version)
 	lib=$("$PG_CONFIG" --pkglibdir)
 	share=$("$PG_CONFIG" --sharedir)/extension
 	[ -n "$ext" ] && [ -n "$mod" ] && [ -n "$ver" ] || return 1

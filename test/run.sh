@@ -18,7 +18,8 @@
 #                     (default 840): a suite still running then is stopped
 #                     and counts as failed
 #   MIG_TEST_KEEP=1   keep the staging copy even when everything passed
-#   MIG_TEST_SUITES   which suites, default "regress isolation tap valgrind"
+#   MIG_TEST_SUITES   which suites, default "regress isolation tap valgrind
+#                     package" (package: test/package.sh, make package-test)
 #   PG_CONFIG         default /usr/lib/postgresql/15/bin/pg_config
 
 set -uo pipefail
@@ -27,7 +28,7 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BUDGET=${MIG_TEST_BUDGET:-840}
-SUITES=${MIG_TEST_SUITES:-regress isolation tap valgrind}
+SUITES=${MIG_TEST_SUITES:-regress isolation tap valgrind package}
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
@@ -237,6 +238,8 @@ mig_ensure_user || fail_early user
 
 # --- 3. where the suites run -----------------------------------------------------
 HLOG=$(mktemp -d /tmp/migrate_ext_harness.XXXXXX)
+# the released versions' sources, for the upgrade test (git is not staged)
+mig_export_releases "$MIG_ROOT/test/releases"
 if mig_is_root; then
 	STAGE=$(mktemp -d /tmp/migrate_ext_test.XXXXXX)
 	tar -C "$MIG_ROOT" --exclude=./.git --exclude=./results --exclude=./output_iso \
@@ -338,6 +341,15 @@ for suite in $SUITES; do
 			tally valgrind 1 0
 		else
 			tally valgrind 0 1 valgrind:test/valgrind.sh
+		fi
+		;;
+	package)
+		# the Debian package, built in a clean copy and tested by pg_regress
+		# against its files in a scratch server (~40 s)
+		if bash "$MIG_ROOT/test/package.sh"; then
+			tally package 1 0
+		else
+			tally package 0 1 package:test/package.sh
 		fi
 		;;
 	*) mig_warn "unknown suite '$suite' in MIG_TEST_SUITES" ;;

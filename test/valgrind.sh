@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test/valgrind.sh (make valgrind): a single-user backend with migrate_ext
 # preloaded, run under valgrind through expand, every dual-write direction,
-# a split, round-trip and expression errors, and abort. Fails on any error
+# a split, round-trip and expression errors, a preflight's fallbacks and
+# sorts, and abort. Fails on any error
 # valgrind reports, except PostgreSQL's own known false positive (the WAL
 # writer's padding bytes, suppressed as in src/tools/valgrind.supp).
 # Not part of make test: it takes a minute. Build and install first.
@@ -68,6 +69,14 @@ INSERT INTO docs VALUES (1000, 'not json');
 SELECT mig_expand('people', 'note', up => 'lower(nte)');
 
 SELECT * FROM mig_validate('docs');
+
+CREATE TABLE dirty (id int PRIMARY KEY, v text UNIQUE);
+
+INSERT INTO dirty SELECT g, CASE WHEN g % 7 = 0 THEN 'x' || g WHEN g % 11 = 0 THEN NULL ELSE g::text END FROM generate_series(1, 300) g;
+
+SELECT * FROM mig_preflight('dirty', 'v', 'int', not_null => true, check_expr => '_mig_new_v < 250');
+
+SELECT * FROM mig_preflight('dirty', 'v', 'int', up => 'length(v)');
 
 SELECT mig_abort('people');
 

@@ -1,0 +1,11 @@
+/*
+ * The catalog from 0.1 to 0.2: hand-written, and only ALTERs of what holds
+ * data (tables, sequences, indexes, types; see src/upgrade/sqlface.pl).
+ * Functions and views need nothing here: the update re-creates them from
+ * src/sql.  Whoever changes a catalog statement in src/sql adds its ALTER
+ * here; test/t/080_upgrade.pl fails, showing the pg_dump difference,
+ * until an updated 0.1 database and a fresh 0.2 one have the same catalog.
+ *
+ * Add new columns at the END of their CREATE TABLE in src/sql, since
+ * ALTER TABLE ... ADD COLUMN appends: pg_dump shows column order.
+ */
