@@ -9,3 +9,18 @@
  * Add new columns at the END of their CREATE TABLE in src/sql, since
  * ALTER TABLE ... ADD COLUMN appends: pg_dump shows column order.
  */
+
+/* The finish gate (contract_gate.c): what invalidates a passed validation. */
+ALTER TABLE migrate_ext.migration
+	ADD COLUMN invalidated_at timestamptz,
+	ADD COLUMN invalidated_why text;
+
+/* What an unfinished mig_contract added, by OID (contract_undo.c). */
+CREATE TABLE migrate_ext.contract_object (
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	classid		oid NOT NULL,
+	objid		oid NOT NULL,
+	relid		oid NOT NULL,
+	added_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);
