@@ -105,6 +105,10 @@ describe_rule(Oid ruleoid)
 	}
 	systable_endscan(scan);
 	table_close(rwrel, AccessShareLock);
+	if (addr.classId == RelationRelationId &&
+		get_rel_relkind(addr.objectId) == RELKIND_MATVIEW)
+		return psprintf("%s (mig_contract does not rebuild materialized views yet: drop it before contract and create it again after)",
+						getObjectDescription(&addr, false));
 	return getObjectDescription(&addr, false);
 }
 
