@@ -3,8 +3,10 @@
  * contract.c
  *	  mig_cutover and mig_contract: the end of a migration.
  *
- * mig_cutover only flips which side of each pair the dual-write trigger
- * treats as authoritative.  mig_contract is the point of no return: it
+ * Both go through the finish gate (contract_gate.c): an exact validation
+ * that passed and that nothing has invalidated since.  mig_cutover then
+ * only flips which side of each pair the dual-write trigger treats as
+ * authoritative.  mig_contract is the point of no return: it
  * drops the old column and puts the new one in its place, and it must do so
  * without ever queueing production traffic behind a lock, on tables where a
  * plain ALTER TABLE would take the site down.  So it never does anything

@@ -6,8 +6,11 @@
  *
  * contract_plan.c works out a ContractPlan from the catalog; contract.c (the
  * caller) computes one to check before it starts the worker, and
- * contract_worker.c computes it again and carries it out.  Private to those
- * three files.
+ * contract_worker.c computes it again and carries it out; contract_views.c
+ * carries the dependent views, contract_undo.c records and removes what an
+ * unfinished contract added, contract_gate.c is the gate before the point
+ * of no return, and contract_predict.c turns the plan into validation's
+ * checks (for validate.c).  Private to those files and validate.c.
  *
  *-------------------------------------------------------------------------
  */

@@ -8,13 +8,19 @@
  * error to the caller through the shm_mq that contract.c set up, plans again
  * (contract_plan.c) and runs the steps: the copies of the indexes built
  * concurrently by utility statements run at top level, the constraints
- * added NOT VALID and then validated, SET NOT NULL proved without a scan,
- * and last the swap.
+ * (NOT NULL's proof, expand's check_expr, the old column's CHECKs, the
+ * foreign keys) added NOT VALID and then validated, and last the swap,
+ * which re-checks the finish gate under its lock, sets NOT NULL without a
+ * scan, recreates the dependent views (contract_views.c) and carries the
+ * column's privileges and settings.
  *
- * Every lock is taken through the lock_timeout ladder of ddl.c.  Each step
- * checks what the steps before it left, so after a failure (a lock that
- * could not be had, a cancel, a crash) a second mig_contract picks up where
- * the first stopped; an index build that failed is dropped before failing.
+ * Every lock is taken through the lock_timeout ladder of ddl.c.  Whatever
+ * a step adds that new writes would meet is recorded by OID
+ * (contract_undo.c) and dropped again when a later step fails or the
+ * caller cancels, so a stopped contract leaves nothing enforced that was
+ * not there before.  Copies of plain indexes stay: a second mig_contract
+ * picks up where the first stopped; an index build that failed is dropped
+ * before failing.
  *
  *-------------------------------------------------------------------------
  */

@@ -20,6 +20,11 @@
  * chunk to name them (by primary key, else a unique key, else ctid), so a
  * table full of failing rows costs no more than a clean one.
  *
+ * Each chunk runs in a subtransaction: a row whose up, down or check_expr
+ * raises an error makes the chunk be read again row by row, and is counted
+ * in the "evaluates" check with its key, instead of ending the validation.
+ * Then what contract would meet is checked (contract_predict.c).
+ *
  * The SQL is generated from the stored expression trees with mig_deparse()
  * under search_path = pg_catalog, pg_temp, and runs with the caller's
  * privileges (who must own the table).
