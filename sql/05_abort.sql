@@ -21,11 +21,16 @@ INSERT INTO shop VALUES (3, 'GhI', 3);
 SELECT mig_expand('shop', 'sku', up => 'lower(sku)') > :mid AS new_migration;
 SELECT count(*) AS migrations, count(*) FILTER (WHERE phase = 'aborted') AS aborted
   FROM migrate_ext.migration WHERE relid = 'shop'::regclass;
--- a new column dropped by hand does not stop abort
+-- the new column cannot be dropped by hand while the migration is active
 ALTER TABLE shop DROP COLUMN _mig_new_sku;
--- ...nor writes: the pair is skipped with a warning, not every write failed
+-- abort drops what expand created, by attribute number, not by name: a
+-- column renamed goes, a user's column that took the name stays
+ALTER TABLE shop RENAME COLUMN _mig_new_sku TO sku_renamed;
+ALTER TABLE shop ADD COLUMN _mig_new_sku text DEFAULT 'mine';
 INSERT INTO shop VALUES (4, 'JkL', 4);
 SELECT mig_abort('shop');
+SELECT id, sku, _mig_new_sku FROM shop ORDER BY id;
+ALTER TABLE shop DROP COLUMN _mig_new_sku;
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'shop'::regclass;
 -- a table that never had a migration
 CREATE TABLE untouched (id int);

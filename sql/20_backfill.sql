@@ -28,7 +28,7 @@ $$;
 CREATE FUNCTION bf_alive(tbl regclass) RETURNS boolean
 LANGUAGE sql AS $$
 	SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
-				   AND classid = 1835624306 AND objid = (bf_job(tbl)).id AND objsubid = 2)
+				   AND classid = migrate_ext.lock_key('job') AND objid = (bf_job(tbl)).id AND objsubid = 2)
 $$;
 
 CREATE TABLE bf_users (id int PRIMARY KEY, email text NOT NULL);

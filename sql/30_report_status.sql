@@ -1,6 +1,6 @@
 -- mig_status, mig_progress, mig_history: every column, driven by job rows
 -- inserted by hand (the backfill worker writes them for real).  A job looks
--- alive while someone holds the advisory lock (1835624306, job id): here,
+-- alive while someone holds the advisory lock (migrate_ext.lock_key('job'), job id): here,
 -- this session.
 SET client_min_messages = notice;
 CREATE TABLE rep_st (id int PRIMARY KEY, email text);
@@ -29,7 +29,7 @@ SELECT state, throttle_reason, rows_done, rows_seen, rows_total, rows_total_exac
 -- nobody holds the worker's lock: interrupted, and so no rate or ETA
 SELECT * FROM rep_v;
 -- the worker's lock held: running
-SELECT pg_advisory_lock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
+SELECT pg_advisory_lock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
 SELECT * FROM rep_v;
 -- the bar renders in the database encoding, 20 cells
 SELECT bar, length(bar) FROM mig_status WHERE table_name = 'rep_st';
@@ -70,7 +70,7 @@ UPDATE migrate_ext.job SET state = 'done', rows_total = 5000, rows_seen = 7342, 
        finished_at = now() WHERE id = (SELECT max(id) FROM migrate_ext.job);
 SELECT state, rows_done, rows_total, rows_total_exact, percent, bar, rate_recent, rate_avg, eta FROM rep_v;
 -- failed, with the error; the lock no longer matters once the job ended
-SELECT pg_advisory_unlock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int);
+SELECT pg_advisory_unlock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int);
 UPDATE migrate_ext.job SET state = 'failed', rows_seen = 100, last_error = 'deadlock detected',
        last_sqlstate = '40P01', retries = 4 WHERE id = (SELECT max(id) FROM migrate_ext.job);
 SELECT state, percent, batch_size, batches, retries, last_error, last_sqlstate, eta FROM rep_v;

@@ -19,7 +19,7 @@ SELECT id, 'running', (SELECT oid FROM pg_database WHERE datname = current_datab
        20, 8, 10, 5, 2, 1, 2, 4, 'canceling statement due to lock timeout', '55P03'
   FROM migrate_ext.migration WHERE relid = 'rep_ck'::regclass;
 UPDATE migrate_ext.migration SET phase = 'backfilling' WHERE relid = 'rep_ck'::regclass;
-SELECT pg_advisory_lock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
+SELECT pg_advisory_lock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int) IS NOT NULL AS locked;
 SELECT pg_temp.masked(mig_checklist('rep_ck'));
 
 -- mig_wait: a line now and one when the timeout passes; the job goes on
@@ -28,7 +28,7 @@ UPDATE migrate_ext.job SET state = 'throttled', throttle_reason = 'rate cap 100 
  WHERE id = (SELECT max(id) FROM migrate_ext.job);
 SELECT mig_wait('rep_ck', '0.1 s');
 -- the worker gone without a word: interrupted (after a short grace)
-SELECT pg_advisory_unlock(1835624306, (SELECT max(id) FROM migrate_ext.job)::int);
+SELECT pg_advisory_unlock(migrate_ext.lock_key('job'), (SELECT max(id) FROM migrate_ext.job)::int);
 SELECT mig_wait('rep_ck');
 
 -- done: the rows are backfilled, the checklist ticks the backfill

@@ -21,20 +21,13 @@
 
 #include "migrate_ext.h"
 
-/*
- * Whoever starts a worker holds this lock (MIG_GATE_LOCK_KEY, job id) until
- * its transaction ends; the worker waits for it, so it never reads the job
- * row before the row it was started for is committed (or rolled back).
- */
-#define MIG_GATE_LOCK_KEY		1835624307
-
 #define BF_VACUUM_FRACTION		0.05	/* VACUUM after this share of the rows */
 #define BF_VACUUM_MIN_ROWS		10000
 
 /* What a batch reads from the job row, valid for one transaction. */
 typedef struct BfJob
 {
-	char	   *state;
+	JobState	state;
 	int64		migration_id;
 	char	   *key_kind;		/* NULL: the walk has not started */
 	List	   *key_cols;		/* of char * */
@@ -42,14 +35,7 @@ typedef struct BfJob
 	List	   *upper_key;		/* of char *; NIL: nothing to walk */
 } BfJob;
 
-/* backfill.c: job states and the jobs' advisory locks */
-extern void bf_locktag(LOCKTAG *tag, int32 key, int64 job_id);
-extern bool bf_state_is(const char *state, const char *a, const char *b,
-						const char *c);
-extern bool bf_state_live(const char *state);
-
 /* backfill_walk.c: the walk, and the batches' SQL */
-extern const char *bf_qualified_name(Oid relid);
 extern Datum bf_text_array(List *l);
 extern bool bf_is_ctid(BfJob *job);
 extern void bf_start_walk(Relation rel, MigMigration *m, BfJob *job,

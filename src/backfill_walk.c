@@ -62,14 +62,6 @@
  * ----------------------------------------------------------------
  */
 
-/* The table's name, schema-qualified and quoted, for SQL and messages. */
-const char *
-bf_qualified_name(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
-}
-
 /* A List of C strings as a text[] datum: how key values are stored. */
 Datum
 bf_text_array(List *l)
@@ -101,102 +93,6 @@ bf_lists_equal(List *a, List *b)
  *		The walk
  * ----------------------------------------------------------------
  */
-
-static Oid
-bf_operator_namespace(Oid opno)
-{
-	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
-	Oid			nsp;
-
-	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	nsp = ((Form_pg_operator) GETSTRUCT(tup))->oprnamespace;
-	ReleaseSysCache(tup);
-	return nsp;
-}
-
-/*
- * Can the walk follow this index?  A plain btree over NOT NULL columns with
- * their default ordering and collation, whose comparison operators are
- * built in (the batches' SQL runs with search_path = pg_catalog, so "(a, b)
- * > ($1, $2)" must find exactly the index's operators).  Sets *cols to the
- * key columns' names.
- */
-static bool
-bf_index_walkable(Relation rel, Oid indexoid, List **cols)
-{
-	Relation	ind = index_open(indexoid, AccessShareLock);
-	Form_pg_index idx = ind->rd_index;
-	bool		ok;
-
-	*cols = NIL;
-	ok = ind->rd_rel->relam == BTREE_AM_OID && idx->indisvalid &&
-		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
-		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
-	for (int i = 0; ok && i < idx->indnkeyatts; i++)
-	{
-		AttrNumber	attnum = idx->indkey.values[i];
-		Form_pg_attribute att;
-		Oid			opclass;
-		Oid			gt;
-
-		if (attnum <= 0)
-		{
-			ok = false;
-			break;
-		}
-		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-		opclass = GetDefaultOpClass(att->atttypid, BTREE_AM_OID);
-		gt = get_opfamily_member(ind->rd_opfamily[i], ind->rd_opcintype[i],
-								 ind->rd_opcintype[i], BTGreaterStrategyNumber);
-		if (!att->attnotnull || ind->rd_indoption[i] != 0 || !OidIsValid(opclass) ||
-			get_opclass_family(opclass) != ind->rd_opfamily[i] ||
-			get_opclass_input_type(opclass) != ind->rd_opcintype[i] ||
-			ind->rd_indcollation[i] != att->attcollation ||
-			!OidIsValid(gt) || bf_operator_namespace(gt) != PG_CATALOG_NAMESPACE)
-			ok = false;
-		else
-			*cols = lappend(*cols, pstrdup(NameStr(att->attname)));
-	}
-	index_close(ind, AccessShareLock);
-	return ok;
-}
-
-/*
- * Choose what the walk follows: the primary key, else the unique NOT NULL
- * key with the fewest columns, else physical ctid ranges.
- */
-static const char *
-bf_choose_key(Relation rel, List **cols)
-{
-	Oid			pk = RelationGetPrimaryKeyIndex(rel);
-	List	   *best = NIL;
-	ListCell   *lc;
-
-	if (OidIsValid(pk) && bf_index_walkable(rel, pk, cols))
-		return "primary key";
-
-	foreach(lc, RelationGetIndexList(rel))
-	{
-		Oid			indexoid = lfirst_oid(lc);
-		List	   *c;
-		bool		unique;
-		HeapTuple	tup;
-
-		if (indexoid == pk)
-			continue;
-		tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
-		if (!HeapTupleIsValid(tup))
-			continue;
-		unique = ((Form_pg_index) GETSTRUCT(tup))->indisunique;
-		ReleaseSysCache(tup);
-		if (unique && bf_index_walkable(rel, indexoid, &c) &&
-			(best == NIL || list_length(c) < list_length(best)))
-			best = c;
-	}
-	*cols = best;
-	return best ? "unique key" : "ctid";
-}
 
 /* Does the walk follow physical ctid ranges rather than a key? */
 bool
@@ -238,16 +134,13 @@ void
 bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 			  double *rows_per_block, int64 *vacuum_every)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
-	Datum		v[6];
-	char		n[7] = "      ";
 	int64		total = -1;
 	bool		exact = false;
 	ListCell   *lc;
 
-	job->key_kind = (char *) bf_choose_key(rel, &job->key_cols);
+	job->key_kind = (char *) mig_choose_key(rel, &job->key_cols);
 	job->lower_key = NIL;
 	job->upper_key = NIL;
 	if (bf_is_ctid(job))
@@ -299,20 +192,12 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
-	v[0] = Int64GetDatum(job_id);
-	v[1] = CStringGetTextDatum(job->key_kind);
-	v[2] = bf_text_array(job->key_cols);
-	v[3] = job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0;
-	n[3] = job->upper_key ? ' ' : 'n';
-	v[4] = Int64GetDatum(total);
-	n[4] = total >= 0 ? ' ' : 'n';
-	v[5] = BoolGetDatum(exact);
-	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
-					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-					 "WHERE id = $1", 6, types, v, n, 1);
+	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
+					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
+					   job->upper_key == NIL, total, exact);
 
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
-		mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLING, NULL);
+	if (m->phase == MIG_PHASE_EXPANDED)
+		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
 }
 
 /*
@@ -340,10 +225,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was dropped",
 						MIG_TRIGGER_NAME, relname);
 	}
-	if (trig->tgenabled == TRIGGER_DISABLED ||
-		(SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
-		 trig->tgenabled == TRIGGER_FIRES_ON_ORIGIN :
-		 trig->tgenabled == TRIGGER_FIRES_ON_REPLICA))
+	if (!mig_trigger_fires(trig->tgenabled))
 	{
 		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
@@ -478,7 +360,7 @@ bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filt
 		const char *or = foreach_current_index(lc) ? " OR " : "";
 
 		appendStringInfo(set, "%s%s = %s", sep, col, col);
-		if (!OidIsValid(tce->eq_opr) || bf_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
+		if (!OidIsValid(tce->eq_opr) || mig_operator_namespace(tce->eq_opr) != PG_CATALOG_NAMESPACE)
 			appendStringInfo(filter, "%s%s IS NULL OR %s::text IS DISTINCT FROM (%s)::text",
 							 or, col, col, up);
 		else if (OidIsValid(att->attcollation) && OidIsValid(upcoll) &&
@@ -500,7 +382,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			 int64 *seen, int64 *written)
 {
 	int			nk = list_length(job->key_cols);
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	Oid		   *types = palloc(sizeof(Oid) * (3 * nk + 1));
 	Datum	   *values = palloc(sizeof(Datum) * (3 * nk + 1));
 	StringInfoData range;
@@ -513,6 +395,8 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	List	   *end = NIL;
 	bool		isnull;
 
+	Assert(nk > 0 && size > 0);
+	Assert(job->upper_key != NIL && list_length(job->upper_key) == nk);
 	/* (lower, upper] and the batch size */
 	initStringInfo(&range);
 	if (job->lower_key)
@@ -581,7 +465,7 @@ List *
 bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			  double *rows_per_block, int64 *seen, int64 *written)
 {
-	const char *qname = bf_qualified_name(RelationGetRelid(rel));
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
 	BlockNumber hi = bf_block_of(linitial(job->upper_key));
 	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
@@ -592,6 +476,7 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	StringInfoData filter;
 	bool		isnull;
 
+	Assert(lo <= end && end <= hi);
 	values[0] = bf_block_tid(lo);
 	values[1] = bf_block_tid(end);
 	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",

@@ -56,7 +56,6 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/walsender.h"
-#include "replication/walsender_private.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -72,6 +71,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
 #include "backfill.h"
@@ -144,7 +144,6 @@ typedef struct BfWorker
 	/* space reuse */
 	int			pending_vacuums;	/* not yet counted in the job row */
 	int64		written_since_vacuum;
-	int64		written_total;
 	int64		vacuum_every;
 	double		rows_per_block; /* ctid walk: rows a block holds */
 } BfWorker;
@@ -186,18 +185,20 @@ bf_read_job(BfJob *job)
 	Datum		d;
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
+	if (mig_catalog_query("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 							  "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 							  "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-							  "upper_key, migration_id FROM migrate_ext.job WHERE id = $1",
+							  "upper_key, migration_id FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
+	/* a job row that is gone is as good as cancelled */
+	job->state = JOB_CANCELLED;
 	if (SPI_processed != 1)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 
-	job->state = SPI_getvalue(tup, desc, 1);
+	job->state = mig_job_state_parse(SPI_getvalue(tup, desc, 1));
 	bf->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 	bf->batch_size_fixed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 	bf->target_batch_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
@@ -221,7 +222,7 @@ bf_read_job(BfJob *job)
 static void
 bf_lock_job(void)
 {
-	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id = $1 FOR NO KEY UPDATE",
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)}, NULL, 1);
 }
 
@@ -244,26 +245,13 @@ bf_active_delta(void)
  * error and what to do about it recorded, and logged.
  */
 static void
-bf_record_end(const char *state, const char *error, const char *sqlstate)
+bf_record_end(JobState state, const char *error, const char *sqlstate)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
-	Datum		v[5];
-	char		n[6] = "     ";
-
-	v[0] = Int64GetDatum(bf->job_id);
-	v[1] = CStringGetTextDatum(state);
-	v[2] = CStringGetTextDatum(error);
-	v[3] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
-	n[3] = sqlstate ? ' ' : 'n';
-	v[4] = Int64GetDatum(bf->pending_retries);
-	mig_catalog_exec("UPDATE migrate_ext.job SET state = $2, last_error = $3, "
-					 "last_sqlstate = $4, retries = retries + $5, throttle_reason = NULL, "
-					 "updated_at = now(), finished_at = now() WHERE id = $1",
-					 5, types, v, n, 1);
+	mig_job_end(bf->job_id, state, error, sqlstate, bf->pending_retries);
 	bf->pending_retries = 0;
 	ereport(LOG,
 			(errmsg("migrate_ext: backfill job " INT64_FORMAT " %s: %s",
-					bf->job_id, state, error)));
+					bf->job_id, mig_job_state_name(state), error)));
 }
 
 /* ----------------------------------------------------------------
@@ -273,50 +261,6 @@ bf_record_end(const char *state, const char *error, const char *sqlstate)
 
 /* The most a batch's duration is multiplied by to yield to the load. */
 #define BF_MAX_YIELD	10.0
-
-/*
- * Client sessions of this database that are running a statement on a CPU
- * right now: active, and not waiting for a lock, I/O or a latch.  This is
- * gh-ost's Threads_running.  Under load the worker yields, sleeping after
- * each batch for the batch's duration times this number times
- * migrate_ext.backfill_yield, so that on a busy server the backfill takes a
- * small share of the CPU and the application's latency barely moves, while
- * on an idle one it runs flat out.  A session that waits (in mig_wait, on a
- * row lock the batch holds) is not counted: it is not competing with us.
- */
-static int
-bf_busy_sessions(void)
-{
-	int			n = 0;
-	int			nbackends;
-
-	pgstat_clear_backend_activity_snapshot();
-	nbackends = pgstat_fetch_stat_numbackends();
-	for (int i = 1; i <= nbackends; i++)
-	{
-		PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
-		PGPROC	   *proc;
-
-		if (be->st_backendType != B_BACKEND || be->st_databaseid != MyDatabaseId ||
-			be->st_state != STATE_RUNNING || be->st_procpid == MyProcPid)
-			continue;
-		proc = BackendPidGetProc(be->st_procpid);
-		if (proc != NULL && proc->wait_event_info == 0)
-			n++;
-	}
-	return n;
-}
-
-/*
- * migrate_ext.busy_sessions(): what a backfill of this database counts as
- * load right now, for a DBA wondering why a job says throttle_reason 'load'.
- */
-PG_FUNCTION_INFO_V1(mig_busy_sessions);
-Datum
-mig_busy_sessions(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_INT32(bf_busy_sessions());
-}
 
 /* rows_recent: rows covered per second over the last BF_RATE_WINDOW_MS. */
 static double
@@ -376,116 +320,112 @@ bf_set_local(const char *name, const char *value)
 }
 
 /*
- * One batch, in its own transaction.  See the file header for the steps.
+ * The end of a batch's (or the finish's) transaction, whatever the outcome:
+ * the catalog writes made in it commit with it.
  */
 static BfResult
-bf_batch(void)
+bf_commit(BfResult res)
 {
-	BfJob		job;
-	MigMigration *m;
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return res;
+}
+
+/*
+ * How long to wait before the next batch: sleep_ms, or longer to hold
+ * max_rows_per_sec, or to yield to the application's load; *reason says
+ * which throttle made it longer (NULL: none).
+ */
+static int
+bf_pace(int64 seen, long elapsed_ms, const char **reason)
+{
+	int			wait_ms = bf->sleep_ms;
+
+	*reason = NULL;
+	if (bf->max_rows_per_sec > 0 && seen > 0)
+	{
+		int64		need = seen * 1000 / bf->max_rows_per_sec - elapsed_ms;
+
+		if (need > wait_ms)
+		{
+			wait_ms = (int) Min(need, INT_MAX);
+			*reason = "max_rows_per_sec";
+		}
+	}
+	if (mig_backfill_yield > 0)
+	{
+		long		yield_ms;
+
+		bf->busy = (bf->busy + mig_busy_sessions_count()) / 2;
+		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
+		if (yield_ms > wait_ms)
+		{
+			wait_ms = (int) Min(yield_ms, INT_MAX);
+			*reason = "load";
+		}
+	}
+	return wait_ms;
+}
+
+/*
+ * The migration and the table a batch works on, checked under the batch's
+ * lock on the table, with the walk started if it was not.  NULL when there
+ * is no batch to run: *res says why (an ending recorded in the job row, or
+ * the walk is complete); else the table is open in *relp.
+ */
+static MigMigration *
+bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
+{
+	MigMigration *m = mig_catalog_by_id(job->migration_id);
 	Relation	rel;
 	char	   *moved;
 	const char *hint;
-	TimestampTz start;
-	int			size;
-	int64		seen;
-	int64		written;
-	List	   *end;
-	long		elapsed_ms;
-	double		rate;
-	bool		throttled = false;
-	const char *throttle_reason = NULL;
-	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
-		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
-	Datum		v[13];
-	char		n[14] = "             ";
+	MigOwnerSave owner;
 
-	SetCurrentStatementStartTimestamp();
-
-	StartTransactionCommand();
-	SPI_connect();
-	bf_set_local("synchronous_commit", "off");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job();
-	if (!bf_read_job(&job) || !bf_state_is(job.state, "running", "throttled", "paused"))
+	*res = BF_STOP;
+	if (m == NULL || m->phase == MIG_PHASE_ABORTED)
 	{
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		bf_record_end(JOB_CANCELLED, "the migration was aborted", NULL);
+		return NULL;
 	}
-	if (strcmp(job.state, "paused") == 0)
+	if (m->phase > MIG_PHASE_VALIDATED)
 	{
-		if (bf->active_since != 0)
-			mig_catalog_exec("UPDATE migrate_ext.job SET active_seconds = active_seconds + $2 "
-							 "WHERE id = $1", 2, (Oid[]) {INT8OID, FLOAT8OID},
-							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
-							 NULL, 1);
-		bf->active_since = 0;
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_PAUSED;
-	}
-	if (bf->active_since == 0)
-		bf->active_since = GetCurrentTimestamp();
-
-	/* short waits for locks, and a sanity bound on the whole batch */
-	bf_set_local("lock_timeout", psprintf("%d", Max(50, bf->target_batch_ms / 2)));
-	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
-	bf_set_local("search_path", "pg_catalog, pg_temp");
-
-	m = mig_catalog_by_id(job.migration_id);
-	if (m == NULL || strcmp(m->phase, MIG_PHASE_ABORTED) == 0)
-	{
-		bf_record_end("cancelled", "the migration was aborted", NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
-	}
-	if (mig_phase_rank(m->phase) > mig_phase_rank(MIG_PHASE_VALIDATED))
-	{
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("the migration of table %s moved to phase %s while the backfill ran; nothing more to do, the dual-write trigger keeps the columns in step",
-							   m->table_name, m->phase), NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+							   m->table_name, mig_phase_name(m->phase)), NULL);
+		return NULL;
 	}
 
 	/* the table, then the checks: DDL cannot change it under the lock */
 	LockRelationOid(m->relid, RowExclusiveLock);
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
 	{
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("table %s was dropped while the backfill ran; nothing is left to do",
 							   m->table_name), NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		return NULL;
 	}
 	rel = table_open(m->relid, NoLock);
 	if (bf->table_name == NULL)
 		bf->table_name = MemoryContextStrdup(TopMemoryContext,
-											 bf_qualified_name(m->relid));
+											 mig_qualified_name(m->relid));
 	bf->relid = m->relid;
-	moved = bf_ground_moved(rel, m, &job, &hint);
+	moved = bf_ground_moved(rel, m, job, &hint);
 	if (moved)
 	{
 		table_close(rel, NoLock);
-		bf_record_end("failed", psprintf("%s. %s", moved, hint),
-					  "55000");
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint), "55000");
+		return NULL;
 	}
-	if (job.key_kind == NULL)
-		bf_start_walk(rel, m, &job, bf->job_id, &bf->rows_per_block,
+	if (job->key_kind == NULL)
+	{
+		/* the walk's bounds must see every row: as the owner, RLS not forced */
+		mig_owner_switch(m->relid, &owner);
+		bf_start_walk(rel, m, job, bf->job_id, &bf->rows_per_block,
 					  &bf->vacuum_every);
+		mig_owner_restore(&owner);
+	}
 	else if (bf->vacuum_every == 0)
 	{
 		/* a resumed job: the same pace as at its start */
@@ -495,14 +435,64 @@ bf_batch(void)
 		if (rel->rd_rel->relpages > 0 && total > 0)
 			bf->rows_per_block = (double) total / rel->rd_rel->relpages;
 	}
-	if (bf_walk_complete(&job))
+	if (bf_walk_complete(job))
 	{
 		table_close(rel, NoLock);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_WALKED;
+		*res = BF_WALKED;
+		return NULL;
 	}
+	*relp = rel;
+	return m;
+}
+
+/*
+ * One batch, in one transaction that commits its rows together with the
+ * job's checkpoint: a kill loses at most this batch.
+ */
+static BfResult
+bf_batch(void)
+{
+	BfJob		job;
+	MigMigration *m;
+	Relation	rel;
+	BfResult	res;
+	TimestampTz start;
+	int			size;
+	int64		seen;
+	int64		written;
+	List	   *end;
+	long		elapsed_ms;
+	const char *throttle_reason;
+	MigJobBatch batch;
+	MigOwnerSave owner;
+
+	SetCurrentStatementStartTimestamp();
+
+	StartTransactionCommand();
+	SPI_connect();
+	bf_set_local("synchronous_commit", "off");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_lock_job();
+	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
+		return bf_commit(BF_STOP);
+	if (job.state == JOB_PAUSED)
+	{
+		if (bf->active_since != 0)
+			mig_job_add_active(bf->job_id, bf_active_delta());
+		bf->active_since = 0;
+		return bf_commit(BF_PAUSED);
+	}
+	if (bf->active_since == 0)
+		bf->active_since = GetCurrentTimestamp();
+
+	/* short waits for locks, and a sanity bound on the whole batch */
+	bf_set_local("lock_timeout", psprintf("%d", Max(50, bf->target_batch_ms / 2)));
+	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
+	bf_set_local("search_path", "pg_catalog, pg_temp");
+
+	m = bf_batch_target(&job, &rel, &res);
+	if (m == NULL)
+		return bf_commit(res);
 
 	size = bf->batch_size;
 	if (bf->attempt > 0 && bf->retry_size < size)
@@ -510,71 +500,36 @@ bf_batch(void)
 	if (bf->max_rows_per_sec > 0)
 		size = (int) Min(size, Max(1, bf->max_rows_per_sec * bf->target_batch_ms / 1000));
 	bf->retry_size = Max(1, size / 2);
+	Assert(size >= 1);
 
 	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill batch");
 	start = GetCurrentTimestamp();
+	/* the table's triggers and the up expressions run as its owner */
+	mig_owner_switch(m->relid, &owner);
 	if (bf_is_ctid(&job))
 		end = bf_ctid_batch(rel, m, &job, size, &bf->rows_per_block,
 							&seen, &written);
 	else
 		end = bf_key_batch(rel, m, &job, size, &seen, &written);
+	mig_owner_restore(&owner);
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	/* the pace: sleep_ms, or longer to hold max_rows_per_sec, or to yield */
-	bf->next_wait_ms = bf->sleep_ms;
-	if (bf->max_rows_per_sec > 0 && seen > 0)
-	{
-		int64		need = seen * 1000 / bf->max_rows_per_sec - elapsed_ms;
-
-		if (need > bf->next_wait_ms)
-		{
-			bf->next_wait_ms = (int) Min(need, INT_MAX);
-			throttle_reason = "max_rows_per_sec";
-		}
-	}
-	if (mig_backfill_yield > 0)
-	{
-		long		yield_ms;
-
-		bf->busy = (bf->busy + bf_busy_sessions()) / 2;
-		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
-		if (yield_ms > bf->next_wait_ms)
-		{
-			bf->next_wait_ms = (int) Min(yield_ms, INT_MAX);
-			throttle_reason = "load";
-		}
-	}
-	throttled = throttle_reason != NULL;
-	rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
-
-	v[0] = Int64GetDatum(bf->job_id);
-	v[1] = bf_text_array(end);
-	v[2] = Int64GetDatum(written);
-	v[3] = Int64GetDatum(seen);
-	v[4] = Int32GetDatum(bf_next_size(size, elapsed_ms));
-	v[5] = Float8GetDatum(rate);
-	v[6] = Float8GetDatum(bf_active_delta());
-	v[7] = CStringGetTextDatum(throttled ? "throttled" : "running");
-	v[8] = throttled ? CStringGetTextDatum(throttle_reason) : (Datum) 0;
-	n[8] = throttled ? ' ' : 'n';
-	v[9] = Int64GetDatum(bf->pending_retries);
-	v[10] = bf->pending_error ? CStringGetTextDatum(bf->pending_error) : (Datum) 0;
-	n[10] = bf->pending_error ? ' ' : 'n';
-	v[11] = bf->pending_sqlstate ? CStringGetTextDatum(bf->pending_sqlstate) : (Datum) 0;
-	n[11] = bf->pending_sqlstate ? ' ' : 'n';
-	v[12] = Int32GetDatum(bf->pending_vacuums);
-	mig_catalog_exec("UPDATE migrate_ext.job SET lower_key = $2, rows_done = rows_done + $3, "
-					 "rows_seen = rows_seen + $4, batches = batches + 1, batch_size = $5, "
-					 "rate_recent = $6, active_seconds = active_seconds + $7, state = $8, "
-					 "throttle_reason = $9, retries = retries + $10, "
-					 "last_error = coalesce($11, last_error), "
-					 "last_sqlstate = coalesce($12, last_sqlstate), vacuums = vacuums + $13, "
-					 "updated_at = now() WHERE id = $1", 13, types, v, n, 1);
-
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
+	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
+	batch.lower_key = bf_text_array(end);
+	batch.written = written;
+	batch.seen = seen;
+	batch.next_batch_size = bf_next_size(size, elapsed_ms);
+	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
+	batch.active_seconds = bf_active_delta();
+	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
+	batch.throttle_reason = throttle_reason;
+	batch.retries = bf->pending_retries;
+	batch.error = bf->pending_error;
+	batch.sqlstate = bf->pending_sqlstate;
+	batch.vacuums = bf->pending_vacuums;
+	mig_job_checkpoint(bf->job_id, &batch);
+	(void) bf_commit(BF_NEXT);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	bf->attempt = 0;
@@ -583,7 +538,6 @@ bf_batch(void)
 	bf->pending_error = NULL;
 	bf->pending_sqlstate = NULL;
 	bf->seen_total += seen;
-	bf->written_total += written;
 	bf->written_since_vacuum += written;
 	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), bf->seen_total);
 	return BF_NEXT;
@@ -605,29 +559,19 @@ bf_finish(void)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bf_lock_job();
-	if (bf_read_job(&job) && bf_state_is(job.state, "running", "throttled", NULL))
+	if (bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED))
 	{
-		mig_catalog_exec("UPDATE migrate_ext.job SET state = 'done', throttle_reason = NULL, "
-						 "rows_total = rows_seen, rows_total_exact = (key_kind <> 'ctid'), "
-						 "active_seconds = active_seconds + $2, retries = retries + $3, "
-						 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = now(), "
-						 "finished_at = now() WHERE id = $1",
-						 4, (Oid[]) {INT8OID, FLOAT8OID, INT8OID, INT4OID},
-						 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta()),
-							 Int64GetDatum(bf->pending_retries), Int32GetDatum(bf->pending_vacuums)},
-						 NULL, 1);
+		mig_job_done(bf->job_id, bf_active_delta(), bf->pending_retries,
+					 bf->pending_vacuums);
 		m = mig_catalog_by_id(job.migration_id);
-		if (m && strcmp(m->phase, MIG_PHASE_BACKFILLING) == 0)
-			mig_catalog_set_phase(m->id, MIG_PHASE_BACKFILLED, NULL);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-		return BF_STOP;
+		if (m && m->phase == MIG_PHASE_BACKFILLING)
+			(void) mig_catalog_move_phase(m->id, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED, NULL);
+		return bf_commit(BF_STOP);
 	}
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
-	return (job.state && strcmp(job.state, "paused") == 0) ? BF_PAUSED : BF_STOP;
+	return job.state == JOB_PAUSED ? BF_PAUSED : BF_STOP;
 }
 
 /*
@@ -645,19 +589,25 @@ bf_run_vacuum(Oid relid, bool last)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext vacuum",
 											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext oldcxt;
+	MemoryContext oldcxt = CurrentMemoryContext;
 	char	   *sql = NULL;
 	RawStmt    *raw;
 	PlannedStmt *pstmt;
 
+	/*
+	 * oldcxt is taken before the transaction starts: VACUUM commits its own
+	 * transactions, and the context current inside the first one is gone by
+	 * the time we get back.
+	 */
+	Assert(!IsTransactionState());
 	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
-	oldcxt = MemoryContextSwitchTo(cxt);
+	MemoryContextSwitchTo(cxt);
 	if (get_rel_name(relid))
 		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
 					   last ? "" : ", TRUNCATE false, INDEX_CLEANUP off, PROCESS_TOAST false",
-					   bf_qualified_name(relid));
+					   mig_qualified_name(relid));
 	if (sql)
 	{
 		pgstat_report_activity(STATE_RUNNING, sql);
@@ -784,7 +734,7 @@ bf_batch_failed(ErrorData *edata)
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		bf_record_end("failed",
+		bf_record_end(JOB_FAILED,
 					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume('%s')",
 							   edata->message, bf->attempt,
 							   bf->table_name ? bf->table_name : "<table>"),
@@ -862,7 +812,7 @@ bf_peek(bool *changed)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	running = bf_read_job(&job) && bf_state_is(job.state, "running", "throttled", NULL);
+	running = bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED);
 	*changed = sleep_ms != bf->sleep_ms || max_rows_per_sec != bf->max_rows_per_sec ||
 		max_lag_ms != bf->max_lag_ms;
 	PopActiveSnapshot();
@@ -898,14 +848,48 @@ bf_wait(int ms)
 }
 
 /*
+ * The replay position of the slowest physical standby streaming from us;
+ * *any is false when there is none.  Read through pg_stat_get_wal_senders()
+ * (the public face of the walsenders' shared state), as the extension's
+ * owner, since a role without pg_read_all_stats sees no positions, in a
+ * short transaction of its own.
+ */
+static XLogRecPtr
+bf_slowest_standby(bool *any)
+{
+	XLogRecPtr	slowest = InvalidXLogRecPtr;
+	bool		isnull;
+	Datum		d;
+
+	Assert(!IsTransactionState());
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (mig_catalog_query("SELECT pg_catalog.min(s.replay_lsn) "
+						  "FROM pg_catalog.pg_stat_get_wal_senders() s, "
+						  "pg_catalog.pg_stat_get_activity(s.pid) a "
+						  "WHERE a.datid IS NULL AND s.state IN ('streaming', 'catchup')",
+						  0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_stat_get_wal_senders()");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*any = !isnull;
+	if (!isnull)
+		slowest = DatumGetLSN(d);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	return slowest;
+}
+
+/*
  * How far behind is the slowest streaming standby, in milliseconds?
  *
  * pg_stat_replication's replay_lag does not grow while a standby's replay
- * is paused (it measures WAL that was replayed), and its LSN columns are
- * hidden from roles without pg_read_all_stats.  So we read the walsenders'
- * shared memory ourselves and keep a ring of (time, WAL flush position)
- * samples: the lag is the age of the oldest sample the standby has not
- * replayed yet.  Samples are spaced so that the ring spans twice the
+ * is paused (it measures WAL that was replayed).  So we read the standbys'
+ * replay positions (bf_slowest_standby) and keep a ring of (time, WAL flush
+ * position) samples: the lag is the age of the oldest sample the standby
+ * has not replayed yet.  Samples are spaced so that the ring spans twice the
  * allowed lag.  Logical walsenders (connected to a database) are not
  * standbys and are left out.
  */
@@ -913,38 +897,15 @@ static int64
 bf_replica_lag_ms(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	XLogRecPtr	slowest = InvalidXLogRecPtr;
-	bool		any = false;
+	XLogRecPtr	slowest;
+	bool		any;
 	int64		spacing = Max(50, bf->max_lag_ms / (BF_RING / 2));
 
 	if (bf->nlsn == 0 ||
 		TimestampDifferenceExceeds(bf->lsn[bf->nlsn - 1].at, now, (int) Min(spacing, INT_MAX)))
 		bf_push(bf->lsn, &bf->nlsn, now, GetFlushRecPtr(NULL));
 
-	for (int i = 0; i < max_wal_senders; i++)
-	{
-		WalSnd	   *walsnd = &WalSndCtl->walsnds[i];
-		pid_t		pid;
-		WalSndState state;
-		XLogRecPtr	apply;
-		PGPROC	   *proc;
-
-		SpinLockAcquire(&walsnd->mutex);
-		pid = walsnd->pid;
-		state = walsnd->state;
-		apply = walsnd->apply;
-		SpinLockRelease(&walsnd->mutex);
-
-		if (pid == 0 || XLogRecPtrIsInvalid(apply) ||
-			(state != WALSNDSTATE_STREAMING && state != WALSNDSTATE_CATCHUP))
-			continue;
-		proc = BackendPidGetProc(pid);
-		if (proc == NULL || OidIsValid(proc->databaseId))
-			continue;
-		if (!any || apply < slowest)
-			slowest = apply;
-		any = true;
-	}
+	slowest = bf_slowest_standby(&any);
 	if (!any)
 		return 0;
 	for (int i = 0; i < bf->nlsn; i++)
@@ -970,13 +931,7 @@ bf_wait_for_replicas(void)
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			mig_catalog_exec("UPDATE migrate_ext.job SET state = 'throttled', "
-							 "throttle_reason = 'replica lag', updated_at = now(), "
-							 "active_seconds = active_seconds + $2 "
-							 "WHERE id = $1 AND state IN ('running', 'throttled')",
-							 2, (Oid[]) {INT8OID, FLOAT8OID},
-							 (Datum[]) {Int64GetDatum(bf->job_id), Float8GetDatum(bf_active_delta())},
-							 NULL, -1);
+			mig_job_throttle_for_lag(bf->job_id, bf_active_delta());
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			throttled = true;
@@ -1009,7 +964,7 @@ bf_take_job_lock(void)
 {
 	LOCKTAG		tag;
 
-	bf_locktag(&tag, MIG_JOB_LOCK_KEY, bf->job_id);
+	mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, bf->job_id);
 	for (int i = 0; i < 20; i++)
 	{
 		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
@@ -1045,7 +1000,6 @@ bf_setup(void)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
 	CommitTransactionCommand();
-	mig_backfill_writes = true;
 
 	SetCurrentStatementStartTimestamp();
 
@@ -1058,7 +1012,7 @@ bf_setup(void)
 		CommitTransactionCommand();
 		return false;
 	}
-	bf_locktag(&tag, MIG_GATE_LOCK_KEY, bf->job_id);
+	mig_job_locktag(&tag, MIG_JOB_LOCK_GATE, bf->job_id);
 	(void) LockAcquire(&tag, ShareLock, false, false);
 	CommitTransactionCommand();
 
@@ -1067,37 +1021,53 @@ bf_setup(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	found = bf_read_job(&job) && (bf_state_live(job.state) || strcmp(job.state, "interrupted") == 0);
+	found = bf_read_job(&job) && (mig_job_state_live(job.state) || job.state == JOB_INTERRUPTED);
 	if (found)
-		mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = now(), "
-						 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "
-						 "WHERE id = $1", 2, (Oid[]) {INT8OID, INT4OID},
-						 (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(MyProcPid)}, NULL, 1);
+	{
+		MigMigration *m = mig_catalog_by_id(job.migration_id);
+
+		if (m != NULL && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
+			mig_worker_apply_role_settings(mig_table_owner(m->relid));
+		mig_dualwrite_backfill_scope(job.migration_id);
+		mig_job_claim(bf->job_id, MyProcPid);
+	}
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
 	return found;
 }
 
-void
-mig_backfill_main(Datum main_arg)
+/*
+ * The worker is dying of an error (in its set-up, between batches, while it
+ * waits): record it in the job row in a fresh transaction rather than only
+ * in the server log, so the job does not look alive or merely interrupted.
+ * mig_resume() continues it from its checkpoint once the cause is fixed.
+ */
+static void
+bf_record_death(void)
 {
-	MigWorkerArgs args;
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(bf->cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_record_end(JOB_FAILED,
+				  psprintf("the backfill worker stopped on an error: %s; fix the cause, then continue from the checkpoint with mig_resume('%s')",
+						   edata->message, bf->table_name ? bf->table_name : "<table>"),
+				  unpack_sql_state(edata->sqlerrcode));
+	(void) bf_commit(BF_STOP);
+}
+
+/* Batches until the job ends, is cancelled, or fails. */
+static void
+bf_run(void)
+{
 	BfResult	res;
-
-	mig_worker_connect(&args);
-
-	bf = MemoryContextAllocZero(TopMemoryContext, sizeof(BfWorker));
-	bf->args = args;
-	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
-									ALLOCSET_DEFAULT_SIZES);
-	bf->job_id = args.arg;
-	bf->max_lag_ms = -1;
-	bf->rows_per_block = 100;
-	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);
-
-	if (!bf_setup())
-		proc_exit(0);
 
 	for (;;)
 	{
@@ -1129,10 +1099,38 @@ mig_backfill_main(Datum main_arg)
 			else if (res == BF_RETRY)
 				bf_wait(bf->backoff_ms);
 			else
-				break;
+				return;
 		}
 		else
-			break;
+			return;
 	}
+}
+
+void
+mig_backfill_main(Datum main_arg)
+{
+	MigWorkerArgs args;
+
+	mig_worker_connect(&args);
+
+	bf = MemoryContextAllocZero(TopMemoryContext, sizeof(BfWorker));
+	bf->args = args;
+	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
+									ALLOCSET_DEFAULT_SIZES);
+	bf->job_id = args.arg;
+	bf->max_lag_ms = -1;
+	bf->rows_per_block = 100;
+	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);
+
+	PG_TRY();
+	{
+		if (bf_setup())
+			bf_run();
+	}
+	PG_CATCH();
+	{
+		bf_record_death();
+	}
+	PG_END_TRY();
 	proc_exit(0);
 }

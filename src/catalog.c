@@ -14,73 +14,133 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/readfuncs.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "migrate_ext.h"
 
-static const char *const phase_order[] = {
-	MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED,
-	MIG_PHASE_VALIDATED, MIG_PHASE_CUTOVER, MIG_PHASE_CONTRACTED,
-	MIG_PHASE_ABORTED
+/* The one mapping between MigPhase and the text stored in the catalog. */
+static const char *const phase_names[] = {
+	[MIG_PHASE_EXPANDED] = "expanded",
+	[MIG_PHASE_BACKFILLING] = "backfilling",
+	[MIG_PHASE_BACKFILLED] = "backfilled",
+	[MIG_PHASE_VALIDATED] = "validated",
+	[MIG_PHASE_CUTOVER] = "cutover",
+	[MIG_PHASE_CONTRACTED] = "contracted",
+	[MIG_PHASE_ABORTED] = "aborted"
 };
 
-/*
- * Rank of a phase in the lifecycle, for "has it reached X" tests; aborted
- * ranks last.
- */
-int
-mig_phase_rank(const char *phase)
+StaticAssertDecl(lengthof(phase_names) == MIG_PHASE_ABORTED + 1,
+				 "phase_names must name every MigPhase");
+
+/* A phase's name, as stored in migrate_ext.migration.phase. */
+const char *
+mig_phase_name(MigPhase phase)
 {
-	for (int i = 0; i < lengthof(phase_order); i++)
-		if (strcmp(phase, phase_order[i]) == 0)
-			return i;
-	elog(ERROR, "unknown migration phase \"%s\"", phase);
-	return -1;					/* keep compiler quiet */
+	Assert(phase >= MIG_PHASE_EXPANDED && phase <= MIG_PHASE_ABORTED);
+	return phase_names[phase];
 }
 
-/* The role that owns the extension, and so its catalog tables. */
+/* The phase a stored name stands for; the catalog holds no other names. */
+MigPhase
+mig_phase_parse(const char *name)
+{
+	for (int i = 0; i < lengthof(phase_names); i++)
+		if (strcmp(name, phase_names[i]) == 0)
+			return (MigPhase) i;
+	elog(ERROR, "unknown migration phase \"%s\"", name);
+	return MIG_PHASE_ABORTED;	/* keep compiler quiet */
+}
+
+/*
+ * The role that owns the extension, and so its catalog tables: read from
+ * pg_extension directly, as there is nothing SQL would add.
+ */
 static Oid
 extension_owner(void)
 {
-	bool		isnull;
-	Datum		d;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
 
-	if (SPI_execute("SELECT extowner FROM pg_catalog.pg_extension "
-					"WHERE extname = 'migrate_ext'", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("migrate_ext"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"migrate_ext\" is not installed in this database")));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return DatumGetObjectId(d);
+	return owner;
 }
 
 /*
- * Run one catalog-writing statement as the extension owner, leaving SPI
- * connected for the caller to read the result and SPI_finish().  The
- * caller's identity is restored even on error: the security context flag
- * makes AbortTransaction do that, and forbids SET ROLE in between.
+ * The one executor for every statement migrate_ext runs on its own catalog,
+ * reads included: the statement runs as the extension owner (so the catalog
+ * tables need no grant to anyone) with search_path pinned to pg_catalog,
+ * so that no function or operator planted by a caller, through SET or
+ * ALTER ROLE ... SET, can be reached from it.  Same arguments and result
+ * as SPI_execute_with_args(); the caller is connected to SPI and reads the
+ * result from SPI_tuptable.  Identity and search_path are restored on
+ * error too: SECURITY_LOCAL_USERID_CHANGE and the GUC nest level are both
+ * undone by (sub)transaction abort, and the flag forbids SET ROLE meanwhile.
+ */
+int
+mig_catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				  const char *nulls, bool read_only, long tcount)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+	int			ret;
+
+	Assert(sql != NULL);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls,
+								read_only, tcount);
+	AtEOXact_GUC(true, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return ret;
+}
+
+/*
+ * mig_catalog_query() in an SPI connection of its own, left open for the
+ * caller to read the result and SPI_finish().
  */
 static int
 exec_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			  const char *nulls)
 {
-	Oid			save_userid;
-	int			save_sec_context;
 	int			ret;
 
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	ret = mig_catalog_query(sql, nargs, argtypes, values, nulls, false, 0);
 	if (ret < 0)
 		elog(ERROR, "migrate_ext catalog statement failed: %s", SPI_result_code_string(ret));
 	return ret;
@@ -155,7 +215,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 	uint64		nmig;
 
 	SPI_connect();
-	if (SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+	if (mig_catalog_query(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.migration");
 
 	nmig = SPI_processed;
@@ -170,7 +230,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 		m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		m->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		m->table_name = get_text(tup, desc, "table_name");
-		m->phase = get_text(tup, desc, "phase");
+		m->phase = mig_phase_parse(get_text(tup, desc, "phase"));
 		result = lappend(result, m);
 	}
 	MemoryContextSwitchTo(spicxt);
@@ -181,9 +241,9 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 		Oid			int8type = INT8OID;
 		Datum		id = Int64GetDatum(m->id);
 
-		if (SPI_execute_with_args("SELECT * FROM migrate_ext.column_pair "
-								  "WHERE migration_id = $1 ORDER BY ord",
-								  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
+		if (mig_catalog_query("SELECT * FROM migrate_ext.column_pair "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY ord",
+							  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read migrate_ext.column_pair");
 
 		spicxt = MemoryContextSwitchTo(callercxt);
@@ -225,7 +285,7 @@ mig_catalog_active(Oid relid, bool missing_ok)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE relid = $1 AND phase NOT IN ('contracted', 'aborted')",
+						"WHERE relid OPERATOR(pg_catalog.=) $1 AND phase NOT IN ('contracted', 'aborted')",
 						ObjectIdGetDatum(relid), OIDOID);
 	if (l != NIL)
 		return linitial(l);
@@ -245,7 +305,7 @@ mig_catalog_latest(Oid relid)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE relid = $1 ORDER BY id DESC LIMIT 1",
+						"WHERE relid OPERATOR(pg_catalog.=) $1 ORDER BY id DESC LIMIT 1",
 						ObjectIdGetDatum(relid), OIDOID);
 	return l != NIL ? linitial(l) : NULL;
 }
@@ -257,7 +317,7 @@ mig_catalog_by_id(int64 id)
 	List	   *l;
 
 	l = load_migrations("SELECT id, relid, table_name, phase FROM migrate_ext.migration "
-						"WHERE id = $1",
+						"WHERE id OPERATOR(pg_catalog.=) $1",
 						Int64GetDatum(id), INT8OID);
 	return l != NIL ? linitial(l) : NULL;
 }
@@ -336,23 +396,56 @@ mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 					 15, types, v, n, 1);
 }
 
-/* Move a migration to a phase, and log who did it and when. */
-void
-mig_catalog_set_phase(int64 migration_id, const char *phase, const char *detail)
+/*
+ * The only writer of phases: move a migration from phase "from" to phase
+ * "to", compare-and-set, and log who did it and why in phase_log, in one
+ * statement.  Returns false, changing nothing, when the migration is not in
+ * "from" (someone moved it first).
+ */
+bool
+mig_catalog_move_phase(int64 migration_id, MigPhase from, MigPhase to,
+					   const char *detail)
 {
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		v[4];
-	char		n[5] = "    ";
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		v[5];
+	char		n[6] = "     ";
+	int64		moved;
 
+	Assert(from != to);
 	v[0] = Int64GetDatum(migration_id);
-	v[1] = CStringGetTextDatum(phase);
-	v[2] = text_or_null(detail, &n[2]);
+	v[1] = CStringGetTextDatum(mig_phase_name(from));
+	v[2] = CStringGetTextDatum(mig_phase_name(to));
 	/* current_user would be the extension owner in there: name the caller */
 	v[3] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-	mig_catalog_exec("UPDATE migrate_ext.migration SET phase = $2, updated_at = now() "
-					 "WHERE id = $1", 2, types, v, n, 1);
-	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
-					 "VALUES ($1, $2, $4, $3)", 4, types, v, n, 1);
+	v[4] = text_or_null(detail, &n[4]);
+	moved = mig_catalog_exec_int8("WITH u AS (UPDATE migrate_ext.migration "
+								  "SET phase = $3, updated_at = pg_catalog.now() "
+								  "WHERE id OPERATOR(pg_catalog.=) $1 "
+								  "AND phase OPERATOR(pg_catalog.=) $2 RETURNING id), "
+								  "l AS (INSERT INTO migrate_ext.phase_log "
+								  "(migration_id, phase, by_role, detail) "
+								  "SELECT id, $3, $4, $5 FROM u RETURNING 1) "
+								  "SELECT pg_catalog.count(*) FROM l",
+								  5, types, v, n);
+	Assert(moved == 0 || moved == 1);
+	return moved == 1;
+}
+
+/*
+ * mig_catalog_move_phase() for a caller that has the migration locked or
+ * has just checked its phase: losing the race is an error.
+ */
+void
+mig_catalog_set_phase(int64 migration_id, MigPhase from, MigPhase to,
+					  const char *detail)
+{
+	if (!mig_catalog_move_phase(migration_id, from, to, detail))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("migration " INT64_FORMAT " is no longer in phase %s",
+						migration_id, mig_phase_name(from)),
+				 errdetail("Another session changed its phase meanwhile; nothing was changed."),
+				 errhint("Look at mig_status, then try again.")));
 }
 
 /* Has a backfill job ever been started for this migration? */
@@ -364,8 +457,9 @@ mig_catalog_has_job(int64 migration_id)
 	bool		found;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT 1 FROM migrate_ext.job WHERE migration_id = $1",
-							  1, &type, &v, NULL, true, 1) != SPI_OK_SELECT)
+	if (mig_catalog_query("SELECT 1 FROM migrate_ext.job "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1",
+						  1, &type, &v, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	found = SPI_processed > 0;
 	SPI_finish();

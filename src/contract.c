@@ -92,7 +92,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 	/* held until commit, so that mig_abort (ACCESS EXCLUSIVE) cannot cross */
 	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, false);
-	if (strcmp(m->phase, MIG_PHASE_CUTOVER) == 0)
+	if (m->phase == MIG_PHASE_CUTOVER)
 	{
 		ereport(NOTICE,
 				(errmsg("the migration of table \"%s\" is already cut over",
@@ -102,7 +102,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 	}
 	mig_finish_gate(rel, m, false, "cut over");
 
-	mig_catalog_set_phase(m->id, MIG_PHASE_CUTOVER, NULL);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_CUTOVER, NULL);
 	CacheInvalidateRelcache(rel);
 	table_close(rel, NoLock);
 	PG_RETURN_VOID();
@@ -229,7 +229,7 @@ mig_contract(PG_FUNCTION_ARGS)
 	{
 		MigMigration *last = mig_catalog_latest(relid);
 
-		if (last != NULL && strcmp(last->phase, MIG_PHASE_CONTRACTED) == 0)
+		if (last != NULL && last->phase == MIG_PHASE_CONTRACTED)
 		{
 			ereport(NOTICE,
 					(errmsg("the migration of table \"%s\" is already contracted",

@@ -58,33 +58,29 @@ get_ts(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 	return *isnull ? 0 : DatumGetTimestampTz(d);
 }
 
-/* Read validations, invalidation and trigger state, under a pinned search_path. */
+/*
+ * Read validations, invalidation and trigger state: catalog.c's executor
+ * (the extension owner, search_path pinned).
+ */
 static void
 gate_read(Oid relid, int64 migration_id, GateState *gs)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	int			save_nestlevel = NewGUCNestLevel();
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
 	char	   *s;
 
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	SPI_connect();
-	if (SPI_execute_with_args(
+	if (mig_catalog_query(
 							  "SELECT (SELECT max(p.at) FROM (SELECT max(v.at) AS at FROM migrate_ext.validation v "
 							  "         WHERE v.migration_id = $1 AND v.sample IS NULL "
 							  "         GROUP BY v.run HAVING bool_and(v.passed)) p), "
 							  "       (SELECT max(v.at) FROM migrate_ext.validation v "
 							  "         WHERE v.migration_id = $1 AND NOT v.passed), "
-							  "       m.invalidated_at, m.invalidated_why, "
-							  "       (SELECT t.tgenabled FROM pg_catalog.pg_trigger t "
-							  "         WHERE t.tgrelid = $2 AND t.tgname = $3) "
+							  "       m.invalidated_at, m.invalidated_why "
 							  "  FROM migrate_ext.migration m WHERE m.id = $1",
-							  3, (Oid[]) {INT8OID, OIDOID, NAMEOID},
-							  (Datum[]) {Int64GetDatum(migration_id), ObjectIdGetDatum(relid),
-							  CStringGetDatum(MIG_TRIGGER_NAME)},
+							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
 							  NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the validation state of migration " INT64_FORMAT,
 			 migration_id);
@@ -98,19 +94,17 @@ gate_read(Oid relid, int64 migration_id, GateState *gs)
 	gs->invalidated = !isnull;
 	s = SPI_getvalue(tup, desc, 4);
 	gs->invalidated_why = s ? MemoryContextStrdup(cxt, s) : NULL;
-	s = SPI_getvalue(tup, desc, 5);
-	gs->tgenabled = s ? s[0] : '\0';
 	SPI_finish();
-	AtEOXact_GUC(true, save_nestlevel);
+	gs->tgenabled = mig_trigger_tgenabled(relid);
 }
 
 /* Refuse unless the phase has reached validated: say what is missing. */
 static void
 gate_phase(const char *relname, MigMigration *m, const char *what)
 {
-	if (mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_VALIDATED))
+	if (m->phase >= MIG_PHASE_VALIDATED)
 		return;
-	if (strcmp(m->phase, MIG_PHASE_EXPANDED) == 0)
+	if (m->phase == MIG_PHASE_EXPANDED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
@@ -119,7 +113,8 @@ gate_phase(const char *relname, MigMigration *m, const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-			 errdetail("The migration is in phase %s: no validation has passed yet.", m->phase),
+			 errdetail("The migration is in phase %s: no validation has passed yet.",
+					   mig_phase_name(m->phase)),
 			 errhint("Run mig_validate('%s') and fix what it reports.", relname)));
 }
 
@@ -140,7 +135,7 @@ mig_finish_gate(Relation rel, MigMigration *m, bool force, const char *what)
 	memset(&gs, 0, sizeof(gs));
 	gate_read(RelationGetRelid(rel), m->id, &gs);
 
-	if (gs.tgenabled != TRIGGER_FIRES_ALWAYS && gs.tgenabled != TRIGGER_FIRES_ON_ORIGIN)
+	if (!mig_trigger_fires(gs.tgenabled))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s table \"%s\": its dual-write trigger is %s", what, relname,

@@ -27,6 +27,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_depend.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_rewrite.h"
 #include "catalog/pg_sequence.h"
@@ -359,6 +360,10 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 		bool		carried = false;
 
 		ObjectAddressSubSet(addr, dep->classid, dep->objid, dep->objsubid);
+		/* the dual-write trigger (guard.c): contract drops it first */
+		if (dep->classid == TriggerRelationId &&
+			dep->objid == mig_dualwrite_trigger(RelationGetRelid(rel), NULL, NULL))
+			continue;
 		if (dep->classid == RewriteRelationId)
 		{
 			Oid			view = view_of_rule(dep->objid);

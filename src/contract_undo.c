@@ -61,7 +61,7 @@ read_recorded(int64 migration_id)
 	List	   *result = NIL;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT classid, objid, relid FROM migrate_ext.contract_object "
+	if (mig_catalog_query("SELECT classid, objid, relid FROM migrate_ext.contract_object "
 							  "WHERE migration_id OPERATOR(pg_catalog.=) $1",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
 							  NULL, false, 0) != SPI_OK_SELECT)

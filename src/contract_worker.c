@@ -140,16 +140,6 @@ xact_end(void)
 	CommitTransactionCommand();
 }
 
-/* Run statements through SPI in the current transaction, as the caller's role. */
-static void
-run_sql(const char *sql)
-{
-	SPI_connect();
-	if (SPI_execute(sql, false, 0) < 0)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-	SPI_finish();
-}
-
 /*
  * Run one utility statement at top level in its own transaction, as psql
  * would: the only way to CREATE or DROP an INDEX CONCURRENTLY, which commit
@@ -313,9 +303,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		if (!retry)
 			break;
 		/* let the long transaction it ran into get ahead */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 mig_lock_timeout_max_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		mig_sleep_ms(mig_lock_timeout_max_ms);
 	}
 	if (ci->stmt->unique)
 		record_index(plan, ci);
@@ -371,7 +359,7 @@ add_checks(ContractPlan *plan)
 	if (changed)
 	{
 		mig_lock_table(plan->relid, AccessExclusiveLock, "add constraints NOT VALID");
-		run_sql(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
+		mig_run_utility(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
 		/* enforced on new writes from now on: recorded, for an undo */
 		foreach(lc, plan->columns)
 		{
@@ -404,7 +392,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 
 		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
 						ShareRowExclusiveLock, "add a foreign key NOT VALID");
-		run_sql(fk->adddef);
+		mig_run_utility(fk->adddef);
 		record_constraint(plan, fk->conrelid, fk->tmpname);
 		added = true;
 	}
@@ -421,6 +409,8 @@ static void
 validate(Oid relid, const char *name, const char *what)
 {
 	int			state;
+	char	   *sql;
+	MigOwnerSave owner;
 
 	if (name == NULL)
 		return;
@@ -434,10 +424,14 @@ validate(Oid relid, const char *name, const char *what)
 	progress("validating %s", what);
 	xact_begin();
 	mig_lock_table(relid, ShareUpdateExclusiveLock, "validate a constraint");
-	run_sql(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												get_rel_name(relid)),
-					 quote_identifier(name)));
+	sql = psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   quote_identifier(name));
+	/* the check expressions and the table's domains run as its owner */
+	mig_owner_switch(relid, &owner);
+	mig_run_utility(sql);
+	mig_owner_restore(&owner);
 	xact_end();
 }
 
@@ -527,9 +521,9 @@ identity_sql(ContractPlan *plan, ContractColumn *c)
 /*
  * Under the swap's lock nothing can change any more: check once more what
  * the swap builds on, the gate included (a validation that failed, or the
- * trigger disabled, while contract was building).
+ * trigger disabled, while contract was building).  Returns the phase.
  */
-static void
+static MigPhase
 swap_recheck(ContractPlan *plan, bool force)
 {
 	MigMigration *m;
@@ -538,11 +532,11 @@ swap_recheck(ContractPlan *plan, bool force)
 
 	rel = mig_open_table(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
-	if (m == NULL || mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the migration of table \"%s\" ended while mig_contract ran", plan->relname),
-				 errdetail("It is now in phase %s.", m ? m->phase : "unknown")));
+				 errdetail("It is now in phase %s.", m ? mig_phase_name(m->phase) : "unknown")));
 	mig_finish_gate(rel, m, force, "contract");
 	table_close(rel, NoLock);
 	foreach(lc, plan->indexes)
@@ -555,6 +549,7 @@ swap_recheck(ContractPlan *plan, bool force)
 					 errmsg("the copy of index \"%s\" disappeared while mig_contract ran", ci->oldname),
 					 errhint("Run mig_contract again.")));
 	}
+	return m->phase;
 }
 
 /*
@@ -783,10 +778,10 @@ swap_views(ContractPlan *plan, List *views)
 						 quote_identifier(c->oldname), quote_identifier(c->newname));
 	}
 	if (there.len > 0)
-		run_sql(there.data);
+		mig_run_utility(there.data);
 	mig_contract_recreate_views(plan, views);
 	if (back.len > 0)
-		run_sql(back.data);
+		mig_run_utility(back.data);
 }
 
 /*
@@ -806,6 +801,7 @@ swap(ContractPlan *plan, bool force)
 	StringInfoData grants;
 	List	   *identities = NIL;
 	List	   *views;
+	MigPhase	phase;
 	ListCell   *lc;
 
 	check_caller();
@@ -815,7 +811,7 @@ swap(ContractPlan *plan, bool force)
 	foreach(lc, plan->lockrels)
 		rels[foreach_current_index(lc)] = lfirst_oid(lc);
 	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
-	swap_recheck(plan, force);
+	phase = swap_recheck(plan, force);
 
 	/* read the identities' positions while their sequences exist */
 	foreach(lc, plan->columns)
@@ -838,12 +834,12 @@ swap(ContractPlan *plan, bool force)
 	initStringInfo(&sql);
 	views = mig_contract_capture_views(plan, &sql);
 	swap_drop_sql(plan, &sql);
-	run_sql(sql.data);
+	mig_run_utility(sql.data);
 
 	resetStringInfo(&sql);
 	swap_rename_sql(plan, &sql);
 	if (sql.len > 0)
-		run_sql(sql.data);
+		mig_run_utility(sql.data);
 	swap_views(plan, views);
 
 	resetStringInfo(&sql);
@@ -852,14 +848,14 @@ swap(ContractPlan *plan, bool force)
 	foreach(lc, plan->columns)
 		props_sql(plan, lfirst(lc), &sql);
 	if (sql.len > 0)
-		run_sql(sql.data);
+		mig_run_utility(sql.data);
 
 	/* the copies are the real ones now: nothing is left to undo */
 	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "
 					 "WHERE migration_id OPERATOR(pg_catalog.=) $1",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(plan->migration_id)},
 					 NULL, -1);
-	mig_catalog_set_phase(plan->migration_id, MIG_PHASE_CONTRACTED,
+	mig_catalog_set_phase(plan->migration_id, phase, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();
 }

@@ -24,12 +24,17 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "common/pg_prng.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_publication.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
 #include "pgstat.h"
@@ -41,158 +46,13 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_expand);
 PG_FUNCTION_INFO_V1(mig_abort);
-
-/*
- * Open the table a migration function was given, after checking that it is
- * an ordinary table the caller owns.
- */
-Relation
-mig_open_table(Oid relid, LOCKMODE lockmode)
-{
-	Relation	rel;
-	char		relkind;
-
-	relkind = get_rel_relkind(relid);
-	if (relkind == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
-	if (relkind != RELKIND_RELATION)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not an ordinary table", get_rel_name(relid)),
-				 errdetail("migrate_ext migrates columns of ordinary tables; this is a %s.",
-						   relkind == RELKIND_VIEW ? "view" :
-						   relkind == RELKIND_MATVIEW ? "materialized view" :
-						   relkind == RELKIND_FOREIGN_TABLE ? "foreign table" :
-						   relkind == RELKIND_PARTITIONED_TABLE ? "partitioned table" :
-						   "relation of another kind")));
-	if (!pg_class_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
-
-	rel = table_open(relid, lockmode);
-	return rel;
-}
-
-/*
- * Try once to take the locks, in order, each with the given lock_timeout.
- * Returns -1 when all are held, or the index of the one that timed out (and
- * then none is held); rethrows anything else.  The subtransaction's locks
- * pass to the caller's transaction when it commits.
- */
-static int
-try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile int failed = -1;
-
-	BeginInternalSubTransaction(NULL);
-	PG_TRY();
-	{
-		char		buf[32];
-
-		snprintf(buf, sizeof(buf), "%d", timeout_ms);
-		set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
-						  GUC_ACTION_LOCAL, true, 0, false);
-		for (int i = 0; i < nrels; i++)
-		{
-			failed = i;
-			LockRelationOid(relids[i], lockmode);
-		}
-		failed = -1;
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-		{
-			FreeErrorData(edata);
-			PG_RE_THROW();
-		}
-		FlushErrorState();
-		FreeErrorData(edata);
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-
-	MemoryContextSwitchTo(oldcxt);
-	CurrentResourceOwner = oldowner;
-	return failed;
-}
-
-/*
- * Take a strong lock on the table under the lock_timeout ladder, or fail
- * with an error that names the blockers.
- */
-void
-mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
-{
-	mig_lock_tables(1, &relid, lockmode, why);
-}
-
-/*
- * The same for several tables at once (a table and the tables whose foreign
- * keys point at it): all or none.  A timeout on any of them releases those
- * already taken before the next try, so nobody queues behind a lock we hold
- * while we wait for another.
- */
-void
-mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
-{
-	int			timeout = mig_lock_timeout_ms;
-	int			failed = -1;
-
-	for (int attempt = 1;; attempt++)
-	{
-		failed = try_lock(nrels, relids, lockmode, timeout);
-		if (failed < 0)
-			return;
-		if (attempt >= mig_lock_retries)
-			break;
-
-		/* back off, with jitter, so the queued traffic drains */
-		pgstat_report_wait_start(PG_WAIT_EXTENSION);
-		pg_usleep(1000L * (timeout / 2 + pg_prng_uint32(&pg_global_prng_state) % (timeout + 1)));
-		pgstat_report_wait_end();
-		CHECK_FOR_INTERRUPTS();
-		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
-	}
-
-	ereport(ERROR,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
-			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
-					   mig_lock_retries, mig_lock_timeout_max_ms),
-			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));
-}
-
-/* Run one DDL statement through SPI, as the caller. */
-static void
-run_ddl(const char *sql)
-{
-	SPI_connect();
-	if (SPI_execute(sql, false, 0) < 0)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-	SPI_finish();
-}
-
-static const char *
-qualified_name(Relation rel)
-{
-	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-									  RelationGetRelationName(rel));
-}
 
 static AttrNumber
 column_attnum(Relation rel, const char *colname, bool missing_ok)
@@ -213,21 +73,337 @@ column_attnum(Relation rel, const char *colname, bool missing_ok)
 
 /*
  * The shadow column of an in-place change: "_mig_new_<col>", shortened to
- * fit a name.
+ * fit a name on a character boundary (a name cut inside a multibyte
+ * character is not valid text: pg_dump would fail on it).
  */
 static char *
 shadow_name(const char *col)
 {
-	char		buf[NAMEDATALEN];
+	char	   *name = psprintf("_mig_new_%s", col);
+	int			len = strlen(name);
 
-	snprintf(buf, sizeof(buf), "_mig_new_%s", col);
-	return pstrdup(buf);
+	if (len >= NAMEDATALEN)
+		name[pg_mbcliplen(name, len, NAMEDATALEN - 1)] = '\0';
+	return name;
 }
 
 static char *
 text_arg(FunctionCallInfo fcinfo, int n)
 {
 	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/* What mig_expand was asked, and what it works out. */
+typedef struct ExpandArgs
+{
+	Oid			relid;
+	char	   *col;
+	char	   *new_col;
+	bool		in_place;
+	char	   *type;
+	char	   *up_src;
+	char	   *down_src;
+	char	   *check_src;
+	bool		not_null;
+	AttrNumber	old_attnum;
+	Oid			typid;
+	int32		typmod;
+} ExpandArgs;
+
+/*
+ * The tables migrate_ext refuses to migrate: temporary tables (no other
+ * session, and so no worker, can see them) and members of an inheritance
+ * tree (ADD COLUMN recurses to the children, but the trigger, the backfill
+ * and the validation would cover only this table).
+ */
+static void
+expand_check_table(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate temporary table \"%s\"", RelationGetRelationName(rel)),
+				 errdetail("The backfill runs in a background worker, which cannot see another session's temporary tables."),
+				 errhint("Use ALTER TABLE ... ALTER COLUMN ... TYPE on a temporary table.")));
+	if (has_superclass(relid) || find_inheritance_children(relid, NoLock) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate table \"%s\": it is a member of an inheritance tree",
+						RelationGetRelationName(rel)),
+				 errdetail("ADD COLUMN would reach every child, but dual-write, backfill and validation would cover only this table, and contract would drop the other members' data."),
+				 errhint("Detach the children (ALTER TABLE ... NO INHERIT), or change the column with ALTER TABLE.")));
+}
+
+/* Say which publications will send the new column to their subscribers. */
+static void
+expand_publications_notice(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	List	   *pubs;
+	ListCell   *lc;
+	StringInfoData names;
+
+	pubs = list_concat_unique_oid(GetRelationPublications(relid),
+								  GetSchemaPublications(RelationGetNamespace(rel)));
+	pubs = list_concat_unique_oid(pubs, GetAllTablesPublications());
+	if (pubs == NIL)
+		return;
+	initStringInfo(&names);
+	foreach(lc, pubs)
+		appendStringInfo(&names, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(get_publication_name(lfirst_oid(lc), false)));
+	ereport(NOTICE,
+			(errmsg("table \"%s\" is published by %s",
+					RelationGetRelationName(rel), names.data),
+			 errdetail("Those publications will send the new column; a subscriber whose table lacks it stops applying changes (\"missing replicated column\")."),
+			 errhint("Add the column on every subscriber first (or run the same migration there); see \"Logical replication\" in the README.")));
+}
+
+/* Read and check the arguments; everything that needs no strong lock. */
+static void
+expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
+{
+	Form_pg_attribute oldatt;
+
+	a->col = pstrdup(NameStr(*PG_GETARG_NAME(1)));
+	a->in_place = PG_ARGISNULL(2);
+	a->new_col = a->in_place ? shadow_name(a->col) : pstrdup(NameStr(*PG_GETARG_NAME(2)));
+	a->type = text_arg(fcinfo, 3);
+	a->up_src = text_arg(fcinfo, 4);
+	a->down_src = text_arg(fcinfo, 5);
+	a->not_null = PG_ARGISNULL(6) ? false : PG_GETARG_BOOL(6);
+	a->check_src = text_arg(fcinfo, 7);
+
+	expand_check_table(rel);
+	a->old_attnum = column_attnum(rel, a->col, false);
+	oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+	if (oldatt->attgenerated)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("column \"%s\" is a generated column", a->col)));
+
+	if (a->type)
+		parseTypeString(a->type, &a->typid, &a->typmod, false);
+	else
+	{
+		a->typid = oldatt->atttypid;
+		a->typmod = oldatt->atttypmod;
+	}
+	if (get_typtype(a->typid) == TYPTYPE_PSEUDO)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column cannot be of pseudo-type %s", format_type_be(a->typid))));
+}
+
+/*
+ * The table's active migration, if new pairs can still be added to it;
+ * refuse otherwise.
+ */
+static MigMigration *
+expand_active(Relation rel)
+{
+	MigMigration *m = mig_catalog_active(RelationGetRelid(rel), true);
+
+	if (m != NULL && (m->phase != MIG_PHASE_EXPANDED ||
+					  mig_catalog_has_job(m->id)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" already has an active migration in phase %s",
+						RelationGetRelationName(rel), mig_phase_name(m->phase)),
+				 errdetail("Column pairs can be added to a migration only before its backfill starts."),
+				 errhint("Finish it with mig_contract() or roll it back with mig_abort() first.")));
+	return m;
+}
+
+/*
+ * Once the strong lock is held: a mig_expand that committed while we
+ * queued for it shows now (READ COMMITTED reads the catalog afresh).
+ */
+static void
+expand_recheck(Relation rel, MigMigration *before, const char *new_col)
+{
+	MigMigration *now;
+
+	/* a fresh snapshot: in READ COMMITTED, one that sees what committed */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	now = mig_catalog_active(RelationGetRelid(rel), true);
+	PopActiveSnapshot();
+
+	if ((before == NULL) != (now == NULL) ||
+		(now != NULL && list_length(now->pairs) != list_length(before->pairs)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("another mig_expand of table \"%s\" committed while this one waited for its lock",
+						RelationGetRelationName(rel)),
+				 errhint("Look at mig_status and call mig_expand again if a column pair is still missing.")));
+	if (column_attnum(rel, new_col, true) != InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_COLUMN),
+				 errmsg("column \"%s\" of relation \"%s\" already exists",
+						new_col, RelationGetRelationName(rel)),
+				 errhint("Choose another new_col.")));
+}
+
+/* The ALTER TABLE that adds the new column: nullable, no default, so metadata only. */
+static char *
+expand_add_column_sql(Relation rel, ExpandArgs *a)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER TABLE %s ADD COLUMN %s %s",
+					 mig_qualified_name(RelationGetRelid(rel)), quote_identifier(a->new_col),
+					 format_type_with_typemod(a->typid, a->typmod));
+	if (a->typid == oldatt->atttypid && OidIsValid(oldatt->attcollation) &&
+		oldatt->attcollation != DEFAULT_COLLATION_OID)
+		appendStringInfo(&sql, " COLLATE %s",
+						 generate_collation_name(oldatt->attcollation));
+	return sql.data;
+}
+
+/*
+ * Cook down.  In a split, down usually reads every new column, and the
+ * later ones do not exist before the last mig_expand call: say so.
+ */
+static Node *
+cook_down(Relation rel, const char *src, Form_pg_attribute oldatt)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Node	   *volatile result = NULL;
+
+	PG_TRY();
+	{
+		result = mig_cook_expr(rel, src, "down", oldatt->atttypid,
+							   oldatt->atttypmod, false);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNDEFINED_COLUMN)
+			PG_RE_THROW();
+		FlushErrorState();
+		edata->hint = pstrdup("In a split (several mig_expand calls on one column), give down on the last call, once every new column it reads exists.");
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* Fill the pair from the arguments, with every expression cooked. */
+static void
+expand_pair(Relation rel, ExpandArgs *a, Node *up, MigPair *pair)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+
+	memset(pair, 0, sizeof(*pair));
+	pair->old_col = a->col;
+	pair->old_attnum = a->old_attnum;
+	pair->new_col = a->new_col;
+	pair->new_attnum = column_attnum(rel, a->new_col, false);
+	pair->in_place = a->in_place;
+	pair->new_type = format_type_with_typemod(a->typid, a->typmod);
+	pair->up_src = a->up_src;
+	pair->up = up;
+	pair->down_src = a->down_src;
+	if (a->down_src)
+		pair->down = cook_down(rel, a->down_src, oldatt);
+	else if (a->up_src == NULL)
+		pair->down = mig_default_cast(rel, pair->new_attnum, oldatt->atttypid,
+									  oldatt->atttypmod);
+	pair->not_null = a->not_null;
+	pair->check_src = a->check_src;
+	if (a->check_src)
+		pair->check = mig_cook_expr(rel, a->check_src, "check", BOOLOID, -1, true);
+}
+
+/*
+ * Record the migration (when it is new) and the pair in the catalog; the
+ * one-active-migration index and the pair's primary key turn a race with a
+ * concurrent mig_expand (REPEATABLE READ does not see its rows) into 55000.
+ */
+static int64
+expand_insert(Relation rel, const char *qname, MigMigration *m, MigPair *pair)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile int64 id = m ? m->id : 0;
+
+	PG_TRY();
+	{
+		if (m == NULL)
+			id = mig_catalog_insert_migration(RelationGetRelid(rel), qname);
+		pair->ord = m ? list_length(m->pairs) + 1 : 1;
+		mig_catalog_insert_pair(id, pair);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("another mig_expand of table \"%s\" committed while this one ran",
+						RelationGetRelationName(rel)),
+				 errhint("Look at mig_status; abort one of them with mig_abort() if it was not meant.")));
+	}
+	PG_END_TRY();
+	return id;
+}
+
+/*
+ * Protect what the pair reads and writes as PostgreSQL protects a
+ * generated column's inputs: the trigger depends on those columns, so DROP
+ * COLUMN and ALTER COLUMN TYPE of them are refused while it exists (see
+ * guard.c for the friendlier error the event trigger gives first).
+ */
+static void
+expand_record_dependencies(Relation rel, MigPair *pair)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			tgoid = mig_dualwrite_trigger(relid, NULL, NULL);
+	ObjectAddress trigger;
+	Bitmapset  *cols = mig_protected_columns(list_make1(pair));
+	int			attnum = -1;
+
+	Assert(OidIsValid(tgoid));
+	ObjectAddressSet(trigger, TriggerRelationId, tgoid);
+	while ((attnum = bms_next_member(cols, attnum)) >= 0)
+	{
+		ObjectAddress col;
+
+		ObjectAddressSubSet(col, RelationRelationId, relid, attnum);
+		recordDependencyOn(&trigger, &col, DEPENDENCY_NORMAL);
+	}
+}
+
+/*
+ * The dual-write trigger of a new migration: ENABLE ALWAYS, so that it fires
+ * under session_replication_role = replica and in a logical-replication
+ * apply worker too.
+ */
+static void
+expand_create_trigger(const char *qname, int64 migration_id)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW "
+					 "EXECUTE FUNCTION migrate_ext.dualwrite('" INT64_FORMAT "'); "
+					 "ALTER TABLE %s ENABLE ALWAYS TRIGGER %s",
+					 quote_identifier(MIG_TRIGGER_NAME), qname, migration_id,
+					 qname, quote_identifier(MIG_TRIGGER_NAME));
+	mig_run_utility(sql.data);
+	CommandCounterIncrement();
 }
 
 /*
@@ -241,148 +417,68 @@ text_arg(FunctionCallInfo fcinfo, int n)
 Datum
 mig_expand(PG_FUNCTION_ARGS)
 {
-	Oid			relid;
+	ExpandArgs	a;
 	Relation	rel;
-	char	   *col;
-	char	   *new_col;
-	char	   *type;
-	char	   *up_src;
-	char	   *down_src;
-	char	   *check_src;
-	bool		not_null;
-	AttrNumber	old_attnum;
-	Form_pg_attribute oldatt;
-	Oid			typid;
-	int32		typmod;
 	MigMigration *m;
 	MigPair		pair;
 	Node	   *up;
 	int64		migration_id;
-	StringInfoData sql;
+	const char *qname;
+	char	   *add_sql;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tbl and col must not be NULL")));
-	relid = PG_GETARG_OID(0);
-	col = pstrdup(NameStr(*PG_GETARG_NAME(1)));
-	new_col = PG_ARGISNULL(2) ? NULL : pstrdup(NameStr(*PG_GETARG_NAME(2)));
-	type = text_arg(fcinfo, 3);
-	up_src = text_arg(fcinfo, 4);
-	down_src = text_arg(fcinfo, 5);
-	not_null = PG_ARGISNULL(6) ? false : PG_GETARG_BOOL(6);
-	check_src = text_arg(fcinfo, 7);
+	a.relid = PG_GETARG_OID(0);
 
 	/* Everything that can be checked without a strong lock, first. */
-	rel = mig_open_table(relid, AccessShareLock);
-	old_attnum = column_attnum(rel, col, false);
-	oldatt = TupleDescAttr(RelationGetDescr(rel), old_attnum - 1);
-	if (oldatt->attgenerated)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("column \"%s\" is a generated column", col)));
-
-	if (type)
-		parseTypeString(type, &typid, &typmod, false);
-	else
-	{
-		typid = oldatt->atttypid;
-		typmod = oldatt->atttypmod;
-	}
-	if (get_typtype(typid) == TYPTYPE_PSEUDO)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("column cannot be of pseudo-type %s", format_type_be(typid))));
-
-	m = mig_catalog_active(relid, true);
-	if (m != NULL && (strcmp(m->phase, MIG_PHASE_EXPANDED) != 0 ||
-					  mig_catalog_has_job(m->id)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" already has an active migration in phase %s",
-						RelationGetRelationName(rel), m->phase),
-				 errdetail("Column pairs can be added to a migration only before its backfill starts."),
-				 errhint("Finish it with mig_contract() or roll it back with mig_abort() first.")));
-
-	if (new_col == NULL)
-		new_col = shadow_name(col);
-	if (column_attnum(rel, new_col, true) != InvalidAttrNumber)
+	rel = mig_open_table(a.relid, AccessShareLock);
+	expand_args(fcinfo, rel, &a);
+	m = expand_active(rel);
+	if (m == NULL)
+		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
+	if (column_attnum(rel, a.new_col, true) != InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_COLUMN),
 				 errmsg("column \"%s\" of relation \"%s\" already exists",
-						new_col, RelationGetRelationName(rel)),
+						a.new_col, RelationGetRelationName(rel)),
 				 errhint("Choose another new_col.")));
 
 	/* up references only existing columns, so it is checked before the lock */
-	up = up_src ? mig_cook_expr(rel, up_src, "up", typid, typmod, false)
-		: mig_default_cast(rel, old_attnum, typid, typmod);
+	up = a.up_src ? mig_cook_expr(rel, a.up_src, "up", a.typid, a.typmod, false)
+		: mig_default_cast(rel, a.old_attnum, a.typid, a.typmod);
 
 	/* Now the short strong lock, and the DDL. */
-	mig_lock_table(relid, AccessExclusiveLock, "add the new column");
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "ALTER TABLE %s ADD COLUMN %s %s",
-					 qualified_name(rel), quote_identifier(new_col),
-					 format_type_with_typemod(typid, typmod));
-	if (typid == oldatt->atttypid && OidIsValid(oldatt->attcollation) &&
-		oldatt->attcollation != DEFAULT_COLLATION_OID)
-		appendStringInfo(&sql, " COLLATE %s",
-						 generate_collation_name(oldatt->attcollation));
+	mig_lock_table(a.relid, AccessExclusiveLock, "add the new column");
+	expand_recheck(rel, m, a.new_col);
+	if (m == NULL)
+		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
+	qname = mig_qualified_name(RelationGetRelid(rel));
+	add_sql = expand_add_column_sql(rel, &a);
 
 	/* ALTER TABLE refuses a table this backend has open; the lock stays */
-	oldatt = NULL;
 	table_close(rel, NoLock);
-	run_ddl(sql.data);
+	mig_run_utility(add_sql);
 	CommandCounterIncrement();
-	rel = table_open(relid, NoLock);
-	oldatt = TupleDescAttr(RelationGetDescr(rel), old_attnum - 1);
+	rel = table_open(a.relid, NoLock);
+	expand_pair(rel, &a, up, &pair);
 
-	memset(&pair, 0, sizeof(pair));
-	pair.old_col = col;
-	pair.old_attnum = old_attnum;
-	pair.new_col = new_col;
-	pair.new_attnum = column_attnum(rel, new_col, false);
-	pair.in_place = PG_ARGISNULL(2);
-	pair.new_type = format_type_with_typemod(typid, typmod);
-	pair.up_src = up_src;
-	pair.up = up;
-	pair.down_src = down_src;
-	if (down_src)
-		pair.down = mig_cook_expr(rel, down_src, "down", oldatt->atttypid,
-								  oldatt->atttypmod, false);
-	else if (up_src == NULL)
-		pair.down = mig_default_cast(rel, pair.new_attnum, oldatt->atttypid,
-									 oldatt->atttypmod);
-	pair.not_null = not_null;
-	pair.check_src = check_src;
-	if (check_src)
-		pair.check = mig_cook_expr(rel, check_src, "check", BOOLOID, -1, true);
-
+	migration_id = expand_insert(rel, qname, m, &pair);
 	if (m == NULL)
 	{
-		const char *qname = qualified_name(rel);
-
-		migration_id = mig_catalog_insert_migration(relid, qname);
-		pair.ord = 1;
-		mig_catalog_insert_pair(migration_id, &pair);
-
-		resetStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW "
-						 "EXECUTE FUNCTION migrate_ext.dualwrite('" INT64_FORMAT "')",
-						 quote_identifier(MIG_TRIGGER_NAME), qname, migration_id);
 		table_close(rel, NoLock);
-		run_ddl(sql.data);
+		expand_create_trigger(qname, migration_id);
+		rel = table_open(a.relid, NoLock);
+		expand_publications_notice(rel);
 	}
 	else
 	{
-		migration_id = m->id;
-		pair.ord = list_length(m->pairs) + 1;
-		mig_catalog_insert_pair(migration_id, &pair);
 		/* make the trigger of every backend reload the pairs */
 		CacheInvalidateRelcache(rel);
-		table_close(rel, NoLock);
 	}
+	expand_record_dependencies(rel, &pair);
+	table_close(rel, NoLock);
 
 	PG_RETURN_INT64(migration_id);
 }
@@ -393,6 +489,11 @@ mig_expand(PG_FUNCTION_ARGS)
  * Stops the backfill, drops the trigger and the new column(s); the old
  * column was never touched.  Allowed in any phase before contract, and a
  * no-op (with a notice) on a migration already aborted.
+ *
+ * What it drops is identified by what expand recorded: the trigger by its
+ * function and migration id, each new column by its attribute number (a
+ * column the user dropped and created again under the same name is not
+ * ours and is left alone).
  */
 Datum
 mig_abort(PG_FUNCTION_ARGS)
@@ -402,6 +503,8 @@ mig_abort(PG_FUNCTION_ARGS)
 	MigMigration *m;
 	ListCell   *lc;
 	StringInfoData sql;
+	Oid			tgoid;
+	int64		tg_migration;
 	int			ndrop = 0;
 
 	rel = mig_open_table(relid, AccessShareLock);
@@ -415,7 +518,7 @@ mig_abort(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("table \"%s\" has no migration to abort",
 							RelationGetRelationName(rel))));
-		if (strcmp(last->phase, MIG_PHASE_CONTRACTED) == 0)
+		if (last->phase == MIG_PHASE_CONTRACTED)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the migration of table \"%s\" was contracted and cannot be aborted",
@@ -429,11 +532,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	}
 
 	/* the worker stops at its next batch when it sees the job cancelled */
-	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
-					 "throttle_reason = NULL, updated_at = now(), finished_at = now() "
-					 "WHERE migration_id = $1 "
-					 "AND state IN ('running', 'throttled', 'paused', 'interrupted')",
-					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(m->id)}, NULL, -1);
+	mig_job_cancel_for_migration(m->id);
 
 	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
 
@@ -443,25 +542,37 @@ mig_abort(PG_FUNCTION_ARGS)
 	 * is skipped, never one that took its name since.
 	 */
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER IF EXISTS %s ON %s;",
-					 quote_identifier(MIG_TRIGGER_NAME), qualified_name(rel));
+	tgoid = mig_dualwrite_trigger(relid, &tg_migration, NULL);
+	if (OidIsValid(tgoid) && tg_migration == m->id)
+	{
+		ObjectAddress trigger;
+
+		ObjectAddressSet(trigger, TriggerRelationId, tgoid);
+		performDeletion(&trigger, DROP_RESTRICT, 0);
+		CommandCounterIncrement();
+	}
+	appendStringInfo(&sql, "ALTER TABLE %s", mig_qualified_name(RelationGetRelid(rel)));
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
 		TupleDesc	desc = RelationGetDescr(rel);
+		Form_pg_attribute att;
 
-		if (p->new_attnum > desc->natts ||
-			TupleDescAttr(desc, p->new_attnum - 1)->attisdropped)
+		/* the column may have been dropped by hand already */
+		if (p->new_attnum > desc->natts)
 			continue;
-		appendStringInfo(&sql, "%s DROP COLUMN %s",
-						 ndrop++ > 0 ? "," : psprintf(" ALTER TABLE %s", qualified_name(rel)),
-						 quote_identifier(NameStr(TupleDescAttr(desc, p->new_attnum - 1)->attname)));
+		att = TupleDescAttr(desc, p->new_attnum - 1);
+		if (att->attisdropped)
+			continue;
+		appendStringInfo(&sql, "%s DROP COLUMN %s", ndrop++ > 0 ? "," : "",
+						 quote_identifier(NameStr(att->attname)));
 	}
 	table_close(rel, NoLock);
 	/* first what an unfinished mig_contract added, by the OIDs it recorded */
 	(void) mig_contract_undo(m->id);
-	run_ddl(sql.data);
+	if (ndrop > 0)
+		mig_run_utility(sql.data);
 
-	mig_catalog_set_phase(m->id, MIG_PHASE_ABORTED, NULL);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_ABORTED, NULL);
 	PG_RETURN_VOID();
 }

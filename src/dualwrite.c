@@ -27,7 +27,11 @@
  * cached per migration; the cache entry is rebuilt when the table's
  * relcache entry or any function is invalidated (ALTER TABLE, a phase change
  * that calls CacheInvalidateRelcache, CREATE OR REPLACE FUNCTION of a
- * function that an expression inlined).
+ * function that an expression inlined).  Every (re)build checks that the
+ * stored expressions still fit the columns' types, so a cooked tree is
+ * never run against a column that changed under it (guard.c protects the
+ * columns; this is the backstop).  EXECUTE on the functions they call is
+ * checked again whenever the writing role is not the one last checked.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,8 +44,12 @@
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -95,9 +103,21 @@ typedef struct DwEntry
 	bool	   *repl_nulls;
 	Datum	   *values;			/* scratch: the row being formed, natts long */
 	bool	   *isnull;
+	Oid		   *funcs;			/* every function the expressions call */
+	int			nfuncs;
+	Oid			checked_user;	/* the role whose EXECUTE on them was checked */
 } DwEntry;
 
 static HTAB *dw_cache = NULL;
+
+/*
+ * The migration whose backfill this process runs (0: none).  Only that
+ * migration's trigger, fired directly by a statement of this process (at
+ * trigger depth 1, which is the batch UPDATE: the worker runs no other
+ * statement on the table), treats the write as the backfill's.  A write
+ * that a trigger makes, on this table or any other, is an ordinary write.
+ */
+static int64 dw_backfill_migration = 0;
 
 /* What the trigger is computing, for the context line of an error. */
 typedef struct DwErrorContext
@@ -138,10 +158,167 @@ mig_dualwrite_init(void)
 	CacheRegisterSyscacheCallback(PROCOID, dw_proc_callback, (Datum) 0);
 }
 
+/*
+ * Called once by the backfill worker, for the migration it backfills: see
+ * dw_backfill_migration.
+ */
+void
+mig_dualwrite_backfill_scope(int64 migration_id)
+{
+	dw_backfill_migration = migration_id;
+}
+
+/* Is this the backfill's own batch UPDATE of its own table? */
+static bool
+dw_is_backfill(DwEntry *e, TriggerData *td)
+{
+	if (dw_backfill_migration == 0 || e->migration_id != dw_backfill_migration ||
+		!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return false;
+	return DatumGetInt32(DirectFunctionCall1(pg_trigger_depth, (Datum) 0)) == 1;
+}
+
 static ExprState *
 dw_compile(Node *expr)
 {
 	return ExecInitExpr(expression_planner((Expr *) copyObject(expr)), NULL);
+}
+
+/*
+ * The stored expression still fits the table: every column it reads has the
+ * type it had when the expression was cooked, and it computes the type of
+ * the column it writes.  The columns are protected against ALTER TYPE and
+ * DROP while the trigger exists, but a cooked tree that no longer fits would
+ * make the executor read or store a value of the wrong type, so it is never
+ * trusted.
+ */
+static void
+dw_check_types(Relation rel, Node *expr, const char *what, Form_pg_attribute target)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *vars = pull_var_clause(expr, 0);
+	ListCell   *lc;
+
+	foreach(lc, vars)
+	{
+		Var		   *var = lfirst_node(Var, lc);
+		Form_pg_attribute att;
+
+		if (var->varattno <= 0 || var->varattno > desc->natts ||
+			TupleDescAttr(desc, var->varattno - 1)->attisdropped)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a column that the %s expression of the migration of table \"%s\" reads was dropped",
+							what, RelationGetRelationName(rel)),
+					 errhint("Abort the migration with mig_abort('%s').",
+							 RelationGetRelationName(rel))));
+		att = TupleDescAttr(desc, var->varattno - 1);
+		if (att->atttypid != var->vartype)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of table \"%s\" changed type since the migration began",
+							NameStr(att->attname), RelationGetRelationName(rel)),
+					 errdetail("Its %s expression was checked against type %s; the column is now %s.",
+							   what, format_type_be(var->vartype), format_type_be(att->atttypid)),
+					 errhint("Abort the migration with mig_abort('%s') and expand again.",
+							 RelationGetRelationName(rel))));
+	}
+	if (exprType(expr) != target->atttypid)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("column \"%s\" of table \"%s\" changed type since the migration began",
+						NameStr(target->attname), RelationGetRelationName(rel)),
+				 errdetail("Its %s expression computes type %s; the column is now %s.",
+						   what, format_type_be(exprType(expr)),
+						   format_type_be(target->atttypid)),
+				 errhint("Abort the migration with mig_abort('%s') and expand again.",
+						 RelationGetRelationName(rel))));
+}
+
+static bool
+dw_collect_func(Oid funcid, void *context)
+{
+	List	  **funcs = (List **) context;
+
+	*funcs = list_append_unique_oid(*funcs, funcid);
+	return false;
+}
+
+static bool
+dw_collect_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	(void) check_functions_in_node(node, dw_collect_func, context);
+	return expression_tree_walker(node, dw_collect_walker, context);
+}
+
+/*
+ * EXECUTE on every function the expressions call, for the role that writes
+ * now.  ExecInitExpr checked it for the role that built the cache; a pooled
+ * connection that switches roles (SET ROLE, SECURITY DEFINER callers) is
+ * checked again here, once per change of role, not per row.
+ */
+static void
+dw_check_execute(DwEntry *e)
+{
+	Oid			userid = GetUserId();
+
+	for (int i = 0; i < e->nfuncs; i++)
+	{
+		AclResult	aclresult = pg_proc_aclcheck(e->funcs[i], userid, ACL_EXECUTE);
+
+		if (aclresult != ACLCHECK_OK)
+			aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(e->funcs[i]));
+	}
+	e->checked_user = userid;
+}
+
+/*
+ * Compile pair p of the migration into e->pairs[i], after checking that its
+ * expressions still fit the columns; collect the functions they call.
+ */
+static void
+dw_build_pair(DwEntry *e, int i, Relation rel, MigPair *p, List **funcs)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	DwPair	   *dp;
+	Form_pg_attribute oldatt;
+	Form_pg_attribute newatt;
+	TypeCacheEntry *tce;
+
+	dp = &e->pairs[i];
+	oldatt = TupleDescAttr(desc, p->old_attnum - 1);
+	newatt = TupleDescAttr(desc, p->new_attnum - 1);
+
+	dp->old_attnum = p->old_attnum;
+	dp->new_attnum = p->new_attnum;
+	dp->old_col = pstrdup(NameStr(oldatt->attname));
+	dp->new_col = pstrdup(NameStr(newatt->attname));
+	dw_check_types(rel, p->up, "up", newatt);
+	if (p->down)
+		dw_check_types(rel, p->down, "down", oldatt);
+	(void) dw_collect_walker(p->up, funcs);
+	(void) dw_collect_walker(p->down, funcs);
+	dp->up = dw_compile(p->up);
+	dp->down = p->down ? dw_compile(p->down) : NULL;
+	/* the old column's down is the one its latest pair gave */
+	for (int j = 0; j < i; j++)
+	{
+		if (e->pairs[j].old_attnum != dp->old_attnum)
+			continue;
+		if (dp->down)
+			e->pairs[j].down = dp->down;
+		else if (e->pairs[j].down)
+			dp->down = e->pairs[j].down;
+	}
+	dp->new_collation = newatt->attcollation;
+	tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
+	if (OidIsValid(tce->eq_opr_finfo.fn_oid))
+	{
+		dp->new_eq = palloc(sizeof(FmgrInfo));
+		fmgr_info_copy(dp->new_eq, &tce->eq_opr_finfo, e->cxt);
+	}
 }
 
 /* (Re)build an entry's compiled state from the catalog. */
@@ -153,6 +330,7 @@ dw_build(DwEntry *e, Relation rel)
 	ListCell   *lc;
 	int			i = 0;
 	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *funcs = NIL;
 
 	if (e->cxt)
 		MemoryContextDelete(e->cxt);
@@ -162,7 +340,7 @@ dw_build(DwEntry *e, Relation rel)
 	oldcxt = MemoryContextSwitchTo(e->cxt);
 	m = mig_catalog_by_id(e->migration_id);
 	if (m == NULL || m->relid != RelationGetRelid(rel) ||
-		mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CONTRACTED))
+		m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("trigger \"%s\" on table \"%s\" belongs to no active migration",
@@ -170,7 +348,7 @@ dw_build(DwEntry *e, Relation rel)
 				 errhint("Drop the trigger, or start a migration with mig_expand().")));
 
 	e->relid = m->relid;
-	e->new_authoritative = mig_phase_rank(m->phase) >= mig_phase_rank(MIG_PHASE_CUTOVER);
+	e->new_authoritative = m->phase >= MIG_PHASE_CUTOVER;
 	e->sole_before_update = true;
 	for (int t = 0; rel->trigdesc && t < rel->trigdesc->numtriggers; t++)
 	{
@@ -195,10 +373,6 @@ dw_build(DwEntry *e, Relation rel)
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
-		DwPair	   *dp;
-		Form_pg_attribute oldatt;
-		Form_pg_attribute newatt;
-		TypeCacheEntry *tce;
 
 		/*
 		 * A column dropped by hand leaves nothing to keep in step: skip the
@@ -217,34 +391,13 @@ dw_build(DwEntry *e, Relation rel)
 			e->npairs--;
 			continue;
 		}
-		dp = &e->pairs[i++];
-		oldatt = TupleDescAttr(desc, p->old_attnum - 1);
-		newatt = TupleDescAttr(desc, p->new_attnum - 1);
-
-		dp->old_attnum = p->old_attnum;
-		dp->new_attnum = p->new_attnum;
-		dp->old_col = pstrdup(NameStr(oldatt->attname));
-		dp->new_col = pstrdup(NameStr(newatt->attname));
-		dp->up = dw_compile(p->up);
-		dp->down = p->down ? dw_compile(p->down) : NULL;
-		/* the old column's down is the one its latest pair gave */
-		for (int j = 0; j < i - 1; j++)
-		{
-			if (e->pairs[j].old_attnum != dp->old_attnum)
-				continue;
-			if (dp->down)
-				e->pairs[j].down = dp->down;
-			else if (e->pairs[j].down)
-				dp->down = e->pairs[j].down;
-		}
-		dp->new_collation = newatt->attcollation;
-		tce = lookup_type_cache(newatt->atttypid, TYPECACHE_EQ_OPR_FINFO);
-		if (OidIsValid(tce->eq_opr_finfo.fn_oid))
-		{
-			dp->new_eq = palloc(sizeof(FmgrInfo));
-			fmgr_info_copy(dp->new_eq, &tce->eq_opr_finfo, e->cxt);
-		}
+		dw_build_pair(e, i++, rel, p, &funcs);
 	}
+	e->nfuncs = list_length(funcs);
+	e->funcs = palloc(sizeof(Oid) * Max(e->nfuncs, 1));
+	foreach(lc, funcs)
+		e->funcs[foreach_current_index(lc)] = lfirst_oid(lc);
+	e->checked_user = InvalidOid;
 	MemoryContextSwitchTo(oldcxt);
 }
 
@@ -397,9 +550,9 @@ dw_replaced(DwEntry *e, int nrepl, AttrNumber attnum)
  */
 static DwDirection
 dw_direction(DwEntry *e, DwPair *dp, TriggerData *td, TupleTableSlot *newslot,
-			 Relation rel)
+			 Relation rel, bool backfill)
 {
-	MigWriter	writer = mig_backfill_writes ? MIG_WRITER_OLD : (MigWriter) mig_writer;
+	MigWriter	writer = backfill ? MIG_WRITER_OLD : (MigWriter) mig_writer;
 	TupleDesc	desc = RelationGetDescr(rel);
 
 	if (writer == MIG_WRITER_OLD)
@@ -485,100 +638,54 @@ dw_error_callback(void *arg)
 				   ctx->column, RelationGetRelationName(ctx->rel), ctx->expr);
 }
 
-Datum
-mig_dualwrite(PG_FUNCTION_ARGS)
+/*
+ * The downs, on the row as written: fills e->repl_* with the old columns
+ * they compute and returns how many.
+ */
+static int
+dw_downs(DwEntry *e, TriggerData *td, TupleTableSlot *newslot, bool backfill,
+		 DwErrorContext *ectx)
 {
-	TriggerData *td = (TriggerData *) fcinfo->context;
-	Relation	rel;
-	TupleDesc	desc;
-	DwEntry    *e;
-	HeapTuple	tuple;
-	TupleTableSlot *newslot;
-	TupleTableSlot *evalslot;
-	ExprContext *econtext;
+	ExprContext *econtext = e->econtext;
+	Relation	rel = td->tg_relation;
 	int			nrepl = 0;
-	bool		any_down = false;
-	DwErrorContext ectx;
-	ErrorContextCallback errcallback;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
-		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)) ||
-		td->tg_trigger->tgnargs != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("migrate_ext.dualwrite() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW by migrate_ext")));
-
-	rel = td->tg_relation;
-	desc = RelationGetDescr(rel);
-
-	/*
-	 * The FmgrInfo belongs to this trigger of this statement, so it can
-	 * remember the entry: no lookup per row.  Entries never move.
-	 */
-	e = (DwEntry *) fcinfo->flinfo->fn_extra;
-	if (e == NULL || !e->valid)
-	{
-		e = dw_lookup(pg_strtoint64(td->tg_trigger->tgargs[0]), rel);
-		fcinfo->flinfo->fn_extra = e;
-	}
-
-	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
-	{
-		tuple = td->tg_newtuple;
-		newslot = td->tg_newslot;
-	}
-	else
-	{
-		tuple = td->tg_trigtuple;
-		newslot = td->tg_trigslot;
-	}
-
-	econtext = e->econtext;
-	ResetExprContext(econtext);
-
-	ectx.rel = rel;
-	ectx.column = NULL;
-	errcallback.callback = dw_error_callback;
-	errcallback.arg = &ectx;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	/* the downs, on the row as written */
 	econtext->ecxt_scantuple = newslot;
 	for (int i = 0; i < e->npairs; i++)
 	{
 		DwPair	   *dp = &e->pairs[i];
 
-		dp->dir = dw_direction(e, dp, td, newslot, rel);
+		dp->dir = dw_direction(e, dp, td, newslot, rel, backfill);
 		if (dp->dir == DW_DOWN && !dw_replaced(e, nrepl, dp->old_attnum))
 		{
 			bool		isnull;
 			Datum		v;
 
-			ectx.column = dp->old_col;
-			ectx.expr = "down";
+			ectx->column = dp->old_col;
+			ectx->expr = "down";
 			v = ExecEvalExprSwitchContext(dp->down, econtext, &isnull);
-			ectx.column = NULL;
+			ectx->column = NULL;
 
 			e->repl_cols[nrepl] = dp->old_attnum;
 			e->repl_values[nrepl] = v;
 			e->repl_nulls[nrepl] = isnull;
 			nrepl++;
-			any_down = true;
 		}
 	}
+	return nrepl;
+}
 
-	evalslot = newslot;
-	if (any_down)
-	{
-		tuple = dw_form(e, newslot, nrepl);
-		ExecStoreHeapTuple(tuple, e->slot, false);
-		evalslot = e->slot;
-		nrepl = 0;
-	}
+/*
+ * The ups and checks, on the row as the downs left it: fills e->repl_*
+ * with the new columns whose stored value is not up's, and returns how many.
+ */
+static int
+dw_ups(DwEntry *e, Relation rel, TupleTableSlot *evalslot, DwErrorContext *ectx)
+{
+	ExprContext *econtext = e->econtext;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			nrepl = 0;
 
-	/* the ups and checks, on the row as the downs left it */
 	econtext->ecxt_scantuple = evalslot;
 	for (int i = 0; i < e->npairs; i++)
 	{
@@ -589,10 +696,10 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 		Datum		upv;
 		Datum		curv;
 
-		ectx.column = dp->new_col;
-		ectx.expr = "up";
+		ectx->column = dp->new_col;
+		ectx->expr = "up";
 		upv = ExecEvalExprSwitchContext(dp->up, econtext, &upnull);
-		ectx.column = NULL;
+		ectx->column = NULL;
 		curv = slot_getattr(evalslot, dp->new_attnum, &curnull);
 
 		if (dp->dir == DW_UP)
@@ -608,6 +715,78 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 		else if (!dw_equal(dp, upv, upnull, curv, curnull, newatt))
 			dw_disagree(dp, rel, curv, curnull, upv, upnull, dp->dir == DW_DOWN);
 	}
+	return nrepl;
+}
+
+Datum
+mig_dualwrite(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	DwEntry    *e;
+	HeapTuple	tuple;
+	TupleTableSlot *newslot;
+	TupleTableSlot *evalslot;
+	int			nrepl;
+	bool		any_down;
+	bool		backfill;
+	DwErrorContext ectx;
+	ErrorContextCallback errcallback;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!(TRIGGER_FIRED_BY_INSERT(td->tg_event) || TRIGGER_FIRED_BY_UPDATE(td->tg_event)) ||
+		td->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("migrate_ext.dualwrite() must be fired BEFORE INSERT OR UPDATE FOR EACH ROW by migrate_ext")));
+
+	rel = td->tg_relation;
+
+	/*
+	 * The FmgrInfo belongs to this trigger of this statement, so it can
+	 * remember the entry: no lookup per row.  Entries never move.
+	 */
+	e = (DwEntry *) fcinfo->flinfo->fn_extra;
+	if (e == NULL || !e->valid)
+	{
+		e = dw_lookup(pg_strtoint64(td->tg_trigger->tgargs[0]), rel);
+		fcinfo->flinfo->fn_extra = e;
+	}
+	if (unlikely(e->checked_user != GetUserId()))
+		dw_check_execute(e);
+	backfill = dw_is_backfill(e, td);
+
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		tuple = td->tg_newtuple;
+		newslot = td->tg_newslot;
+	}
+	else
+	{
+		tuple = td->tg_trigtuple;
+		newslot = td->tg_trigslot;
+	}
+
+	ResetExprContext(e->econtext);
+
+	ectx.rel = rel;
+	ectx.column = NULL;
+	errcallback.callback = dw_error_callback;
+	errcallback.arg = &ectx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	nrepl = dw_downs(e, td, newslot, backfill, &ectx);
+	any_down = nrepl > 0;
+	evalslot = newslot;
+	if (any_down)
+	{
+		tuple = dw_form(e, newslot, nrepl);
+		ExecStoreHeapTuple(tuple, e->slot, false);
+		evalslot = e->slot;
+	}
+	nrepl = dw_ups(e, rel, evalslot, &ectx);
 
 	error_context_stack = errcallback.previous;
 
@@ -617,8 +796,7 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	 * have written the row), skip the row, so that no new row version is
 	 * written and the backfill does not count it.
 	 */
-	if (mig_backfill_writes && nrepl == 0 && !any_down &&
-		TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	if (backfill && nrepl == 0 && !any_down)
 		return PointerGetDatum(NULL);
 
 	if (nrepl > 0)

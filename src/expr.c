@@ -7,15 +7,19 @@
  * as cookDefault() and cookConstraint() in heap.c cook a generated column or
  * a CHECK constraint: the same restrictions (no subqueries, aggregates,
  * window or set-returning functions), coercion to the column's type, and
- * collations assigned.  The cooked tree is stored; it refers to columns by
- * attribute number and to functions by OID, so neither a later search_path
- * nor a renamed column changes what it computes.  Every error is raised
+ * collations assigned; and, stricter than a generated column, the rules of
+ * mig_check_expr() (immutable, no system, whole-row or generated columns).
+ * The cooked tree is stored; it refers to columns by attribute number and
+ * to functions by OID, so neither a later search_path nor a renamed column
+ * changes what it computes.  Every error is raised
  * here, at expand time, never at the first write.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -27,9 +31,13 @@
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/regproc.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
+#include "utils/syscache.h"
 
 #include "migrate_ext.h"
 
@@ -98,11 +106,178 @@ parse_one_expr(const char *src, const char *what)
 	return rt->val;
 }
 
+/* What mig_check_expr walks with. */
+typedef struct ExprCheck
+{
+	Relation	rel;
+	const char *what;
+	ParseState *pstate;			/* for error positions; may be NULL */
+	Oid			bad_func;		/* scratch for the function checker */
+} ExprCheck;
+
+static bool
+not_immutable(Oid funcid, void *context)
+{
+	ExprCheck  *ck = (ExprCheck *) context;
+
+	if (func_volatile(funcid) == PROVOLATILE_IMMUTABLE)
+		return false;
+	ck->bad_func = funcid;
+	return true;
+}
+
+static bool
+is_zoned(Oid typid)
+{
+	return typid == TIMESTAMPTZOID || typid == TIMETZOID;
+}
+
+static bool
+is_unzoned(Oid typid)
+{
+	return typid == TIMESTAMPOID || typid == TIMEOID || typid == DATEOID;
+}
+
+/*
+ * Does the function convert between a zoned and an unzoned time type (and
+ * so depend on the session's TimeZone)?
+ */
+static bool
+is_zone_conversion(Oid funcid)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
+	Form_pg_proc proc;
+	bool		zoned;
+	bool		unzoned;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	zoned = is_zoned(proc->prorettype);
+	unzoned = is_unzoned(proc->prorettype);
+	for (int i = 0; i < proc->pronargs; i++)
+	{
+		zoned |= is_zoned(proc->proargtypes.values[i]);
+		unzoned |= is_unzoned(proc->proargtypes.values[i]);
+	}
+	ReleaseSysCache(tup);
+	return zoned && unzoned;
+}
+
+static void
+refuse_function(ExprCheck *ck, Node *node)
+{
+	char		vol = func_volatile(ck->bad_func);
+
+	if (is_zone_conversion(ck->bad_func))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("%s expression must be immutable", ck->what),
+				 errdetail("Function %s converts between time zones by the session's TimeZone setting, so sessions in different zones and the backfill would compute different values from the same row.",
+						   format_procedure(ck->bad_func)),
+				 errhint("Name the zone: write (column AT TIME ZONE '%s') to convert as this database does ('%s' is its TimeZone).",
+						 GetConfigOptionResetString("TimeZone"),
+						 GetConfigOptionResetString("TimeZone")),
+				 parser_errposition(ck->pstate, exprLocation(node))));
+	if (ck->bad_func == F_TEXTANYCAT || ck->bad_func == F_ANYTEXTCAT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("%s expression must be immutable", ck->what),
+				 errdetail("|| between text and a value of another type is stable: it prints that value by its type's output function, which may depend on session settings."),
+				 errhint("Cast the other operand to text explicitly, as in col::text."),
+				 parser_errposition(ck->pstate, exprLocation(node))));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+			 errmsg("%s expression must be immutable", ck->what),
+			 errdetail("Function %s is %s: its result can depend on session settings, on the time or on what tables hold, so the trigger in each session, the backfill and the validation could compute different values from the same row.",
+					   format_procedure(ck->bad_func),
+					   vol == PROVOLATILE_STABLE ? "stable" : "volatile"),
+			 errhint("Use only immutable functions and casts; to parse text as a date or a time, use an explicit immutable function of your own that fixes the format."),
+			 parser_errposition(ck->pstate, exprLocation(node))));
+}
+
+/*
+ * The rules for an up, down or check expression, beyond what the parser
+ * enforces for a generated column: deterministic (immutable, except a cast
+ * to or from an enum through text, which depends only on the enum's
+ * catalog), and no
+ * system column, whole-row reference or stored generated column (a BEFORE
+ * trigger sees the generated value stale or NULL).  Children are checked
+ * before their parent.
+ */
+static bool
+check_walker(Node *node, ExprCheck *ck)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var))
+	{
+		Var		   *var = (Var *) node;
+
+		if (var->varattno <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("%s expression must not read %s", ck->what,
+							var->varattno == 0 ? "the whole row" : "a system column"),
+					 errdetail("It may read only the table's ordinary columns, by name."),
+					 parser_errposition(ck->pstate, var->location)));
+		if (TupleDescAttr(RelationGetDescr(ck->rel), var->varattno - 1)->attgenerated)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("%s expression must not read generated column \"%s\"", ck->what,
+							NameStr(TupleDescAttr(RelationGetDescr(ck->rel), var->varattno - 1)->attname)),
+					 errdetail("The dual-write trigger runs before the generated value is computed."),
+					 errhint("Repeat the generation expression instead."),
+					 parser_errposition(ck->pstate, var->location)));
+		return false;
+	}
+	/* innermost first, so that the error names the function at fault */
+	if (expression_tree_walker(node, check_walker, (void *) ck))
+		return true;
+	if (IsA(node, SQLValueFunction) || IsA(node, NextValueExpr))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("%s expression must be immutable", ck->what),
+				 errdetail("It reads the session's state (the time, the user or a sequence), so the trigger in each session, the backfill and the validation would compute different values from the same row."),
+				 parser_errposition(ck->pstate, exprLocation(node))));
+	if (IsA(node, CoerceViaIO))
+	{
+		/* the I/O of an enum depends only on the enum's catalog */
+		CoerceViaIO *io = (CoerceViaIO *) node;
+		Oid			argtype = exprType((Node *) io->arg);
+		Oid			func;
+		Oid			ioparam;
+		bool		isvarlena;
+
+		getTypeOutputInfo(argtype, &func, &isvarlena);
+		if (!type_is_enum(argtype) && not_immutable(func, ck))
+			refuse_function(ck, node);
+		getTypeInputInfo(io->resulttype, &func, &ioparam);
+		if (!type_is_enum(io->resulttype) && not_immutable(func, ck))
+			refuse_function(ck, node);
+	}
+	else if (check_functions_in_node(node, not_immutable, ck))
+		refuse_function(ck, node);
+	return false;
+}
+
+void
+mig_check_expr(Relation rel, Node *expr, const char *what, ParseState *pstate)
+{
+	ExprCheck	ck;
+
+	ck.rel = rel;
+	ck.what = what;
+	ck.pstate = pstate;
+	ck.bad_func = InvalidOid;
+	(void) check_walker(expr, &ck);
+}
+
 /*
  * Cook an expression against the table: the result is of type typid
- * (typmod) or, with is_check, boolean.  Volatile functions are rejected:
- * the trigger, the backfill and the validation must all compute the same
- * value from the same row.
+ * (typmod) or, with is_check, boolean.  It must be deterministic (see
+ * mig_check_expr): the trigger, the backfill and the validation must all
+ * compute the same value from the same row.
  */
 Node *
 mig_cook_expr(Relation rel, const char *src, const char *what,
@@ -158,12 +333,7 @@ mig_cook_expr(Relation rel, const char *src, const char *what,
 	}
 	assign_expr_collations(pstate, expr);
 
-	if (contain_volatile_functions(expr))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
-				 errmsg("%s expression must not call volatile functions", what),
-				 errdetail("The trigger, the backfill and the validation must all compute the same value from the same row."),
-				 parser_errposition(pstate, exprLocation(raw))));
+	mig_check_expr(rel, expr, what, pstate);
 
 	free_parsestate(pstate);
 	error_context_stack = errcallback.previous;
@@ -193,12 +363,7 @@ mig_default_cast(Relation rel, AttrNumber attnum, Oid typid, int32 typmod)
 						format_type_with_typemod(typid, typmod)),
 				 errhint("Give an up expression that computes the new value, and a down expression for the way back.")));
 	assign_expr_collations(NULL, expr);
-	if (contain_volatile_functions(expr))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
-				 errmsg("the cast from %s to %s is volatile",
-						format_type_be(att->atttypid), format_type_with_typemod(typid, typmod)),
-				 errhint("Give an up expression that computes the new value.")));
+	mig_check_expr(rel, expr, "default cast", NULL);
 	return expr;
 }
 

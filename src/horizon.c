@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * horizon.c
- *	  Letting vacuum and concurrent index builds get past a long-running
- *	  migrate_ext function call.
+ *	  Being a good neighbour to the rest of the server: letting vacuum and
+ *	  concurrent index builds get past a long-running migrate_ext function
+ *	  call, and measuring the application's load a backfill yields to.
  *
  * mig_validate() scans a whole table and mig_contract() waits for index
  * builds; both are SQL functions, so they run inside the caller's statement,
@@ -26,7 +27,11 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/backend_status.h"
 #include "utils/snapmgr.h"
 
 #include "migrate_ext.h"
@@ -45,4 +50,37 @@ mig_release_xmin(void)
 	InvalidateCatalogSnapshot();
 	MyProc->xmin = InvalidTransactionId;
 	return true;
+}
+
+/*
+ * Client sessions of this database that are running a statement on a CPU
+ * right now: active, and not waiting for a lock, I/O or a latch.  This is
+ * gh-ost's Threads_running.  Under load the worker yields, sleeping after
+ * each batch for the batch's duration times this number times
+ * migrate_ext.backfill_yield, so that on a busy server the backfill takes a
+ * small share of the CPU and the application's latency barely moves, while
+ * on an idle one it runs flat out.  A session that waits (in mig_wait, on a
+ * row lock the batch holds) is not counted: it is not competing with us.
+ */
+int
+mig_busy_sessions_count(void)
+{
+	int			n = 0;
+	int			nbackends;
+
+	pgstat_clear_backend_activity_snapshot();
+	nbackends = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= nbackends; i++)
+	{
+		PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
+		PGPROC	   *proc;
+
+		if (be->st_backendType != B_BACKEND || be->st_databaseid != MyDatabaseId ||
+			be->st_state != STATE_RUNNING || be->st_procpid == MyProcPid)
+			continue;
+		proc = BackendPidGetProc(be->st_procpid);
+		if (proc != NULL && proc->wait_event_info == 0)
+			n++;
+	}
+	return n;
 }

@@ -29,7 +29,11 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -38,11 +42,108 @@
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "migrate_ext.h"
+#include "migrate_ext_worker.h"
 
 PGDLLEXPORT void mig_launcher_main(Datum main_arg);
 PGDLLEXPORT void mig_launcher_db_main(Datum main_arg);
+
+/*
+ * In a short-lived worker of the launcher, connected to one database as a
+ * superuser: give every interrupted job of this database a new worker, as
+ * the roles that started it.  A job whose roles are gone, or can no longer
+ * log in, fails with a message that says so.
+ */
+static void
+resume_interrupted_jobs(void)
+{
+	List	   *jobs = NIL;
+	ListCell   *lc;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext spicxt;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	SPI_connect();
+	if (!OidIsValid(get_extension_oid("migrate_ext", true)))
+	{
+		SPI_finish();
+		return;
+	}
+	if (mig_catalog_query("SELECT id, role_oid, login_oid FROM migrate_ext.job "
+					"WHERE state IN ('running', 'throttled', 'paused', 'interrupted') "
+					"ORDER BY id", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MigWorkerArgs *args = MemoryContextAllocZero(oldcxt, sizeof(MigWorkerArgs));
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		args->dboid = MyDatabaseId;
+		args->arg = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		args->role_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		args->login_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		/* the list must outlive SPI_finish(), which frees SPI's context */
+		spicxt = MemoryContextSwitchTo(oldcxt);
+		jobs = lappend(jobs, args);
+		MemoryContextSwitchTo(spicxt);
+	}
+	SPI_finish();
+
+	foreach(lc, jobs)
+	{
+		MigWorkerArgs *args = lfirst(lc);
+		HeapTuple	tup;
+		bool		can_login = false;
+
+		if (mig_job_alive(args->arg))
+			continue;
+
+		tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(args->login_oid));
+		if (HeapTupleIsValid(tup))
+		{
+			can_login = ((Form_pg_authid) GETSTRUCT(tup))->rolcanlogin;
+			ReleaseSysCache(tup);
+		}
+		if (!can_login || !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(args->role_oid)))
+		{
+			mig_job_end(args->arg, JOB_FAILED,
+						"the role that started this job no longer exists or can no longer log in, so the job cannot continue after the restart; start it again with mig_backfill() as the table's owner",
+						"28000", 0);
+			ereport(WARNING,
+					(errmsg("migrate_ext: backfill job " INT64_FORMAT " cannot be resumed: its role is gone or cannot log in",
+							args->arg)));
+			continue;
+		}
+
+		/* mig_status shows it interrupted until the worker takes over */
+		mig_job_hold_gate(args->arg);
+		mig_job_mark_interrupted(args->arg);
+		/* no free slot: leave it interrupted, say so, go on with the next */
+		BeginInternalSubTransaction(NULL);
+		PG_TRY();
+		{
+			mig_job_start_worker(args);
+			ReleaseCurrentSubTransaction();
+			ereport(LOG,
+					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",
+							args->arg, get_database_name(MyDatabaseId))));
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(oldcxt);
+			EmitErrorReport();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+}
 
 /* seconds before the postmaster starts a launcher that exited with an error */
 #define MIG_LAUNCHER_RESTART	5
@@ -174,7 +275,7 @@ mig_launcher_db_main(Datum main_arg)
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	mig_backfill_resume_interrupted();
+	resume_interrupted_jobs();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	proc_exit(0);

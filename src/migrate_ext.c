@@ -26,7 +26,6 @@ int			mig_writer = MIG_WRITER_AUTO;
 int			mig_lock_timeout_ms = 50;
 int			mig_lock_timeout_max_ms = 1000;
 int			mig_lock_retries = 12;
-bool		mig_backfill_writes = false;
 double		mig_backfill_yield = 1.0;
 
 static const struct config_enum_entry writer_options[] = {

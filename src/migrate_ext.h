@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
@@ -33,12 +34,6 @@ extern int	mig_lock_timeout_ms;
 extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
-
-/*
- * Set by the backfill for its own writes: the trigger then always computes
- * the new side from the old one and never propagates anything down.
- */
-extern bool mig_backfill_writes;
 
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
 typedef struct MigPair
@@ -59,29 +54,37 @@ typedef struct MigPair
 	Node	   *check;
 } MigPair;
 
+/*
+ * A migration's phase, in lifecycle order (so "has it reached X" is a
+ * comparison); aborted sorts last.  catalog.c holds the one mapping to the
+ * text stored in migrate_ext.migration.phase.
+ */
+typedef enum MigPhase
+{
+	MIG_PHASE_EXPANDED,
+	MIG_PHASE_BACKFILLING,
+	MIG_PHASE_BACKFILLED,
+	MIG_PHASE_VALIDATED,
+	MIG_PHASE_CUTOVER,
+	MIG_PHASE_CONTRACTED,
+	MIG_PHASE_ABORTED
+} MigPhase;
+
+#define MIG_PHASE_COUNT			(MIG_PHASE_ABORTED + 1)
+
 /* A migration and its pairs, as stored in migrate_ext.migration. */
 typedef struct MigMigration
 {
 	int64		id;
 	Oid			relid;
 	char	   *table_name;
-	char	   *phase;
+	MigPhase	phase;
 	List	   *pairs;			/* of MigPair * in ord order */
 } MigMigration;
-
-/* Phases, in order. */
-#define MIG_PHASE_EXPANDED		"expanded"
-#define MIG_PHASE_BACKFILLING	"backfilling"
-#define MIG_PHASE_BACKFILLED	"backfilled"
-#define MIG_PHASE_VALIDATED		"validated"
-#define MIG_PHASE_CUTOVER		"cutover"
-#define MIG_PHASE_CONTRACTED	"contracted"
-#define MIG_PHASE_ABORTED		"aborted"
 
 /* Name of the dual-write trigger; "zz" so that it fires after the table's
  * other BEFORE triggers and sees the row they leave. */
 #define MIG_TRIGGER_NAME		"zz_migrate_ext_dualwrite"
-#define MIG_SCHEMA				"migrate_ext"
 
 /* catalog.c */
 extern MigMigration *mig_catalog_active(Oid relid, bool missing_ok);
@@ -89,14 +92,33 @@ extern MigMigration *mig_catalog_by_id(int64 id);
 extern MigMigration *mig_catalog_latest(Oid relid);
 extern int64 mig_catalog_insert_migration(Oid relid, const char *table_name);
 extern void mig_catalog_insert_pair(int64 migration_id, const MigPair *pair);
-extern void mig_catalog_set_phase(int64 migration_id, const char *phase,
-								  const char *detail);
+extern const char *mig_phase_name(MigPhase phase);
+extern MigPhase mig_phase_parse(const char *name);
+extern bool mig_catalog_move_phase(int64 migration_id, MigPhase from,
+								   MigPhase to, const char *detail);
+extern void mig_catalog_set_phase(int64 migration_id, MigPhase from,
+								  MigPhase to, const char *detail);
 extern bool mig_catalog_has_job(int64 migration_id);
+extern int	mig_catalog_query(const char *sql, int nargs, Oid *argtypes,
+							  Datum *values, const char *nulls, bool read_only,
+							  long tcount);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
-extern int	mig_phase_rank(const char *phase);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
+
+/* relation.c: user code runs as the table's owner, restricted */
+typedef struct MigOwnerSave
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+	bool		active;
+} MigOwnerSave;
+
+extern Oid	mig_table_owner(Oid relid);
+extern void mig_owner_switch(Oid relid, MigOwnerSave *save);
+extern void mig_owner_restore(MigOwnerSave *save);
 
 /* expr.c */
 extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
@@ -104,31 +126,134 @@ extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
 extern char *mig_deparse(Node *expr, Oid relid);
+struct ParseState;
+extern void mig_check_expr(Relation rel, Node *expr, const char *what,
+						   struct ParseState *pstate);
 
-/* ddl.c */
+/* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
+extern const char *mig_qualified_name(Oid relid);
+extern void mig_run_utility(const char *sql);
+extern void mig_sleep_ms(long ms);
+extern char mig_trigger_tgenabled(Oid relid);
+extern bool mig_trigger_fires(char tgenabled);
+extern const char *mig_choose_key(Relation rel, List **cols);
+extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
+
+/* job.c: backfill job rows, their states, the job locks */
+typedef enum JobState
+{
+	JOB_RUNNING,
+	JOB_THROTTLED,
+	JOB_PAUSED,
+	JOB_INTERRUPTED,
+	JOB_DONE,
+	JOB_FAILED,
+	JOB_CANCELLED
+} JobState;
+
+typedef enum MigJobLock
+{
+	MIG_JOB_LOCK_LIVENESS,		/* held by the job's worker for its life */
+	MIG_JOB_LOCK_GATE			/* held by its starter until commit */
+} MigJobLock;
+
+typedef enum MigJobSetting
+{
+	MIG_JOB_BATCH_SIZE_AUTO,
+	MIG_JOB_BATCH_SIZE,
+	MIG_JOB_TARGET_BATCH_MS,
+	MIG_JOB_SLEEP_MS,
+	MIG_JOB_MAX_REPLICA_LAG,
+	MIG_JOB_MAX_ROWS_PER_SEC
+} MigJobSetting;
+
+/* A new job's settings, as mig_backfill was given them. */
+typedef struct MigJobSettings
+{
+	int32		batch_size;
+	bool		batch_size_fixed;
+	int32		target_batch_ms;
+	int32		sleep_ms;
+	Interval   *max_replica_lag;	/* NULL: none */
+	int64		max_rows_per_sec;	/* 0: none */
+} MigJobSettings;
+
+/* What one committed batch adds to its job row. */
+typedef struct MigJobBatch
+{
+	Datum		lower_key;		/* text[]: the checkpoint */
+	int64		written;
+	int64		seen;
+	int32		next_batch_size;
+	double		rate;
+	double		active_seconds;
+	JobState	state;			/* running or throttled */
+	const char *throttle_reason;
+	int64		retries;
+	const char *error;			/* of a retried attempt, or NULL */
+	const char *sqlstate;
+	int32		vacuums;
+} MigJobBatch;
+
+struct MigWorkerArgs;
+struct LOCKTAG;
+
+extern const char *mig_job_state_name(JobState state);
+extern JobState mig_job_state_parse(const char *name);
+extern bool mig_job_state_live(JobState state);
+extern bool mig_job_state_ended(JobState state);
+extern int32 mig_job_liveness_key(void);
+extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 job_id);
+extern bool mig_job_alive(int64 job_id);
+extern void mig_job_hold_gate(int64 job_id);
+extern void mig_job_start_worker(struct MigWorkerArgs *args);
+extern int64 mig_job_insert(int64 migration_id, const struct MigWorkerArgs *args,
+							const MigJobSettings *settings);
+extern void mig_job_set_state(int64 job_id, JobState state, bool finished);
+extern void mig_job_restart(int64 job_id, const struct MigWorkerArgs *args);
+extern void mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value,
+								bool isnull);
+extern void mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
+							   Datum upper_key, bool upper_null, int64 rows_total,
+							   bool exact);
+extern void mig_job_claim(int64 job_id, int pid);
+extern void mig_job_mark_interrupted(int64 job_id);
+extern void mig_job_end(int64 job_id, JobState state, const char *error,
+						const char *sqlstate, int64 retries);
+extern void mig_job_cancel_for_migration(int64 migration_id);
+extern void mig_job_add_active(int64 job_id, double seconds);
+extern void mig_job_throttle_for_lag(int64 job_id, double active_seconds);
+extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
+extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
+						 int vacuums);
+
+/* guard.c */
+extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern struct Bitmapset *mig_protected_columns(List *pairs);
+extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
 /* contract_undo.c: drop what an unfinished mig_contract added */
 extern int	mig_contract_undo(int64 migration_id);
 
 /* horizon.c */
 extern bool mig_release_xmin(void);
+extern int	mig_busy_sessions_count(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
 
 /*
- * backfill.c, backfill_worker.c and launcher.c: the backfill worker and the
- * launcher that resumes interrupted jobs.  A job's worker holds the
- * session-level advisory lock (MIG_JOB_LOCK_KEY, job id) for its whole life:
- * a job in state running, throttled or paused whose lock nobody holds is
- * interrupted.
+ * The backfill worker of migration_id: that migration's trigger, fired by
+ * the worker's own batch UPDATE (and nothing else), always computes the new
+ * side from the old one, never propagates anything down, and skips rows
+ * already right.
  */
-#define MIG_JOB_LOCK_KEY		1835624306	/* 'migr' */
-extern void mig_backfill_resume_interrupted(void);
+extern void mig_dualwrite_backfill_scope(int64 migration_id);
+
 extern void mig_launcher_register(void);
 
 #endif							/* MIGRATE_EXT_H */

@@ -29,5 +29,6 @@ extern pid_t mig_worker_start_handle(const char *entry, const char *name,
 									 BackgroundWorkerHandle **handlep);
 extern void mig_worker_args_for_caller(MigWorkerArgs *args, int64 arg);
 extern void mig_worker_connect(MigWorkerArgs *args);
+extern void mig_worker_apply_role_settings(Oid roleid);
 
 #endif							/* MIGRATE_EXT_WORKER_H */

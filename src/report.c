@@ -16,7 +16,9 @@
 
 #include <math.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_attribute.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -24,10 +26,14 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "migrate_ext.h"
@@ -37,6 +43,7 @@ PG_FUNCTION_INFO_V1(mig_arrow);
 PG_FUNCTION_INFO_V1(mig_migration_of);
 PG_FUNCTION_INFO_V1(mig_wait);
 PG_FUNCTION_INFO_V1(mig_checklist);
+PG_FUNCTION_INFO_V1(mig_lock_key);
 
 /* Cells of the progress bar: wide enough to read, narrow enough for psql. */
 #define BAR_CELLS		20
@@ -52,8 +59,6 @@ PG_FUNCTION_INFO_V1(mig_checklist);
  */
 #define WAIT_INTERRUPTED_GRACE_MS 2000
 
-/* expanded .. aborted, as mig_phase_rank() ranks them */
-#define MIG_PHASE_RANKS	7
 
 static bool
 utf8_database(void)
@@ -117,6 +122,32 @@ Datum
 mig_migration_of(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT64(migration_of(PG_GETARG_OID(0)));
+}
+
+/*
+ * migrate_ext.lock_key(kind): the first int4 key of an advisory lock the
+ * extension takes, so that SQL (the status view, tests, a DBA's query on
+ * pg_locks) never spells the number.  'job': a worker holds (key, job id)
+ * for its whole life; 'gate': whoever starts a worker holds (key, job id)
+ * until its transaction ends.
+ */
+Datum
+mig_lock_key(PG_FUNCTION_ARGS)
+{
+	char	   *kind = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	LOCKTAG		tag;
+
+	if (strcmp(kind, "job") == 0)
+		mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, 0);
+	else if (strcmp(kind, "gate") == 0)
+		mig_job_locktag(&tag, MIG_JOB_LOCK_GATE, 0);
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown migrate_ext lock \"%s\"", kind),
+				 errhint("Use \"job\" (a worker's liveness) or \"gate\" (a worker's start).")));
+	/* job.c defines the keys; the first int4 key is the tag's second field */
+	PG_RETURN_INT32((int32) tag.locktag_field2);
 }
 
 /* A duration the way gh-ost prints it: 44s, 2m05s, 1h02m03s. */
@@ -207,16 +238,16 @@ read_progress(int64 migration_id, Progress *p)
 	double		d;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT g.table_name, g.phase, g.job_id, g.state, j.state, "
+	if (mig_catalog_query("SELECT g.table_name, g.phase, g.job_id, g.state, j.state, "
 							  "g.throttle_reason, g.rows_done, g.rows_seen, g.rows_total, "
 							  "g.rows_total_exact, g.percent, "
 							  "coalesce(g.rate_recent, g.rate_avg), g.rate_avg, "
 							  "extract(epoch FROM g.eta), g.batch_size, g.batches, g.retries, "
 							  "g.last_error, g.last_sqlstate, "
-							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF') "
+							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF'), g.relid "
 							  "FROM migrate_ext.progress g "
 							  "LEFT JOIN migrate_ext.job j ON j.id = g.job_id "
-							  "WHERE g.migration_id = $1",
+							  "WHERE g.migration_id OPERATOR(pg_catalog.=) $1",
 							  1, &argtype, &arg, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "migration " INT64_FORMAT " not found in migrate_ext.progress",
@@ -227,6 +258,15 @@ read_progress(int64 migration_id, Progress *p)
 	MemoryContextSwitchTo(callercxt);
 	memset(p, 0, sizeof(*p));
 	p->table_name = get_string(tup, desc, 1);
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, desc, 21, &isnull));
+
+		/* named as the caller's search_path names it, not the pinned one */
+		if (!isnull && SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			p->table_name = DatumGetCString(DirectFunctionCall1(regclassout,
+																ObjectIdGetDatum(relid)));
+	}
 	p->phase = get_string(tup, desc, 2);
 	p->job_id = get_int64(tup, desc, 3);
 	p->state = get_string(tup, desc, 4);
@@ -267,8 +307,9 @@ append_rows(StringInfo buf, const Progress *p)
 static bool
 state_is_final(const char *state)
 {
-	return strcmp(state, "done") == 0 || strcmp(state, "failed") == 0 ||
-		strcmp(state, "cancelled") == 0 || strcmp(state, "interrupted") == 0;
+	JobState	s = mig_job_state_parse(state);
+
+	return mig_job_state_ended(s) || s == JOB_INTERRUPTED;
 }
 
 /*
@@ -318,6 +359,9 @@ mig_wait(PG_FUNCTION_ARGS)
 	TimestampTz next_report = 0;
 	TimestampTz interrupted_since = 0;
 	Progress	p;
+	MemoryContext pollcxt;
+	MemoryContext oldcxt;
+	text	   *result;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -343,7 +387,14 @@ mig_wait(PG_FUNCTION_ARGS)
 				 errdetail("The transaction's snapshot would never see the job progress."),
 				 errhint("Call it outside a transaction block or in a READ COMMITTED transaction.")));
 
+	/*
+	 * Each poll reads into a context reset before the next one, so a wait
+	 * of hours uses the memory of one poll.
+	 */
+	pollcxt = AllocSetContextCreate(CurrentMemoryContext, "mig_wait poll",
+									ALLOCSET_SMALL_SIZES);
 	migration_id = migration_of(relid);
+	oldcxt = MemoryContextSwitchTo(pollcxt);
 	read_progress(migration_id, &p);
 	if (p.job_id == 0)
 		ereport(ERROR,
@@ -363,8 +414,8 @@ mig_wait(PG_FUNCTION_ARGS)
 
 		/* a job interrupted by the book is final; one that only looks it, later */
 		final = state_is_final(p.state);
-		if (strcmp(p.state, "interrupted") == 0 &&
-			strcmp(p.stored_state, "interrupted") != 0)
+		if (mig_job_state_parse(p.state) == JOB_INTERRUPTED &&
+			mig_job_state_parse(p.stored_state) != JOB_INTERRUPTED)
 		{
 			if (interrupted_since == 0)
 				interrupted_since = now;
@@ -389,9 +440,13 @@ mig_wait(PG_FUNCTION_ARGS)
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(pollcxt);
 		read_progress(migration_id, &p);
 	}
-	PG_RETURN_TEXT_P(cstring_to_text(p.state));
+	MemoryContextSwitchTo(oldcxt);
+	result = cstring_to_text(p.state);
+	MemoryContextDelete(pollcxt);
+	PG_RETURN_TEXT_P(result);
 }
 
 /* ---------------------------------------------------------------- */
@@ -405,7 +460,7 @@ typedef struct ChecklistState
 	Progress	prog;
 	const char *tbl;			/* the table as mig_* calls name it */
 	int			reached;		/* rank of the phase now, or reached before an abort */
-	char	   *reached_at[MIG_PHASE_RANKS];	/* "<time> by <role>" per phase */
+	char	   *reached_at[MIG_PHASE_COUNT];	/* "<time> by <role>" per phase */
 	bool		new_cols_exist;
 	char		trigger;		/* tgenabled, '\0' when missing */
 	int64		val_run;		/* 0: never validated */
@@ -449,9 +504,9 @@ cell(const char *s)
 }
 
 static bool
-reached(const ChecklistState *cs, const char *phase)
+reached(const ChecklistState *cs, MigPhase phase)
 {
-	return cs->reached >= mig_phase_rank(phase);
+	return cs->reached >= phase;
 }
 
 /*
@@ -465,26 +520,26 @@ read_phase_log(ChecklistState *cs)
 	MemoryContext callercxt = CurrentMemoryContext;
 	Oid			argtype = INT8OID;
 	Datum		arg = Int64GetDatum(cs->m->id);
-	int			prev = mig_phase_rank(MIG_PHASE_EXPANDED);
+	int			prev = MIG_PHASE_EXPANDED;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
-							  "FROM migrate_ext.phase_log WHERE migration_id = $1 ORDER BY at",
+	if (mig_catalog_query("SELECT phase, to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role "
+							  "FROM migrate_ext.phase_log WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY at",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.phase_log");
-	cs->reached = mig_phase_rank(cs->m->phase);
+	cs->reached = cs->m->phase;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *phase = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		int			rank = mig_phase_rank(phase);
+		MigPhase	phase = mig_phase_parse(SPI_getvalue(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1));
 
-		cs->reached_at[rank] = MemoryContextStrdup(callercxt,
-												   SPI_getvalue(SPI_tuptable->vals[i],
-																SPI_tuptable->tupdesc, 2));
-		if (strcmp(phase, MIG_PHASE_ABORTED) != 0)
-			prev = rank;
+		cs->reached_at[phase] = MemoryContextStrdup(callercxt,
+													SPI_getvalue(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 2));
+		if (phase != MIG_PHASE_ABORTED)
+			prev = phase;
 	}
-	if (strcmp(cs->m->phase, MIG_PHASE_ABORTED) == 0)
+	if (cs->m->phase == MIG_PHASE_ABORTED)
 		cs->reached = prev;
 	SPI_finish();
 }
@@ -495,32 +550,23 @@ read_table_state(ChecklistState *cs)
 {
 	ListCell   *lc;
 
-	SPI_connect();
 	cs->new_cols_exist = true;
 	foreach(lc, cs->m->pairs)
 	{
 		MigPair    *pair = lfirst(lc);
+		HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(cs->m->relid),
+										  Int16GetDatum(pair->new_attnum));
 
-		if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_attribute "
-								  "WHERE attrelid = $1 AND attnum = $2 AND NOT attisdropped",
-								  2, (Oid[]) {OIDOID, INT2OID},
-								  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
-								  Int16GetDatum(pair->new_attnum)},
-								  NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read pg_attribute");
-		if (SPI_processed == 0)
+		if (!HeapTupleIsValid(tup))
 			cs->new_cols_exist = false;
+		else
+		{
+			if (((Form_pg_attribute) GETSTRUCT(tup))->attisdropped)
+				cs->new_cols_exist = false;
+			ReleaseSysCache(tup);
+		}
 	}
-	if (SPI_execute_with_args("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid = $1 AND tgname = $2",
-							  2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(cs->m->relid),
-							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
-							  NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_trigger");
-	cs->trigger = SPI_processed > 0 ?
-		*SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : '\0';
-	SPI_finish();
+	cs->trigger = mig_trigger_tgenabled(cs->m->relid);
 }
 
 /* The last validation: a summary line and its checks as a markdown table. */
@@ -532,11 +578,11 @@ append_validation(StringInfo buf, ChecklistState *cs)
 	uint64		n;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT run, sample, rows_checked, "
+	if (mig_catalog_query("SELECT run, sample, rows_checked, "
 							  "to_char(at, 'YYYY-MM-DD HH24:MI:SSOF') || ' by ' || by_role, "
 							  "check_name, passed, failing, detail "
-							  "FROM migrate_ext.validation WHERE migration_id = $1 AND run = "
-							  "(SELECT max(run) FROM migrate_ext.validation WHERE migration_id = $1) "
+							  "FROM migrate_ext.validation WHERE migration_id OPERATOR(pg_catalog.=) $1 AND run = "
+							  "(SELECT max(run) FROM migrate_ext.validation WHERE migration_id OPERATOR(pg_catalog.=) $1) "
 							  "ORDER BY ord",
 							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.validation");
@@ -629,12 +675,12 @@ append_figures(StringInfo buf, const Progress *p)
 }
 
 static void
-append_reached(StringInfo buf, ChecklistState *cs, const char *phase)
+append_reached(StringInfo buf, ChecklistState *cs, MigPhase phase)
 {
-	char	   *at = cs->reached_at[mig_phase_rank(phase)];
+	char	   *at = cs->reached_at[phase];
 
 	if (at && reached(cs, phase))
-		appendStringInfo(buf, "Reached %s: %s.\n", phase, at);
+		appendStringInfo(buf, "Reached %s: %s.\n", mig_phase_name(phase), at);
 }
 
 /*
@@ -660,6 +706,12 @@ mig_checklist(PG_FUNCTION_ARGS)
 	bool		trigger_ok;
 	ListCell   *lc;
 
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(relid)),
+				 errdetail("The runbook shows the migration's expressions, failing rows and errors, which only roles that can read the table may see."),
+				 errhint("mig_status and mig_progress() show every role the migration's progress.")));
 	memset(&cs, 0, sizeof(cs));
 	cs.m = mig_catalog_by_id(migration_of(relid));
 	read_progress(cs.m->id, &cs.prog);
@@ -667,19 +719,19 @@ mig_checklist(PG_FUNCTION_ARGS)
 	read_table_state(&cs);
 	tbl = quote_literal_cstr(cs.prog.table_name);
 	abort_cmd = psprintf("`SELECT mig_abort(%s);`", tbl);
-	aborted = strcmp(cs.m->phase, MIG_PHASE_ABORTED) == 0;
-	contracted = strcmp(cs.m->phase, MIG_PHASE_CONTRACTED) == 0;
+	aborted = cs.m->phase == MIG_PHASE_ABORTED;
+	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
 	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
-	backfill_done = cs.prog.job_id != 0 && strcmp(cs.prog.state, "done") == 0;
-	trigger_ok = cs.trigger == 'O' || cs.trigger == 'A';
+	backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
+	trigger_ok = mig_trigger_fires(cs.trigger);
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "# Migration " INT64_FORMAT " of table %s\n\n",
 					 cs.m->id, cs.prog.table_name);
 	append_pairs(&buf, &cs);
-	appendStringInfo(&buf, "- Phase: **%s**", cs.m->phase);
-	if (cs.reached_at[mig_phase_rank(cs.m->phase)])
-		appendStringInfo(&buf, " (since %s)", cs.reached_at[mig_phase_rank(cs.m->phase)]);
+	appendStringInfo(&buf, "- Phase: **%s**", mig_phase_name(cs.m->phase));
+	if (cs.reached_at[cs.m->phase])
+		appendStringInfo(&buf, " (since %s)", cs.reached_at[cs.m->phase]);
 	appendStringInfoString(&buf, "\n");
 	if (aborted)
 		appendStringInfoString(&buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
@@ -762,4 +814,15 @@ mig_checklist(PG_FUNCTION_ARGS)
 	appendStringInfoString(&buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
 
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
+}
+
+/*
+ * migrate_ext.busy_sessions(): what a backfill of this database counts as
+ * load right now, for a DBA wondering why a job says throttle_reason 'load'.
+ */
+PG_FUNCTION_INFO_V1(mig_busy_sessions);
+Datum
+mig_busy_sessions(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(mig_busy_sessions_count());
 }

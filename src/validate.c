@@ -161,66 +161,36 @@ column_sql(VRun *run, AttrNumber attnum, const char *recorded)
 }
 
 /*
- * The key that names example rows: the primary key, else a unique index on
- * plain columns without a predicate, else ctid.
+ * The key that names example rows: the one the backfill walks
+ * (mig_choose_key), else ctid.
  */
 static void
 choose_key(VRun *run)
 {
-	Oid			indexoid = RelationGetPrimaryKeyIndex(run->rel);
+	List	   *cols;
 	ListCell   *lc;
+	StringInfoData label;
 
-	if (!OidIsValid(indexoid))
-	{
-		foreach(lc, RelationGetIndexList(run->rel))
-		{
-			Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-			bool		usable = idx->rd_index->indisunique &&
-				RelationGetIndexExpressions(idx) == NIL &&
-				RelationGetIndexPredicate(idx) == NIL;
-
-			index_close(idx, AccessShareLock);
-			if (usable)
-			{
-				indexoid = lfirst_oid(lc);
-				break;
-			}
-		}
-	}
-
-	if (OidIsValid(indexoid))
-	{
-		Relation	idx = index_open(indexoid, AccessShareLock);
-		int			nkeys = idx->rd_index->indnkeyatts;
-		StringInfoData label;
-		StringInfoData expr;
-
-		initStringInfo(&label);
-		initStringInfo(&expr);
-		for (int i = 0; i < nkeys; i++)
-		{
-			AttrNumber	attnum = idx->rd_index->indkey.values[i];
-			char	   *col = column_sql(run, attnum, "?");
-
-			appendStringInfo(&label, "%s%s", i > 0 ? ", " : "", col);
-			appendStringInfo(&expr, "%s%s", i > 0 ? ", " : "", col);
-		}
-		index_close(idx, AccessShareLock);
-		if (nkeys == 1)
-		{
-			run->key_label = label.data;
-			run->key_expr = psprintf("%s::pg_catalog.text", expr.data);
-		}
-		else
-		{
-			run->key_label = psprintf("(%s)", label.data);
-			run->key_expr = psprintf("ROW(%s)::pg_catalog.text", expr.data);
-		}
-	}
-	else
+	(void) mig_choose_key(run->rel, &cols);
+	if (cols == NIL)
 	{
 		run->key_label = "ctid";
 		run->key_expr = "ctid::pg_catalog.text";
+		return;
+	}
+	initStringInfo(&label);
+	foreach(lc, cols)
+		appendStringInfo(&label, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	if (list_length(cols) == 1)
+	{
+		run->key_label = label.data;
+		run->key_expr = psprintf("%s::pg_catalog.text", label.data);
+	}
+	else
+	{
+		run->key_label = psprintf("(%s)", label.data);
+		run->key_expr = psprintf("ROW(%s)::pg_catalog.text", label.data);
 	}
 }
 
@@ -319,21 +289,10 @@ static void
 check_trigger(VRun *run)
 {
 	VCheck	   *c = add_check(run, "trigger_enabled", NULL, NULL, NULL);
-	char		tgenabled = '\0';
+	char		tgenabled;
 
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT tgenabled FROM pg_catalog.pg_trigger "
-							  "WHERE tgrelid = $1 AND tgname = $2",
-							  2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(RelationGetRelid(run->rel)),
-							  CStringGetTextDatum(MIG_TRIGGER_NAME)},
-							  NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg_trigger");
-	if (SPI_processed > 0)
-		tgenabled = *SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	SPI_finish();
-
-	c->passed = tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+	tgenabled = mig_trigger_tgenabled(RelationGetRelid(run->rel));
+	c->passed = mig_trigger_fires(tgenabled);
 	c->failing = c->passed ? 0 : 1;
 	if (tgenabled == '\0')
 		c->detail = psprintf("trigger %s is missing: writes are not dual-written",
@@ -643,8 +602,8 @@ live_job(VRun *run, int64 *job_id)
 	char	   *state = NULL;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT job_id, state FROM migrate_ext.progress "
-							  "WHERE migration_id = $1 "
+	if (mig_catalog_query("SELECT job_id, state FROM migrate_ext.progress "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
 							  "AND state IN ('running', 'throttled', 'paused')",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(run->m->id)},
 							  NULL, false, 1) != SPI_OK_SELECT)
@@ -705,44 +664,23 @@ finish_details(VRun *run, const char *job_state, int64 job_id)
 }
 
 /* The phase the migration had before it was validated, from the log. */
-static char *
+static MigPhase
 phase_before_validated(int64 migration_id)
 {
-	char	   *phase = pstrdup(MIG_PHASE_BACKFILLED);
+	MigPhase	phase = MIG_PHASE_BACKFILLED;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT phase FROM migrate_ext.phase_log "
-							  "WHERE migration_id = $1 AND phase <> 'validated' "
+	if (mig_catalog_query("SELECT phase FROM migrate_ext.phase_log "
+							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 AND phase OPERATOR(pg_catalog.<>) 'validated' "
 							  "ORDER BY at DESC LIMIT 1",
 							  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
 							  NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.phase_log");
 	if (SPI_processed > 0)
-		phase = MemoryContextStrdup(TopTransactionContext,
-									SPI_getvalue(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1));
+		phase = mig_phase_parse(SPI_getvalue(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1));
 	SPI_finish();
 	return phase;
-}
-
-/*
- * Move the migration from phase "from" to "to" and log it, unless someone
- * moved it meanwhile (the UPDATE re-checks the phase of the latest row
- * version, so a concurrent phase change wins and this one does nothing).
- */
-static void
-move_phase(int64 migration_id, const char *from, const char *to, const char *detail)
-{
-	mig_catalog_exec("WITH u AS (UPDATE migrate_ext.migration SET phase = $3, updated_at = now() "
-					 "WHERE id = $1 AND phase = $2 RETURNING id) "
-					 "INSERT INTO migrate_ext.phase_log (migration_id, phase, by_role, detail) "
-					 "SELECT id, $3, $4, $5 FROM u",
-					 5, (Oid[]) {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
-					 (Datum[]) {Int64GetDatum(migration_id), CStringGetTextDatum(from),
-					 CStringGetTextDatum(to),
-					 CStringGetTextDatum(GetUserNameFromId(GetUserId(), false)),
-					 CStringGetTextDatum(detail)},
-					 NULL, -1);
 }
 
 /* Keep the results for mig_checklist: one row per check, one run number. */
@@ -791,6 +729,7 @@ mig_validate(PG_FUNCTION_ARGS)
 	int			save_nestlevel;
 	char	   *job_state;
 	int64		job_id = 0;
+	MigOwnerSave owner;
 	bool		all_passed = true;
 	ListCell   *lc;
 
@@ -838,8 +777,11 @@ mig_validate(PG_FUNCTION_ARGS)
 	check_trigger(&run);
 	choose_key(&run);
 	build_checks(&run);
+	/* every row, whatever the policies: as the owner, RLS not forced */
+	mig_owner_switch(relid, &owner);
 	scan_table(&run);
 	add_predictions(&run);
+	mig_owner_restore(&owner);
 	AtEOXact_GUC(true, save_nestlevel);
 
 	finish_details(&run, job_state, job_id);
@@ -859,21 +801,23 @@ mig_validate(PG_FUNCTION_ARGS)
 	store_results(&run);
 
 	if (all_passed && run.sample == 0 &&
-		mig_phase_rank(run.m->phase) < mig_phase_rank(MIG_PHASE_VALIDATED))
+		run.m->phase < MIG_PHASE_VALIDATED)
 	{
-		move_phase(run.m->id, run.m->phase, MIG_PHASE_VALIDATED, "every check passed");
+		(void) mig_catalog_move_phase(run.m->id, run.m->phase, MIG_PHASE_VALIDATED,
+									  "every check passed");
 		ereport(NOTICE,
 				(errmsg("the migration of table \"%s\" is validated",
 						RelationGetRelationName(run.rel))));
 	}
-	else if (!all_passed && strcmp(run.m->phase, MIG_PHASE_VALIDATED) == 0)
+	else if (!all_passed && run.m->phase == MIG_PHASE_VALIDATED)
 	{
-		char	   *back = phase_before_validated(run.m->id);
+		MigPhase	back = phase_before_validated(run.m->id);
 
-		move_phase(run.m->id, MIG_PHASE_VALIDATED, back, "a validation failed");
+		(void) mig_catalog_move_phase(run.m->id, MIG_PHASE_VALIDATED, back,
+									  "a validation failed");
 		ereport(NOTICE,
 				(errmsg("the migration of table \"%s\" is no longer validated: back to phase %s",
-						RelationGetRelationName(run.rel), back)));
+						RelationGetRelationName(run.rel), mig_phase_name(back))));
 	}
 
 	table_close(run.rel, NoLock);

@@ -15,13 +15,17 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_db_role_setting.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
 
 #include "migrate_ext_worker.h"
 
@@ -114,6 +118,15 @@ mig_worker_connect(MigWorkerArgs *args)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(args->dboid, args->login_oid, 0);
 
+	/*
+	 * The login role's settings may carry timeouts meant for its clients:
+	 * the worker's own set-up must not die of them.  Each step sets its own.
+	 */
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET,
+					PGC_S_OVERRIDE);
+
 	if (args->role_oid != args->login_oid)
 	{
 		SetCurrentStatementStartTimestamp();
@@ -121,4 +134,27 @@ mig_worker_connect(MigWorkerArgs *args)
 		SetCurrentRoleId(args->role_oid, superuser_arg(args->role_oid));
 		CommitTransactionCommand();
 	}
+}
+
+/*
+ * Give the session the settings that the table owner's own sessions get in
+ * this database (ALTER ROLE owner [IN DATABASE db] SET ...), over the login
+ * role's, so that the owner's triggers and expressions see the environment
+ * the application's writes give them.  Settings the worker made itself
+ * (PGC_S_SESSION and above) stay: migrate_ext's own statements do not
+ * depend on these.  Call in a transaction.
+ */
+void
+mig_worker_apply_role_settings(Oid roleid)
+{
+	Relation	relsetting;
+	Snapshot	snapshot;
+
+	Assert(IsTransactionState());
+	relsetting = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	ApplySetting(snapshot, MyDatabaseId, roleid, relsetting, PGC_S_DATABASE_USER);
+	ApplySetting(snapshot, InvalidOid, roleid, relsetting, PGC_S_USER);
+	UnregisterSnapshot(snapshot);
+	table_close(relsetting, AccessShareLock);
 }

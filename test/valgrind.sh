@@ -2,7 +2,10 @@
 # test/valgrind.sh (make valgrind): a single-user backend with migrate_ext
 # preloaded, run under valgrind through expand, every dual-write direction,
 # a split, round-trip and expression errors, a preflight's fallbacks and
-# sorts, and abort. Fails on any error
+# sorts, the guard's refusals (DDL on
+# protected columns, non-immutable or forbidden expressions, trigger order,
+# inheritance), a retype behind the guard's back, a role without EXECUTE,
+# and abort. Fails on any error
 # valgrind reports, except PostgreSQL's own known false positive (the WAL
 # writer's padding bytes, suppressed as in src/tools/valgrind.supp).
 # Not part of make test: it takes a minute. Build and install first.
@@ -77,6 +80,72 @@ INSERT INTO dirty SELECT g, CASE WHEN g % 7 = 0 THEN 'x' || g WHEN g % 11 = 0 TH
 SELECT * FROM mig_preflight('dirty', 'v', 'int', not_null => true, check_expr => '_mig_new_v < 250');
 
 SELECT * FROM mig_preflight('dirty', 'v', 'int', up => 'length(v)');
+
+ALTER TABLE people ALTER COLUMN full_name TYPE int USING 0;
+
+ALTER TABLE people DROP COLUMN name;
+
+ALTER TABLE people DISABLE TRIGGER ALL;
+
+ALTER TABLE people ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+
+CREATE TABLE refused (id int PRIMARY KEY, ts timestamp, s text, g int GENERATED ALWAYS AS (id * 2) STORED);
+
+SELECT mig_expand('refused', 'ts', type => 'timestamptz');
+
+SELECT mig_expand('refused', 's', up => 's || now()::text');
+
+SELECT mig_expand('refused', 's', up => 'tableoid::text');
+
+SELECT mig_expand('refused', 's', up => 'refused::text');
+
+SELECT mig_expand('refused', 's', up => 'g::text');
+
+CREATE TRIGGER "~late" BEFORE UPDATE ON refused FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+
+SELECT mig_expand('refused', 's', up => 'upper(s)');
+
+DROP TRIGGER "~late" ON refused;
+
+CREATE TABLE kid () INHERITS (refused);
+
+SELECT mig_expand('refused', 's', up => 'upper(s)');
+
+DROP TABLE kid;
+
+SELECT mig_expand('refused', 'ts', type => 'timestamptz', up => 'ts AT TIME ZONE ''UTC''');
+
+INSERT INTO refused (id, ts, s) VALUES (1, '2024-01-01', 'a');
+
+DELETE FROM pg_depend WHERE classid = 'pg_trigger'::regclass AND objid IN (SELECT oid FROM pg_trigger WHERE tgrelid = 'refused'::regclass);
+
+ALTER TABLE refused ALTER COLUMN _mig_new_ts TYPE text;
+
+INSERT INTO refused (id, ts, s) VALUES (2, '2024-01-01', 'b');
+
+SELECT mig_abort('refused');
+
+CREATE FUNCTION secret(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+
+REVOKE EXECUTE ON FUNCTION secret(int) FROM PUBLIC;
+
+CREATE TABLE priv (id int PRIMARY KEY, v int);
+
+SELECT mig_expand('priv', 'v', new_col => 'v2', up => 'secret(v)');
+
+INSERT INTO priv VALUES (1, 1);
+
+CREATE ROLE writer;
+
+GRANT INSERT ON priv TO writer;
+
+SET ROLE writer;
+
+INSERT INTO priv VALUES (2, 2);
+
+RESET ROLE;
+
+SELECT mig_abort('priv');
 
 SELECT mig_abort('people');
 

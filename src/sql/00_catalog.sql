@@ -6,8 +6,13 @@
  * so the tables double as the audit trail behind mig_history.
  *
  * The tables live in schema migrate_ext, out of the way of the public API,
- * and are written only by the extension's C code, which switches to the
- * extension owner for that (catalog.c).  Everyone may read them.
+ * and are read and written only by the extension's C code, which switches
+ * to the extension owner for that (catalog.c), and by its views.  Nobody
+ * else may read them: they hold key values, failing rows and expressions of
+ * tables a role may not be allowed to read.  Everyone reads them through
+ * mig_status, mig_history, migrate_ext.status, .jobs, .validations and
+ * .column_pairs (30_report.sql), which show those only to roles that may
+ * SELECT the table.
  */
 \echo Use "CREATE EXTENSION migrate_ext" to load this file. \quit
 
@@ -19,18 +24,19 @@ CREATE TABLE migrate_ext.migration (
 	relid		oid NOT NULL,
 	table_name	text NOT NULL,	/* qualified name at expand, for the audit trail */
 	phase		text NOT NULL DEFAULT 'expanded'
-		CHECK (phase IN ('expanded', 'backfilling', 'backfilled', 'validated',
-						 'cutover', 'contracted', 'aborted')),
-	created_at	timestamptz NOT NULL DEFAULT now(),
+		CHECK (phase OPERATOR(pg_catalog.=) ANY (ARRAY['expanded', 'backfilling',
+			'backfilled', 'validated', 'cutover', 'contracted', 'aborted']::pg_catalog.text[])),
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	created_by	name NOT NULL DEFAULT current_user,
-	updated_at	timestamptz NOT NULL DEFAULT now(),
-	invalidated_at timestamptz,	/* the dual-write trigger was disabled, or writes */
-	invalidated_why text		/* may have bypassed it, while the migration was active */
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	/* set (guard.c) when writes may have bypassed the dual-write trigger */
+	invalidated_at timestamptz,
+	invalidated_why text
 );
 
 /* One active migration per table. */
 CREATE UNIQUE INDEX migration_active_relid ON migrate_ext.migration (relid)
-	WHERE phase NOT IN ('contracted', 'aborted');
+	WHERE phase OPERATOR(pg_catalog.<>) ALL (ARRAY['contracted', 'aborted']::pg_catalog.text[]);
 
 CREATE TABLE migrate_ext.column_pair (
 	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
@@ -54,7 +60,7 @@ CREATE TABLE migrate_ext.column_pair (
 CREATE TABLE migrate_ext.phase_log (
 	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
 	phase		text NOT NULL,
-	at			timestamptz NOT NULL DEFAULT clock_timestamp(),
+	at			timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	by_role		name NOT NULL DEFAULT current_user,
 	detail		text
 );
@@ -66,8 +72,9 @@ CREATE INDEX phase_log_migration ON migrate_ext.phase_log (migration_id, at);
  *
  * A job in state running, throttled or paused has a live worker exactly when
  * some backend holds the session-level advisory lock on the two int4 keys
- * (1835624306, id); look for it in pg_locks (locktype 'advisory', classid
- * 1835624306, objid id, objsubid 2), never by taking the lock.  Without it
+ * (migrate_ext.lock_key('job'), id); look for it in pg_locks (locktype
+ * 'advisory', classid that key, objid id, objsubid 2), never by taking the
+ * lock (migrate_ext.progress does).  Without it
  * the job is interrupted: mig_resume, or the launcher after a restart,
  * continues it from lower_key.
  */
@@ -75,8 +82,8 @@ CREATE TABLE migrate_ext.job (
 	id			bigserial PRIMARY KEY,
 	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
 	state		text NOT NULL DEFAULT 'running'
-		CHECK (state IN ('running', 'throttled', 'paused', 'done', 'failed',
-						 'cancelled', 'interrupted')),
+		CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'throttled', 'paused',
+			'done', 'failed', 'cancelled', 'interrupted']::pg_catalog.text[])),
 	throttle_reason text,
 	dboid		oid NOT NULL,
 	role_oid	oid NOT NULL,	/* current_user of the caller: the worker's privileges */
@@ -104,16 +111,15 @@ CREATE TABLE migrate_ext.job (
 	rate_recent	float8,
 	active_seconds float8 NOT NULL DEFAULT 0,	/* running time, pauses excluded */
 	vacuums		int NOT NULL DEFAULT 0,	/* VACUUMs the worker ran to reuse space */
-	started_at	timestamptz NOT NULL DEFAULT now(),
-	updated_at	timestamptz NOT NULL DEFAULT now(),
+	started_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	finished_at	timestamptz
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */
 CREATE UNIQUE INDEX job_one_unfinished ON migrate_ext.job (migration_id)
-	WHERE state IN ('running', 'throttled', 'paused', 'interrupted');
-
-GRANT SELECT ON ALL TABLES IN SCHEMA migrate_ext TO PUBLIC;
+	WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'throttled', 'paused',
+		'interrupted']::pg_catalog.text[]);
 
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.migration_id_seq', '');

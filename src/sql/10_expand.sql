@@ -10,10 +10,10 @@ CREATE FUNCTION mig_expand(tbl regclass, col name, new_col name DEFAULT NULL,
 						   down text DEFAULT NULL, not_null boolean DEFAULT false,
 						   check_expr text DEFAULT NULL)
 	RETURNS bigint AS 'MODULE_PATHNAME', 'mig_expand' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_expand IS
+COMMENT ON FUNCTION @extschema@.mig_expand IS
 	'adds the new column and the dual-write trigger; returns the migration id';
 
 CREATE FUNCTION mig_abort(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_abort' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION mig_abort IS
+COMMENT ON FUNCTION @extschema@.mig_abort IS
 	'stops the backfill, drops the trigger and the new column(s); the old column is untouched';

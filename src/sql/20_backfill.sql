@@ -8,27 +8,27 @@ CREATE FUNCTION mig_backfill(tbl regclass, batch_size int DEFAULT NULL,
 							 max_replica_lag interval DEFAULT '10s',
 							 max_rows_per_sec bigint DEFAULT NULL)
 	RETURNS bigint AS 'MODULE_PATHNAME', 'mig_backfill' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_backfill IS
+COMMENT ON FUNCTION @extschema@.mig_backfill IS
 	'starts the backfill of the new column(s) in a background worker; returns the job id at once';
 
 CREATE FUNCTION mig_pause(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_pause' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION mig_pause IS
+COMMENT ON FUNCTION @extschema@.mig_pause IS
 	'pauses the backfill after the batch in flight';
 
 CREATE FUNCTION mig_resume(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_resume' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION mig_resume IS
+COMMENT ON FUNCTION @extschema@.mig_resume IS
 	'resumes a paused, interrupted, failed or cancelled backfill from its checkpoint';
 
 CREATE FUNCTION mig_cancel(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_cancel' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION mig_cancel IS
+COMMENT ON FUNCTION @extschema@.mig_cancel IS
 	'stops the backfill; rows already written stay, dual-write goes on';
 
 CREATE FUNCTION mig_set(tbl regclass, setting text, value text) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_set' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_set IS
+COMMENT ON FUNCTION @extschema@.mig_set IS
 	'changes a backfill setting (batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) from the next batch';
 
 CREATE FUNCTION migrate_ext.busy_sessions() RETURNS int

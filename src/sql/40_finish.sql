@@ -4,13 +4,13 @@
  */
 CREATE FUNCTION mig_cutover(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_cutover' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION mig_cutover IS
+COMMENT ON FUNCTION @extschema@.mig_cutover IS
 	'the new column becomes authoritative; the old one is still kept in sync';
 
 /* not STRICT: a NULL force must not silently skip the whole call */
 CREATE FUNCTION mig_contract(tbl regclass, force boolean DEFAULT false) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_contract' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION mig_contract IS
+COMMENT ON FUNCTION @extschema@.mig_contract IS
 	'rebuilds what the old column had on the new one, then drops the old column (no way back)';
 
 /*
@@ -26,7 +26,6 @@ CREATE TABLE migrate_ext.contract_object (
 	classid		oid NOT NULL,	/* pg_constraint or pg_class (an index) */
 	objid		oid NOT NULL,
 	relid		oid NOT NULL,	/* its table: an OID reused by another object is not ours */
-	added_at	timestamptz NOT NULL DEFAULT now()
+	added_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);
-GRANT SELECT ON migrate_ext.contract_object TO PUBLIC;

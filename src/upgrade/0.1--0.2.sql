@@ -10,12 +10,12 @@
  * ALTER TABLE ... ADD COLUMN appends: pg_dump shows column order.
  */
 
-/* The finish gate (contract_gate.c): what invalidates a passed validation. */
+-- writes that may have bypassed the dual-write trigger (guard.c)
 ALTER TABLE migrate_ext.migration
 	ADD COLUMN invalidated_at timestamptz,
 	ADD COLUMN invalidated_why text;
 
-/* What an unfinished mig_contract added, by OID (contract_undo.c). */
+-- what an unfinished mig_contract added, by OID (contract_undo.c)
 CREATE TABLE migrate_ext.contract_object (
 	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
 	classid		oid NOT NULL,
@@ -24,3 +24,6 @@ CREATE TABLE migrate_ext.contract_object (
 	added_at	timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);
+
+-- the catalog is read through the masked views only (see README "Security")
+REVOKE SELECT ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;

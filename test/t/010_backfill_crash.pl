@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 30000;
 my $node = PostgreSQL::Test::Cluster->new('crash');
@@ -24,7 +27,7 @@ INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $
 SELECT mig_expand('t', 'email', up => 'lower(email)');
 ));
 
-my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+my $job = latest_job();
 
 # Start a slow job, and wait until it is well under way.
 sub start_slow_job
@@ -64,8 +67,10 @@ isnt($node->safe_psql('postgres', "SELECT ($job).worker_pid"), $pid, 'by a new w
 
 # 2. immediate shutdown in the middle of a job
 $node->safe_psql('postgres', qq(
-SET session_replication_role = replica;
+SET client_min_messages = error;
+ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE t SET _mig_new_email = NULL;
+ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
 ));
 start_slow_job();
 $node->stop('immediate');
@@ -74,15 +79,17 @@ check_finished('an immediate shutdown');
 
 # 3. a paused job stays paused across a restart, with a worker waiting
 $node->safe_psql('postgres', qq(
-SET session_replication_role = replica;
+SET client_min_messages = error;
+ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE t SET _mig_new_email = NULL;
+ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
 ));
 start_slow_job();
 $node->safe_psql('postgres', "SELECT mig_pause('t')");
 my $done = $node->safe_psql('postgres', "SELECT ($job).rows_done");
 $node->restart;
 $node->poll_query_until('postgres', qq(
-SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = 1835624306
+SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = migrate_ext.lock_key('job')
 			   AND objid = ($job).id AND granted)))
   or die "no worker waits for the paused job";
 sleep(1);

@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 20000;
 my $node = PostgreSQL::Test::Cluster->new('resume');
@@ -20,9 +23,9 @@ INSERT INTO t SELECT g / 100, g % 100, 'V' || g FROM generate_series(1, $rows) g
 SELECT mig_expand('t', 'v', up => 'lower(v)');
 SELECT mig_backfill('t', batch_size => 200, sleep_ms => 20);
 ));
-my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+my $job = latest_job();
 my $alive = qq(EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
-			   AND classid = 1835624306 AND objid = ($job).id));
+			   AND classid = migrate_ext.lock_key('job') AND objid = ($job).id));
 $node->poll_query_until('postgres', "SELECT ($job).rows_done >= 4000")
   or die "the backfill did not get going";
 

@@ -6,6 +6,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 200000;
 my $node = PostgreSQL::Test::Cluster->new('pgbench');
@@ -23,7 +26,7 @@ INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $
 CREATE SEQUENCE t_new_id START $rows;
 SELECT setval('t_new_id', $rows);
 VACUUM ANALYZE t;
-SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n');
+SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n::text');
 ));
 
 my $script = $node->basedir . '/mix.sql';
@@ -47,7 +50,7 @@ my $pgbench = IPC::Run::start(
 	'>', \$out, '2>', \$err);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', max_rows_per_sec => 25000)");
-my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+my $job = latest_job();
 $pgbench->finish;
 is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($err);
 like($out, qr/number of transactions actually processed: [1-9]/, 'pgbench did work');

@@ -6,6 +6,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $rows = 20000;
 my $primary = PostgreSQL::Test::Cluster->new('primary');
@@ -31,7 +34,7 @@ $primary->wait_for_catchup($standby);
 $standby->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
 $primary->safe_psql('postgres',
 	"SELECT mig_backfill('t', batch_size => 100, sleep_ms => 20, max_replica_lag => '1s')");
-my $job = "(SELECT j FROM migrate_ext.job j ORDER BY id DESC LIMIT 1)";
+my $job = latest_job();
 $primary->poll_query_until('postgres', "SELECT ($job).state = 'throttled'")
   or die "the backfill did not throttle";
 is($primary->safe_psql('postgres', "SELECT ($job).throttle_reason"),

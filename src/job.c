@@ -1,0 +1,398 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *	  Backfill job rows (migrate_ext.job): their states, every change made
+ *	  to them, and the two advisory locks that say whether a job is alive.
+ *
+ * A job's state is stored as text and read here into enum JobState, with
+ * one mapping; every UPDATE of migrate_ext.job is a function of this file,
+ * run through catalog.c's executor (as the extension owner, search_path
+ * pinned).  A job's worker holds the session-level advisory lock
+ * (MIG_JOB_LOCK_KEY, job id) for its whole life: a job in a live state whose
+ * lock nobody holds is interrupted.  Whoever starts a worker holds the gate
+ * lock (MIG_GATE_LOCK_KEY, job id) until its transaction ends; the worker
+ * waits for it, so it never reads the job row before the row it was
+ * started for is committed (or rolled back).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/wait_event.h"
+
+#include "migrate_ext.h"
+#include "migrate_ext_worker.h"
+
+/* The advisory-lock keys, 'migr' and one more; nowhere else in C. */
+#define MIG_JOB_LOCK_KEY		1835624306
+#define MIG_GATE_LOCK_KEY		1835624307
+
+/* The one mapping between JobState and the text stored in the job row. */
+static const char *const job_state_names[] = {
+	[JOB_RUNNING] = "running",
+	[JOB_THROTTLED] = "throttled",
+	[JOB_PAUSED] = "paused",
+	[JOB_INTERRUPTED] = "interrupted",
+	[JOB_DONE] = "done",
+	[JOB_FAILED] = "failed",
+	[JOB_CANCELLED] = "cancelled"
+};
+
+StaticAssertDecl(lengthof(job_state_names) == JOB_CANCELLED + 1,
+				 "job_state_names must name every JobState");
+
+const char *
+mig_job_state_name(JobState state)
+{
+	Assert(state >= JOB_RUNNING && state <= JOB_CANCELLED);
+	return job_state_names[state];
+}
+
+JobState
+mig_job_state_parse(const char *name)
+{
+	Assert(name != NULL);
+	for (int i = 0; i < lengthof(job_state_names); i++)
+		if (strcmp(name, job_state_names[i]) == 0)
+			return (JobState) i;
+	elog(ERROR, "unknown backfill job state \"%s\"", name);
+	return JOB_FAILED;			/* keep compiler quiet */
+}
+
+/* Running, throttled or paused: a worker owns the job (or should). */
+bool
+mig_job_state_live(JobState state)
+{
+	return state == JOB_RUNNING || state == JOB_THROTTLED || state == JOB_PAUSED;
+}
+
+/* Ended: done, failed or cancelled; interrupted is not (it resumes). */
+bool
+mig_job_state_ended(JobState state)
+{
+	return state == JOB_DONE || state == JOB_FAILED || state == JOB_CANCELLED;
+}
+
+/* The key the SQL face reads in pg_locks to tell a live job. */
+int32
+mig_job_liveness_key(void)
+{
+	return MIG_JOB_LOCK_KEY;
+}
+
+void
+mig_job_locktag(LOCKTAG *tag, MigJobLock which, int64 job_id)
+{
+	int32		key = which == MIG_JOB_LOCK_LIVENESS ? MIG_JOB_LOCK_KEY : MIG_GATE_LOCK_KEY;
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) key, (uint32) job_id, 2);
+}
+
+/* Does some process hold the job's liveness lock? */
+bool
+mig_job_alive(int64 job_id)
+{
+	LOCKTAG		tag;
+	LockData   *locks = GetLockStatusData();
+	bool		alive = false;
+
+	mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, job_id);
+	for (int i = 0; i < locks->nelements && !alive; i++)
+		if (locks->locks[i].holdMask != 0 &&
+			memcmp(&locks->locks[i].locktag, &tag, sizeof(LOCKTAG)) == 0)
+			alive = true;
+	pfree(locks->locks);
+	pfree(locks);
+	return alive;
+}
+
+/* Hold the gate until the current transaction ends. */
+void
+mig_job_hold_gate(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	mig_job_locktag(&tag, MIG_JOB_LOCK_GATE, job_id);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Start the job's worker and wait (up to five seconds) until it holds the
+ * job's lock, so that a status read right after shows it alive.
+ */
+void
+mig_job_start_worker(MigWorkerArgs *args)
+{
+	char		name[BGW_MAXLEN];
+
+	snprintf(name, sizeof(name), "migrate_ext backfill job " INT64_FORMAT, args->arg);
+	(void) mig_worker_start("mig_backfill_main", name, args);
+	for (int i = 0; i < 500 && !mig_job_alive(args->arg); i++)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* ----------------------------------------------------------------
+ *		Every change to a job row
+ * ----------------------------------------------------------------
+ */
+
+/* A new job, running, for a migration; returns its id. */
+int64
+mig_job_insert(int64 migration_id, const MigWorkerArgs *args, const MigJobSettings *s)
+{
+	Oid			types[10] = {INT8OID, OIDOID, OIDOID, OIDOID, INT4OID, BOOLOID, INT4OID,
+		INT4OID, INTERVALOID, INT8OID};
+	Datum		v[10];
+	char		n[11] = "          ";
+
+	v[0] = Int64GetDatum(migration_id);
+	v[1] = ObjectIdGetDatum(args->dboid);
+	v[2] = ObjectIdGetDatum(args->role_oid);
+	v[3] = ObjectIdGetDatum(args->login_oid);
+	v[4] = Int32GetDatum(s->batch_size);
+	v[5] = BoolGetDatum(s->batch_size_fixed);
+	v[6] = Int32GetDatum(s->target_batch_ms);
+	v[7] = Int32GetDatum(s->sleep_ms);
+	v[8] = s->max_replica_lag ? PointerGetDatum(s->max_replica_lag) : (Datum) 0;
+	n[8] = s->max_replica_lag ? ' ' : 'n';
+	v[9] = Int64GetDatum(s->max_rows_per_sec);
+	n[9] = s->max_rows_per_sec > 0 ? ' ' : 'n';
+	return mig_catalog_exec_int8("INSERT INTO migrate_ext.job (migration_id, state, dboid, "
+								 "role_oid, login_oid, batch_size, batch_size_fixed, "
+								 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) "
+								 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+								 "RETURNING id",
+								 10, types, v, n);
+}
+
+/* Set a job's state (pause, resume, cancel); finished stamps finished_at. */
+void
+mig_job_set_state(int64 job_id, JobState state, bool finished)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		v[2];
+
+	v[0] = Int64GetDatum(job_id);
+	v[1] = CStringGetTextDatum(mig_job_state_name(state));
+	mig_catalog_exec(finished ?
+					 "UPDATE migrate_ext.job SET state = $2, throttle_reason = NULL, "
+					 "updated_at = pg_catalog.now(), finished_at = pg_catalog.now() "
+					 "WHERE id OPERATOR(pg_catalog.=) $1" :
+					 "UPDATE migrate_ext.job SET state = $2, throttle_reason = NULL, "
+					 "updated_at = pg_catalog.now(), finished_at = NULL "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
+					 2, types, v, NULL, 1);
+}
+
+/* Running again from its checkpoint, with a new worker started as args. */
+void
+mig_job_restart(int64 job_id, const MigWorkerArgs *args)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'running', throttle_reason = NULL, "
+					 "finished_at = NULL, updated_at = pg_catalog.now(), dboid = $2, "
+					 "role_oid = $3, login_oid = $4 WHERE id OPERATOR(pg_catalog.=) $1",
+					 4, (Oid[]) {INT8OID, OIDOID, OIDOID, OIDOID},
+					 (Datum[]) {Int64GetDatum(job_id), ObjectIdGetDatum(args->dboid),
+						 ObjectIdGetDatum(args->role_oid), ObjectIdGetDatum(args->login_oid)},
+					 NULL, 1);
+}
+
+/* Change one setting of a running job (mig_set); NULL value: isnull. */
+void
+mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
+{
+	static const struct
+	{
+		const char *sql;
+		Oid			type;
+	}			settings[] = {
+		[MIG_JOB_BATCH_SIZE_AUTO] = {"UPDATE migrate_ext.job SET batch_size_fixed = false "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INT4OID},
+		[MIG_JOB_BATCH_SIZE] = {"UPDATE migrate_ext.job SET batch_size = $2, "
+		"batch_size_fixed = true WHERE id OPERATOR(pg_catalog.=) $1", INT4OID},
+		[MIG_JOB_TARGET_BATCH_MS] = {"UPDATE migrate_ext.job SET target_batch_ms = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INT4OID},
+		[MIG_JOB_SLEEP_MS] = {"UPDATE migrate_ext.job SET sleep_ms = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INT4OID},
+		[MIG_JOB_MAX_REPLICA_LAG] = {"UPDATE migrate_ext.job SET max_replica_lag = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INTERVALOID},
+		[MIG_JOB_MAX_ROWS_PER_SEC] = {"UPDATE migrate_ext.job SET max_rows_per_sec = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INT8OID},
+	};
+	Oid			types[2];
+	Datum		v[2];
+	char		n[3] = "  ";
+
+	Assert(which >= 0 && which < lengthof(settings));
+	types[0] = INT8OID;
+	types[1] = settings[which].type;
+	v[0] = Int64GetDatum(job_id);
+	v[1] = value;
+	n[1] = isnull || which == MIG_JOB_BATCH_SIZE_AUTO ? 'n' : ' ';
+	mig_catalog_exec(settings[which].sql, 2, types, v, n, 1);
+}
+
+/* The walk's key and bound, chosen by the job's first batch. */
+void
+mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
+				   Datum upper_key, bool upper_null, int64 rows_total, bool exact)
+{
+	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
+	Datum		v[6];
+	char		n[7] = "      ";
+
+	v[0] = Int64GetDatum(job_id);
+	v[1] = CStringGetTextDatum(key_kind);
+	v[2] = key_cols;
+	v[3] = upper_key;
+	n[3] = upper_null ? 'n' : ' ';
+	v[4] = Int64GetDatum(rows_total);
+	n[4] = rows_total >= 0 ? ' ' : 'n';
+	v[5] = BoolGetDatum(exact);
+	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
+					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
+					 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
+}
+
+/* A worker takes the job: its pid, and interrupted becomes running. */
+void
+mig_job_claim(int64 job_id, int pid)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET worker_pid = $2, updated_at = pg_catalog.now(), "
+					 "state = CASE state WHEN 'interrupted' THEN 'running' ELSE state END "
+					 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, INT4OID},
+					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(pid)}, NULL, 1);
+}
+
+/* Nobody works on it after a restart: interrupted (a paused job stays so). */
+void
+mig_job_mark_interrupted(int64 job_id)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'interrupted', "
+					 "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1 "
+					 "AND state OPERATOR(pg_catalog.<>) 'paused'",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, -1);
+}
+
+/*
+ * End a job as failed or cancelled, with the error, its SQLSTATE (or NULL)
+ * and the retries not yet counted.
+ */
+void
+mig_job_end(int64 job_id, JobState state, const char *error, const char *sqlstate,
+			int64 retries)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+	Datum		v[5];
+	char		n[6] = "     ";
+
+	Assert(state == JOB_FAILED || state == JOB_CANCELLED);
+	v[0] = Int64GetDatum(job_id);
+	v[1] = CStringGetTextDatum(mig_job_state_name(state));
+	v[2] = CStringGetTextDatum(error);
+	v[3] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
+	n[3] = sqlstate ? ' ' : 'n';
+	v[4] = Int64GetDatum(retries);
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = $2, last_error = $3, "
+					 "last_sqlstate = $4, retries = retries + $5, throttle_reason = NULL, "
+					 "updated_at = pg_catalog.now(), finished_at = pg_catalog.now() "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
+					 5, types, v, n, 1);
+}
+
+/* Cancel the migration's live or interrupted job, if any (mig_abort). */
+void
+mig_job_cancel_for_migration(int64 migration_id)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
+					 "throttle_reason = NULL, updated_at = pg_catalog.now(), "
+					 "finished_at = pg_catalog.now() "
+					 "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
+					 "AND state IN ('running', 'throttled', 'paused', 'interrupted')",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)}, NULL, -1);
+}
+
+/* Time spent working while the job was paused or throttled. */
+void
+mig_job_add_active(int64 job_id, double seconds)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET active_seconds = active_seconds + $2 "
+					 "WHERE id OPERATOR(pg_catalog.=) $1", 2, (Oid[]) {INT8OID, FLOAT8OID},
+					 (Datum[]) {Int64GetDatum(job_id), Float8GetDatum(seconds)}, NULL, 1);
+}
+
+/* Throttled for replica lag, unless it was paused or ended meanwhile. */
+void
+mig_job_throttle_for_lag(int64 job_id, double active_seconds)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'throttled', "
+					 "throttle_reason = 'replica lag', updated_at = pg_catalog.now(), "
+					 "active_seconds = active_seconds + $2 "
+					 "WHERE id OPERATOR(pg_catalog.=) $1 AND state IN ('running', 'throttled')",
+					 2, (Oid[]) {INT8OID, FLOAT8OID},
+					 (Datum[]) {Int64GetDatum(job_id), Float8GetDatum(active_seconds)},
+					 NULL, -1);
+}
+
+/* One batch committed: the checkpoint and the counters, in its transaction. */
+void
+mig_job_checkpoint(int64 job_id, const MigJobBatch *b)
+{
+	Oid			types[13] = {INT8OID, TEXTARRAYOID, INT8OID, INT8OID, INT4OID, FLOAT8OID,
+		FLOAT8OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		v[13];
+	char		n[14] = "             ";
+
+	Assert(b->state == JOB_RUNNING || b->state == JOB_THROTTLED);
+	v[0] = Int64GetDatum(job_id);
+	v[1] = b->lower_key;
+	v[2] = Int64GetDatum(b->written);
+	v[3] = Int64GetDatum(b->seen);
+	v[4] = Int32GetDatum(b->next_batch_size);
+	v[5] = Float8GetDatum(b->rate);
+	v[6] = Float8GetDatum(b->active_seconds);
+	v[7] = CStringGetTextDatum(mig_job_state_name(b->state));
+	v[8] = b->throttle_reason ? CStringGetTextDatum(b->throttle_reason) : (Datum) 0;
+	n[8] = b->throttle_reason ? ' ' : 'n';
+	v[9] = Int64GetDatum(b->retries);
+	v[10] = b->error ? CStringGetTextDatum(b->error) : (Datum) 0;
+	n[10] = b->error ? ' ' : 'n';
+	v[11] = b->sqlstate ? CStringGetTextDatum(b->sqlstate) : (Datum) 0;
+	n[11] = b->sqlstate ? ' ' : 'n';
+	v[12] = Int32GetDatum(b->vacuums);
+	mig_catalog_exec("UPDATE migrate_ext.job SET lower_key = $2, rows_done = rows_done + $3, "
+					 "rows_seen = rows_seen + $4, batches = batches + 1, batch_size = $5, "
+					 "rate_recent = $6, active_seconds = active_seconds + $7, state = $8, "
+					 "throttle_reason = $9, retries = retries + $10, "
+					 "last_error = coalesce($11, last_error), "
+					 "last_sqlstate = coalesce($12, last_sqlstate), vacuums = vacuums + $13, "
+					 "updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+					 13, types, v, n, 1);
+}
+
+/* The walk is over: done, with the last counters. */
+void
+mig_job_done(int64 job_id, double active_seconds, int64 retries, int vacuums)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'done', throttle_reason = NULL, "
+					 "rows_total = rows_seen, rows_total_exact = (key_kind OPERATOR(pg_catalog.<>) 'ctid'), "
+					 "active_seconds = active_seconds + $2, retries = retries + $3, "
+					 "vacuums = vacuums + $4, rate_recent = NULL, updated_at = pg_catalog.now(), "
+					 "finished_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+					 4, (Oid[]) {INT8OID, FLOAT8OID, INT8OID, INT4OID},
+					 (Datum[]) {Int64GetDatum(job_id), Float8GetDatum(active_seconds),
+						 Int64GetDatum(retries), Int32GetDatum(vacuums)},
+					 NULL, 1);
+}

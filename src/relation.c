@@ -1,0 +1,427 @@
+/*-------------------------------------------------------------------------
+ *
+ * relation.c
+ *	  What migrate_ext does to a user table as the table's owner.
+ *
+ * Everything that can run code a table's owner wrote -- its triggers,
+ * up/down/check expressions, domain checks, defaults, policies -- runs
+ * through mig_owner_switch(), whoever asked for the migration step: a
+ * superuser, a member of the owning role, or a background worker that
+ * logged in as either.  The switch is the one VACUUM, CREATE INDEX and
+ * REFRESH MATERIALIZED VIEW make (see ri_triggers.c and matview.c): the
+ * table's owner as current user, inside a security-restricted operation,
+ * so that the code cannot SET ROLE or RESET ROLE back to whoever started
+ * the step, and with row security not forced on the owner, so that FORCE
+ * ROW LEVEL SECURITY cannot hide rows from a backfill, a validation or a
+ * contract (they must see every row to be right).
+ *
+ * Also here, because every layer above needs them, each written once:
+ * opening a table a migration function was given; its qualified name; the
+ * lock_timeout ladder for strong locks (pg_repack's: a short lock_timeout
+ * in a subtransaction, a growing wait on the latch between tries, so that
+ * an ALTER TABLE never queues the application behind it for long); the
+ * runner for the utility statements migrate_ext generates; the rule for
+ * whether the dual-write trigger is enabled; and the choice of the key that
+ * walks and names a table's rows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_trigger.h"
+#include "commands/defrem.h"
+#include "commands/trigger.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+#include "utils/wait_event.h"
+
+#include "migrate_ext.h"
+
+/* The role that owns a relation; errors when it is gone. */
+Oid
+mig_table_owner(Oid relid)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid),
+				 errdetail("It was dropped while migrate_ext worked on it.")));
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Become the owner of relid for user code, until mig_owner_restore(save).
+ * Settings the code changes (SET LOCAL, a function's SET clause) are undone
+ * at the restore through their own GUC nest level.  On error the aborting
+ * (sub)transaction restores identity and settings alike, as it does for
+ * VACUUM; a caller that catches errors must roll back a subtransaction.
+ */
+void
+mig_owner_switch(Oid relid, MigOwnerSave *save)
+{
+	Oid			owner = mig_table_owner(relid);
+
+	Assert(save != NULL);
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(owner,
+						   save->sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION |
+						   SECURITY_NOFORCE_RLS);
+	save->nestlevel = NewGUCNestLevel();
+	save->active = true;
+}
+
+/* Undo mig_owner_switch(). */
+void
+mig_owner_restore(MigOwnerSave *save)
+{
+	Assert(save->active);
+	Assert(InSecurityRestrictedOperation());
+	AtEOXact_GUC(true, save->nestlevel);
+	SetUserIdAndSecContext(save->userid, save->sec_context);
+	save->active = false;
+}
+
+/*
+ * Open the table a migration function was given, after checking that it is
+ * an ordinary table the caller owns.
+ */
+Relation
+mig_open_table(Oid relid, LOCKMODE lockmode)
+{
+	Relation	rel;
+	char		relkind;
+
+	relkind = get_rel_relkind(relid);
+	if (relkind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	if (relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not an ordinary table", get_rel_name(relid)),
+				 errdetail("migrate_ext migrates columns of ordinary tables; this is a %s.",
+						   relkind == RELKIND_VIEW ? "view" :
+						   relkind == RELKIND_MATVIEW ? "materialized view" :
+						   relkind == RELKIND_FOREIGN_TABLE ? "foreign table" :
+						   relkind == RELKIND_PARTITIONED_TABLE ? "partitioned table" :
+						   "relation of another kind")));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+
+	rel = table_open(relid, lockmode);
+	return rel;
+}
+
+/*
+ * Try once to take the locks, in order, each with the given lock_timeout.
+ * Returns -1 when all are held, or the index of the one that timed out (and
+ * then none is held); rethrows anything else.  The subtransaction's locks
+ * pass to the caller's transaction when it commits.
+ */
+static int
+try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile int failed = -1;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		char		buf[32];
+
+		snprintf(buf, sizeof(buf), "%d", timeout_ms);
+		set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
+						  GUC_ACTION_LOCAL, true, 0, false);
+		for (int i = 0; i < nrels; i++)
+		{
+			failed = i;
+			LockRelationOid(relids[i], lockmode);
+		}
+		failed = -1;
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		{
+			FreeErrorData(edata);
+			PG_RE_THROW();
+		}
+		FlushErrorState();
+		FreeErrorData(edata);
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return failed;
+}
+
+/*
+ * Take a strong lock on the table under the lock_timeout ladder, or fail
+ * with an error that names the blockers.
+ */
+void
+mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
+{
+	mig_lock_tables(1, &relid, lockmode, why);
+}
+
+/*
+ * The same for several tables at once (a table and the tables whose foreign
+ * keys point at it): all or none.  A timeout on any of them releases those
+ * already taken before the next try, so nobody queues behind a lock we hold
+ * while we wait for another.
+ */
+void
+mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
+{
+	int			timeout = mig_lock_timeout_ms;
+	int			failed = -1;
+
+	for (int attempt = 1;; attempt++)
+	{
+		failed = try_lock(nrels, relids, lockmode, timeout);
+		if (failed < 0)
+			return;
+		if (attempt >= mig_lock_retries)
+			break;
+
+		/* back off, with jitter, so the queued traffic drains */
+		mig_sleep_ms(timeout / 2 + pg_prng_uint32(&pg_global_prng_state) % (timeout + 1));
+		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
+	}
+
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
+			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
+					   mig_lock_retries, mig_lock_timeout_max_ms),
+			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));
+}
+
+/*
+ * The one SPI runner for utility statements migrate_ext generates (DDL,
+ * with every identifier quoted and every type printed from its OID), in the
+ * current transaction, as the current user.  sql may hold several
+ * statements.
+ */
+void
+mig_run_utility(const char *sql)
+{
+	int			ret;
+
+	Assert(IsTransactionState());
+	SPI_connect();
+	ret = SPI_execute(sql, false, 0);
+	if (ret < 0)
+		elog(ERROR, "migrate_ext: could not run \"%s\": %s", sql,
+			 SPI_result_code_string(ret));
+	SPI_finish();
+}
+
+/* A table's name, schema-qualified and quoted, for SQL and messages. */
+const char *
+mig_qualified_name(Oid relid)
+{
+	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
+	char	   *relname = get_rel_name(relid);
+
+	if (nspname == NULL || relname == NULL)
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	return quote_qualified_identifier(nspname, relname);
+}
+
+/*
+ * Sleep ms milliseconds on the latch: wakes for interrupts (a cancel, a
+ * terminate) and exits if the postmaster dies, which pg_usleep would not.
+ */
+void
+mig_sleep_ms(long ms)
+{
+	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	pgstat_report_wait_end();
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * pg_trigger.tgenabled of the table's dual-write trigger, or '\0' when it
+ * has none: read from the catalog directly, with no SQL in between.
+ */
+char
+mig_trigger_tgenabled(Oid relid)
+{
+	Relation	tgrel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char		tgenabled = '\0';
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_trigger_tgrelid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[1], Anum_pg_trigger_tgname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum(MIG_TRIGGER_NAME));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 2, key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		tgenabled = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled;
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return tgenabled;
+}
+
+/*
+ * The one rule for "is the dual-write trigger enabled": does it fire for
+ * the application's writes?  Clients run with session_replication_role =
+ * origin, for which a trigger fires when enabled (O) or always (A); one
+ * disabled (D) or enabled on replicas only (R) lets writes through without
+ * keeping the columns in step.
+ */
+bool
+mig_trigger_fires(char tgenabled)
+{
+	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/* The schema of an operator, or InvalidOid when it is gone. */
+Oid
+mig_operator_namespace(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Oid			nsp;
+
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	nsp = ((Form_pg_operator) GETSTRUCT(tup))->oprnamespace;
+	ReleaseSysCache(tup);
+	return nsp;
+}
+
+/*
+ * Can a walk follow this index?  A plain btree over NOT NULL columns with
+ * their default ordering and collation, whose comparison operators are
+ * built in (the batches' SQL runs with search_path = pg_catalog, so "(a, b)
+ * > ($1, $2)" must find exactly the index's operators).  Sets *cols to the
+ * key columns' names.
+ */
+static bool
+key_index_walkable(Relation rel, Oid indexoid, List **cols)
+{
+	Relation	ind = index_open(indexoid, AccessShareLock);
+	Form_pg_index idx = ind->rd_index;
+	bool		ok;
+
+	*cols = NIL;
+	ok = ind->rd_rel->relam == BTREE_AM_OID && idx->indisvalid &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+		heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL);
+	for (int i = 0; ok && i < idx->indnkeyatts; i++)
+	{
+		AttrNumber	attnum = idx->indkey.values[i];
+		Form_pg_attribute att;
+		Oid			opclass;
+		Oid			gt;
+
+		if (attnum <= 0)
+		{
+			ok = false;
+			break;
+		}
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		opclass = GetDefaultOpClass(att->atttypid, BTREE_AM_OID);
+		gt = get_opfamily_member(ind->rd_opfamily[i], ind->rd_opcintype[i],
+								 ind->rd_opcintype[i], BTGreaterStrategyNumber);
+		if (!att->attnotnull || ind->rd_indoption[i] != 0 || !OidIsValid(opclass) ||
+			get_opclass_family(opclass) != ind->rd_opfamily[i] ||
+			get_opclass_input_type(opclass) != ind->rd_opcintype[i] ||
+			ind->rd_indcollation[i] != att->attcollation ||
+			!OidIsValid(gt) || mig_operator_namespace(gt) != PG_CATALOG_NAMESPACE)
+			ok = false;
+		else
+			*cols = lappend(*cols, pstrdup(NameStr(att->attname)));
+	}
+	index_close(ind, AccessShareLock);
+	return ok;
+}
+
+/*
+ * The one key chooser, for the backfill's walk and for naming rows in
+ * validation: the primary key, else the unique NOT NULL key with the fewest
+ * columns, else physical ctid ranges.  Returns "primary key", "unique key"
+ * or "ctid" (stored as job.key_kind); *cols gets the key's column names
+ * (NIL for ctid).
+ */
+const char *
+mig_choose_key(Relation rel, List **cols)
+{
+	Oid			pk = RelationGetPrimaryKeyIndex(rel);
+	List	   *best = NIL;
+	ListCell   *lc;
+
+	if (OidIsValid(pk) && key_index_walkable(rel, pk, cols))
+		return "primary key";
+
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		List	   *c;
+		bool		unique;
+		HeapTuple	tup;
+
+		if (indexoid == pk)
+			continue;
+		tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
+		if (!HeapTupleIsValid(tup))
+			continue;
+		unique = ((Form_pg_index) GETSTRUCT(tup))->indisunique;
+		ReleaseSysCache(tup);
+		if (unique && key_index_walkable(rel, indexoid, &c) &&
+			(best == NIL || list_length(c) < list_length(best)))
+			best = c;
+	}
+	*cols = best;
+	return best ? "unique key" : "ctid";
+}
