@@ -71,7 +71,14 @@ sub statements
 			$cur .= $tag . $1;
 		}
 		elsif ($text =~ /\G(^\\[^\n]*\n?)/gcm) { push @out, $cur . $1; $cur = ''; }
-		elsif ($text =~ /\G;/gc) { push @out, $cur . ';'; $cur = ''; }
+		elsif ($text =~ /\G;/gc)
+		{
+			# a SQL-standard body (BEGIN ATOMIC ... END) holds semicolons
+			$cur .= ';';
+			next if head($cur) =~ /\bBEGIN ATOMIC\b/ && head($cur) !~ /\bEND\s*;\s*$/;
+			push @out, $cur;
+			$cur = '';
+		}
 		elsif ($text =~ /\G([^-\/'"\$;\\]+|.)/gcs) { $cur .= $1; }
 	}
 	push @out, $cur if $cur =~ /\S/;
@@ -95,8 +102,8 @@ sub kind
 	my $h = head(shift);
 	return 'meta' if $h =~ /^\\/;
 	return 'code'
-	  if $h =~ /^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE|AGGREGATE|VIEW) /
-	  || $h =~ /^ALTER (FUNCTION|PROCEDURE|VIEW) /
+	  if $h =~ /^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE|AGGREGATE|VIEW|EVENT TRIGGER) /
+	  || $h =~ /^ALTER (FUNCTION|PROCEDURE|VIEW|EVENT TRIGGER) /
 	  || $h =~ /^COMMENT ON (FUNCTION|PROCEDURE|AGGREGATE|VIEW) /;
 	if ($h =~ /^(GRANT|REVOKE) /)
 	{
@@ -136,6 +143,18 @@ DECLARE
 	views text[];
 	details text[] := '{}';
 BEGIN
+	-- event triggers first: they use functions of ours and nothing uses them
+	FOR obj IN
+		SELECT pg_catalog.quote_ident(e.evtname)
+		  FROM pg_catalog.pg_depend d
+		  JOIN pg_catalog.pg_event_trigger e ON e.oid OPERATOR(pg_catalog.=) d.objid
+		 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_event_trigger'::pg_catalog.regclass
+		   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+		   AND d.refobjid OPERATOR(pg_catalog.=) ext
+		   AND d.deptype OPERATOR(pg_catalog.=) 'e'
+	LOOP
+		EXECUTE pg_catalog.concat('DROP EVENT TRIGGER ', obj);
+	END LOOP;
 	SELECT coalesce(pg_catalog.array_agg(o ORDER BY o), '{}')
 	  INTO todo
 	  FROM (SELECT pg_catalog.concat('VIEW ', c.oid::pg_catalog.regclass) AS o
