@@ -913,9 +913,15 @@ static void
 pg_attribute_noreturn()
 undo_after_failure(ContractPlan *plan)
 {
-	MemoryContext ecxt = MemoryContextSwitchTo(contract_cxt);
-	ErrorData  *edata = CopyErrorData();
+	ErrorData  *edata;
 	volatile int dropped = -1;
+
+	/*
+	 * The context current at the throw may belong to the transaction that
+	 * the abort below deletes: everything from here lives in contract_cxt.
+	 */
+	MemoryContextSwitchTo(contract_cxt);
+	edata = CopyErrorData();
 
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
@@ -940,7 +946,6 @@ undo_after_failure(ContractPlan *plan)
 		edata->detail = psprintf("%s%sWhat mig_contract had added could not be dropped: mig_abort('%s') or the next mig_contract removes it.",
 								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
 								 plan->relname);
-	MemoryContextSwitchTo(ecxt);
 	ReThrowError(edata);
 }
 
