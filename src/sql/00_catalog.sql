@@ -127,3 +127,11 @@ SELECT pg_catalog.pg_extension_config_dump('migrate_ext.column_pair', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.phase_log', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_id_seq', '');
+
+/*
+ * Keep last: nobody but the extension owner reads the tables; everyone
+ * reads them through the masked views (30_report.sql).  Said explicitly,
+ * not left to the default, so that a fresh install and one updated from
+ * 0.1 (which granted SELECT to PUBLIC) have the same privileges.
+ */
+REVOKE ALL ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
