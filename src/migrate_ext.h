@@ -240,6 +240,9 @@ extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled
 extern struct Bitmapset *mig_protected_columns(List *pairs);
 extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
+/* contract_undo.c: drop what an unfinished mig_contract added */
+extern int	mig_contract_undo(int64 migration_id);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 extern int	mig_busy_sessions_count(void);

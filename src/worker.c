@@ -75,7 +75,14 @@ mig_worker_start_handle(const char *entry, const char *name,
 				 errhint("Raise max_worker_processes (it needs a restart), or wait for other background workers to finish.")));
 
 	status = WaitForBackgroundWorkerStartup(handle, &pid);
-	if (status != BGWH_STARTED)
+
+	/*
+	 * A caller that keeps the handle talks to the worker through a queue
+	 * that tells it how the worker ended: a worker that already finished
+	 * (STOPPED before we looked) is no failure then.
+	 */
+	if (status != BGWH_STARTED &&
+		!(status == BGWH_STOPPED && handlep != NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not start a migrate_ext background worker"),
