@@ -13,6 +13,10 @@
 #                              MIG_BENCH_BF_BATCH rows, trigger live
 #   mig_backfill               defaults, timed from the call until its job
 #                              row says done (only when the function exists)
+#   mig_backfill, updated_at   the same on t with a PL/pgSQL BEFORE UPDATE
+#   trigger, fire_triggers     updated_at trigger, with fire_triggers off (the
+#   off / on                   default: the trigger does not fire, and
+#                              updated_at stays as it was) and on
 # For each: rows/s, and pg_total_relation_size (table + indexes + TOAST)
 # right after it finished, divided by the size before. Autovacuum runs as
 # shipped, so the methods that commit as they go get what it reclaims.
@@ -56,17 +60,26 @@ check() {
 }
 
 declare -A SEC BEFORE AFTER
-METHODS=(update_plain update_trigger plpgsql_loop mig_backfill)
+METHODS=(update_plain update_trigger plpgsql_loop mig_backfill bf_trig_off bf_trig_on)
 declare -A LABEL=(
 	[update_plain]="UPDATE, no trigger"
 	[update_trigger]="UPDATE, migrate_ext trigger live"
 	[plpgsql_loop]="PL/pgSQL keyset loop, COMMIT/$BATCH"
 	[mig_backfill]="mig_backfill, defaults"
+	[bf_trig_off]="mig_backfill, updated_at trigger"
+	[bf_trig_on]="same, fire_triggers => true"
 )
 
 run() {
 	local m=$1 t0 t1 ms
 	bench_fresh_table "$ROWS"
+	case $m in
+	bf_trig_*)
+		bq "ALTER TABLE t ADD COLUMN updated_at timestamptz NOT NULL DEFAULT '2024-01-01'" \
+			"CREATE OR REPLACE FUNCTION bench_updated_at() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN NEW.updated_at := now(); RETURN NEW; END \$\$" \
+			"CREATE TRIGGER t_updated_at BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION bench_updated_at()" \
+			"VACUUM ANALYZE t" ;;
+	esac
 	case $m in
 	update_plain) bq "ALTER TABLE t ADD COLUMN new text" ;;
 	*) bq "SELECT mig_expand('t', 'email', new_col => 'new', up => 'lower(email)')" ;;
@@ -79,10 +92,10 @@ run() {
 		ms=$(bench_time "SET migrate_ext.writer = old" "CHECKPOINT" -- "UPDATE t SET new = lower(email)") || exit 1 ;;
 	plpgsql_loop)
 		ms=$(bench_time "SET migrate_ext.writer = old" "CHECKPOINT" -- "CALL bench_keyset_backfill($BATCH)") || exit 1 ;;
-	mig_backfill)
+	mig_backfill | bf_trig_off | bf_trig_on)
 		bq "CHECKPOINT"
 		t0=$(now)
-		bq "SELECT mig_backfill('t')"
+		bq "SELECT mig_backfill('t', fire_triggers => $([ "$m" = bf_trig_on ] && echo true || echo false))"
 		bench_wait_backfill || exit 1
 		t1=$(now)
 		ms="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) * 1000 }') -" ;;
@@ -90,13 +103,19 @@ run() {
 	SEC[$m]=$(awk -v v="${ms%% *}" 'BEGIN { print v / 1000 }')
 	AFTER[$m]=$(size)
 	check "$m"
+	case $m in
+	bf_trig_off) [ "$(bv "SELECT count(*) FROM t WHERE updated_at <> '2024-01-01'")" = 0 ] ||
+		{ echo "ERROR: $m fired the updated_at trigger" >&2; exit 1; } ;;
+	bf_trig_on) [ "$(bv "SELECT count(*) FROM t WHERE updated_at = '2024-01-01'")" = 0 ] ||
+		{ echo "ERROR: $m did not fire the updated_at trigger on every row" >&2; exit 1; } ;;
+	esac
 	bench_log "${LABEL[$m]}: $(fmt_ms "${ms%% *}") ms"
 }
 
 HAVE_BF=0
 bench_has_function "$MIG_BACKFILL_SIG" && HAVE_BF=1
 for m in "${METHODS[@]}"; do
-	if [ "$m" = mig_backfill ] && [ "$HAVE_BF" = 0 ]; then
+	if [[ $m == mig_backfill || $m == bf_trig_* ]] && [ "$HAVE_BF" = 0 ]; then
 		continue
 	fi
 	run "$m"
@@ -125,7 +144,9 @@ if [ "$HAVE_BF" = 1 ]; then
 	r3=$(ratio "${SEC[plpgsql_loop]}" "${SEC[mig_backfill]}")
 	g=$(ratio "${AFTER[mig_backfill]}" "${BEFORE[mig_backfill]}")
 	echo "mig_backfill rows/s: ${r1}x the UPDATE with the trigger live ($(goal_mark ge "$r1" 1.0), goal >= 1.0), ${r2}x the UPDATE without trigger, ${r3}x the PL/pgSQL loop"
-	bench_summary "backfill: mig_backfill rows/s / UPDATE (trigger live) $r1 (goal >= 1.0: $(goal_mark ge "$r1" 1.0)); / UPDATE (no trigger) $r2; growth $g (goal <= 1.3: $(goal_mark le "$g" 1.3))"
+	r4=$(ratio "${SEC[bf_trig_on]}" "${SEC[bf_trig_off]}")
+	echo "with an updated_at trigger: fire_triggers off is ${r4}x the rows/s of fire_triggers on"
+	bench_summary "backfill: mig_backfill rows/s / UPDATE (trigger live) $r1 (goal >= 1.0: $(goal_mark ge "$r1" 1.0)); / UPDATE (no trigger) $r2; growth $g (goal <= 1.3: $(goal_mark le "$g" 1.3)); updated_at trigger: fire_triggers off / on $r4"
 else
 	bench_summary "backfill: mig_backfill not available; UPDATE (trigger live) $(fmt_int "$(rps "${SEC[update_trigger]}")") rows/s, growth $(ratio "${AFTER[update_trigger]}" "${BEFORE[update_trigger]}"); PL/pgSQL loop $(fmt_int "$(rps "${SEC[plpgsql_loop]}")") rows/s, growth $(ratio "${AFTER[plpgsql_loop]}" "${BEFORE[plpgsql_loop]}")"
 fi
