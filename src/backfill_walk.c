@@ -547,8 +547,8 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 }
 
 /*
- * The rows a failed batch covered, in walk order, at most limit: their key
- * values (or ctid) in the first columns of the result, left in SPI_tuptable.
+ * The rows a failed batch covered, in walk order, at most limit: their ctid
+ * first, then their key values (none for a ctid walk), left in SPI_tuptable.
  */
 static void
 bf_batch_rows(Relation rel, BfJob *job, int limit)
@@ -574,10 +574,9 @@ bf_batch_rows(Relation rel, BfJob *job, int limit)
 	{
 		ListCell   *lc;
 
-		appendStringInfoString(&sql, "SELECT ");
+		appendStringInfoString(&sql, "SELECT ctid");
 		foreach(lc, job->key_cols)
-			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) ? ", " : "",
-							 quote_identifier(lfirst(lc)));
+			appendStringInfo(&sql, ", %s", quote_identifier(lfirst(lc)));
 		appendStringInfo(&sql, " FROM ONLY %s WHERE ", qname);
 		if (job->lower_key)
 		{
@@ -596,21 +595,33 @@ bf_batch_rows(Relation rel, BfJob *job, int limit)
 }
 
 /*
- * Does the batch's UPDATE of this one row fail?  Tried in a subtransaction
+ * Does the batch's UPDATE of rows [lo, hi) fail?  Tried in a subtransaction
  * that is always rolled back: nothing is written.
  */
 static bool
-bf_row_fails(const char *sql, int np, Oid *types, Datum *values)
+bf_rows_fail(const char *sql, SPITupleTable *rows, uint64 lo, uint64 hi)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
+	Datum	   *tids = palloc(sizeof(Datum) * (hi - lo));
+	Datum		arr;
 	volatile bool failed = false;
+
+	Assert(lo < hi);
+	for (uint64 r = lo; r < hi; r++)
+	{
+		bool		isnull;
+
+		tids[r - lo] = SPI_getbinval(rows->vals[r], rows->tupdesc, 1, &isnull);
+	}
+	arr = PointerGetDatum(construct_array(tids, (int) (hi - lo), TIDOID, sizeof(ItemPointerData),
+										  false, TYPALIGN_SHORT));
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		(void) SPI_execute_with_args(sql, np, types, values, NULL, false, 0);
+		(void) SPI_execute_with_args(sql, 1, (Oid[]) {TIDARRAYOID}, &arr, NULL, false, 0);
 	}
 	PG_CATCH();
 	{
@@ -622,27 +633,52 @@ bf_row_fails(const char *sql, int np, Oid *types, Datum *values)
 	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(oldcxt);
 	CurrentResourceOwner = oldowner;
+	pfree(tids);
 	return failed;
+}
+
+/* "id = 42", "(a, b) = (1, x)" or "ctid (3,7)": row r of bf_batch_rows. */
+static char *
+bf_row_name(BfJob *job, SPITupleTable *rows, uint64 r)
+{
+	HeapTuple	tup = rows->vals[r];
+	int			nk = list_length(job->key_cols);
+	StringInfoData key;
+
+	initStringInfo(&key);
+	if (bf_is_ctid(job))
+	{
+		appendStringInfo(&key, "ctid %s", SPI_getvalue(tup, rows->tupdesc, 1));
+		return key.data;
+	}
+	appendStringInfo(&key, "%s = ", bf_key_row(job->key_cols, false));
+	if (nk > 1)
+		appendStringInfoChar(&key, '(');
+	for (int i = 0; i < nk; i++)
+		appendStringInfo(&key, "%s%s", i ? ", " : "", SPI_getvalue(tup, rows->tupdesc, i + 2));
+	if (nk > 1)
+		appendStringInfoChar(&key, ')');
+	return key.data;
 }
 
 /*
  * A batch failed with an error that is not a lock wait or a cancel: which
- * row?  Re-runs the batch's UPDATE row by row, in walk order, each in a
- * subtransaction rolled back at once, over the first limit rows after the
- * checkpoint (the failed batch was no larger).  Returns the first row that
- * fails as "id = 42", "(a, b) = (1, x)" or "ctid (3,7)", or NULL when each
- * row passes alone (the error was not one row's).  Runs as the batch does:
- * as the owner, with the same settings; writes nothing.
+ * row?  Bisects the first limit rows after the checkpoint (the failed batch
+ * was no larger), in walk order, running the batch's UPDATE on halves of
+ * them by ctid, each time in a subtransaction rolled back at once: about
+ * log2(limit) statements, every row tried about twice.  Returns the first
+ * row that fails (bf_row_name), or NULL when they pass (the error was not
+ * a row's).  Runs as the batch does: as the owner, with the same settings;
+ * writes nothing.  A row a client moved meanwhile is skipped, as the batch
+ * would: the client's write made it right.
  */
 char *
 bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
 {
 	const char *qname = mig_qualified_name(RelationGetRelid(rel));
-	int			nk = bf_is_ctid(job) ? 1 : list_length(job->key_cols);
-	Oid		   *types = palloc(sizeof(Oid) * nk);
-	Datum	   *values = palloc(sizeof(Datum) * nk);
 	SPITupleTable *rows;
-	uint64		nrows;
+	uint64		lo = 0;
+	uint64		hi;
 	StringInfoData set;
 	StringInfoData filter;
 	char	   *sql;
@@ -651,47 +687,25 @@ bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
 	initStringInfo(&set);
 	initStringInfo(&filter);
 	bf_update_clauses(rel, m, &set, &filter);
-	if (bf_is_ctid(job))
-		sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid = $1 AND (%s)", qname, set.data, filter.data);
-	else
-		sql = psprintf("UPDATE ONLY %s SET %s WHERE %s = %s AND (%s)", qname, set.data,
-					   bf_key_row(job->key_cols, false), bf_param_row(1, nk), filter.data);
+	sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY ($1) AND (%s)",
+				   qname, set.data, filter.data);
 
 	bf_batch_rows(rel, job, limit);
 	rows = SPI_tuptable;
-	nrows = SPI_processed;
-	for (uint64 r = 0; r < nrows; r++)
+	hi = SPI_processed;
+	if (hi == 0 || !bf_rows_fail(sql, rows, 0, hi))
+		return NULL;
+	/* [lo, hi) fails; the first failing row is in the first half that does */
+	while (hi - lo > 1)
 	{
-		HeapTuple	tup = rows->vals[r];
-		StringInfoData key;
+		uint64		mid = lo + (hi - lo) / 2;
 
-		for (int i = 0; i < nk; i++)
-		{
-			bool		isnull;
-
-			types[i] = SPI_gettypeid(rows->tupdesc, i + 1);
-			values[i] = SPI_getbinval(tup, rows->tupdesc, i + 1, &isnull);
-		}
-		if (!bf_row_fails(sql, nk, types, values))
-			continue;
-
-		initStringInfo(&key);
-		if (bf_is_ctid(job))
-			appendStringInfo(&key, "ctid %s", SPI_getvalue(tup, rows->tupdesc, 1));
+		if (bf_rows_fail(sql, rows, lo, mid))
+			hi = mid;
 		else
-		{
-			appendStringInfo(&key, "%s = ", bf_key_row(job->key_cols, false));
-			if (nk > 1)
-				appendStringInfoChar(&key, '(');
-			for (int i = 0; i < nk; i++)
-				appendStringInfo(&key, "%s%s", i ? ", " : "",
-								 SPI_getvalue(tup, rows->tupdesc, i + 1));
-			if (nk > 1)
-				appendStringInfoChar(&key, ')');
-		}
-		return key.data;
+			lo = mid;
 	}
-	return NULL;
+	return bf_row_name(job, rows, lo);
 }
 
 /*

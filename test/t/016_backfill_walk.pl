@@ -90,6 +90,19 @@ $node->safe_psql('postgres', q{
 	SELECT mig_backfill('bad2', batch_size => 30);
 	SELECT mig_backfill('bad3');
 });
+# one bad row deep in a large batch: found by bisection
+$node->safe_psql('postgres', q{
+	CREATE TABLE bad4 (id int PRIMARY KEY, v text);
+	INSERT INTO bad4 SELECT g, CASE WHEN g = 12345 THEN 'z' ELSE g::text END FROM generate_series(1, 20000) g;
+	SELECT mig_expand('bad4', 'v', type => 'int');
+	SELECT mig_backfill('bad4', batch_size => 20000);
+});
+is(wait_job_ended($node, 'bad4'), 'failed', 'a bad row in a batch of 20000 fails the job');
+like($node->safe_psql('postgres', "SELECT (" . job_row('bad4') . ").last_error"),
+	qr/the first row that fails is the one with id = 12345\)/, 'last_error names it');
+is($node->safe_psql('postgres', q{SELECT count(*) FILTER (WHERE id >= 12345), count(*) > 0
+	FROM bad4 WHERE _mig_new_v IS NOT NULL}), '0|t',
+	'the (halved) batches before it were written, nothing from it on');
 is(wait_job_ended($node, 'bad2'), 'failed', 'a bad row fails the job (composite key)');
 is(wait_job_ended($node, 'bad3'), 'failed', 'a bad row fails the job (ctid)');
 like($node->safe_psql('postgres', "SELECT (" . job_row('bad2') . ").last_error"),
