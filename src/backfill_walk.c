@@ -33,6 +33,7 @@
 #include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
@@ -47,6 +48,7 @@
 #include "storage/itemptr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
@@ -203,17 +205,57 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
 }
 
+/* Does this unique or exclusion constraint cover a new column? */
+static bool
+bf_constraint_on_new(Oid conoid, MigMigration *m)
+{
+	HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
+	bool		isnull;
+	Datum		d;
+	ArrayType  *arr;
+	int16	   *cols;
+	int			n;
+	ListCell   *lc;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	d = SysCacheGetAttr(CONSTROID, tup, Anum_pg_constraint_conkey, &isnull);
+	if (isnull)
+	{
+		ReleaseSysCache(tup);
+		return false;
+	}
+	arr = DatumGetArrayTypeP(d);
+	cols = (int16 *) ARR_DATA_PTR(arr);
+	n = ARR_DIMS(arr)[0];
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+
+		for (int i = 0; i < n; i++)
+			if (cols[i] == p->new_attnum)
+			{
+				ReleaseSysCache(tup);
+				return true;
+			}
+	}
+	ReleaseSysCache(tup);
+	return false;
+}
+
 /*
  * A batch that skips the table's other triggers runs with
  * session_replication_role = replica, where triggers marked ENABLE ALWAYS or
  * ENABLE REPLICA still fire: user code that would then write other tables
  * with their own triggers and foreign-key checks skipped, a power the
  * table's owner does not have.  So a table with such a trigger (other than
- * ours and PostgreSQL's internal ones) needs fire_triggers; returns what to
- * say, or NULL.
+ * ours and PostgreSQL's internal ones) needs fire_triggers, as does one with
+ * a deferrable unique or exclusion constraint on a new column (its recheck
+ * trigger, which replica skips, is what would catch a duplicate; on other
+ * columns the batch changes no key).  Returns what to say, or NULL.
  */
 static char *
-bf_replica_triggers(Relation rel, const char **hint)
+bf_replica_triggers(Relation rel, MigMigration *m, const char **hint)
 {
 	TriggerDesc *trigdesc = rel->trigdesc;
 	const char *relname = RelationGetRelationName(rel);
@@ -222,6 +264,14 @@ bf_replica_triggers(Relation rel, const char **hint)
 	{
 		Trigger    *t = &trigdesc->triggers[i];
 
+		if (t->tgisinternal && t->tgfoid == F_UNIQUE_KEY_RECHECK &&
+			bf_constraint_on_new(t->tgconstraint, m))
+		{
+			*hint = psprintf("Let the backfill fire the table's triggers with mig_set('%s', 'fire_triggers', 'on') and continue with mig_resume('%s'), or add the constraint after the backfill.",
+							 relname, relname);
+			return psprintf("table \"%s\" has a deferrable constraint \"%s\" on a new column, whose checks session_replication_role = replica, which the backfill uses to skip the other triggers, would skip",
+							relname, get_constraint_name(t->tgconstraint));
+		}
 		if (t->tgisinternal || strcmp(t->tgname, MIG_TRIGGER_NAME) == 0 ||
 			(t->tgenabled != TRIGGER_FIRES_ALWAYS && t->tgenabled != TRIGGER_FIRES_ON_REPLICA))
 			continue;
@@ -276,7 +326,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 						MIG_TRIGGER_NAME, relname);
 	}
 
-	if (!job->fire_triggers && (moved = bf_replica_triggers(rel, hint)) != NULL)
+	if (!job->fire_triggers && (moved = bf_replica_triggers(rel, m, hint)) != NULL)
 		return moved;
 
 	*hint = psprintf("Abort the migration with mig_abort('%s') and start it again.", relname);
@@ -664,11 +714,10 @@ bf_row_name(BfJob *job, SPITupleTable *rows, uint64 r)
 /*
  * A batch failed with an error that is not a lock wait or a cancel: which
  * row?  Bisects the first limit rows after the checkpoint (the failed batch
- * was no larger), in walk order, running the batch's UPDATE on halves of
+ * was no larger), in walk order, running the batch's UPDATE on prefixes of
  * them by ctid, each time in a subtransaction rolled back at once: about
- * log2(limit) statements, every row tried about twice.  Returns the first
- * row that fails (bf_row_name), or NULL when they pass (the error was not
- * a row's).  Runs as the batch does: as the owner, with the same settings;
+ * log2(limit) statements.  Returns the first row that fails (bf_row_name),
+ * or NULL when they all pass together (the error was not the rows').  Runs as the batch does: as the owner, with the same settings;
  * writes nothing.  A row a client moved meanwhile is skipped, as the batch
  * would: the client's write made it right.
  */
@@ -695,17 +744,24 @@ bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
 	hi = SPI_processed;
 	if (hi == 0 || !bf_rows_fail(sql, rows, 0, hi))
 		return NULL;
-	/* [lo, hi) fails; the first failing row is in the first half that does */
+
+	/*
+	 * The shortest failing prefix: rows [0, lo) pass, [0, hi) fail, so row
+	 * hi - 1 is the first that fails.  Prefixes, not halves, so that a
+	 * failure that takes two rows (a duplicate under a unique constraint)
+	 * names the second.
+	 */
+	lo = 0;
 	while (hi - lo > 1)
 	{
 		uint64		mid = lo + (hi - lo) / 2;
 
-		if (bf_rows_fail(sql, rows, lo, mid))
+		if (bf_rows_fail(sql, rows, 0, mid))
 			hi = mid;
 		else
 			lo = mid;
 	}
-	return bf_row_name(job, rows, lo);
+	return bf_row_name(job, rows, hi - 1);
 }
 
 /*

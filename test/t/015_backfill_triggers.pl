@@ -173,5 +173,32 @@ is(wait_job_ended($node, 'shop.customer'), 'done', 'with fire_triggers it goes o
 is($node->safe_psql('postgres', q{SELECT count(*) FROM shop.audit WHERE op = 'UPDATE'}), '3000',
 	'and the trigger fired for every row, as asked');
 
+# --- a deferrable unique constraint on the new column: replica would skip
+# its recheck, so it needs fire_triggers, which then finds the duplicate ---
+$node->safe_psql('postgres', q{
+	SET client_min_messages = error;
+	ALTER TABLE shop.customer ENABLE TRIGGER customer_audit;
+	ALTER TABLE shop.customer ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+	SELECT mig_abort('shop.customer');
+	SELECT mig_expand('shop.customer', 'email', type => 'text', up => 'lower(email)');
+	ALTER TABLE shop.customer ADD CONSTRAINT new_email_unique UNIQUE (_mig_new_email)
+		DEFERRABLE INITIALLY DEFERRED;
+	SELECT mig_backfill('shop.customer');
+});
+is(wait_job_ended($node, 'shop.customer'), 'failed', 'a deferrable unique constraint on the new column fails the default job');
+like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").last_sqlstate || ' ' || (" . job_row('shop.customer') . ").last_error"),
+	qr/^55000 table "customer" has a deferrable constraint "new_email_unique" on a new column/,
+	'naming the constraint');
+$node->safe_psql('postgres', q{
+	SELECT mig_set('shop.customer', 'fire_triggers', 'on');
+	SELECT mig_resume('shop.customer');
+});
+is(wait_job_ended($node, 'shop.customer'), 'failed', 'with fire_triggers the recheck runs');
+like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").last_sqlstate || ' ' || (" . job_row('shop.customer') . ").last_error"),
+	qr/^23505 .*new_email_unique.*the first row that fails is the one with id = 250\)/,
+	'and the duplicate is refused, naming its second row (customer 250 signed up again as 249)');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM (SELECT _mig_new_email FROM shop.customer
+	WHERE _mig_new_email IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d}), '0', 'no duplicate was committed');
+
 $node->stop;
 done_testing();
