@@ -205,7 +205,11 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
 }
 
-/* Does this unique or exclusion constraint cover a new column? */
+/*
+ * Does this constraint (of a trigger on the table) cover a new column: its
+ * columns on the table, or for a foreign key that references the table, the
+ * referenced ones?
+ */
 static bool
 bf_constraint_on_new(Oid conoid, MigMigration *m)
 {
@@ -219,7 +223,9 @@ bf_constraint_on_new(Oid conoid, MigMigration *m)
 
 	if (!HeapTupleIsValid(tup))
 		return false;
-	d = SysCacheGetAttr(CONSTROID, tup, Anum_pg_constraint_conkey, &isnull);
+	d = SysCacheGetAttr(CONSTROID, tup,
+						((Form_pg_constraint) GETSTRUCT(tup))->conrelid == m->relid ?
+						Anum_pg_constraint_conkey : Anum_pg_constraint_confkey, &isnull);
 	if (isnull)
 	{
 		ReleaseSysCache(tup);
@@ -250,9 +256,11 @@ bf_constraint_on_new(Oid conoid, MigMigration *m)
  * with their own triggers and foreign-key checks skipped, a power the
  * table's owner does not have.  So a table with such a trigger (other than
  * ours and PostgreSQL's internal ones) needs fire_triggers, as does one with
- * a deferrable unique or exclusion constraint on a new column (its recheck
- * trigger, which replica skips, is what would catch a duplicate; on other
- * columns the batch changes no key).  Returns what to say, or NULL.
+ * a constraint on a new column that a trigger checks (a foreign key, a
+ * deferrable unique or exclusion constraint, added by hand before contract):
+ * replica skips those triggers too, and on a new column the batch changes
+ * the value they check (on the other columns it changes no key).  Returns
+ * what to say, or NULL.
  */
 static char *
 bf_replica_triggers(Relation rel, MigMigration *m, const char **hint)
@@ -264,12 +272,12 @@ bf_replica_triggers(Relation rel, MigMigration *m, const char **hint)
 	{
 		Trigger    *t = &trigdesc->triggers[i];
 
-		if (t->tgisinternal && t->tgfoid == F_UNIQUE_KEY_RECHECK &&
+		if (t->tgisinternal && OidIsValid(t->tgconstraint) &&
 			bf_constraint_on_new(t->tgconstraint, m))
 		{
 			*hint = psprintf("Let the backfill fire the table's triggers with mig_set('%s', 'fire_triggers', 'on') and continue with mig_resume('%s'), or add the constraint after the backfill.",
 							 relname, relname);
-			return psprintf("table \"%s\" has a deferrable constraint \"%s\" on a new column, whose checks session_replication_role = replica, which the backfill uses to skip the other triggers, would skip",
+			return psprintf("table \"%s\" has constraint \"%s\" on a new column, checked by a trigger that the session_replication_role = replica the backfill uses to skip the other triggers would skip",
 							relname, get_constraint_name(t->tgconstraint));
 		}
 		if (t->tgisinternal || strcmp(t->tgname, MIG_TRIGGER_NAME) == 0 ||

@@ -187,7 +187,7 @@ $node->safe_psql('postgres', q{
 });
 is(wait_job_ended($node, 'shop.customer'), 'failed', 'a deferrable unique constraint on the new column fails the default job');
 like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").last_sqlstate || ' ' || (" . job_row('shop.customer') . ").last_error"),
-	qr/^55000 table "customer" has a deferrable constraint "new_email_unique" on a new column/,
+	qr/^55000 table "customer" has constraint "new_email_unique" on a new column/,
 	'naming the constraint');
 $node->safe_psql('postgres', q{
 	SELECT mig_set('shop.customer', 'fire_triggers', 'on');
@@ -199,6 +199,24 @@ like($node->safe_psql('postgres', "SELECT (" . job_row('shop.customer') . ").las
 	'and the duplicate is refused, naming its second row (customer 250 signed up again as 249)');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM (SELECT _mig_new_email FROM shop.customer
 	WHERE _mig_new_email IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d}), '0', 'no duplicate was committed');
+
+# --- a foreign key added by hand on the new column: the same ---
+$node->safe_psql('postgres', q{
+	SELECT mig_expand('shop.orders', 'customer_id', type => 'bigint');
+	ALTER TABLE shop.orders ADD CONSTRAINT new_customer_fk FOREIGN KEY (_mig_new_customer_id)
+		REFERENCES shop.customer NOT VALID;
+	SELECT mig_backfill('shop.orders');
+});
+is(wait_job_ended($node, 'shop.orders'), 'failed', 'a foreign key on the new column fails the default job');
+like($node->safe_psql('postgres', "SELECT (" . job_row('shop.orders') . ").last_error"),
+	qr/^table "orders" has constraint "new_customer_fk" on a new column/, 'naming it');
+$node->safe_psql('postgres', q{
+	SELECT mig_set('shop.orders', 'fire_triggers', 'on');
+	SELECT mig_resume('shop.orders');
+});
+is(wait_job_ended($node, 'shop.orders'), 'done', 'with fire_triggers the foreign key is checked, and holds');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM shop.orders WHERE _mig_new_customer_id IS DISTINCT FROM customer_id}),
+	'0', 'every order backfilled');
 
 $node->stop;
 done_testing();
