@@ -778,7 +778,8 @@ bf_locate_step(void)
 			elog(ERROR, "could not make the batch's constraints immediate");
 		mig_owner_switch(m->relid, &owner);
 		bf_skip_triggers(!job.fire_triggers);
-		row = bf_failing_row(rel, m, &job, Min(BF_MAX_BATCH, Max(1000, 2 * bf->batch_size)));
+		/* the last attempt, which failed, had about 2 * retry_size rows */
+		row = bf_failing_row(rel, m, &job, Min(BF_MAX_BATCH, Max(100, 4 * bf->retry_size)));
 		bf_skip_triggers(false);
 		mig_owner_restore(&owner);
 		table_close(rel, NoLock);
