@@ -680,11 +680,20 @@ append_figures(StringInfo buf, const Progress *p)
 						 p->last_sqlstate ? "] " : "", p->last_error);
 }
 
+/* A section's heading, then its entry criteria follow. */
 static void
-append_reached(StringInfo buf, ChecklistState *cs, MigPhase phase)
+begin_section(StringInfo buf, const char *title)
+{
+	appendStringInfo(buf, "\n## %s\n\nEntry:\n", title);
+}
+
+/* After the exit criteria: when the phase was reached, and by whom. */
+static void
+end_criteria(StringInfo buf, ChecklistState *cs, MigPhase phase)
 {
 	char	   *at = cs->reached_at[phase];
 
+	appendStringInfoChar(buf, '\n');
 	if (at && reached(cs, phase))
 		appendStringInfo(buf, "Reached %s: %s.\n", mig_phase_name(phase), at);
 }
@@ -715,7 +724,7 @@ checklist_expand(StringInfo buf, ChecklistState *cs)
 {
 	ListCell   *lc;
 
-	appendStringInfoString(buf, "\n## 1. Expand\n\nEntry:\n");
+	begin_section(buf, "1. Expand");
 	tick(buf, true, "no other active migration on the table");
 	appendStringInfoString(buf, "\nExit:\n");
 	foreach(lc, cs->m->pairs)
@@ -729,8 +738,7 @@ checklist_expand(StringInfo buf, ChecklistState *cs)
 		 "dual-write trigger `%s` present and enabled%s", MIG_TRIGGER_NAME,
 		 cs->trigger == '\0' ? " (missing)" : cs->trigger_ok ? "" :
 		 psprintf(" (tgenabled = '%c')", cs->trigger));
-	appendStringInfoChar(buf, '\n');
-	append_reached(buf, cs, MIG_PHASE_EXPANDED);
+	end_criteria(buf, cs, MIG_PHASE_EXPANDED);
 	appendStringInfo(buf, "Rollback: %s drops the trigger and the new column(s); the old column is untouched.\n",
 					 cs->abort_cmd);
 }
@@ -741,13 +749,12 @@ checklist_backfill(StringInfo buf, ChecklistState *cs)
 {
 	const char *tbl = cs->tbl;
 
-	appendStringInfoString(buf, "\n## 2. Backfill\n\nEntry:\n");
+	begin_section(buf, "2. Backfill");
 	tick(buf, reached(cs, MIG_PHASE_EXPANDED), "expanded: new column(s) and dual-write trigger in place");
 	appendStringInfoString(buf, "\nExit:\n");
 	tick(buf, cs->backfill_done || reached(cs, MIG_PHASE_BACKFILLED), "backfill job done");
 	append_figures(buf, &cs->prog);
-	appendStringInfoChar(buf, '\n');
-	append_reached(buf, cs, MIG_PHASE_BACKFILLED);
+	end_criteria(buf, cs, MIG_PHASE_BACKFILLED);
 	appendStringInfo(buf, "Command: `SELECT mig_backfill(%s);`, then `SELECT mig_wait(%s);` or `SELECT * FROM mig_progress(%s);`\n",
 					 tbl, tbl, tbl);
 	appendStringInfo(buf, "Rollback: `SELECT mig_cancel(%s);` stops the job (rows it wrote are harmless: the old column is still the source of truth); %s rolls back the migration.\n",
@@ -758,7 +765,7 @@ checklist_backfill(StringInfo buf, ChecklistState *cs)
 static void
 checklist_validate(StringInfo buf, ChecklistState *cs)
 {
-	appendStringInfoString(buf, "\n## 3. Validate\n\nEntry:\n");
+	begin_section(buf, "3. Validate");
 	tick(buf, (cs->backfill_done || reached(cs, MIG_PHASE_BACKFILLED)) && !cs->live_job,
 		 "backfill done, no job running");
 	append_validation(buf, cs);
@@ -766,8 +773,7 @@ checklist_validate(StringInfo buf, ChecklistState *cs)
 	tick(buf, cs->val_run != 0 && cs->val_exact && cs->val_passed,
 		 "the last validation was exact and every check passed");
 	tick(buf, reached(cs, MIG_PHASE_VALIDATED), "phase validated");
-	appendStringInfoChar(buf, '\n');
-	append_reached(buf, cs, MIG_PHASE_VALIDATED);
+	end_criteria(buf, cs, MIG_PHASE_VALIDATED);
 	appendStringInfo(buf, "Command: `SELECT * FROM mig_validate(%s);` (exact; `sample => n` checks n random rows and never validates)\n",
 					 cs->tbl);
 	appendStringInfo(buf, "Rollback: nothing to undo (validation changes no data); %s rolls back the migration.\n",
@@ -778,13 +784,12 @@ checklist_validate(StringInfo buf, ChecklistState *cs)
 static void
 checklist_cutover(StringInfo buf, ChecklistState *cs)
 {
-	appendStringInfoString(buf, "\n## 4. Cut over\n\nEntry:\n");
+	begin_section(buf, "4. Cut over");
 	tick(buf, reached(cs, MIG_PHASE_VALIDATED), "phase validated (an exact validation passed)");
 	tick(buf, cs->trigger_ok || cs->contracted, "dual-write trigger enabled");
 	appendStringInfoString(buf, "\nExit:\n");
 	tick(buf, reached(cs, MIG_PHASE_CUTOVER), "phase cutover: the new column is the source of truth, the old one still kept in sync");
-	appendStringInfoChar(buf, '\n');
-	append_reached(buf, cs, MIG_PHASE_CUTOVER);
+	end_criteria(buf, cs, MIG_PHASE_CUTOVER);
 	appendStringInfo(buf, "Command: `SELECT mig_cutover(%s);`\n", cs->tbl);
 	appendStringInfo(buf, "Rollback: %s: the old column was kept in sync, so clients can go back to it.\n",
 					 cs->abort_cmd);
@@ -794,13 +799,12 @@ checklist_cutover(StringInfo buf, ChecklistState *cs)
 static void
 checklist_contract(StringInfo buf, ChecklistState *cs)
 {
-	appendStringInfoString(buf, "\n## 5. Contract: the point of no return\n\nEntry:\n");
+	begin_section(buf, "5. Contract: the point of no return");
 	tick(buf, reached(cs, MIG_PHASE_CUTOVER), "phase cutover");
 	tick(buf, cs->val_run != 0 && cs->val_passed, "the last validation passed");
 	appendStringInfoString(buf, "\nExit:\n");
 	tick(buf, cs->contracted, "phase contracted: the old column dropped, the trigger removed");
-	appendStringInfoChar(buf, '\n');
-	append_reached(buf, cs, MIG_PHASE_CONTRACTED);
+	end_criteria(buf, cs, MIG_PHASE_CONTRACTED);
 	appendStringInfo(buf, "Command: `SELECT mig_contract(%s);`\n", cs->tbl);
 	appendStringInfoString(buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
 }
