@@ -16,11 +16,7 @@ use Test::More;
 
 my $fixture = dirname(__FILE__) . '/../fixtures/shop.sql';
 
-my $node = PostgreSQL::Test::Cluster->new('bf_triggers');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION migrate_ext');
+my $node = mig_node('bf_triggers');
 $node->command_ok(
 	[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-f', $fixture ],
 	'the fixture loads');

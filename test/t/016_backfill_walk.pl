@@ -12,11 +12,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('bf_walk');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION migrate_ext');
+my $node = mig_node('bf_walk');
 my $tsdir = PostgreSQL::Test::Utils::tempdir();
 $node->safe_psql('postgres', "CREATE TABLESPACE bf_space LOCATION '$tsdir'");
 

@@ -4,16 +4,15 @@
 # Nothing is left behind: no column, no trigger, no migration row.
 use strict;
 use warnings;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('bf_part');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'");
-$node->start;
+my $node = mig_node('bf_part');
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION migrate_ext;
 	CREATE TABLE r (id int, at date, v text) PARTITION BY RANGE (at);
 	CREATE TABLE r_2024 PARTITION OF r FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
 	CREATE TABLE r_def PARTITION OF r DEFAULT;
