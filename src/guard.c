@@ -20,7 +20,8 @@
  *
  * The dual-write trigger is recognised by its function
  * (migrate_ext.dualwrite) and its argument (the migration id), never by its
- * name alone.
+ * name alone (relation.c's mig_dualwrite_trigger, which expand and contract
+ * use too, as they use its trigger-order rule and protected columns).
  *
  *-------------------------------------------------------------------------
  */
@@ -49,124 +50,6 @@
 
 PG_FUNCTION_INFO_V1(mig_guard_ddl_start);
 PG_FUNCTION_INFO_V1(mig_guard_ddl_end);
-
-/* OID of migrate_ext.dualwrite(), or InvalidOid */
-static Oid
-dualwrite_func(void)
-{
-	List	   *name = list_make2(makeString("migrate_ext"), makeString("dualwrite"));
-
-	return LookupFuncName(name, 0, NULL, true);
-}
-
-/*
- * The dual-write trigger of the table, if it has one: its migration id in
- * *migration_id.  Read from pg_trigger, so that it needs no lock on the
- * table beyond what the caller holds.
- */
-Oid
-mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled)
-{
-	Oid			funcid = dualwrite_func();
-	Oid			result = InvalidOid;
-	Relation	tgrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-
-	if (!OidIsValid(funcid))
-		return InvalidOid;
-	tgrel = table_open(TriggerRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(relid));
-	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
-	while (HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
-		bool		isnull;
-		Datum		args;
-		bytea	   *ba;
-
-		if (tg->tgfoid != funcid || tg->tgnargs != 1)
-			continue;
-		args = heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
-		if (isnull)
-			continue;
-		ba = DatumGetByteaPP(args);
-		result = tg->oid;
-		if (migration_id)
-			*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
-		if (tgenabled)
-			*tgenabled = tg->tgenabled;
-		break;
-	}
-	systable_endscan(scan);
-	table_close(tgrel, AccessShareLock);
-	return result;
-}
-
-/*
- * Every column a migration reads or writes: the old and new column of each
- * pair and the columns its expressions read.
- */
-Bitmapset *
-mig_protected_columns(List *pairs)
-{
-	Bitmapset  *cols = NULL;
-	ListCell   *lc;
-
-	foreach(lc, pairs)
-	{
-		MigPair    *p = lfirst(lc);
-		List	   *vars;
-		ListCell   *lv;
-
-		cols = bms_add_member(cols, p->old_attnum);
-		cols = bms_add_member(cols, p->new_attnum);
-		vars = pull_var_clause(p->up, 0);
-		if (p->down)
-			vars = list_concat(vars, pull_var_clause(p->down, 0));
-		if (p->check)
-			vars = list_concat(vars, pull_var_clause(p->check, 0));
-		foreach(lv, vars)
-		{
-			Var		   *var = lfirst_node(Var, lv);
-
-			if (var->varattno > 0)
-				cols = bms_add_member(cols, var->varattno);
-		}
-	}
-	return cols;
-}
-
-/*
- * Refuse a BEFORE ROW trigger for INSERT or UPDATE that PostgreSQL would
- * fire after the dual-write trigger (triggers fire in byte order of their
- * names): it could change the old column after its value was copied.
- */
-void
-mig_check_trigger_order(Relation rel, const char *dwname)
-{
-	TriggerDesc *trigdesc = rel->trigdesc;
-
-	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
-	{
-		Trigger    *t = &trigdesc->triggers[i];
-
-		if (!TRIGGER_FOR_ROW(t->tgtype) || !TRIGGER_FOR_BEFORE(t->tgtype) ||
-			!(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)))
-			continue;
-		if (strcmp(t->tgname, dwname) > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("trigger \"%s\" on table \"%s\" would fire after the dual-write trigger \"%s\"",
-							t->tgname, RelationGetRelationName(rel), dwname),
-					 errdetail("PostgreSQL fires BEFORE ROW triggers in the byte order of their names; a trigger that fires after \"%s\" could change the old column after its new value was computed, and the pair would diverge.",
-							   dwname),
-					 errhint("Rename the trigger so that its name sorts before \"%s\" (names of ASCII letters, digits and underscores below \"zz\" do).",
-							 dwname)));
-	}
-}
 
 /* ddl_command_start, ALTER TABLE: refuse DROP / ALTER TYPE of a protected column. */
 static void

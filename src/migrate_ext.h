@@ -142,6 +142,9 @@ extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
+extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern struct Bitmapset *mig_protected_columns(List *pairs);
+extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
 /* job.c: backfill job rows, their states, the job locks */
 typedef enum JobState
@@ -231,10 +234,6 @@ extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
 extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 						 int vacuums);
 
-/* guard.c */
-extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
-extern struct Bitmapset *mig_protected_columns(List *pairs);
-extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
 /* horizon.c */
 extern bool mig_release_xmin(void);

@@ -21,8 +21,12 @@
  * in a subtransaction, a growing wait on the latch between tries, so that
  * an ALTER TABLE never queues the application behind it for long); the
  * runner for the utility statements migrate_ext generates; the rule for
- * whether the dual-write trigger is enabled; and the choice of the key that
- * walks and names a table's rows.
+ * whether the dual-write trigger is enabled, how to find it, which columns
+ * it protects and which trigger order it needs (for expand, the guard and
+ * contract alike); and the choice of the key that walks and names a table's
+ * rows.  The protected columns live here rather than in expr.c because
+ * they are a fact about the table's columns that the guard checks against
+ * attnums, not something that cooks or prints an expression.
  *
  *-------------------------------------------------------------------------
  */
@@ -45,6 +49,9 @@
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_func.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -324,6 +331,124 @@ bool
 mig_trigger_fires(char tgenabled)
 {
 	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/* OID of migrate_ext.dualwrite(), or InvalidOid */
+static Oid
+dualwrite_func(void)
+{
+	List	   *name = list_make2(makeString("migrate_ext"), makeString("dualwrite"));
+
+	return LookupFuncName(name, 0, NULL, true);
+}
+
+/*
+ * The dual-write trigger of the table, if it has one: its migration id in
+ * *migration_id.  Read from pg_trigger, so that it needs no lock on the
+ * table beyond what the caller holds.
+ */
+Oid
+mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled)
+{
+	Oid			funcid = dualwrite_func();
+	Oid			result = InvalidOid;
+	Relation	tgrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (!OidIsValid(funcid))
+		return InvalidOid;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		args;
+		bytea	   *ba;
+
+		if (tg->tgfoid != funcid || tg->tgnargs != 1)
+			continue;
+		args = heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
+		if (isnull)
+			continue;
+		ba = DatumGetByteaPP(args);
+		result = tg->oid;
+		if (migration_id)
+			*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
+		if (tgenabled)
+			*tgenabled = tg->tgenabled;
+		break;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return result;
+}
+
+/*
+ * Every column a migration reads or writes: the old and new column of each
+ * pair and the columns its expressions read.
+ */
+Bitmapset *
+mig_protected_columns(List *pairs)
+{
+	Bitmapset  *cols = NULL;
+	ListCell   *lc;
+
+	foreach(lc, pairs)
+	{
+		MigPair    *p = lfirst(lc);
+		List	   *vars;
+		ListCell   *lv;
+
+		cols = bms_add_member(cols, p->old_attnum);
+		cols = bms_add_member(cols, p->new_attnum);
+		vars = pull_var_clause(p->up, 0);
+		if (p->down)
+			vars = list_concat(vars, pull_var_clause(p->down, 0));
+		if (p->check)
+			vars = list_concat(vars, pull_var_clause(p->check, 0));
+		foreach(lv, vars)
+		{
+			Var		   *var = lfirst_node(Var, lv);
+
+			if (var->varattno > 0)
+				cols = bms_add_member(cols, var->varattno);
+		}
+	}
+	return cols;
+}
+
+/*
+ * Refuse a BEFORE ROW trigger for INSERT or UPDATE that PostgreSQL would
+ * fire after the dual-write trigger (triggers fire in byte order of their
+ * names): it could change the old column after its value was copied.
+ */
+void
+mig_check_trigger_order(Relation rel, const char *dwname)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+
+	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (!TRIGGER_FOR_ROW(t->tgtype) || !TRIGGER_FOR_BEFORE(t->tgtype) ||
+			!(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)))
+			continue;
+		if (strcmp(t->tgname, dwname) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("trigger \"%s\" on table \"%s\" would fire after the dual-write trigger \"%s\"",
+							t->tgname, RelationGetRelationName(rel), dwname),
+					 errdetail("PostgreSQL fires BEFORE ROW triggers in the byte order of their names; a trigger that fires after \"%s\" could change the old column after its new value was computed, and the pair would diverge.",
+							   dwname),
+					 errhint("Rename the trigger so that its name sorts before \"%s\" (names of ASCII letters, digits and underscores below \"zz\" do).",
+							 dwname)));
+	}
 }
 
 /* The schema of an operator, or InvalidOid when it is gone. */
