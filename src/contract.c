@@ -275,6 +275,13 @@ mig_contract(PG_FUNCTION_ARGS)
 				pq_parse_errornotice(&msg, &edata);
 				/* the worker's FATAL (it was terminated) is our ERROR */
 				edata.elevel = Min(edata.elevel, ERROR);
+				/* a statement's bare lock timeout: the ladder's error */
+				if (edata.elevel == ERROR &&
+					edata.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
+					strncmp(edata.message, "could not lock table", 20) != 0)
+					mig_lock_error(relid, AccessExclusiveLock, "contract it",
+								   psprintf("A statement of the contract gave up (%s)",
+											edata.message));
 				ThrowErrorData(&edata);
 			}
 			pfree(msg.data);

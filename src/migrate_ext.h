@@ -142,6 +142,8 @@ extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
+extern void mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why,
+						   const char *tried) pg_attribute_noreturn();
 extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
 extern struct Bitmapset *mig_protected_columns(List *pairs);
 extern void mig_check_trigger_order(Relation rel, const char *dwname);

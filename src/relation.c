@@ -40,6 +40,7 @@
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
@@ -56,6 +57,10 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
+#include "utils/backend_status.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -64,6 +69,7 @@
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "migrate_ext.h"
@@ -203,9 +209,146 @@ try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
 	return failed;
 }
 
+/* A session holding a lock that conflicts with the one we want. */
+typedef struct LockBlocker
+{
+	int			pid;
+	char	   *appname;
+	TimestampTz xact_start;		/* 0: unknown or hidden */
+	TimestampTz query_start;
+	bool		visible;		/* may the caller see its times? */
+} LockBlocker;
+
+/*
+ * The oldest session that holds a lock on relid conflicting with lockmode
+ * (what pg_locks and pg_stat_activity would show), read from the lock
+ * manager and the backend status array.  Its times are shown only to a
+ * role that pg_stat_activity would show them to; they are used for the
+ * decision whoever asks.  Returns false when nobody holds one.
+ */
+static bool
+lock_blocker(Oid relid, LOCKMODE lockmode, LockBlocker *b)
+{
+	LOCKTAG		tag;
+	VirtualTransactionId *vxids;
+	bool		found = false;
+
+	memset(b, 0, sizeof(*b));
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	vxids = GetLockConflicts(&tag, lockmode, NULL);
+	pgstat_clear_backend_activity_snapshot();
+	for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+		int			n = pgstat_fetch_stat_numbackends();
+
+		if (proc == NULL)
+			continue;
+		for (int i = 1; i <= n; i++)
+		{
+			PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
+
+			if (be->st_procpid != proc->pid)
+				continue;
+			if (!found || (be->st_xact_start_timestamp != 0 &&
+						   be->st_xact_start_timestamp < b->xact_start))
+			{
+				b->pid = be->st_procpid;
+				b->appname = pstrdup(be->st_appname ? be->st_appname : "");
+				b->xact_start = be->st_xact_start_timestamp;
+				b->query_start = be->st_activity_start_timestamp;
+				b->visible = has_privs_of_role(GetUserId(), be->st_userid) ||
+					has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+			}
+			found = true;
+			break;
+		}
+		if (!found)
+		{
+			/* not in the status array (yet): at least its pid */
+			b->pid = proc->pid;
+			b->appname = pstrdup("");
+			found = true;
+		}
+	}
+	return found;
+}
+
+/* How long, in ms, the blocker's transaction has been running, or 0. */
+static long
+blocker_age_ms(const LockBlocker *b)
+{
+	if (b->xact_start == 0)
+		return 0;
+	return (long) ((GetCurrentTimestamp() - b->xact_start) / 1000);
+}
+
+/*
+ * The ladder's whole budget in wall time: every attempt's lock_timeout
+ * (together at most migrate_ext.lock_timeout_max: the most any other
+ * session queues behind us in all) plus the longest back-off after each.
+ */
+static long
+ladder_budget_ms(void)
+{
+	long		timeout = mig_lock_timeout_ms;
+	long		queued = 0;
+	long		total = 0;
+
+	for (int attempt = 1; attempt <= mig_lock_retries &&
+		 queued < mig_lock_timeout_max_ms; attempt++)
+	{
+		long		t = Min(timeout, mig_lock_timeout_max_ms - queued);
+
+		queued += t;
+		total += t + t / 2 + t;
+		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
+	}
+	return total;
+}
+
+/*
+ * The error for a strong lock we could not take on relid: names the
+ * session that holds a conflicting lock, when there is one, with its
+ * application and how long its transaction has run.  Also for a 55P03
+ * raised outside the ladder (a statement that ran into lock_timeout).
+ */
+void
+mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why, const char *tried)
+{
+	LockBlocker b;
+	char	   *relname = get_rel_name(relid);
+
+	if (!lock_blocker(relid, lockmode, &b))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock table \"%s\" to %s", relname, why),
+				 errdetail("%s; another transaction held or waited for a conflicting lock. Nothing was changed.",
+						   tried),
+				 errhint("Retry; if it keeps failing, look for long transactions on the table in pg_locks and pg_stat_activity.")));
+	if (b.visible && b.xact_start != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
+						relname, why, b.pid),
+				 errdetail("%s. Process %d (application_name \"%s\") has been in its transaction for %.1f s, since %s; its last query started at %s. Nothing was changed.",
+						   tried, b.pid, b.appname, blocker_age_ms(&b) / 1000.0,
+						   timestamptz_to_str(b.xact_start),
+						   timestamptz_to_str(b.query_start)),
+				 errhint("Wait for process %d to end its transaction, or end it with pg_cancel_backend(%d) or pg_terminate_backend(%d), then retry.",
+						 b.pid, b.pid, b.pid)));
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
+					relname, why, b.pid),
+			 errdetail("%s. Process %d (application_name \"%s\") belongs to a role whose activity you may not see (pg_read_all_stats). Nothing was changed.",
+					   tried, b.pid, b.appname),
+			 errhint("Ask its owner or an administrator to end its transaction, then retry.")));
+}
+
 /*
  * Take a strong lock on the table under the lock_timeout ladder, or fail
- * with an error that names the blockers.
+ * with an error that names the blocker.
  */
 void
 mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
@@ -214,36 +357,69 @@ mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
 }
 
 /*
+ * A session that has held a conflicting lock on one of the tables for
+ * longer than the ladder's whole budget is not expected to let go within
+ * it: queueing would only stall the application behind us.  Fails naming
+ * it; returns when there is none.
+ */
+static void
+refuse_long_blocker(int nrels, const Oid *relids, LOCKMODE lockmode,
+					const char *why, long budget)
+{
+	for (int i = 0; i < nrels; i++)
+	{
+		LockBlocker b;
+
+		if (lock_blocker(relids[i], lockmode, &b) && blocker_age_ms(&b) > budget)
+			mig_lock_error(relids[i], lockmode, why,
+					   psprintf("A transaction has held a conflicting lock for longer than the lock ladder's whole budget (%ld ms), so migrate_ext did not queue for the lock at all",
+								budget));
+	}
+}
+
+/*
  * The same for several tables at once (a table and the tables whose foreign
  * keys point at it): all or none.  A timeout on any of them releases those
  * already taken before the next try, so nobody queues behind a lock we hold
  * while we wait for another.
+ *
+ * Before each try it looks at who holds a conflicting lock: one that has
+ * held it longer than the ladder's whole budget means no try at all.  The
+ * tries' lock_timeouts add up to at most migrate_ext.lock_timeout_max, so
+ * that a writer queued behind our lock request waits that long at most in
+ * all, however many tries it takes.
  */
 void
 mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
 {
-	int			timeout = mig_lock_timeout_ms;
+	long		budget = ladder_budget_ms();
+	long		timeout = mig_lock_timeout_ms;
+	long		queued = 0;
 	int			failed = -1;
+	int			attempt;
 
-	for (int attempt = 1;; attempt++)
+	Assert(nrels > 0);
+	for (attempt = 1;; attempt++)
 	{
-		failed = try_lock(nrels, relids, lockmode, timeout);
+		long		t = Min(timeout, mig_lock_timeout_max_ms - queued);
+
+		Assert(t > 0);
+		refuse_long_blocker(nrels, relids, lockmode, why, budget);
+		failed = try_lock(nrels, relids, lockmode, (int) t);
 		if (failed < 0)
 			return;
-		if (attempt >= mig_lock_retries)
+		queued += t;
+		if (attempt >= mig_lock_retries || queued >= mig_lock_timeout_max_ms)
 			break;
 
 		/* back off, with jitter, so the queued traffic drains */
-		mig_sleep_ms(timeout / 2 + pg_prng_uint32(&pg_global_prng_state) % (timeout + 1));
+		mig_sleep_ms(t / 2 + pg_prng_uint32(&pg_global_prng_state) % (t + 1));
 		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
 	}
 
-	ereport(ERROR,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
-			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
-					   mig_lock_retries, mig_lock_timeout_max_ms),
-			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));
+	mig_lock_error(relids[failed], lockmode, why,
+			   psprintf("Tried %d times, queueing %ld ms in all (migrate_ext.lock_timeout_max)",
+						attempt, queued));
 }
 
 /*
