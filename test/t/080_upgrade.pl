@@ -93,20 +93,26 @@ jit = off
 });
 $node->start;
 
-# mig_contract, through a race of worker.c that is not this test's subject:
-# a contract worker that is done before WaitForBackgroundWorkerStartup
-# looks makes mig_contract report "could not start a migrate_ext background
-# worker" although the worker ran. Retried (and said) when the migration is
-# not contracted; accepted (and said) when it is.
+# mig_contract.  The release (0.1) has a race in worker.c: a contract
+# worker that is done before WaitForBackgroundWorkerStartup looks makes
+# mig_contract report "could not start a migrate_ext background worker"
+# although the worker ran; with it, retried when the migration is not
+# contracted, accepted when it is.  The new code takes a worker that has
+# already finished for one that started and reads the result: one call.
 sub contract
 {
-	my $t = shift;
+	my ($t, $release) = @_;
+	if (!$release)
+	{
+		$node->safe_psql('postgres', "SELECT mig_contract('app.$t')");
+		return;
+	}
 	for my $try (1 .. 3)
 	{
 		my ($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('app.$t')");
 		return if $rc == 0;
 		die "mig_contract('app.$t'): $err" unless $err =~ /could not start a migrate_ext background worker/;
-		diag("mig_contract('app.$t'), try $try: $err");
+		diag("mig_contract('app.$t') with the release, try $try: $err");
 		return if $node->safe_psql('postgres',
 			"SELECT phase FROM migrate_ext.migration WHERE relid = 'app.$t'::regclass "
 			  . "ORDER BY id DESC LIMIT 1") eq 'contracted';
@@ -150,7 +156,7 @@ for my $t (qw(t_validated t_cutover t_contracted))
 		't', "$old_v: $t validated");
 }
 $node->safe_psql('postgres', "SELECT mig_cutover('app.$_')") for qw(t_cutover t_contracted);
-contract('t_contracted');
+contract('t_contracted', 'release');
 $node->safe_psql('postgres', "SELECT mig_abort('app.t_aborted')");
 
 # Two slow backfills: one paused, one running when the server stops.
