@@ -11,7 +11,8 @@
 #             their comments, config-dump registrations, grants on whole
 #             schemas.  An installed database changes these only through the
 #             hand-written delta src/upgrade/FROM--TO.sql (ALTER TABLE ...).
-#   code      everything else: functions, views, their comments and grants.
+#   code      everything else: functions, views, event triggers, their
+#             comments and grants.
 #             An update re-creates these from the very pieces a fresh
 #             install runs, so they need no hand-written upgrade.
 #
@@ -50,7 +51,9 @@ sub slurp
 
 # Split SQL text into statements (with their leading comments), honouring
 # quotes, dollar quotes and comments.  psql meta-commands (\echo ...) are
-# returned as statements of their own.
+# returned as statements of their own.  A SQL-standard function body
+# (BEGIN ATOMIC ... END;) is one statement with the CREATE FUNCTION it
+# belongs to, up to the first "END;" alone on its line.
 sub statements
 {
 	my ($text, $file) = @_;
@@ -75,7 +78,25 @@ sub statements
 		elsif ($text =~ /\G([^-\/'"\$;\\]+|.)/gcs) { $cur .= $1; }
 	}
 	push @out, $cur if $cur =~ /\S/;
-	return @out;
+
+	my @joined;
+	while (@out)
+	{
+		my $s = shift @out;
+		my $c = $s;
+		$c =~ s{/\*.*?\*/}{ }gs;
+		$c =~ s/--[^\n]*//g;
+		if ($c =~ /\bBEGIN\s+ATOMIC\b/i)
+		{
+			while (@out && $s !~ /\n\s*END\s*;\s*$/i)
+			{
+				$s .= shift @out;
+			}
+			die "$0: $file: BEGIN ATOMIC without END;\n" unless $s =~ /\n\s*END\s*;\s*$/i;
+		}
+		push @joined, $s;
+	}
+	return @joined;
 }
 
 # The statement's words, comments stripped, upper-cased, single-spaced.
@@ -96,6 +117,7 @@ sub kind
 	return 'meta' if $h =~ /^\\/;
 	return 'code'
 	  if $h =~ /^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE|AGGREGATE|VIEW) /
+	  || $h =~ /^CREATE EVENT TRIGGER /
 	  || $h =~ /^ALTER (FUNCTION|PROCEDURE|VIEW) /
 	  || $h =~ /^COMMENT ON (FUNCTION|PROCEDURE|AGGREGATE|VIEW) /;
 	if ($h =~ /^(GRANT|REVOKE) /)
@@ -219,6 +241,9 @@ for my $piece (@pieces)
 		# only the statement's first words, not its leading comment
 		my ($lead, $body) = $st =~ m{\A((?:\s|/\*.*?\*/|--[^\n]*\n)*)(.*)\z}s;
 		$body =~ s/\ACREATE(\s+)(FUNCTION|PROCEDURE)\b/CREATE OR REPLACE$1$2/i;
+		# an event trigger has no OR REPLACE: made again (its function stays
+		# in step 1 while it exists, and is replaced)
+		$body =~ s/\A(CREATE\s+EVENT\s+TRIGGER\s+(\w+))/DROP EVENT TRIGGER IF EXISTS $2;\n$1/i;
 		print $lead, $body;
 	}
 	print "\n";
