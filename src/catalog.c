@@ -465,3 +465,42 @@ mig_catalog_has_job(int64 migration_id)
 	SPI_finish();
 	return found;
 }
+
+/* The owner of extension migrate_ext, for the SQL face's permission checks. */
+Oid
+mig_extension_owner(void)
+{
+	return extension_owner();
+}
+
+/*
+ * The version of extension migrate_ext installed in this database
+ * (pg_extension.extversion), or NULL when it is not installed.
+ */
+char *
+mig_extension_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("migrate_ext"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}

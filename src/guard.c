@@ -4,13 +4,18 @@
  *	  What keeps a migration's pair of columns safe from the table's other
  *	  DDL while its dual-write trigger exists.
  *
- * Three layers:
+ * Four layers:
  *	 - pg_depend: mig_expand records the trigger as depending on every column
  *	   the migration reads or writes, as PostgreSQL records a generated
  *	   column's inputs, so DROP COLUMN and ALTER COLUMN TYPE of them fail
  *	   even where event triggers do not fire (single-user mode);
  *	 - the event trigger on ddl_command_start refuses those commands first,
  *	   with an error that names the migration and the way out (mig_abort);
+ *	 - the event trigger on sql_drop aborts the active migration of a
+ *	   dropped table (no phantom is left behind) and refuses DROP TRIGGER
+ *	   of the dual-write trigger of an active migration, except from
+ *	   migrate_ext's own contract; mig_abort_id() aborts a phantom that a
+ *	   dump and restore left (the catalog's rows name old OIDs);
  *	 - the event trigger on ddl_command_end refuses a BEFORE ROW trigger
  *	   that would fire after the dual-write trigger (CREATE TRIGGER, ALTER
  *	   TRIGGER ... RENAME), and records in the catalog (invalidated_at,
@@ -30,17 +35,23 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/dependency.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_func.h"
+#include "postmaster/bgworker.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -50,6 +61,8 @@
 
 PG_FUNCTION_INFO_V1(mig_guard_ddl_start);
 PG_FUNCTION_INFO_V1(mig_guard_ddl_end);
+PG_FUNCTION_INFO_V1(mig_guard_sql_drop);
+PG_FUNCTION_INFO_V1(mig_abort_id);
 
 /* ddl_command_start, ALTER TABLE: refuse DROP / ALTER TYPE of a protected column. */
 static void
@@ -180,5 +193,191 @@ mig_guard_ddl_end(PG_FUNCTION_ARGS)
 				mig_check_trigger_order(rel, rel->trigdesc->triggers[i].tgname);
 	}
 	table_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Is this the background worker of a mig_contract?  Its swap drops the
+ * dual-write trigger itself, in a statement of its own, before it records
+ * the phase contracted.  (mig_abort drops it with performDeletion(), which
+ * fires no event trigger.)
+ */
+static bool
+in_contract_worker(void)
+{
+	return MyBgworkerEntry != NULL &&
+		strcmp(MyBgworkerEntry->bgw_library_name, "migrate_ext") == 0 &&
+		strcmp(MyBgworkerEntry->bgw_function_name, "mig_contract_worker_main") == 0;
+}
+
+/* A dropped table: its active migration is aborted, its backfill cancelled. */
+static void
+guard_table_dropped(Oid relid)
+{
+	MigMigration *m = mig_catalog_active(relid, true);
+
+	if (m == NULL)
+		return;
+	mig_job_cancel_for_migration(m->id);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_ABORTED,
+						  "the table was dropped");
+	ereport(NOTICE,
+			(errmsg("migration " INT64_FORMAT " of table %s is aborted: the table was dropped",
+					m->id, m->table_name)));
+}
+
+/*
+ * A dropped trigger on a table that still exists: when it was the
+ * dual-write trigger of the table's active migration, refuse.  Without it
+ * writes stop keeping the pair in step, and nothing could bring the
+ * migration back but mig_abort.
+ */
+static void
+guard_trigger_dropped(Oid relid)
+{
+	MigMigration *m;
+	int64		id;
+
+	if (!OidIsValid(relid) || get_rel_relkind(relid) == '\0')
+		return;
+	m = mig_catalog_active(relid, true);
+	if (m == NULL || in_contract_worker())
+		return;
+	if (OidIsValid(mig_dualwrite_trigger(relid, &id, NULL)) && id == m->id)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+			 errmsg("cannot drop the dual-write trigger of migration " INT64_FORMAT " on table \"%s\"",
+					m->id, get_rel_name(relid)),
+			 errdetail("Without it, writes to the table no longer keep the new column in step with the old one."),
+			 errhint("Finish the migration with mig_contract(), or roll it back with mig_abort('%s'), which drops the trigger.",
+					 get_rel_name(relid))));
+}
+
+/*
+ * sql_drop: a dropped table takes its active migration with it (aborted,
+ * so that no phantom is left that nobody can abort); a dropped dual-write
+ * trigger of an active migration is refused.
+ */
+Datum
+mig_guard_sql_drop(PG_FUNCTION_ARGS)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	List	   *tables = NIL;
+	List	   *trigger_tables = NIL;
+	ListCell   *lc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "migrate_ext.guard_sql_drop() must be called as an event trigger");
+
+	SPI_connect();
+	if (SPI_execute("SELECT d.objid, d.object_type, d.address_names "
+					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.object_type OPERATOR(pg_catalog.=) ANY ('{table,trigger}'::pg_catalog.text[]) "
+					"AND d.objsubid OPERATOR(pg_catalog.=) 0", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read the dropped objects");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			objid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		char	   *type = SPI_getvalue(tup, desc, 2);
+		MemoryContext old = MemoryContextSwitchTo(callercxt);
+
+		if (strcmp(type, "table") == 0)
+			tables = lappend_oid(tables, objid);
+		else
+		{
+			/* address_names of a trigger: schema, table, trigger */
+			Datum		names = SPI_getbinval(tup, desc, 3, &isnull);
+			Datum	   *elems;
+			int			n;
+
+			deconstruct_array(DatumGetArrayTypeP(names), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, NULL, &n);
+			if (n == 3)
+				trigger_tables = lappend_oid(trigger_tables,
+											 get_relname_relid(TextDatumGetCString(elems[1]),
+															   get_namespace_oid(TextDatumGetCString(elems[0]), true)));
+		}
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	foreach(lc, tables)
+		guard_table_dropped(lfirst_oid(lc));
+	foreach(lc, trigger_tables)
+		guard_trigger_dropped(lfirst_oid(lc));
+	PG_RETURN_VOID();
+}
+
+/*
+ * mig_abort_id(migration_id)
+ *
+ * Abort a phantom: an active migration whose table is gone, or is not the
+ * one the catalog names any more (a database restored from a dump: the
+ * catalog's rows come back with the old OIDs).  Its dual-write trigger, if
+ * a table still carries one, is dropped (found by its function and
+ * argument); the new columns are left for their owner to look at and drop.
+ * A migration whose table is fine is aborted with mig_abort(tbl).
+ */
+Datum
+mig_abort_id(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	MigMigration *m = mig_catalog_by_id(id);
+	int64		tg_id;
+	Oid			relid;
+	Oid			tgoid;
+
+	if (m == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("migration " INT64_FORMAT " does not exist", id)));
+	if (m->phase == MIG_PHASE_CONTRACTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("migration " INT64_FORMAT " was contracted and cannot be aborted", id)));
+	if (m->phase == MIG_PHASE_ABORTED)
+	{
+		ereport(NOTICE, (errmsg("migration " INT64_FORMAT " is already aborted", id)));
+		PG_RETURN_VOID();
+	}
+	if (OidIsValid(mig_dualwrite_trigger(m->relid, &tg_id, NULL)) && tg_id == id)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("migration " INT64_FORMAT " is not a phantom: its table %s is there",
+						id, mig_qualified_name(m->relid)),
+				 errhint("Abort it with mig_abort('%s'), which also drops its new columns.",
+						 mig_qualified_name(m->relid))));
+
+	tgoid = mig_dualwrite_trigger_of(id, &relid);
+	if (OidIsValid(tgoid))
+	{
+		ObjectAddress trigger;
+
+		/* the table's owner may; the ladder, as for any strong lock */
+		if (!pg_class_ownercheck(relid, GetUserId()))
+			aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+		mig_lock_table(relid, AccessExclusiveLock, "drop the dual-write trigger of a phantom migration");
+		ObjectAddressSet(trigger, TriggerRelationId, tgoid);
+		performDeletion(&trigger, DROP_RESTRICT, 0);
+		ereport(NOTICE,
+				(errmsg("dropped the dual-write trigger of migration " INT64_FORMAT " from table %s",
+						id, mig_qualified_name(relid)),
+				 errdetail("Its new columns are left as they are: check them and drop them by hand.")));
+	}
+	else if (!superuser() &&
+			 !has_privs_of_role(GetUserId(), mig_extension_owner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to abort migration " INT64_FORMAT, id),
+				 errdetail("Its table is gone; only a superuser or the owner of extension migrate_ext may abort it.")));
+
+	mig_job_cancel_for_migration(id);
+	mig_catalog_set_phase(id, m->phase, MIG_PHASE_ABORTED,
+						  psprintf("a phantom: table %s (OID %u) is gone or is another table",
+								   m->table_name, m->relid));
 	PG_RETURN_VOID();
 }

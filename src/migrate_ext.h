@@ -104,6 +104,8 @@ extern int	mig_catalog_query(const char *sql, int nargs, Oid *argtypes,
 							  long tcount);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
+extern Oid	mig_extension_owner(void);
+extern char *mig_extension_version(void);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
 
@@ -145,6 +147,7 @@ extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 extern void mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why,
 						   const char *tried) pg_attribute_noreturn();
 extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern Oid	mig_dualwrite_trigger_of(int64 migration_id, Oid *relid);
 extern struct Bitmapset *mig_protected_columns(List *pairs);
 extern void mig_check_trigger_order(Relation rel, const char *dwname);
 

@@ -519,6 +519,29 @@ dualwrite_func(void)
 }
 
 /*
+ * The migration id a pg_trigger row passes to migrate_ext.dualwrite(), or
+ * false when the row is not a dual-write trigger.
+ */
+static bool
+trigger_migration(HeapTuple tup, TupleDesc desc, Oid funcid, int64 *migration_id)
+{
+	Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+	bool		isnull;
+	Datum		args;
+	bytea	   *ba;
+
+	if (tg->tgfoid != funcid || tg->tgnargs != 1)
+		return false;
+	args = heap_getattr(tup, Anum_pg_trigger_tgargs, desc, &isnull);
+	if (isnull)
+		return false;
+	ba = DatumGetByteaPP(args);
+	/* tgargs: each argument NUL-terminated */
+	*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
+	return true;
+}
+
+/*
  * The dual-write trigger of the table, if it has one: its migration id in
  * *migration_id.  Read from pg_trigger, so that it needs no lock on the
  * table beyond what the caller holds.
@@ -541,23 +564,52 @@ mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled)
 	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
-		bool		isnull;
-		Datum		args;
-		bytea	   *ba;
+		int64		id;
 
-		if (tg->tgfoid != funcid || tg->tgnargs != 1)
+		if (!trigger_migration(tup, RelationGetDescr(tgrel), funcid, &id))
 			continue;
-		args = heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
-		if (isnull)
-			continue;
-		ba = DatumGetByteaPP(args);
-		result = tg->oid;
+		result = ((Form_pg_trigger) GETSTRUCT(tup))->oid;
 		if (migration_id)
-			*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
+			*migration_id = id;
 		if (tgenabled)
-			*tgenabled = tg->tgenabled;
+			*tgenabled = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled;
 		break;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return result;
+}
+
+/*
+ * The dual-write trigger that passes migration_id, on whatever table
+ * (*relid): after a dump and restore the table that carries it has another
+ * OID than the catalog recorded.  A scan of all of pg_trigger.
+ */
+Oid
+mig_dualwrite_trigger_of(int64 migration_id, Oid *relid)
+{
+	Oid			funcid = dualwrite_func();
+	Oid			result = InvalidOid;
+	Relation	tgrel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	*relid = InvalidOid;
+	if (!OidIsValid(funcid))
+		return InvalidOid;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	scan = systable_beginscan(tgrel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		int64		id;
+
+		if (trigger_migration(tup, RelationGetDescr(tgrel), funcid, &id) &&
+			id == migration_id)
+		{
+			result = ((Form_pg_trigger) GETSTRUCT(tup))->oid;
+			*relid = ((Form_pg_trigger) GETSTRUCT(tup))->tgrelid;
+			break;
+		}
 	}
 	systable_endscan(scan);
 	table_close(tgrel, AccessShareLock);
