@@ -106,6 +106,8 @@ extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
 extern Oid	mig_extension_owner(void);
 extern char *mig_extension_version(void);
+extern bool mig_version_matches(void);
+extern void mig_version_check(void);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
 
