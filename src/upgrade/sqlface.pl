@@ -11,8 +11,7 @@
 #             their comments, config-dump registrations, grants on whole
 #             schemas.  An installed database changes these only through the
 #             hand-written delta src/upgrade/FROM--TO.sql (ALTER TABLE ...).
-#   code      everything else: functions, views, event triggers, their
-#             comments and grants.
+#   code      everything else: functions, views, their comments and grants.
 #             An update re-creates these from the very pieces a fresh
 #             install runs, so they need no hand-written upgrade.
 #
@@ -51,9 +50,7 @@ sub slurp
 
 # Split SQL text into statements (with their leading comments), honouring
 # quotes, dollar quotes and comments.  psql meta-commands (\echo ...) are
-# returned as statements of their own.  A SQL-standard function body
-# (BEGIN ATOMIC ... END;) is one statement with the CREATE FUNCTION it
-# belongs to, up to the first "END;" alone on its line.
+# returned as statements of their own.
 sub statements
 {
 	my ($text, $file) = @_;
@@ -74,29 +71,18 @@ sub statements
 			$cur .= $tag . $1;
 		}
 		elsif ($text =~ /\G(^\\[^\n]*\n?)/gcm) { push @out, $cur . $1; $cur = ''; }
-		elsif ($text =~ /\G;/gc) { push @out, $cur . ';'; $cur = ''; }
+		elsif ($text =~ /\G;/gc)
+		{
+			# a SQL-standard body (BEGIN ATOMIC ... END) holds semicolons
+			$cur .= ';';
+			next if head($cur) =~ /\bBEGIN ATOMIC\b/ && head($cur) !~ /\bEND\s*;\s*$/;
+			push @out, $cur;
+			$cur = '';
+		}
 		elsif ($text =~ /\G([^-\/'"\$;\\]+|.)/gcs) { $cur .= $1; }
 	}
 	push @out, $cur if $cur =~ /\S/;
-
-	my @joined;
-	while (@out)
-	{
-		my $s = shift @out;
-		my $c = $s;
-		$c =~ s{/\*.*?\*/}{ }gs;
-		$c =~ s/--[^\n]*//g;
-		if ($c =~ /\bBEGIN\s+ATOMIC\b/i)
-		{
-			while (@out && $s !~ /\n\s*END\s*;\s*$/i)
-			{
-				$s .= shift @out;
-			}
-			die "$0: $file: BEGIN ATOMIC without END;\n" unless $s =~ /\n\s*END\s*;\s*$/i;
-		}
-		push @joined, $s;
-	}
-	return @joined;
+	return @out;
 }
 
 # The statement's words, comments stripped, upper-cased, single-spaced.
@@ -116,9 +102,8 @@ sub kind
 	my $h = head(shift);
 	return 'meta' if $h =~ /^\\/;
 	return 'code'
-	  if $h =~ /^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE|AGGREGATE|VIEW) /
-	  || $h =~ /^CREATE EVENT TRIGGER /
-	  || $h =~ /^ALTER (FUNCTION|PROCEDURE|VIEW) /
+	  if $h =~ /^CREATE (OR REPLACE )?(FUNCTION|PROCEDURE|AGGREGATE|VIEW|EVENT TRIGGER) /
+	  || $h =~ /^ALTER (FUNCTION|PROCEDURE|VIEW|EVENT TRIGGER) /
 	  || $h =~ /^COMMENT ON (FUNCTION|PROCEDURE|AGGREGATE|VIEW) /;
 	if ($h =~ /^(GRANT|REVOKE) /)
 	{
@@ -158,6 +143,18 @@ DECLARE
 	views text[];
 	details text[] := '{}';
 BEGIN
+	-- event triggers first: they use functions of ours and nothing uses them
+	FOR obj IN
+		SELECT pg_catalog.quote_ident(e.evtname)
+		  FROM pg_catalog.pg_depend d
+		  JOIN pg_catalog.pg_event_trigger e ON e.oid OPERATOR(pg_catalog.=) d.objid
+		 WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_event_trigger'::pg_catalog.regclass
+		   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+		   AND d.refobjid OPERATOR(pg_catalog.=) ext
+		   AND d.deptype OPERATOR(pg_catalog.=) 'e'
+	LOOP
+		EXECUTE pg_catalog.concat('DROP EVENT TRIGGER ', obj);
+	END LOOP;
 	SELECT coalesce(pg_catalog.array_agg(o ORDER BY o), '{}')
 	  INTO todo
 	  FROM (SELECT pg_catalog.concat('VIEW ', c.oid::pg_catalog.regclass) AS o
@@ -241,9 +238,6 @@ for my $piece (@pieces)
 		# only the statement's first words, not its leading comment
 		my ($lead, $body) = $st =~ m{\A((?:\s|/\*.*?\*/|--[^\n]*\n)*)(.*)\z}s;
 		$body =~ s/\ACREATE(\s+)(FUNCTION|PROCEDURE)\b/CREATE OR REPLACE$1$2/i;
-		# an event trigger has no OR REPLACE: made again (its function stays
-		# in step 1 while it exists, and is replaced)
-		$body =~ s/\A(CREATE\s+EVENT\s+TRIGGER\s+(\w+))/DROP EVENT TRIGGER IF EXISTS $2;\n$1/i;
 		print $lead, $body;
 	}
 	print "\n";
