@@ -56,6 +56,7 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "migrate_ext.h"
 
@@ -266,10 +267,17 @@ mig_guard_sql_drop(PG_FUNCTION_ARGS)
 	List	   *tables = NIL;
 	List	   *trigger_tables = NIL;
 	ListCell   *lc;
+	bool		pushed = false;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "migrate_ext.guard_sql_drop() must be called as an event trigger");
 
+	/* DROP INDEX CONCURRENTLY ends in a transaction of its own, snapshotless */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
 	SPI_connect();
 	if (SPI_execute("SELECT d.objid, d.object_type, d.address_names "
 					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
@@ -309,6 +317,8 @@ mig_guard_sql_drop(PG_FUNCTION_ARGS)
 		guard_table_dropped(lfirst_oid(lc));
 	foreach(lc, trigger_tables)
 		guard_trigger_dropped(lfirst_oid(lc));
+	if (pushed)
+		PopActiveSnapshot();
 	PG_RETURN_VOID();
 }
 
