@@ -104,6 +104,7 @@ is($node->safe_psql('dst',
 	'0', 'after the restore the catalog names another OID than the table');
 ($rc, $out, $err) = $node->psql('dst', "SELECT mig_abort('r')");
 isnt($rc, 0, 'mig_abort by the table cannot reach the phantom');
+like($err, qr/HINT:  Abort that migration with mig_abort_id\($rid\)/, 'but its hint names mig_abort_id');
 ($rc, $out, $err) = $node->psql('src', "SELECT mig_abort_id($rid)");
 like($err, qr/is not a phantom/, 'mig_abort_id refuses a migration whose table is there');
 ($rc, $out, $err) = $node->psql('dst', "SELECT mig_abort_id($rid)");
