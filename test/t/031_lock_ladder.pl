@@ -110,5 +110,37 @@ $reader->quit;
 is($node->safe_psql('postgres', "SELECT mig_expand('t', 'v', type => 'bigint') IS NOT NULL"),
 	't', 'expand succeeds once the reader is gone');
 
+# 4. A lock timeout met outside the ladder (contract's CREATE INDEX
+# CONCURRENTLY, behind a session holding SHARE) gets the same error.
+$node->safe_psql('postgres', q{
+CREATE TABLE c (id int PRIMARY KEY, v int UNIQUE);
+INSERT INTO c SELECT g, g FROM generate_series(1, 1000) g;
+SELECT mig_expand('c', 'v', type => 'bigint');
+SET migrate_ext.writer = 'old';
+UPDATE c SET v = v;
+RESET migrate_ext.writer;
+SELECT bool_and(passed) FROM mig_validate('c');
+SELECT mig_cutover('c');
+});
+my $locker = $node->background_psql('postgres');
+$locker->query_safe("SET application_name = 'share_locker'");
+my $locker_pid = $locker->query_safe('SELECT pg_backend_pid()');
+$locker->query_safe('BEGIN');
+$locker->query_safe('LOCK TABLE c IN SHARE MODE');
+{
+	my ($out, $cerr) = ('', '');
+	local $ENV{PGOPTIONS} = '-c migrate_ext.lock_timeout_max=200';
+	IPC::Run::run(
+		[ 'psql', '-X', '-v', 'VERBOSITY=verbose', '-d', $connstr,
+		  '-c', "SELECT mig_contract('c')" ],
+		'>', \$out, '2>', \$cerr);
+	like($cerr, qr/ERROR:\s+55P03: could not lock table "c" to contract it: process $locker_pid holds a conflicting lock/,
+		"contract's own statement that times out names the blocker too");
+	like($cerr, qr/A statement of the contract gave up.*application_name "share_locker"/s,
+		'and says which statement, and the application');
+}
+$locker->query_safe('COMMIT');
+$locker->quit;
+
 $node->stop;
 done_testing();
