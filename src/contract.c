@@ -281,7 +281,8 @@ mig_contract(PG_FUNCTION_ARGS)
 					strncmp(edata.message, "could not lock table", 20) != 0)
 					mig_lock_error(relid, AccessExclusiveLock, "contract it",
 								   psprintf("A statement of the contract gave up (%s)",
-											edata.message));
+											edata.message),
+								   "The steps done so far are kept: run mig_contract again once it has ended.");
 				ThrowErrorData(&edata);
 			}
 			pfree(msg.data);

@@ -147,7 +147,7 @@ extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
 extern void mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why,
-						   const char *tried) pg_attribute_noreturn();
+						   const char *tried, const char *outcome) pg_attribute_noreturn();
 extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
 extern Oid	mig_dualwrite_trigger_of(int64 migration_id, Oid *relid);
 extern struct Bitmapset *mig_protected_columns(List *pairs);

@@ -314,7 +314,8 @@ ladder_budget_ms(void)
  * raised outside the ladder (a statement that ran into lock_timeout).
  */
 void
-mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why, const char *tried)
+mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why, const char *tried,
+			   const char *outcome)
 {
 	LockBlocker b;
 	char	   *relname = get_rel_name(relid);
@@ -323,26 +324,26 @@ mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why, const char *tried)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock table \"%s\" to %s", relname, why),
-				 errdetail("%s; another transaction held or waited for a conflicting lock. Nothing was changed.",
-						   tried),
+				 errdetail("%s; another transaction held or waited for a conflicting lock. %s",
+						   tried, outcome),
 				 errhint("Retry; if it keeps failing, look for long transactions on the table in pg_locks and pg_stat_activity.")));
 	if (b.visible && b.xact_start != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
 						relname, why, b.pid),
-				 errdetail("%s. Process %d (application_name \"%s\") has been in its transaction for %.1f s, since %s; its last query started at %s. Nothing was changed.",
+				 errdetail("%s. Process %d (application_name \"%s\") has been in its transaction for %.1f s, since %s; its last query started at %s. %s",
 						   tried, b.pid, b.appname, blocker_age_ms(&b) / 1000.0,
 						   timestamptz_to_str(b.xact_start),
-						   timestamptz_to_str(b.query_start)),
+						   timestamptz_to_str(b.query_start), outcome),
 				 errhint("Wait for process %d to end its transaction, or end it with pg_cancel_backend(%d) or pg_terminate_backend(%d), then retry.",
 						 b.pid, b.pid, b.pid)));
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 			 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
 					relname, why, b.pid),
-			 errdetail("%s. Process %d (application_name \"%s\") belongs to a role whose activity you may not see (pg_read_all_stats). Nothing was changed.",
-					   tried, b.pid, b.appname),
+			 errdetail("%s. Process %d (application_name \"%s\") belongs to a role whose activity you may not see (pg_read_all_stats). %s",
+					   tried, b.pid, b.appname, outcome),
 			 errhint("Ask its owner or an administrator to end its transaction, then retry.")));
 }
 
@@ -373,7 +374,8 @@ refuse_long_blocker(int nrels, const Oid *relids, LOCKMODE lockmode,
 		if (lock_blocker(relids[i], lockmode, &b) && blocker_age_ms(&b) > budget)
 			mig_lock_error(relids[i], lockmode, why,
 					   psprintf("A transaction has held a conflicting lock for longer than the lock ladder's whole budget (%ld ms), so migrate_ext did not queue for the lock at all",
-								budget));
+								budget),
+					   "Nothing was changed.");
 	}
 }
 
@@ -419,7 +421,8 @@ mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why
 
 	mig_lock_error(relids[failed], lockmode, why,
 			   psprintf("Tried %d times, queueing %ld ms in all (migrate_ext.lock_timeout_max)",
-						attempt, queued));
+						attempt, queued),
+				   "Nothing was changed.");
 }
 
 /*
