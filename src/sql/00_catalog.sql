@@ -128,8 +128,10 @@ SELECT pg_catalog.pg_extension_config_dump('migrate_ext.phase_log', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_id_seq', '');
 
--- No table of the catalog is readable by PUBLIC: it is read through the
--- masked views (README "Security").  Said here too, so that a fresh install
--- and one updated from 0.1 (which granted SELECT; the delta revokes it)
--- hold the same privileges.
-REVOKE SELECT ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
+/*
+ * Keep last: nobody but the extension owner reads the tables; everyone
+ * reads them through the masked views (30_report.sql).  Said explicitly,
+ * not left to the default, so that a fresh install and one updated from
+ * 0.1 (which granted SELECT to PUBLIC) have the same privileges.
+ */
+REVOKE ALL ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
