@@ -41,6 +41,7 @@
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -271,6 +272,11 @@ mig_guard_sql_drop(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "migrate_ext.guard_sql_drop() must be called as an event trigger");
+
+	/* DROP EXTENSION or DROP SCHEMA took the catalog with it: nothing to do */
+	if (!OidIsValid(get_extension_oid("migrate_ext", true)) ||
+		!OidIsValid(get_relname_relid("migration", get_namespace_oid("migrate_ext", true))))
+		PG_RETURN_VOID();
 
 	/* DROP INDEX CONCURRENTLY ends in a transaction of its own, snapshotless */
 	if (!ActiveSnapshotSet())

@@ -120,5 +120,12 @@ is($node->safe_psql('dst', 'SELECT count(*) FROM r'), '501', 'the restored table
 is($node->safe_psql('src', "SELECT phase FROM migrate_ext.migration WHERE id = $rid"),
 	'expanded', 'the original database is untouched');
 
+# the guard does not stand in the way of dropping the extension itself
+$node->safe_psql('dst', 'DROP EXTENSION migrate_ext CASCADE');
+pass('DROP EXTENSION migrate_ext CASCADE works');
+$node->safe_psql('src', 'DROP EXTENSION migrate_ext CASCADE');
+is($node->safe_psql('src', "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'r'::regclass"),
+	'0', 'and with an active migration: its trigger goes with it');
+
 $node->stop;
 done_testing();
