@@ -16,6 +16,8 @@ EXTENSION = migrate_ext
 EXTVERSION := $(shell sed -n -E "s/^default_version[[:space:]]*=[[:space:]]*'([^']+)'.*/\1/p" $(EXTENSION).control)
 MODULE_big = migrate_ext
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+# every object depends on every header: a changed struct never mixes layouts
+HEADERS = $(wildcard src/*.h)
 
 # The SQL face is assembled from one piece per concern (src/sql/NN_*.sql).
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
@@ -89,3 +91,5 @@ valgrind:
 
 package-test:
 	@bash test/package.sh
+
+$(OBJS): $(HEADERS)

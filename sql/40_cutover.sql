@@ -23,6 +23,12 @@ ALTER TABLE cut ENABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE cut SET id = id WHERE id = 1;
 SELECT id, price, _mig_new_price FROM cut WHERE id = 1;
 
+-- the disabled trigger invalidated the validation: cut over refuses until
+-- a validation passes again
+\set VERBOSITY terse
+SELECT mig_cutover('cut');
+\set VERBOSITY default
+SELECT bool_and(passed) AS validated FROM mig_validate('cut');
 SELECT mig_cutover('cut');
 SELECT phase FROM migrate_ext.migration WHERE relid = 'cut'::regclass ORDER BY id DESC LIMIT 1;
 -- a second call is a no-op

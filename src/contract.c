@@ -3,8 +3,10 @@
  * contract.c
  *	  mig_cutover and mig_contract: the end of a migration.
  *
- * mig_cutover only flips which side of each pair the dual-write trigger
- * treats as authoritative.  mig_contract is the point of no return: it
+ * Both go through the finish gate (contract_gate.c): an exact validation
+ * that passed and that nothing has invalidated since.  mig_cutover then
+ * only flips which side of each pair the dual-write trigger treats as
+ * authoritative.  mig_contract is the point of no return: it
  * drops the old column and puts the new one in its place, and it must do so
  * without ever queueing production traffic behind a lock, on tables where a
  * plain ALTER TABLE would take the site down.  So it never does anything
@@ -98,24 +100,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 		table_close(rel, NoLock);
 		PG_RETURN_VOID();
 	}
-	if (m->phase != MIG_PHASE_VALIDATED)
-	{
-		if (m->phase == MIG_PHASE_EXPANDED)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot cut over table \"%s\": its migration is not validated",
-							RelationGetRelationName(rel)),
-					 errdetail("The migration is in phase expanded: the existing rows have not been backfilled."),
-					 errhint("Run mig_backfill('%s'), then mig_validate('%s').",
-							 RelationGetRelationName(rel), RelationGetRelationName(rel))));
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot cut over table \"%s\": its migration is not validated",
-						RelationGetRelationName(rel)),
-				 errdetail("The migration is in phase %s: no validation has passed yet.", mig_phase_name(m->phase)),
-				 errhint("Run mig_validate('%s') and fix what it reports.",
-						 RelationGetRelationName(rel))));
-	}
+	mig_finish_gate(rel, m, false, "cut over");
 
 	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_CUTOVER, NULL);
 	CacheInvalidateRelcache(rel);
@@ -150,6 +135,55 @@ locked_by_me(Oid relid)
 		if (LockHeldByMe(&tag, mode))
 			return true;
 	return false;
+}
+
+/*
+ * Re-raise the worker's NOTICEs and its error here until it detaches,
+ * waiting on the latch between messages (cancellable).
+ */
+static void
+relay_worker(shm_mq_handle *mqh, Oid relid)
+{
+	for (;;)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res = shm_mq_receive(mqh, &nbytes, &data, true);
+
+		if (res == SHM_MQ_SUCCESS)
+		{
+			StringInfoData msg;
+			char		msgtype;
+
+			initStringInfo(&msg);
+			appendBinaryStringInfo(&msg, data, nbytes);
+			msgtype = pq_getmsgbyte(&msg);
+			if (msgtype == 'E' || msgtype == 'N')
+			{
+				ErrorData	edata;
+
+				pq_parse_errornotice(&msg, &edata);
+				/* the worker's FATAL (it was terminated) is our ERROR */
+				edata.elevel = Min(edata.elevel, ERROR);
+				/* a statement's bare lock timeout: the ladder's error */
+				if (edata.elevel == ERROR &&
+					edata.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
+					strncmp(edata.message, "could not lock table", 20) != 0)
+					mig_lock_error(relid, AccessExclusiveLock, "contract it",
+								   psprintf("A statement of the contract gave up (%s)",
+											edata.message),
+								   "The steps done so far are kept: run mig_contract again once it has ended.");
+				ThrowErrorData(&edata);
+			}
+			pfree(msg.data);
+			continue;
+		}
+		if (res == SHM_MQ_DETACHED)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*
@@ -254,46 +288,7 @@ mig_contract(PG_FUNCTION_ARGS)
 							&args, &handle);
 	mqh = shm_mq_attach(mq, seg, handle);
 
-	for (;;)
-	{
-		Size		nbytes;
-		void	   *data;
-		shm_mq_result res = shm_mq_receive(mqh, &nbytes, &data, true);
-
-		if (res == SHM_MQ_SUCCESS)
-		{
-			StringInfoData msg;
-			char		msgtype;
-
-			initStringInfo(&msg);
-			appendBinaryStringInfo(&msg, data, nbytes);
-			msgtype = pq_getmsgbyte(&msg);
-			if (msgtype == 'E' || msgtype == 'N')
-			{
-				ErrorData	edata;
-
-				pq_parse_errornotice(&msg, &edata);
-				/* the worker's FATAL (it was terminated) is our ERROR */
-				edata.elevel = Min(edata.elevel, ERROR);
-				/* a statement's bare lock timeout: the ladder's error */
-				if (edata.elevel == ERROR &&
-					edata.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
-					strncmp(edata.message, "could not lock table", 20) != 0)
-					mig_lock_error(relid, AccessExclusiveLock, "contract it",
-								   psprintf("A statement of the contract gave up (%s)",
-											edata.message),
-								   "The steps done so far are kept: run mig_contract again once it has ended.");
-				ThrowErrorData(&edata);
-			}
-			pfree(msg.data);
-			continue;
-		}
-		if (res == SHM_MQ_DETACHED)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
+	relay_worker(mqh, relid);
 
 	SpinLockAcquire(&sh->mutex);
 	done = sh->done;

@@ -6,8 +6,11 @@
  *
  * contract_plan.c works out a ContractPlan from the catalog; contract.c (the
  * caller) computes one to check before it starts the worker, and
- * contract_worker.c computes it again and carries it out.  Private to those
- * three files.
+ * contract_worker.c computes it again and carries it out; contract_views.c
+ * carries the dependent views, contract_undo.c records and removes what an
+ * unfinished contract added, contract_gate.c is the gate before the point
+ * of no return, and contract_predict.c turns the plan into validation's
+ * checks (for validate.c).  Private to those files and validate.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,6 +19,7 @@
 
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
 #include "nodes/parsenodes.h"
 #include "storage/spin.h"
 #include "utils/relcache.h"
@@ -58,6 +62,7 @@ typedef struct ContractIndex
 /* A foreign key from or to the old column, and its copy. */
 typedef struct ContractFkey
 {
+	Oid			conoid;			/* the old foreign key */
 	char	   *oldname;
 	char	   *tmpname;
 	Oid			conrelid;		/* the referencing table */
@@ -65,6 +70,16 @@ typedef struct ContractFkey
 	char	   *conrel;			/* qualified name of conrelid */
 	char	   *adddef;			/* ALTER TABLE ... ADD the copy NOT VALID */
 } ContractFkey;
+
+/* A CHECK constraint of the old column, re-stated on the new one. */
+typedef struct ContractCheck
+{
+	char	   *oldname;
+	char	   *tmpname;		/* the copy's name until the swap */
+	bool		noinherit;
+	Node	   *expr;			/* on the new column */
+	char	   *sql;
+} ContractCheck;
 
 /* A new column and what it takes over from its old column. */
 typedef struct ContractColumn
@@ -77,12 +92,20 @@ typedef struct ContractColumn
 	char	   *nn_check;		/* the CHECK that proves NOT NULL */
 	char	   *check_tmp;		/* the check_expr asked for at expand */
 	char	   *check_sql;
+	Node	   *default_expr;	/* the old column's default, cooked */
 	char	   *default_sql;
 	Oid			owned_seq;		/* a serial's sequence, OWNED BY the old column */
 	bool		widen_seq;		/* ... whose type is narrower than the column */
 	Oid			ident_seq;		/* an identity's sequence */
 	char		identity;
 	char	   *comment;
+	Oid			old_typid;
+	Oid			new_typid;
+	bool		has_acl;		/* column privileges to copy */
+	List	   *options;		/* attoptions, of DefElem */
+	int			stattarget;		/* -1: the default */
+	char		storage;		/* 0: the type's default */
+	char		compression;	/* 0: the default */
 } ContractColumn;
 
 /* Everything mig_contract will do, computed from the catalog. */
@@ -99,11 +122,40 @@ typedef struct ContractPlan
 	List	   *indexes;		/* of ContractIndex * */
 	List	   *fkeys;			/* of ContractFkey * */
 	List	   *lockrels;		/* OIDs locked for the swap */
+	struct AttrMap *map;		/* old attnum -> new (0 for a split) */
+	List	   *blockers;		/* descriptions of what would stop contract */
+	List	   *checkoids;		/* CHECK constraints of the old columns */
+	List	   *viewdirect;		/* views reading an old column */
+	List	   *views;			/* every view to recreate, shallowest first */
+	List	   *checks;			/* of ContractCheck * */
 } ContractPlan;
 
+/* A check of mig_validate that predicts contract: failing 0 is a pass. */
+typedef struct MigPrediction
+{
+	char	   *name;
+	int64		failing;
+	char	   *detail;
+} MigPrediction;
+
+/* contract_predict.c, for validate.c */
+extern List *mig_contract_predict(Relation rel, MigMigration *m);
+
+/* contract_gate.c */
+extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
+							const char *what);
+
+/* contract_views.c */
+extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
+extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
+extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
+
+/* contract_undo.c */
+extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
+								Oid relid);
+
 /* contract_plan.c */
-extern void mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
-									 const char *what);
+extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);
 

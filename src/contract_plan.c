@@ -32,6 +32,9 @@
 #include "catalog/pg_rewrite.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
+#include "access/reloptions.h"
+#include "access/toast_compression.h"
+#include "nodes/nodeFuncs.h"
 #include "commands/comment.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -73,28 +76,6 @@ attname_of(Oid relid, AttrNumber attnum)
 	return get_attname(relid, attnum, false);
 }
 
-/* Refuse unless validated (or cut over), or forced; say what is missing. */
-void
-mig_contract_check_phase(Relation rel, MigMigration *m, bool force,
-						 const char *what)
-{
-	const char *relname = RelationGetRelationName(rel);
-
-	if (m->phase >= MIG_PHASE_VALIDATED || force)
-		return;
-	if (m->phase == MIG_PHASE_EXPANDED)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-				 errdetail("The migration is in phase expanded: the existing rows have not been backfilled."),
-				 errhint("Run mig_backfill('%s'), then mig_validate('%s').", relname, relname)));
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("cannot %s table \"%s\": its migration is not validated", what, relname),
-			 errdetail("The migration is in phase %s: no validation has passed yet.", mig_phase_name(m->phase)),
-			 errhint("Run mig_validate('%s') and fix what it reports.", relname)));
-}
-
 /* -------------------------------------------------------------------------
  * The plan
  * -------------------------------------------------------------------------
@@ -125,7 +106,39 @@ describe_rule(Oid ruleoid)
 	}
 	systable_endscan(scan);
 	table_close(rwrel, AccessShareLock);
+	if (addr.classId == RelationRelationId &&
+		get_rel_relkind(addr.objectId) == RELKIND_MATVIEW)
+		return psprintf("%s (mig_contract does not rebuild materialized views yet: drop it before contract and create it again after)",
+						getObjectDescription(&addr, false));
 	return getObjectDescription(&addr, false);
+}
+
+/* The plain view whose _RETURN rule this is, else InvalidOid. */
+static Oid
+view_of_rule(Oid ruleoid)
+{
+	Relation	rwrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			result = InvalidOid;
+
+	rwrel = table_open(RewriteRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ruleoid));
+	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0 &&
+			get_rel_relkind(rw->ev_class) == RELKIND_VIEW)
+			result = rw->ev_class;
+	}
+	systable_endscan(scan);
+	table_close(rwrel, AccessShareLock);
+	return result;
 }
 
 /* The column's name on either side of a foreign key, mapped to the new one. */
@@ -188,6 +201,7 @@ plan_fkey(ContractPlan *plan, AttrMap *map, Oid conoid)
 		elog(ERROR, "cache lookup failed for constraint %u", conoid);
 	con = (Form_pg_constraint) GETSTRUCT(tup);
 
+	fk->conoid = conoid;
 	fk->oldname = pstrdup(NameStr(con->conname));
 	fk->tmpname = copy_name(fk->oldname, conoid);
 	fk->conrelid = con->conrelid;
@@ -352,7 +366,13 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 			continue;
 		if (dep->classid == RewriteRelationId)
 		{
-			*blockers = lappend(*blockers, describe_rule(dep->objid));
+			Oid			view = view_of_rule(dep->objid);
+
+			/* a view of an old column that has a new one is recreated */
+			if (OidIsValid(view) && col != NULL)
+				plan->viewdirect = list_append_unique_oid(plan->viewdirect, view);
+			else
+				*blockers = lappend(*blockers, describe_rule(dep->objid));
 			continue;
 		}
 		if (dep->classid == RelationRelationId && col != NULL)
@@ -390,6 +410,12 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 				*fkeys = list_append_unique_oid(*fkeys, dep->objid);
 				carried = true;
 			}
+			else if (col != NULL && con->contype == CONSTRAINT_CHECK)
+			{
+				/* re-stated on the new column */
+				plan->checkoids = list_append_unique_oid(plan->checkoids, dep->objid);
+				carried = true;
+			}
 			else if (col != NULL && (con->contype == CONSTRAINT_PRIMARY ||
 									 con->contype == CONSTRAINT_UNIQUE))
 			{
@@ -425,37 +451,17 @@ narrower_integer(Oid t1, Oid t2)
 }
 
 /*
- * Check everything that can be checked and compute every step, without
- * changing anything.  The caller runs it to fail early, with the error in
- * its own session; the worker runs it again to get the plan it executes.
- * Takes no lock that outlives it.
+ * The columns of the plan, and the attribute map from old to new (an old
+ * column of several pairs, a split, maps to nothing); *oldattnums gets each
+ * old column once.
  */
-ContractPlan *
-mig_contract_plan(Relation rel, MigMigration *m, bool force)
+static void
+plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnums)
 {
-	ContractPlan *plan = palloc0(sizeof(ContractPlan));
 	TupleDesc	desc = RelationGetDescr(rel);
-	AttrMap    *map;
-	List	   *blockers = NIL;
-	List	   *indexoids = NIL;
-	List	   *fkoids = NIL;
-	List	   *oldattnums = NIL;
+	AttrMap    *map = plan->map;
 	ListCell   *lc;
 
-	plan->relid = RelationGetRelid(rel);
-	plan->migration_id = m->id;
-	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
-	plan->relname = pstrdup(RelationGetRelationName(rel));
-	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
-	plan->lockrels = list_make1_oid(plan->relid);
-
-	mig_contract_check_phase(rel, m, force, "contract");
-
-	map = make_attrmap(desc->natts);
-	for (int i = 0; i < desc->natts; i++)
-		map->attnums[i] = i + 1;
-
-	/* the columns; an old column of several pairs is a split */
 	foreach(lc, m->pairs)
 	{
 		MigPair    *p = lfirst(lc);
@@ -469,11 +475,11 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 							plan->relname),
 					 errdetail("Column pair \"%s\" -> \"%s\" no longer exists.", p->old_col, p->new_col),
 					 errhint("Abort the migration with mig_abort('%s').", plan->relname)));
-		if (list_member_int(oldattnums, p->old_attnum))
+		if (list_member_int(*oldattnums, p->old_attnum))
 			map->attnums[p->old_attnum - 1] = InvalidAttrNumber;
 		else
 		{
-			oldattnums = lappend_int(oldattnums, p->old_attnum);
+			*oldattnums = lappend_int(*oldattnums, p->old_attnum);
 			map->attnums[p->old_attnum - 1] = p->new_attnum;
 			plan->dropcols = lappend(plan->dropcols,
 									 pstrdup(NameStr(TupleDescAttr(desc, p->old_attnum - 1)->attname)));
@@ -485,14 +491,20 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		MigPair    *p = lfirst(lc);
 		Form_pg_attribute oldatt = TupleDescAttr(desc, p->old_attnum - 1);
 		Form_pg_attribute newatt = TupleDescAttr(desc, p->new_attnum - 1);
-		bool		split = map->attnums[p->old_attnum - 1] == InvalidAttrNumber;
 		ContractColumn *c = palloc0(sizeof(ContractColumn));
 
 		c->pair = p;
 		c->oldname = pstrdup(NameStr(oldatt->attname));
 		c->newname = pstrdup(NameStr(newatt->attname));
 		c->finalname = p->in_place ? c->oldname : c->newname;
-		c->not_null = p->not_null || (!split && oldatt->attnotnull);
+		c->old_typid = oldatt->atttypid;
+		c->new_typid = newatt->atttypid;
+
+		/*
+		 * NOT NULL is a property of the data: it goes to the new column, and
+		 * to each column of a split, whose validation names the NULLs.
+		 */
+		c->not_null = p->not_null || oldatt->attnotnull;
 		c->nn_check = psprintf("_mig_nn_%d", p->new_attnum);
 		if (p->check)
 		{
@@ -501,46 +513,22 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		}
 		plan->columns = lappend(plan->columns, c);
 	}
+}
 
-	/* what depends on each old column */
-	foreach(lc, oldattnums)
-	{
-		AttrNumber	attnum = lfirst_int(lc);
-		ContractColumn *owner = NULL;
-		ListCell   *lc2;
+/* The defaults, sequences and comments of the columns taken over. */
+static void
+plan_takeover(ContractPlan *plan, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
 
-		if (map->attnums[attnum - 1] != InvalidAttrNumber)
-			foreach(lc2, plan->columns)
-				if (((ContractColumn *) lfirst(lc2))->pair->old_attnum == attnum)
-					owner = lfirst(lc2);
-		scan_dependents(plan, rel, attnum, owner, &blockers, &indexoids, &fkoids);
-	}
-
-	if (blockers != NIL)
-	{
-		StringInfoData detail;
-
-		initStringInfo(&detail);
-		foreach(lc, blockers)
-			appendStringInfo(&detail, "%s%s depends on it.", foreach_current_index(lc) > 0 ? "\n" : "",
-							 (char *) lfirst(lc));
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot contract table \"%s\": other objects use its old column%s %s",
-						plan->relname, list_length(plan->dropcols) > 1 ? "s" : "",
-						"that mig_contract would drop"),
-				 errdetail_internal("%s", detail.data),
-				 errhint("Drop them, or change them to use the new column, then run mig_contract again; nothing was changed.")));
-	}
-
-	/* the defaults, sequences and comments of the columns taken over */
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
 		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
 
-		if (map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
 			continue;
 		c->identity = oldatt->attidentity;
 		c->comment = GetComment(plan->relid, RelationRelationId, c->pair->old_attnum);
@@ -548,8 +536,10 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		{
 			for (int i = 0; i < desc->constr->num_defval; i++)
 				if (desc->constr->defval[i].adnum == c->pair->old_attnum)
-					c->default_sql = mig_deparse(stringToNode(desc->constr->defval[i].adbin),
-												 plan->relid);
+				{
+					c->default_expr = stringToNode(desc->constr->defval[i].adbin);
+					c->default_sql = mig_deparse(c->default_expr, plan->relid);
+				}
 		}
 		if (OidIsValid(c->owned_seq))
 		{
@@ -567,14 +557,20 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 		if (c->widen_seq || c->identity)
 			plan->new_type_name = format_type_be_qualified(newatt->atttypid);
 	}
+}
 
-	/* indexes and foreign keys, with every table they touch */
+/* The copies of the indexes and foreign keys, with every table they touch. */
+static void
+plan_objects(ContractPlan *plan, List *indexoids, List *fkoids)
+{
+	ListCell   *lc;
+
 	foreach(lc, indexoids)
 	{
 		Oid			indexoid = lfirst_oid(lc);
 
 		if (get_index_isvalid(indexoid))
-			plan->indexes = lappend(plan->indexes, plan_index(plan, map, indexoid));
+			plan->indexes = lappend(plan->indexes, plan_index(plan, plan->map, indexoid));
 		else
 			ereport(NOTICE,
 					(errmsg("index \"%s\" is invalid and is not carried over to the new column",
@@ -582,16 +578,231 @@ mig_contract_plan(Relation rel, MigMigration *m, bool force)
 	}
 	foreach(lc, fkoids)
 	{
-		ContractFkey *fk = plan_fkey(plan, map, lfirst_oid(lc));
+		ContractFkey *fk = plan_fkey(plan, plan->map, lfirst_oid(lc));
 
 		if (!pg_class_ownercheck(fk->conrelid, GetUserId()))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("must be owner of table \"%s\" to move its foreign key \"%s\" to the new column",
-							get_rel_name(fk->conrelid), fk->oldname)));
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("foreign key %s of table %s (which mig_contract must move to the new column, and only its owner can)",
+											  fk->oldname, get_rel_name(fk->conrelid)));
+		else if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("foreign key %s of partitioned table %s (which cannot be added NOT VALID, as mig_contract would move it)",
+											  fk->oldname, get_rel_name(fk->conrelid)));
 		plan->fkeys = lappend(plan->fkeys, fk);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->conrelid);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->confrelid);
 	}
+}
+
+typedef struct RemapContext
+{
+	AttrMap    *map;
+	TupleDesc	desc;
+} RemapContext;
+
+/* Move every Var of the table to its column in the map, with its type. */
+static Node *
+remap_mutator(Node *node, RemapContext *ctx)
+{
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0)
+	{
+		Var		   *var = (Var *) copyObject(node);
+		AttrNumber	to = var->varattno > 0 ? ctx->map->attnums[var->varattno - 1] : 0;
+		Form_pg_attribute att;
+
+		if (to == InvalidAttrNumber)
+			return (Node *) var;	/* a system column, or a split's */
+		att = TupleDescAttr(ctx->desc, to - 1);
+
+		var->varattno = to;
+		var->varattnosyn = to;
+		var->vartype = att->atttypid;
+		var->vartypmod = att->atttypmod;
+		var->varcollid = att->attcollation;
+		return (Node *) var;
+	}
+	return expression_tree_mutator(node, remap_mutator, (void *) ctx);
+}
+
+/*
+ * The CHECK constraints of the old column, re-stated on the new one: added
+ * NOT VALID under a temporary name, validated, and given their own name
+ * back once the old column (and with it the old constraint) is gone.
+ */
+static void
+plan_checks(ContractPlan *plan, Relation rel)
+{
+	ListCell   *lc;
+	RemapContext ctx;
+
+	ctx.map = plan->map;
+	ctx.desc = RelationGetDescr(rel);
+	foreach(lc, plan->checkoids)
+	{
+		Oid			conoid = lfirst_oid(lc);
+		HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
+		Form_pg_constraint con;
+		ContractCheck *ck = palloc0(sizeof(ContractCheck));
+		bool		isnull;
+		Datum		d;
+		Node	   *expr;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for constraint %u", conoid);
+		con = (Form_pg_constraint) GETSTRUCT(tup);
+		ck->oldname = pstrdup(NameStr(con->conname));
+		ck->tmpname = copy_name(ck->oldname, conoid);
+		ck->noinherit = con->connoinherit;
+		d = SysCacheGetAttr(CONSTROID, tup, Anum_pg_constraint_conbin, &isnull);
+		Assert(!isnull);
+		expr = remap_mutator(stringToNode(TextDatumGetCString(d)), &ctx);
+		ck->expr = expr;
+		ck->sql = mig_deparse(expr, plan->relid);
+		ReleaseSysCache(tup);
+		plan->checks = lappend(plan->checks, ck);
+	}
+}
+
+/*
+ * What else the old column had, for the swap: column privileges (with
+ * grant option), statistics target, options, storage, compression.  What
+ * cannot be carried is said in a NOTICE.
+ */
+static void
+plan_props(ContractPlan *plan, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	ListCell   *lc;
+
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
+		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		HeapTuple	tup;
+		bool		isnull;
+		Datum		d;
+
+		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+			continue;
+		tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(plan->relid),
+							  Int16GetDatum(c->pair->old_attnum));
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for attribute %d of relation %u",
+				 c->pair->old_attnum, plan->relid);
+		d = SysCacheGetAttr(ATTNUM, tup, Anum_pg_attribute_attacl, &isnull);
+		c->has_acl = !isnull;
+		d = SysCacheGetAttr(ATTNUM, tup, Anum_pg_attribute_attoptions, &isnull);
+		if (!isnull)
+			c->options = untransformRelOptions(d);
+		ReleaseSysCache(tup);
+		c->stattarget = oldatt->attstattarget;
+		if (oldatt->attstorage != get_typstorage(oldatt->atttypid))
+		{
+			if (get_typstorage(newatt->atttypid) != TYPSTORAGE_PLAIN)
+				c->storage = oldatt->attstorage;
+			else
+				ereport(NOTICE,
+						(errmsg("the storage of column \"%s\" is not carried over: type %s has only PLAIN",
+								c->oldname, format_type_be(newatt->atttypid))));
+		}
+		if (CompressionMethodIsValid(oldatt->attcompression))
+		{
+			if (get_typstorage(newatt->atttypid) != TYPSTORAGE_PLAIN)
+				c->compression = oldatt->attcompression;
+			else
+				ereport(NOTICE,
+						(errmsg("the compression of column \"%s\" is not carried over: type %s is not compressible",
+								c->oldname, format_type_be(newatt->atttypid))));
+		}
+		if (OidIsValid(oldatt->attcollation) && OidIsValid(newatt->attcollation) &&
+			oldatt->attcollation != newatt->attcollation)
+			ereport(NOTICE,
+					(errmsg("column \"%s\" keeps collation \"%s\" given at expand, not the old column's \"%s\"",
+							c->finalname, get_collation_name(newatt->attcollation),
+							get_collation_name(oldatt->attcollation)),
+					 errhint("Changing it at contract would rewrite the table; it is chosen at mig_expand.")));
+	}
+}
+
+/*
+ * Compute every step without changing anything or checking the gate; what
+ * would stop contract is collected in plan->blockers.  Validation uses it
+ * to predict contract; mig_contract_plan() to run it.
+ */
+ContractPlan *
+mig_contract_plan_build(Relation rel, MigMigration *m)
+{
+	ContractPlan *plan = palloc0(sizeof(ContractPlan));
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexoids = NIL;
+	List	   *fkoids = NIL;
+	List	   *oldattnums = NIL;
+	ListCell   *lc;
+
+	plan->relid = RelationGetRelid(rel);
+	plan->migration_id = m->id;
+	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
+	plan->relname = pstrdup(RelationGetRelationName(rel));
+	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
+	plan->lockrels = list_make1_oid(plan->relid);
+	plan->map = make_attrmap(desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+		plan->map->attnums[i] = i + 1;
+
+	plan_columns(plan, rel, m, &oldattnums);
+
+	/* what depends on each old column */
+	foreach(lc, oldattnums)
+	{
+		AttrNumber	attnum = lfirst_int(lc);
+		ContractColumn *owner = NULL;
+		ListCell   *lc2;
+
+		if (plan->map->attnums[attnum - 1] != InvalidAttrNumber)
+			foreach(lc2, plan->columns)
+				if (((ContractColumn *) lfirst(lc2))->pair->old_attnum == attnum)
+					owner = lfirst(lc2);
+		scan_dependents(plan, rel, attnum, owner, &plan->blockers, &indexoids, &fkoids);
+	}
+	plan_takeover(plan, rel);
+	plan_objects(plan, indexoids, fkoids);
+	plan_checks(plan, rel);
+	plan_props(plan, rel);
+	mig_contract_plan_views(plan, plan->viewdirect);
 	return plan;
+}
+
+/*
+ * Check everything that can be checked and compute every step, without
+ * changing anything.  The caller runs it to fail early, with the error in
+ * its own session; the worker runs it again to get the plan it executes.
+ * Takes no lock that outlives it.
+ */
+ContractPlan *
+mig_contract_plan(Relation rel, MigMigration *m, bool force)
+{
+	ContractPlan *plan;
+	StringInfoData detail;
+	ListCell   *lc;
+
+	mig_finish_gate(rel, m, force, "contract");
+	plan = mig_contract_plan_build(rel, m);
+	if (plan->blockers == NIL)
+		return plan;
+
+	initStringInfo(&detail);
+	foreach(lc, plan->blockers)
+		appendStringInfo(&detail, "%s%s depends on it.", foreach_current_index(lc) > 0 ? "\n" : "",
+						 (char *) lfirst(lc));
+	ereport(ERROR,
+			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+			 errmsg("cannot contract table \"%s\": other objects use its old column%s %s",
+					plan->relname, list_length(plan->dropcols) > 1 ? "s" : "",
+					"that mig_contract would drop"),
+			 errdetail_internal("%s", detail.data),
+			 errhint("Drop them, or change them to use the new column, then run mig_contract again; nothing was changed.")));
+	return NULL;				/* keep compiler quiet */
 }

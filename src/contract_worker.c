@@ -8,13 +8,19 @@
  * error to the caller through the shm_mq that contract.c set up, plans again
  * (contract_plan.c) and runs the steps: the copies of the indexes built
  * concurrently by utility statements run at top level, the constraints
- * added NOT VALID and then validated, SET NOT NULL proved without a scan,
- * and last the swap.
+ * (NOT NULL's proof, expand's check_expr, the old column's CHECKs, the
+ * foreign keys) added NOT VALID and then validated, and last the swap,
+ * which re-checks the finish gate under its lock, sets NOT NULL without a
+ * scan, recreates the dependent views (contract_views.c) and carries the
+ * column's privileges and settings.
  *
- * Every lock is taken through the lock_timeout ladder of ddl.c.  Each step
- * checks what the steps before it left, so after a failure (a lock that
- * could not be had, a cancel, a crash) a second mig_contract picks up where
- * the first stopped; an index build that failed is dropped before failing.
+ * Every lock is taken through the lock_timeout ladder of ddl.c.  Whatever
+ * a step adds that new writes would meet is recorded by OID
+ * (contract_undo.c) and dropped again when a later step fails or the
+ * caller cancels, so a stopped contract leaves nothing enforced that was
+ * not there before.  Copies of plain indexes stay: a second mig_contract
+ * picks up where the first stopped; an index build that failed is dropped
+ * before failing.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +28,8 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/toast_compression.h"
+#include "commands/defrem.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/pg_class.h"
@@ -31,7 +39,9 @@
 #include "executor/spi.h"
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/dsm.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/shm_mq.h"
@@ -225,6 +235,22 @@ drop_index(ContractPlan *plan, const char *name)
 }
 
 /*
+ * A copy of a unique index enforces uniqueness of the new column on every
+ * write from now on: recorded, so that a contract that stops drops it.
+ */
+static void
+record_index(ContractPlan *plan, ContractIndex *ci)
+{
+	Oid			indexoid;
+
+	xact_begin();
+	indexoid = get_relname_relid(ci->tmpname, get_rel_namespace(plan->relid));
+	if (OidIsValid(indexoid))
+		mig_contract_record(plan->migration_id, RelationRelationId, indexoid, plan->relid);
+	xact_end();
+}
+
+/*
  * Build the copy of one index with CREATE INDEX CONCURRENTLY, unless a
  * valid one is there from an earlier run.  A build that fails leaves an
  * INVALID index: it is dropped before failing, and a build that ran into a
@@ -245,7 +271,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		if (state == 2)
 		{
 			progress("index \"%s\" is already copied to the new column", ci->oldname);
-			return;
+			break;
 		}
 		if (state == 1)
 			drop_index(plan, ci->tmpname);
@@ -275,9 +301,22 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 		}
 		PG_END_TRY();
 		if (!retry)
-			return;
+			break;
+		/* let the long transaction it ran into get ahead */
 		mig_sleep_ms(mig_lock_timeout_max_ms);
 	}
+	if (ci->stmt->unique)
+		record_index(plan, ci);
+}
+
+/* Record a constraint contract has just added under this name, if it has. */
+static void
+record_constraint(ContractPlan *plan, Oid relid, const char *name)
+{
+	Oid			conoid = get_relation_constraint_oid(relid, name, true);
+
+	if (OidIsValid(conoid))
+		mig_contract_record(plan->migration_id, ConstraintRelationId, conoid, relid);
 }
 
 /*
@@ -307,11 +346,31 @@ add_checks(ContractPlan *plan)
 			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s) NOT VALID",
 							 sql.len > 0 ? "," : "", quote_identifier(c->check_tmp), c->check_sql);
 	}
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		if (constraint_state(plan->relid, ck->tmpname) == 0)
+			appendStringInfo(&sql, "%s ADD CONSTRAINT %s CHECK (%s)%s NOT VALID",
+							 sql.len > 0 ? "," : "", quote_identifier(ck->tmpname), ck->sql,
+							 ck->noinherit ? " NO INHERIT" : "");
+	}
 	changed = sql.len > 0;
 	if (changed)
 	{
 		mig_lock_table(plan->relid, AccessExclusiveLock, "add constraints NOT VALID");
 		mig_run_utility(psprintf("ALTER TABLE %s%s", plan->qname, sql.data));
+		/* enforced on new writes from now on: recorded, for an undo */
+		foreach(lc, plan->columns)
+		{
+			ContractColumn *c = lfirst(lc);
+
+			record_constraint(plan, plan->relid, c->nn_check);
+			if (c->check_tmp)
+				record_constraint(plan, plan->relid, c->check_tmp);
+		}
+		foreach(lc, plan->checks)
+			record_constraint(plan, plan->relid, ((ContractCheck *) lfirst(lc))->tmpname);
 	}
 	xact_end();
 	if (changed)
@@ -334,6 +393,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
 						ShareRowExclusiveLock, "add a foreign key NOT VALID");
 		mig_run_utility(fk->adddef);
+		record_constraint(plan, fk->conrelid, fk->tmpname);
 		added = true;
 	}
 	xact_end();
@@ -377,25 +437,21 @@ validate(Oid relid, const char *name, const char *what)
 
 /*
  * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
- * NULL) proves it, then drop that CHECK.  Two statements: in one ALTER
- * TABLE the DROP CONSTRAINT would run first and the proof be gone.
+ * NULL) proves it, then drop that CHECK.  Separate statements: in one ALTER
+ * TABLE the DROP CONSTRAINT would run first and the proof be gone.  Part of
+ * the swap, so that a contract that stops before it leaves no NOT NULL.
  */
 static void
-set_not_null(ContractPlan *plan)
+not_null_sql(ContractPlan *plan, StringInfo sql)
 {
-	StringInfoData sql;
 	ListCell   *lc;
-	bool		changed;
 
-	check_caller();
-	xact_begin();
-	initStringInfo(&sql);
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
-			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
+			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
 							 plan->qname, quote_identifier(c->newname));
 	}
 	foreach(lc, plan->columns)
@@ -403,19 +459,9 @@ set_not_null(ContractPlan *plan)
 		ContractColumn *c = lfirst(lc);
 
 		if (constraint_state(plan->relid, c->nn_check) > 0)
-			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 							 plan->qname, quote_identifier(c->nn_check));
 	}
-	changed = sql.len > 0;
-	if (changed)
-	{
-		mig_lock_table(plan->relid, AccessExclusiveLock, "set NOT NULL");
-		mig_run_utility(sql.data);
-	}
-	xact_end();
-	if (changed)
-		progress("set NOT NULL on the new column%s, proved by the validated CHECK without a scan",
-				 list_length(plan->columns) > 1 ? "s" : "");
 }
 
 /*
@@ -473,32 +519,17 @@ identity_sql(ContractPlan *plan, ContractColumn *c)
 }
 
 /*
- * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
- * taken all at once through the lock ladder.  Only catalog changes: the
- * constraints move to the indexes built before, the sequence, default and
- * identity move, the trigger and the old columns go, the new columns take
- * their place, and the migration is marked contracted, all or nothing.
+ * Under the swap's lock nothing can change any more: check once more what
+ * the swap builds on, the gate included (a validation that failed, or the
+ * trigger disabled, while contract was building).  Returns the phase.
  */
-static void
-swap(ContractPlan *plan, bool force)
+static MigPhase
+swap_recheck(ContractPlan *plan, bool force)
 {
-	int			nrels = list_length(plan->lockrels);
-	Oid		   *rels = palloc(sizeof(Oid) * nrels);
 	MigMigration *m;
 	Relation	rel;
-	StringInfoData sql;
-	List	   *identities = NIL;
 	ListCell   *lc;
 
-	check_caller();
-	progress("swapping the columns of table \"%s\" under a short ACCESS EXCLUSIVE lock",
-			 plan->relname);
-	xact_begin();
-	foreach(lc, plan->lockrels)
-		rels[foreach_current_index(lc)] = lfirst_oid(lc);
-	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
-
-	/* under the lock, nothing can change any more: check what we build on */
 	rel = mig_open_table(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
 	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
@@ -506,7 +537,7 @@ swap(ContractPlan *plan, bool force)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the migration of table \"%s\" ended while mig_contract ran", plan->relname),
 				 errdetail("It is now in phase %s.", m ? mig_phase_name(m->phase) : "unknown")));
-	mig_contract_check_phase(rel, m, force, "contract");
+	mig_finish_gate(rel, m, force, "contract");
 	table_close(rel, NoLock);
 	foreach(lc, plan->indexes)
 	{
@@ -518,14 +549,26 @@ swap(ContractPlan *plan, bool force)
 					 errmsg("the copy of index \"%s\" disappeared while mig_contract ran", ci->oldname),
 					 errhint("Run mig_contract again.")));
 	}
+	return m->phase;
+}
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "DROP TRIGGER %s ON %s;", quote_identifier(MIG_TRIGGER_NAME), plan->qname);
+/*
+ * The first half of the swap: NOT NULL, then what goes with the old column
+ * (the trigger, the old foreign keys and key constraints, a serial's
+ * ownership), and the old columns.
+ */
+static void
+swap_drop_sql(ContractPlan *plan, StringInfo sql)
+{
+	ListCell   *lc;
+
+	not_null_sql(plan, sql);
+	appendStringInfo(sql, "DROP TRIGGER %s ON %s;", quote_identifier(MIG_TRIGGER_NAME), plan->qname);
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+		appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 						 fk->conrel, quote_identifier(fk->oldname));
 	}
 	foreach(lc, plan->indexes)
@@ -533,7 +576,7 @@ swap(ContractPlan *plan, bool force)
 		ContractIndex *ci = lfirst(lc);
 
 		if (ci->contype)
-			appendStringInfo(&sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s DROP CONSTRAINT %s;",
 							 plan->qname, quote_identifier(ci->conname));
 	}
 	foreach(lc, plan->columns)
@@ -545,34 +588,30 @@ swap(ContractPlan *plan, bool force)
 			continue;
 		seqname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(c->owned_seq)),
 											 get_rel_name(c->owned_seq));
-		appendStringInfo(&sql, "ALTER SEQUENCE %s OWNED BY %s.%s;", seqname, plan->qname,
+		appendStringInfo(sql, "ALTER SEQUENCE %s OWNED BY %s.%s;", seqname, plan->qname,
 						 quote_identifier(c->newname));
 		if (c->widen_seq)
-			appendStringInfo(&sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
+			appendStringInfo(sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
 	}
-	/* read the identities' positions while their sequences exist */
-	foreach(lc, plan->columns)
-	{
-		ContractColumn *c = lfirst(lc);
-
-		if (OidIsValid(c->ident_seq))
-			identities = lappend(identities, identity_sql(plan, c));
-	}
-	appendStringInfo(&sql, "ALTER TABLE %s", plan->qname);
+	appendStringInfo(sql, "ALTER TABLE %s", plan->qname);
 	foreach(lc, plan->dropcols)
-		appendStringInfo(&sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
+		appendStringInfo(sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
 						 quote_identifier(lfirst(lc)));
-	appendStringInfoChar(&sql, ';');
-	mig_run_utility(sql.data);
+	appendStringInfoChar(sql, ';');
+}
 
-	/* the old names are free: the new objects take them */
-	resetStringInfo(&sql);
+/* The old names are free: the new column and the copies take them. */
+static void
+swap_rename_sql(ContractPlan *plan, StringInfo sql)
+{
+	ListCell   *lc;
+
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->pair->in_place && strcmp(c->newname, c->finalname) != 0)
-			appendStringInfo(&sql, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+			appendStringInfo(sql, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
 							 quote_identifier(c->newname), quote_identifier(c->finalname));
 	}
 	foreach(lc, plan->indexes)
@@ -581,54 +620,333 @@ swap(ContractPlan *plan, bool force)
 		const char *final = ci->contype ? ci->conname : ci->oldname;
 
 		if (ci->contype)
-			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
+			appendStringInfo(sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
 							 plan->qname, quote_identifier(ci->conname),
 							 ci->contype == CONSTRAINT_PRIMARY ? "PRIMARY KEY" : "UNIQUE",
 							 quote_identifier(ci->tmpname),
 							 ci->deferrable ? " DEFERRABLE" : "",
 							 ci->deferred ? " INITIALLY DEFERRED" : "");
 		else
-			appendStringInfo(&sql, "ALTER INDEX %s RENAME TO %s;",
+			appendStringInfo(sql, "ALTER INDEX %s RENAME TO %s;",
 							 quote_qualified_identifier(plan->nspname, ci->tmpname),
 							 quote_identifier(ci->oldname));
 		if (ci->replident)
-			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;",
+			appendStringInfo(sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;",
 							 plan->qname, quote_identifier(final));
 		if (ci->clustered)
-			appendStringInfo(&sql, "ALTER TABLE %s CLUSTER ON %s;",
+			appendStringInfo(sql, "ALTER TABLE %s CLUSTER ON %s;",
 							 plan->qname, quote_identifier(final));
 	}
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
+	/* the old CHECKs went with the old column: the copies take their names */
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", plan->qname,
+						 quote_identifier(ck->tmpname), quote_identifier(ck->oldname));
+	}
+}
+
+/*
+ * GRANT statements that give the new column the old one's privileges, with
+ * their grant options.  Read before the old column goes; the grants are
+ * then the caller's (the owner's), whoever had granted them.
+ */
+static void
+grants_sql(ContractPlan *plan, ContractColumn *c, StringInfo sql)
+{
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
+							  "FROM pg_catalog.pg_attribute t, "
+							  "LATERAL pg_catalog.aclexplode(t.attacl) a "
+							  "WHERE t.attrelid OPERATOR(pg_catalog.=) $1 "
+							  "AND t.attnum OPERATOR(pg_catalog.=) $2 ORDER BY 1, 2",
+							  2, (Oid[]) {OIDOID, INT2OID},
+							  (Datum[]) {ObjectIdGetDatum(plan->relid),
+							  Int16GetDatum(c->pair->old_attnum)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the privileges of column \"%s\"", c->oldname);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		grantable = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+
+		appendStringInfo(sql, "GRANT %s (%s) ON %s TO %s%s;",
+						 SPI_getvalue(tup, desc, 2), quote_identifier(c->finalname), plan->qname,
+						 grantee == InvalidOid ? "PUBLIC" :
+						 quote_identifier(GetUserNameFromId(grantee, false)),
+						 grantable ? " WITH GRANT OPTION" : "");
+	}
+	SPI_finish();
+}
+
+/*
+ * The old column's statistics target, options, storage and compression,
+ * for the new one.
+ */
+static void
+props_sql(ContractPlan *plan, ContractColumn *c, StringInfo sql)
+{
+	const char *col = quote_identifier(c->finalname);
+	ListCell   *lc;
+
+	if (c->stattarget >= 0)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET STATISTICS %d;",
+						 plan->qname, col, c->stattarget);
+	foreach(lc, c->options)
+	{
+		DefElem    *def = lfirst_node(DefElem, lc);
+
+		/* the server's own bookkeeping, not a user's option */
+		if (strncmp(def->defname, "pg_", 3) == 0)
+			continue;
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET (%s = %s);",
+						 plan->qname, col, quote_identifier(def->defname),
+						 quote_literal_cstr(defGetString(def)));
+	}
+	if (c->storage)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET STORAGE %s;", plan->qname, col,
+						 c->storage == TYPSTORAGE_PLAIN ? "PLAIN" :
+						 c->storage == TYPSTORAGE_EXTERNAL ? "EXTERNAL" :
+						 c->storage == TYPSTORAGE_MAIN ? "MAIN" : "EXTENDED");
+	if (c->compression)
+		appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET COMPRESSION %s;", plan->qname,
+						 col, GetCompressionMethodName(c->compression));
+}
+
+/* What the new columns take over: identity, default, CHECK name, comment. */
+static void
+swap_column_sql(ContractPlan *plan, List *identities, StringInfo sql)
+{
+	ListCell   *lc;
+
 	foreach(lc, identities)
-		appendStringInfo(&sql, "%s;", (char *) lfirst(lc));
+		appendStringInfo(sql, "%s;", (char *) lfirst(lc));
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
 
 		if (c->default_sql)
-			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;",
+			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;",
 							 plan->qname, quote_identifier(c->finalname), c->default_sql);
 		if (c->check_tmp)
-			appendStringInfo(&sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;",
+			appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;",
 							 plan->qname, quote_identifier(c->check_tmp),
 							 quote_identifier(ChooseConstraintName(plan->relname, c->finalname, "check",
 																   get_rel_namespace(plan->relid), NIL)));
 		if (c->comment)
-			appendStringInfo(&sql, "COMMENT ON COLUMN %s.%s IS %s;", plan->qname,
+			appendStringInfo(sql, "COMMENT ON COLUMN %s.%s IS %s;", plan->qname,
 							 quote_identifier(c->finalname), quote_literal_cstr(c->comment));
 	}
+}
+
+/*
+ * Create the views again on the new columns.  A new column that keeps its
+ * own name carries the old one's for that moment, so that the captured
+ * definitions read it; renamed back, its views follow it.
+ */
+static void
+swap_views(ContractPlan *plan, List *views)
+{
+	StringInfoData there;
+	StringInfoData back;
+	ListCell   *lc;
+
+	if (views == NIL)
+		return;
+	initStringInfo(&there);
+	initStringInfo(&back);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->pair->in_place || plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+			continue;
+		appendStringInfo(&there, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+						 quote_identifier(c->newname), quote_identifier(c->oldname));
+		appendStringInfo(&back, "ALTER TABLE %s RENAME COLUMN %s TO %s;", plan->qname,
+						 quote_identifier(c->oldname), quote_identifier(c->newname));
+	}
+	if (there.len > 0)
+		mig_run_utility(there.data);
+	mig_contract_recreate_views(plan, views);
+	if (back.len > 0)
+		mig_run_utility(back.data);
+}
+
+/*
+ * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
+ * taken all at once through the lock ladder.  Only catalog changes: NOT
+ * NULL is set (proved by the validated CHECK), the constraints move to the
+ * indexes built before, the sequence, default and identity move, the
+ * trigger and the old columns go, the new columns take their place, and the
+ * migration is marked contracted, all or nothing.
+ */
+static void
+swap(ContractPlan *plan, bool force)
+{
+	int			nrels = list_length(plan->lockrels);
+	Oid		   *rels = palloc(sizeof(Oid) * nrels);
+	StringInfoData sql;
+	StringInfoData grants;
+	List	   *identities = NIL;
+	List	   *views;
+	MigPhase	phase;
+	ListCell   *lc;
+
+	check_caller();
+	progress("swapping the columns of table \"%s\" under a short ACCESS EXCLUSIVE lock",
+			 plan->relname);
+	xact_begin();
+	foreach(lc, plan->lockrels)
+		rels[foreach_current_index(lc)] = lfirst_oid(lc);
+	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
+	phase = swap_recheck(plan, force);
+
+	/* read the identities' positions while their sequences exist */
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (OidIsValid(c->ident_seq))
+			identities = lappend(identities, identity_sql(plan, c));
+	}
+	/* and the old columns' privileges, while they exist */
+	initStringInfo(&grants);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->has_acl)
+			grants_sql(plan, c, &grants);
+	}
+	/* the views, captured before they go, deepest first */
+	initStringInfo(&sql);
+	views = mig_contract_capture_views(plan, &sql);
+	swap_drop_sql(plan, &sql);
+	mig_run_utility(sql.data);
+
+	resetStringInfo(&sql);
+	swap_rename_sql(plan, &sql);
+	if (sql.len > 0)
+		mig_run_utility(sql.data);
+	swap_views(plan, views);
+
+	resetStringInfo(&sql);
+	swap_column_sql(plan, identities, &sql);
+	appendStringInfoString(&sql, grants.data);
+	foreach(lc, plan->columns)
+		props_sql(plan, lfirst(lc), &sql);
 	if (sql.len > 0)
 		mig_run_utility(sql.data);
 
-	mig_catalog_set_phase(plan->migration_id, m->phase, MIG_PHASE_CONTRACTED,
+	/* the copies are the real ones now: nothing is left to undo */
+	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "
+					 "WHERE migration_id OPERATOR(pg_catalog.=) $1",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(plan->migration_id)},
+					 NULL, -1);
+	mig_catalog_set_phase(plan->migration_id, phase, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();
+}
+
+/*
+ * The steps: copies of the indexes, the constraints NOT VALID then
+ * validated, and the swap.
+ */
+static void
+run_steps(ContractPlan *plan, bool force)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->indexes)
+		build_index(plan, lfirst(lc));
+	add_checks(plan);
+	foreach(lc, plan->fkeys)
+		add_fkey(plan, lfirst(lc));
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null)
+			validate(plan->relid, c->nn_check,
+					 psprintf("that column \"%s\" has no NULL", c->finalname));
+		validate(plan->relid, c->check_tmp,
+				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+	}
+	foreach(lc, plan->checks)
+	{
+		ContractCheck *ck = lfirst(lc);
+
+		validate(plan->relid, ck->tmpname,
+				 psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
+	}
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		validate(fk->conrelid, fk->tmpname,
+				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+	}
+	swap(plan, force);
+}
+
+/*
+ * A step failed or the caller cancelled: before the error goes out, drop
+ * what this and earlier runs added that is enforced on new writes (the NOT
+ * VALID constraints, the unique index copies), so that the table enforces
+ * nothing it did not before.  Plain index copies stay for the next run.  If
+ * that cannot be done either (a lock not to be had), the error says so and
+ * mig_abort or the next mig_contract removes them.  Re-throws the error.
+ */
+static void
+pg_attribute_noreturn()
+undo_after_failure(ContractPlan *plan)
+{
+	ErrorData  *edata;
+	volatile int dropped = -1;
+
+	/*
+	 * The context current at the throw may belong to the transaction that
+	 * the abort below deletes: everything from here lives in contract_cxt.
+	 */
+	MemoryContextSwitchTo(contract_cxt);
+	edata = CopyErrorData();
+
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	PG_TRY();
+	{
+		xact_begin();
+		dropped = mig_contract_undo(plan->migration_id);
+		xact_end();
+	}
+	PG_CATCH();
+	{
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(contract_cxt);
+	if (dropped > 0)
+		edata->detail = psprintf("%s%sWhat mig_contract had added that writes would meet (%d NOT VALID constraints or unique index copies) was dropped: the table enforces nothing it did not before.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 dropped);
+	else if (dropped < 0)
+		edata->detail = psprintf("%s%sWhat mig_contract had added could not be dropped: mig_abort('%s') or the next mig_contract removes it.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 plan->relname);
+	ReThrowError(edata);
 }
 
 /*
@@ -665,7 +983,6 @@ mig_contract_worker_main(Datum main_arg)
 	ContractPlan *plan;
 	Relation	rel;
 	MigMigration *m;
-	ListCell   *lc;
 	char		buf[32];
 
 	mig_worker_connect(&args);
@@ -713,30 +1030,15 @@ mig_contract_worker_main(Datum main_arg)
 	xact_end();
 	MemoryContextSwitchTo(contract_cxt);
 
-	foreach(lc, plan->indexes)
-		build_index(plan, lfirst(lc));
-	add_checks(plan);
-	foreach(lc, plan->fkeys)
-		add_fkey(plan, lfirst(lc));
-	foreach(lc, plan->columns)
+	PG_TRY();
 	{
-		ContractColumn *c = lfirst(lc);
-
-		if (c->not_null)
-			validate(plan->relid, c->nn_check,
-					 psprintf("that column \"%s\" has no NULL", c->finalname));
-		validate(plan->relid, c->check_tmp,
-				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+		run_steps(plan, sh->force);
 	}
-	foreach(lc, plan->fkeys)
+	PG_CATCH();
 	{
-		ContractFkey *fk = lfirst(lc);
-
-		validate(fk->conrelid, fk->tmpname,
-				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+		undo_after_failure(plan);
 	}
-	set_not_null(plan);
-	swap(plan, sh->force);
+	PG_END_TRY();
 	MemoryContextSwitchTo(contract_cxt);
 
 	progress("table \"%s\" is contracted", plan->relname);

@@ -547,7 +547,11 @@ mig_abort(PG_FUNCTION_ARGS)
 
 	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
 
-	/* one statement, so the table is rewritten in the catalog only once */
+	/*
+	 * One statement, so the table is rewritten in the catalog only once.
+	 * The new columns by their recorded attnums: a column dropped by hand
+	 * is skipped, never one that took its name since.
+	 */
 	initStringInfo(&sql);
 	tgoid = mig_dualwrite_trigger(relid, &tg_migration, NULL);
 	if (OidIsValid(tgoid) && tg_migration == m->id)
@@ -575,6 +579,8 @@ mig_abort(PG_FUNCTION_ARGS)
 						 quote_identifier(NameStr(att->attname)));
 	}
 	table_close(rel, NoLock);
+	/* first what an unfinished mig_contract added, by the OIDs it recorded */
+	(void) mig_contract_undo(m->id);
 	if (ndrop > 0)
 		mig_run_utility(sql.data);
 

@@ -242,6 +242,9 @@ extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 						 int vacuums);
 
 
+/* contract_undo.c: drop what an unfinished mig_contract added */
+extern int	mig_contract_undo(int64 migration_id);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 extern int	mig_busy_sessions_count(void);

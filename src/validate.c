@@ -20,6 +20,11 @@
  * chunk to name them (by primary key, else a unique key, else ctid), so a
  * table full of failing rows costs no more than a clean one.
  *
+ * Each chunk runs in a subtransaction: a row whose up, down or check_expr
+ * raises an error makes the chunk be read again row by row, and is counted
+ * in the "evaluates" check with its key, instead of ending the validation.
+ * Then what contract would meet is checked (contract_predict.c).
+ *
  * The SQL is generated from the stored expression trees with mig_deparse()
  * under search_path = pg_catalog, pg_temp, and runs with the caller's
  * privileges (who must own the table).
@@ -29,6 +34,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/xact.h"
 #include "access/table.h"
 #include "catalog/index.h"
 #include "catalog/pg_type.h"
@@ -46,8 +52,10 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/typcache.h"
 
+#include "contract.h"
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_validate);
@@ -68,6 +76,7 @@ typedef struct VCheck
 	int64		failing;
 	char	   *detail;
 	List	   *examples;		/* of char *, the failing rows' keys */
+	char	   *first_error;	/* "evaluates": the first error's message */
 } VCheck;
 
 /* Everything one validation run works with. */
@@ -80,6 +89,8 @@ typedef struct VRun
 	char	   *key_expr;		/* its text form, over the table's columns */
 	StringInfoData cols;		/* the chunk query's select list */
 	List	   *checks;			/* of VCheck * */
+	VCheck	   *errors;			/* rows where user code raised an error */
+	MemoryContext cxt;			/* where results outlive SPI */
 	int64		rows_checked;
 	int			sample;			/* 0: exact */
 	double		fraction;		/* of rows a sample reads; 1: all */
@@ -240,9 +251,13 @@ build_checks(VRun *run)
 					  psprintf("where %s differs from down(%s) and down(%s) does not map back to %s under up",
 							   oldc, newc, newc, newc));
 		}
-		if (pair->not_null)
+		/* asked for, or the old column's, which contract carries over */
+		if (pair->not_null ||
+			TupleDescAttr(RelationGetDescr(run->rel), pair->old_attnum - 1)->attnotnull)
 			add_check(run, "not_null", pair, psprintf("%s IS NULL", n),
-					  psprintf("with %s NULL", newc));
+					  pair->not_null ? psprintf("with %s NULL", newc) :
+					  psprintf("with %s NULL (%s is NOT NULL, and contract makes %s so)",
+							   newc, oldc, newc));
 		if (pair->check)
 		{
 			appendStringInfo(&run->cols, ", %s AS k%d",
@@ -251,6 +266,10 @@ build_checks(VRun *run)
 					  psprintf("failing check_expr (%s)", pair->check_src));
 		}
 	}
+
+	/* up, down or check_expr raising an error on a row is a failing row too */
+	run->errors = add_check(run, "evaluates", NULL, NULL,
+							"where up, down or check_expr raise an error");
 }
 
 /* The chunk's rows: a block range, thinned to the sample fraction. */
@@ -294,9 +313,9 @@ check_trigger(VRun *run)
 static void
 collect_examples(VRun *run, VCheck *c, Datum *params, const char *nulls)
 {
-	MemoryContext callercxt = CurrentMemoryContext;
 	char	   *sql;
 	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
+	MemoryContext oldcxt;
 
 	sql = psprintf("SELECT k FROM %s WHERE %s LIMIT %d",
 				   chunk_source(run, true), c->cond,
@@ -304,16 +323,207 @@ collect_examples(VRun *run, VCheck *c, Datum *params, const char *nulls)
 	if (SPI_execute_with_args(sql, run->fraction < 1.0 ? 3 : 2, types, params, nulls,
 							  false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	oldcxt = MemoryContextSwitchTo(run->cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		c->examples = lappend(c->examples,
-							  MemoryContextStrdup(callercxt,
-												  SPI_getvalue(SPI_tuptable->vals[i],
-															   SPI_tuptable->tupdesc, 1)));
+							  pstrdup(SPI_getvalue(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1)));
+	MemoryContextSwitchTo(oldcxt);
 	SPI_freetuptable(SPI_tuptable);
 	pfree(sql);
 }
 
-/* Read the table chunk by chunk, counting every check's failing rows. */
+/*
+ * Count every check's failing rows in one TID range (and name examples
+ * while a check lacks them).  Errors from user code propagate.
+ */
+static void
+scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
+{
+	ListCell   *lc;
+	int			col = 2;
+	bool		isnull;
+
+	/* not read-only: a fresh snapshot for this range */
+	if (SPI_execute_plan(plan, params, nulls, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "migrate_ext: could not run the validation query");
+	run->rows_checked += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1,
+													 &isnull));
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+		int64		failing;
+
+		if (c->cond == NULL)
+			continue;
+		failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, col++, &isnull));
+		c->failing += failing;
+		if (failing > 0)
+			c->passed = false;
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+
+		if (!c->passed && c->cond && list_length(c->examples) < MAX_EXAMPLES &&
+			c->failing > list_length(c->examples))
+			collect_examples(run, c, params, nulls);
+	}
+}
+
+/*
+ * scan_range() in a subtransaction, so that an error raised by up, down or
+ * check_expr on some row is caught: returns false (and the error's message
+ * in *msg) when it was.  The counts of a range that failed are undone.
+ */
+static bool
+try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **msg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	List	   *saved = NIL;
+	int64		saved_rows = run->rows_checked;
+	ListCell   *lc;
+	volatile bool ok = true;
+
+	MemoryContextSwitchTo(run->cxt);
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+		VCheck	   *copy = palloc(sizeof(VCheck));
+
+		memcpy(copy, c, sizeof(VCheck));
+		copy->examples = list_copy(c->examples);
+		saved = lappend(saved, copy);
+	}
+	MemoryContextSwitchTo(cxt);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		scan_range(run, plan, params, nulls);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*msg = MemoryContextStrdup(run->cxt, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok)
+	{
+		/* back to the counts before this range */
+		run->rows_checked = saved_rows;
+		foreach(lc, run->checks)
+			memcpy(lfirst(lc), list_nth(saved, foreach_current_index(lc)), sizeof(VCheck));
+	}
+	return ok;
+}
+
+/* The key of the row at a TID, read without evaluating any user code. */
+static char *
+row_key(VRun *run, ItemPointer tid)
+{
+	char	   *key = NULL;
+
+	if (SPI_execute_with_args(psprintf("SELECT %s FROM ONLY %s WHERE ctid = $1",
+									   run->key_expr, run->qname),
+							  1, (Oid[]) {TIDOID}, (Datum[]) {PointerGetDatum(tid)},
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read a row's key");
+	if (SPI_processed == 1)
+		key = MemoryContextStrdup(run->cxt, SPI_getvalue(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1));
+	SPI_freetuptable(SPI_tuptable);
+	return key ? key : pstrdup("?");
+}
+
+/*
+ * A chunk where user code raised an error: go through it row by row, each
+ * row's checks in a subtransaction of their own, so that the rows that
+ * raise are counted (with their keys and the first error) in the
+ * "evaluates" check and every other row is checked as usual.
+ */
+static void
+scan_rows(VRun *run, SPIPlanPtr plan, BlockNumber from, BlockNumber to)
+{
+	ItemPointerData lo;
+	ItemPointerData hi;
+	Datum		params[3];
+	char		nulls[4] = "   ";
+	List	   *tids = NIL;
+	ListCell   *lc;
+
+	ItemPointerSet(&lo, from, 0);
+	ItemPointerSet(&hi, to, 0);
+	if (SPI_execute_with_args(psprintf("SELECT ctid FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",
+									   run->qname),
+							  2, (Oid[]) {TIDOID, TIDOID},
+							  (Datum[]) {PointerGetDatum(&lo), PointerGetDatum(&hi)},
+							  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not list a chunk's rows");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+																	  SPI_tuptable->tupdesc, 1, &isnull));
+		ItemPointer copy = palloc(sizeof(ItemPointerData));
+
+		ItemPointerCopy(tid, copy);
+		tids = lappend(tids, copy);
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	params[0] = PointerGetDatum(&lo);
+	params[1] = PointerGetDatum(&hi);
+	params[2] = Float8GetDatum(1.0);
+	foreach(lc, tids)
+	{
+		ItemPointer tid = lfirst(lc);
+		char	   *msg = NULL;
+
+		CHECK_FOR_INTERRUPTS();
+		ItemPointerCopy(tid, &lo);
+		ItemPointerSet(&hi, ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid) + 1);
+		if (try_range(run, plan, params, nulls, &msg))
+			continue;
+		run->rows_checked++;
+		run->errors->failing++;
+		run->errors->passed = false;
+		if (run->errors->first_error == NULL)
+			run->errors->first_error = msg;
+		if (list_length(run->errors->examples) < MAX_EXAMPLES)
+		{
+			char	   *key = row_key(run, tid);
+			MemoryContext oldcxt = MemoryContextSwitchTo(run->cxt);
+
+			run->errors->examples = lappend(run->errors->examples, key);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+}
+
+/*
+ * Read the table chunk by chunk, counting every check's failing rows.  Each
+ * chunk runs in a subtransaction: a chunk where up, down or check_expr
+ * raises an error on some row is gone through again row by row.
+ */
 static void
 scan_table(VRun *run)
 {
@@ -350,48 +560,39 @@ scan_table(VRun *run)
 	params[2] = Float8GetDatum(run->fraction);
 	for (BlockNumber b = 0; b < nblocks; b += Min(CHUNK_BLOCKS, nblocks - b))
 	{
-		int			col = 2;
-		bool		isnull;
+		BlockNumber end = b + Min(CHUNK_BLOCKS, nblocks - b);
+		char	   *msg;
 
 		CHECK_FOR_INTERRUPTS();
 		ItemPointerSet(&lo, b, 0);
-		ItemPointerSet(&hi, b + Min(CHUNK_BLOCKS, nblocks - b), 0);
-
-		/* not read-only: a fresh snapshot for this chunk */
-		if (SPI_execute_plan(plan, params, nulls, false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "migrate_ext: could not run \"%s\"", sql.data);
-		run->rows_checked += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
-		foreach(lc, run->checks)
-		{
-			VCheck	   *c = lfirst(lc);
-			int64		failing;
-
-			if (c->cond == NULL)
-				continue;
-			failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												  SPI_tuptable->tupdesc, col++, &isnull));
-			c->failing += failing;
-			if (failing > 0)
-				c->passed = false;
-		}
-		SPI_freetuptable(SPI_tuptable);
-
-		foreach(lc, run->checks)
-		{
-			VCheck	   *c = lfirst(lc);
-
-			if (!c->passed && c->cond && list_length(c->examples) < MAX_EXAMPLES &&
-				c->failing > list_length(c->examples))
-				collect_examples(run, c, params, nulls);
-		}
+		ItemPointerSet(&hi, end, 0);
+		if (!try_range(run, plan, params, nulls, &msg))
+			scan_rows(run, plan, b, end);
 
 		/* this chunk's snapshots are done with: let vacuum move on */
 		mig_release_xmin();
 	}
 	SPI_finish();
+}
+
+/*
+ * What contract would meet (contract_predict.c): each a check of its own,
+ * its detail already written.
+ */
+static void
+add_predictions(VRun *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, mig_contract_predict(run->rel, run->m))
+	{
+		MigPrediction *p = lfirst(lc);
+		VCheck	   *c = add_check(run, p->name, NULL, NULL, NULL);
+
+		c->failing = p->failing;
+		c->passed = p->failing == 0;
+		c->detail = p->detail;
+	}
 }
 
 /* The state of the migration's latest backfill job when it is still live. */
@@ -436,7 +637,7 @@ finish_details(VRun *run, const char *job_state, int64 job_id)
 		StringInfoData buf;
 		ListCell   *ec;
 
-		if (c->cond == NULL)
+		if (c->cond == NULL && c != run->errors)
 			continue;
 		initStringInfo(&buf);
 		if (job_state && strncmp(c->name, "backfilled", strlen("backfilled")) == 0)
@@ -453,6 +654,8 @@ finish_details(VRun *run, const char *job_state, int64 job_id)
 				appendStringInfo(&buf, "%s%s", foreach_current_index(ec) == 0 ?
 								 psprintf(", e.g. %s ", run->key_label) : ", ",
 								 (char *) lfirst(ec));
+			if (c->first_error)
+				appendStringInfo(&buf, "; first error: %s", c->first_error);
 			appendStringInfoString(&buf, "; ");
 		}
 		appendStringInfoString(&buf, scope);
@@ -536,6 +739,7 @@ mig_validate(PG_FUNCTION_ARGS)
 				 errmsg("tbl must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	memset(&run, 0, sizeof(run));
+	run.cxt = CurrentMemoryContext;
 	run.fraction = 1.0;
 	if (!PG_ARGISNULL(1))
 	{
@@ -576,6 +780,7 @@ mig_validate(PG_FUNCTION_ARGS)
 	/* every row, whatever the policies: as the owner, RLS not forced */
 	mig_owner_switch(relid, &owner);
 	scan_table(&run);
+	add_predictions(&run);
 	mig_owner_restore(&owner);
 	AtEOXact_GUC(true, save_nestlevel);
 

@@ -79,6 +79,12 @@ mig_worker_start_handle(const char *entry, const char *name,
 				 errhint("Raise max_worker_processes (it needs a restart), or wait for other background workers to finish.")));
 
 	status = WaitForBackgroundWorkerStartup(handle, &pid);
+
+	/*
+	 * A worker that already finished (STOPPED before we looked: a short
+	 * job) counts as started; its callers read how it ended from the
+	 * catalog or from its queue.
+	 */
 	if (status == BGWH_STOPPED)
 		pid = 0;
 	else if (status != BGWH_STARTED)

@@ -17,3 +17,14 @@ ALTER TABLE migrate_ext.migration
 
 -- the catalog is read through the masked views only (see README "Security")
 REVOKE SELECT ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
+
+-- what an unfinished mig_contract added, by OID (contract_undo.c); after the
+-- REVOKE, which would give it an explicit ACL a fresh install does not have
+CREATE TABLE migrate_ext.contract_object (
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	classid		oid NOT NULL,
+	objid		oid NOT NULL,
+	relid		oid NOT NULL,
+	added_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);

@@ -92,7 +92,7 @@ pass('each status read sees the latest committed progress');
 my ($ret, $out, $err) = $node->psql('postgres',
 	q{SET statement_timeout = '10s'; SELECT count(*) FROM mig_validate('users')});
 is($ret, 0, 'mig_validate runs beside the writer') or diag($err);
-is($out, '3', 'with its three checks');
+is($out, '5', 'with its five checks (three on rows, evaluates, contract_blockers)');
 
 $node->safe_psql('postgres',
 	q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'DO %'});

@@ -1,0 +1,486 @@
+/*-------------------------------------------------------------------------
+ *
+ * contract_views.c
+ *	  The views that depend on an old column: found when contract plans,
+ *	  captured, dropped and recreated on the new column inside the swap.
+ *
+ * DROP COLUMN refuses while a view uses the column, and a view cannot be
+ * pointed at another column in place.  So every view that depends on an
+ * old column, and every view that depends on those (nested, diamonds, any
+ * schema), is captured inside the swap transaction, under its lock: the
+ * definition printed by pg_get_viewdef under the worker's search_path of
+ * pg_catalog (so every name is schema-qualified), its options
+ * (security_barrier, security_invoker, check_option), owner, table and
+ * column grants, comments, column defaults and INSTEAD OF triggers.  The
+ * views are dropped deepest first before the old column goes, and created
+ * again shallowest first once the new column carries the old one's name
+ * (a new column that keeps its own name carries the old one's only for
+ * that moment: renaming a column afterwards is followed by its views).
+ * The shape of every view (column names, order and types, but for the
+ * migrated column's intended type change) is compared before and after;
+ * any difference is an error, and the swap rolls back.
+ *
+ * What cannot be carried is refused when contract plans (and so named by
+ * validation's contract_blockers): materialized views, rules other than a
+ * view's own, functions or other objects using a view's row type, views
+ * whose owner the caller cannot act as, or in a schema where it cannot
+ * create.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/dependency.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/objectaddress.h"
+#include "catalog/pg_attrdef.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_rewrite.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "rewrite/rewriteSupport.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "contract.h"
+#include "migrate_ext.h"
+
+/* One column of a view's shape. */
+typedef struct ViewColumn
+{
+	char	   *name;
+	Oid			typid;
+	int32		typmod;
+} ViewColumn;
+
+/* A view as captured in the swap. */
+typedef struct ContractView
+{
+	Oid			oid;
+	char	   *nspname;
+	char	   *name;
+	char	   *qname;
+	char	   *create_sql;		/* CREATE VIEW and everything it had */
+	List	   *shape;			/* of ViewColumn * */
+} ContractView;
+
+/* The view whose rule this is, or InvalidOid for any other rule. */
+static Oid
+rule_view(Oid ruleoid, bool *is_return, char *relkind)
+{
+	Relation	rwrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			result = InvalidOid;
+
+	*is_return = false;
+	*relkind = '\0';
+	rwrel = table_open(RewriteRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ruleoid));
+	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
+
+		result = rw->ev_class;
+		*is_return = strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0;
+		*relkind = get_rel_relkind(rw->ev_class);
+	}
+	systable_endscan(scan);
+	table_close(rwrel, AccessShareLock);
+	return result;
+}
+
+/*
+ * What depends on a view (or its row type): its dependent views go to
+ * *found; anything else that a DROP VIEW would refuse for or silently take
+ * along, but for the view's own rule, triggers, defaults and type, is a
+ * blocker.
+ */
+static void
+view_dependents(Oid viewoid, Oid refclass, Oid refobj, List **found, List **blockers)
+{
+	Relation	deprel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	deprel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(refclass));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(refobj));
+	scan = systable_beginscan(deprel, DependReferenceIndexId, true, NULL, 2, key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tup);
+		ObjectAddress addr;
+
+		if (dep->deptype == DEPENDENCY_INTERNAL)
+			continue;			/* the view's own rule, its row type */
+		if (dep->classid == RewriteRelationId)
+		{
+			bool		is_return;
+			char		relkind;
+			Oid			ev = rule_view(dep->objid, &is_return, &relkind);
+
+			if (ev == viewoid)
+			{
+				if (!is_return)
+					*blockers = lappend(*blockers,
+										psprintf("a rule on view %s (mig_contract recreates the view, and would lose it)",
+												 get_rel_name(viewoid)));
+				continue;
+			}
+			if (is_return && relkind == RELKIND_VIEW)
+			{
+				*found = list_append_unique_oid(*found, ev);
+				continue;
+			}
+		}
+		if (dep->classid == TriggerRelationId || dep->classid == AttrDefaultRelationId ||
+			(dep->classid == TypeRelationId && dep->objid == get_rel_type_id(viewoid)))
+			continue;			/* carried with the view */
+		if (dep->classid == RelationRelationId && dep->objid == viewoid)
+			continue;
+		ObjectAddressSubSet(addr, dep->classid, dep->objid, dep->objsubid);
+		*blockers = lappend(*blockers,
+							psprintf("%s (it uses view %s, which mig_contract recreates)",
+									 getObjectDescription(&addr, false), get_rel_name(viewoid)));
+	}
+	systable_endscan(scan);
+	table_close(deprel, AccessShareLock);
+}
+
+/* Can the caller drop and recreate this view as its owner would have it? */
+static void
+check_view_rights(Oid viewoid, List **blockers)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(viewoid));
+	Form_pg_class cls;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", viewoid);
+	cls = (Form_pg_class) GETSTRUCT(tup);
+	if (!has_privs_of_role(GetUserId(), cls->relowner) ||
+		!is_member_of_role(GetUserId(), cls->relowner))
+		*blockers = lappend(*blockers,
+							psprintf("view %s, owned by %s, which the caller cannot act as to recreate it",
+									 NameStr(cls->relname), GetUserNameFromId(cls->relowner, false)));
+	else if (pg_namespace_aclcheck(cls->relnamespace, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		*blockers = lappend(*blockers,
+							psprintf("view %s, in schema %s where the caller may not create it again",
+									 NameStr(cls->relname), get_namespace_name(cls->relnamespace)));
+	ReleaseSysCache(tup);
+}
+
+/*
+ * The views to recreate, from those using an old column directly: every
+ * view above them, ordered so that a view comes after every view it reads
+ * (shallowest first).  What cannot be carried goes to plan->blockers.
+ */
+void
+mig_contract_plan_views(ContractPlan *plan, List *direct)
+{
+	List	   *all = list_copy(direct);
+	List	   *children = NIL; /* per view of all, in step: the views reading it */
+	List	   *ordered = NIL;
+	ListCell   *lc;
+
+	/* all grows while it is walked: the closure */
+	for (int i = 0; i < list_length(all); i++)
+	{
+		Oid			v = list_nth_oid(all, i);
+		List	   *found = NIL;
+
+		view_dependents(v, RelationRelationId, v, &found, &plan->blockers);
+		view_dependents(v, TypeRelationId, get_rel_type_id(v), &found, &plan->blockers);
+		check_view_rights(v, &plan->blockers);
+		foreach(lc, found)
+			all = list_append_unique_oid(all, lfirst_oid(lc));
+		children = lappend(children, found);
+	}
+
+	/* a view once no view it reads is left to place */
+	while (list_length(ordered) < list_length(all))
+	{
+		bool		placed = false;
+
+		for (int i = 0; i < list_length(all); i++)
+		{
+			Oid			v = list_nth_oid(all, i);
+			bool		ready = !list_member_oid(ordered, v);
+
+			for (int j = 0; ready && j < list_length(all); j++)
+				if (list_member_oid(list_nth(children, j), v) &&
+					!list_member_oid(ordered, list_nth_oid(all, j)))
+					ready = false;
+			if (!ready)
+				continue;
+			ordered = lappend_oid(ordered, v);
+			placed = true;
+		}
+		if (!placed)
+			elog(ERROR, "dependency loop among the views of table %u", plan->relid);
+	}
+	plan->views = ordered;
+	foreach(lc, ordered)
+		plan->lockrels = list_append_unique_oid(plan->lockrels, lfirst_oid(lc));
+}
+
+/*
+ * Where the captured views live: SPI switches to its own context, which
+ * SPI_finish frees, at the end of every call.
+ */
+static MemoryContext capture_cxt = NULL;
+
+/* Run a read-only query with one oid parameter; the rows stay until SPI_finish. */
+static void
+query_oid(const char *sql, Oid arg)
+{
+	if (SPI_execute_with_args(sql, 1, (Oid[]) {OIDOID}, (Datum[]) {ObjectIdGetDatum(arg)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	MemoryContextSwitchTo(capture_cxt);
+}
+
+/* GRANT statements from one ACL: the view's, or one column's. */
+static void
+grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
+{
+	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
+							  "FROM pg_catalog.aclexplode($1) a ORDER BY 1, 2",
+							  1, (Oid[]) {ACLITEMARRAYOID}, &acl, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read the privileges of view %s", cv->name);
+	MemoryContextSwitchTo(capture_cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		grantable = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+
+		appendStringInfo(out, "GRANT %s%s%s%s ON %s TO %s%s;",
+						 SPI_getvalue(tup, desc, 2), col ? " (" : "",
+						 col ? quote_identifier(col) : "", col ? ")" : "", cv->qname,
+						 grantee == InvalidOid ? "PUBLIC" :
+						 quote_identifier(GetUserNameFromId(grantee, false)),
+						 grantable ? " WITH GRANT OPTION" : "");
+	}
+}
+
+/* The view's columns: its shape, their grants, comments and defaults. */
+static void
+capture_columns(ContractView *cv, StringInfo post)
+{
+	List	   *acls = NIL;
+	List	   *aclcols = NIL;
+
+	query_oid("SELECT a.attname, a.atttypid, a.atttypmod, a.attacl, "
+			  "pg_catalog.col_description(a.attrelid, a.attnum), "
+			  "pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+			  "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d "
+			  "ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+			  "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
+			  "ORDER BY a.attnum", cv->oid);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		ViewColumn *vc = palloc(sizeof(ViewColumn));
+		bool		isnull;
+		Datum		acl;
+		char	   *comment = SPI_getvalue(tup, desc, 5);
+		char	   *def = SPI_getvalue(tup, desc, 6);
+
+		vc->name = pstrdup(SPI_getvalue(tup, desc, 1));
+		vc->typid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		vc->typmod = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		cv->shape = lappend(cv->shape, vc);
+		acl = SPI_getbinval(tup, desc, 4, &isnull);
+		if (!isnull)
+		{
+			acls = lappend(acls, DatumGetPointer(datumCopy(acl, false, -1)));
+			aclcols = lappend(aclcols, vc->name);
+		}
+		if (comment)
+			appendStringInfo(post, "COMMENT ON COLUMN %s.%s IS %s;", cv->qname,
+							 quote_identifier(vc->name), quote_literal_cstr(comment));
+		if (def)
+			appendStringInfo(post, "ALTER VIEW %s ALTER COLUMN %s SET DEFAULT %s;", cv->qname,
+							 quote_identifier(vc->name), def);
+	}
+	for (int i = 0; i < list_length(acls); i++)
+		grants_of(cv, list_nth(aclcols, i), PointerGetDatum(list_nth(acls, i)), post);
+}
+
+/*
+ * Everything about one view that DROP VIEW would lose, as the statements
+ * that give it back.  In the swap, under the view's lock; SPI connected.
+ */
+static ContractView *
+capture_view(Oid viewoid)
+{
+	ContractView *cv = palloc0(sizeof(ContractView));
+	StringInfoData sql;
+	StringInfoData post;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	bool		aclnull;
+	Datum		acl;
+	char	   *opts;
+	char	   *comment;
+	Oid			owner;
+
+	cv->oid = viewoid;
+	cv->nspname = get_namespace_name(get_rel_namespace(viewoid));
+	cv->name = get_rel_name(viewoid);
+	cv->qname = quote_qualified_identifier(cv->nspname, cv->name);
+	initStringInfo(&sql);
+	initStringInfo(&post);
+
+	query_oid("SELECT pg_catalog.pg_get_viewdef(c.oid), "
+			  "pg_catalog.array_to_string(c.reloptions, ', '), c.relacl, c.relowner, "
+			  "pg_catalog.obj_description(c.oid, 'pg_class') "
+			  "FROM pg_catalog.pg_class c WHERE c.oid = $1", viewoid);
+	if (SPI_processed != 1)
+		elog(ERROR, "cache lookup failed for view %u", viewoid);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	opts = SPI_getvalue(tup, desc, 2);
+	appendStringInfo(&sql, "CREATE VIEW %s%s%s%s AS %s", cv->qname,
+					 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
+					 opts && *opts ? ")" : "", SPI_getvalue(tup, desc, 1));
+	/* pg_get_viewdef ends with ';' */
+	acl = SPI_getbinval(tup, desc, 3, &aclnull);
+	if (!aclnull)
+		acl = datumCopy(acl, false, -1);
+	owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+	comment = SPI_getvalue(tup, desc, 5);
+	if (comment)
+		appendStringInfo(&post, "COMMENT ON VIEW %s IS %s;", cv->qname, quote_literal_cstr(comment));
+	if (!aclnull)
+		grants_of(cv, NULL, acl, &post);
+
+	query_oid("SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
+			  "WHERE t.tgrelid = $1 AND NOT t.tgisinternal ORDER BY t.tgname", viewoid);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		appendStringInfo(&post, "%s;", SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+
+	capture_columns(cv, &post);
+	appendStringInfo(&sql, "%s ALTER VIEW %s OWNER TO %s;", post.data, cv->qname,
+					 quote_identifier(GetUserNameFromId(owner, false)));
+	cv->create_sql = sql.data;
+	return cv;
+}
+
+/*
+ * Capture every view of the plan and return the DROP statements, deepest
+ * first.  In the swap transaction, under the views' locks.
+ */
+List *
+mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
+{
+	List	   *views = NIL;
+
+	ListCell   *lc;
+
+	capture_cxt = CurrentMemoryContext;
+	SPI_connect();
+	/* what is captured outlives SPI */
+	MemoryContextSwitchTo(capture_cxt);
+	foreach(lc, plan->views)
+		views = lappend(views, capture_view(lfirst_oid(lc)));
+	SPI_finish();
+	for (int i = list_length(views) - 1; i >= 0; i--)
+		appendStringInfo(drop_sql, "DROP VIEW %s;", ((ContractView *) list_nth(views, i))->qname);
+	return views;
+}
+
+/* Are two types the pair's old and new type (the intended change)? */
+static bool
+intended_change(ContractPlan *plan, ViewColumn *before, ViewColumn *after)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (before->typid == c->old_typid && after->typid == c->new_typid)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Create the views again, shallowest first, and compare each one's shape
+ * with what it was.  In the swap transaction: an error rolls it all back.
+ */
+void
+mig_contract_recreate_views(ContractPlan *plan, List *views)
+{
+	ListCell   *lc;
+
+	foreach(lc, views)
+	{
+		ContractView *cv = lfirst(lc);
+		Oid			newoid;
+		ListCell   *b;
+		int			attnum = 0;
+
+		SPI_connect();
+		if (SPI_execute(cv->create_sql, false, 0) < 0)
+			elog(ERROR, "migrate_ext: could not run \"%s\"", cv->create_sql);
+		SPI_finish();
+		CommandCounterIncrement();
+		newoid = get_relname_relid(cv->name, get_namespace_oid(cv->nspname, false));
+		foreach(b, cv->shape)
+		{
+			ViewColumn *before = lfirst(b);
+			ViewColumn	after;
+			HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(newoid),
+											  Int16GetDatum(++attnum));
+			bool		same;
+
+			if (!HeapTupleIsValid(tup))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+						 errmsg("view %s lost column \"%s\" when mig_contract recreated it",
+								cv->qname, before->name),
+						 errdetail("Nothing was changed: the swap was rolled back.")));
+			after.name = NameStr(((Form_pg_attribute) GETSTRUCT(tup))->attname);
+			after.typid = ((Form_pg_attribute) GETSTRUCT(tup))->atttypid;
+			after.typmod = ((Form_pg_attribute) GETSTRUCT(tup))->atttypmod;
+			same = strcmp(after.name, before->name) == 0 &&
+				((after.typid == before->typid && after.typmod == before->typmod) ||
+				 intended_change(plan, before, &after));
+			ReleaseSysCache(tup);
+			if (!same)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+						 errmsg("view %s would change shape when mig_contract recreates it",
+								cv->qname),
+						 errdetail("Column %d was \"%s\" of type %s; it would be \"%s\" of type %s. Nothing was changed: the swap was rolled back.",
+								   attnum, before->name, format_type_with_typemod(before->typid, before->typmod),
+								   after.name, format_type_with_typemod(after.typid, after.typmod))));
+		}
+	}
+}
