@@ -11,11 +11,12 @@
  *	   even where event triggers do not fire (single-user mode);
  *	 - the event trigger on ddl_command_start refuses those commands first,
  *	   with an error that names the migration and the way out (mig_abort);
- *	 - the event trigger on sql_drop aborts the active migration of a
- *	   dropped table (no phantom is left behind) and refuses DROP TRIGGER
- *	   of the dual-write trigger of an active migration, except from
- *	   migrate_ext's own contract; mig_abort_id() aborts a phantom that a
- *	   dump and restore left (the catalog's rows name old OIDs);
+ *	 - the event trigger on ddl_command_start also refuses DROP TRIGGER of
+ *	   the dual-write trigger of an active migration, except from
+ *	   migrate_ext's own contract; the one on sql_drop aborts the active
+ *	   migration of a dropped table (no phantom is left behind);
+ *	   mig_abort_id() aborts a phantom that a dump and restore left (the
+ *	   catalog's rows name old OIDs);
  *	 - the event trigger on ddl_command_end refuses a BEFORE ROW trigger
  *	   that would fire after the dual-write trigger (CREATE TRIGGER, ALTER
  *	   TRIGGER ... RENAME), and records in the catalog (invalidated_at,
@@ -109,6 +110,66 @@ guard_alter_start(AlterTableStmt *stmt)
 	}
 }
 
+/*
+ * Is this the background worker of a mig_contract?  Its swap drops the
+ * dual-write trigger itself, in a statement of its own, before it records
+ * the phase contracted.  (mig_abort drops it with performDeletion(), which
+ * fires no event trigger.)
+ */
+static bool
+in_contract_worker(void)
+{
+	return MyBgworkerEntry != NULL &&
+		strcmp(MyBgworkerEntry->bgw_library_name, "migrate_ext") == 0 &&
+		strcmp(MyBgworkerEntry->bgw_function_name, "mig_contract_worker_main") == 0;
+}
+
+/*
+ * ddl_command_start, DROP TRIGGER: refuse to drop the dual-write trigger
+ * of an active migration (recognised by its function and argument, the
+ * trigger still being there).  Without it writes stop keeping the pair in
+ * step, and nothing could bring the migration back but mig_abort.
+ */
+static void
+guard_drop_trigger_start(DropStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (in_contract_worker())
+		return;
+	foreach(lc, stmt->objects)
+	{
+		List	   *names = lfirst_node(List, lc);
+		RangeVar   *rv;
+		Oid			relid;
+		Oid			tgoid;
+		int64		id;
+		MigMigration *m;
+
+		/* [schema.]table.trigger */
+		if (list_length(names) < 2)
+			continue;
+		rv = makeRangeVarFromNameList(list_truncate(list_copy(names), list_length(names) - 1));
+		relid = RangeVarGetRelid(rv, NoLock, true);
+		if (!OidIsValid(relid))
+			continue;
+		tgoid = mig_dualwrite_trigger(relid, &id, NULL);
+		if (!OidIsValid(tgoid) ||
+			get_trigger_oid(relid, strVal(llast(names)), true) != tgoid)
+			continue;
+		m = mig_catalog_by_id(id);
+		if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop the dual-write trigger of migration " INT64_FORMAT " on table \"%s\"",
+						id, get_rel_name(relid)),
+				 errdetail("Without it, writes to the table no longer keep the new column in step with the old one."),
+				 errhint("Finish the migration with mig_contract(), or roll it back with mig_abort('%s'), which drops the trigger.",
+						 get_rel_name(relid))));
+	}
+}
+
 Datum
 mig_guard_ddl_start(PG_FUNCTION_ARGS)
 {
@@ -119,6 +180,9 @@ mig_guard_ddl_start(PG_FUNCTION_ARGS)
 	trigdata = (EventTriggerData *) fcinfo->context;
 	if (IsA(trigdata->parsetree, AlterTableStmt))
 		guard_alter_start((AlterTableStmt *) trigdata->parsetree);
+	else if (IsA(trigdata->parsetree, DropStmt) &&
+			 ((DropStmt *) trigdata->parsetree)->removeType == OBJECT_TRIGGER)
+		guard_drop_trigger_start((DropStmt *) trigdata->parsetree);
 	PG_RETURN_VOID();
 }
 
@@ -198,20 +262,6 @@ mig_guard_ddl_end(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/*
- * Is this the background worker of a mig_contract?  Its swap drops the
- * dual-write trigger itself, in a statement of its own, before it records
- * the phase contracted.  (mig_abort drops it with performDeletion(), which
- * fires no event trigger.)
- */
-static bool
-in_contract_worker(void)
-{
-	return MyBgworkerEntry != NULL &&
-		strcmp(MyBgworkerEntry->bgw_library_name, "migrate_ext") == 0 &&
-		strcmp(MyBgworkerEntry->bgw_function_name, "mig_contract_worker_main") == 0;
-}
-
 /* A dropped table: its active migration is aborted, its backfill cancelled. */
 static void
 guard_table_dropped(Oid relid)
@@ -229,44 +279,14 @@ guard_table_dropped(Oid relid)
 }
 
 /*
- * A dropped trigger on a table that still exists: when it was the
- * dual-write trigger of the table's active migration, refuse.  Without it
- * writes stop keeping the pair in step, and nothing could bring the
- * migration back but mig_abort.
- */
-static void
-guard_trigger_dropped(Oid relid)
-{
-	MigMigration *m;
-	int64		id;
-
-	if (!OidIsValid(relid) || get_rel_relkind(relid) == '\0')
-		return;
-	m = mig_catalog_active(relid, true);
-	if (m == NULL || in_contract_worker())
-		return;
-	if (OidIsValid(mig_dualwrite_trigger(relid, &id, NULL)) && id == m->id)
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-			 errmsg("cannot drop the dual-write trigger of migration " INT64_FORMAT " on table \"%s\"",
-					m->id, get_rel_name(relid)),
-			 errdetail("Without it, writes to the table no longer keep the new column in step with the old one."),
-			 errhint("Finish the migration with mig_contract(), or roll it back with mig_abort('%s'), which drops the trigger.",
-					 get_rel_name(relid))));
-}
-
-/*
  * sql_drop: a dropped table takes its active migration with it (aborted,
- * so that no phantom is left that nobody can abort); a dropped dual-write
- * trigger of an active migration is refused.
+ * so that no phantom is left that nobody can abort).
  */
 Datum
 mig_guard_sql_drop(PG_FUNCTION_ARGS)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	List	   *tables = NIL;
-	List	   *trigger_tables = NIL;
 	ListCell   *lc;
 	bool		pushed = false;
 
@@ -285,44 +305,25 @@ mig_guard_sql_drop(PG_FUNCTION_ARGS)
 		pushed = true;
 	}
 	SPI_connect();
-	if (SPI_execute("SELECT d.objid, d.object_type, d.address_names "
-					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
-					"WHERE d.object_type OPERATOR(pg_catalog.=) ANY ('{table,trigger}'::pg_catalog.text[]) "
+	if (SPI_execute("SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.object_type OPERATOR(pg_catalog.=) 'table' "
 					"AND d.objsubid OPERATOR(pg_catalog.=) 0", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "migrate_ext: could not read the dropped objects");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		Oid			objid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		char	   *type = SPI_getvalue(tup, desc, 2);
+		Oid			objid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1,
+														   &isnull));
 		MemoryContext old = MemoryContextSwitchTo(callercxt);
 
-		if (strcmp(type, "table") == 0)
-			tables = lappend_oid(tables, objid);
-		else
-		{
-			/* address_names of a trigger: schema, table, trigger */
-			Datum		names = SPI_getbinval(tup, desc, 3, &isnull);
-			Datum	   *elems;
-			int			n;
-
-			deconstruct_array(DatumGetArrayTypeP(names), TEXTOID, -1, false,
-							  TYPALIGN_INT, &elems, NULL, &n);
-			if (n == 3)
-				trigger_tables = lappend_oid(trigger_tables,
-											 get_relname_relid(TextDatumGetCString(elems[1]),
-															   get_namespace_oid(TextDatumGetCString(elems[0]), true)));
-		}
+		tables = lappend_oid(tables, objid);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
 
 	foreach(lc, tables)
 		guard_table_dropped(lfirst_oid(lc));
-	foreach(lc, trigger_tables)
-		guard_trigger_dropped(lfirst_oid(lc));
 	if (pushed)
 		PopActiveSnapshot();
 	PG_RETURN_VOID();
