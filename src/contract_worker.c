@@ -593,6 +593,8 @@ swap_drop_sql(ContractPlan *plan, StringInfo sql)
 		if (c->widen_seq)
 			appendStringInfo(sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
 	}
+	if (plan->dropcols == NIL)
+		return;					/* keep_old: the old columns stay */
 	appendStringInfo(sql, "ALTER TABLE %s", plan->qname);
 	foreach(lc, plan->dropcols)
 		appendStringInfo(sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",

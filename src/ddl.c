@@ -104,7 +104,10 @@ typedef struct ExpandArgs
 	char	   *up_src;
 	char	   *down_src;
 	char	   *check_src;
+	char	   *new_default_src;
+	Node	   *new_default;
 	bool		not_null;
+	bool		keep_old;
 	AttrNumber	old_attnum;
 	Oid			typid;
 	int32		typmod;
@@ -175,7 +178,15 @@ expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
 	a->down_src = text_arg(fcinfo, 5);
 	a->not_null = PG_ARGISNULL(6) ? false : PG_GETARG_BOOL(6);
 	a->check_src = text_arg(fcinfo, 7);
+	a->new_default_src = text_arg(fcinfo, 8);
+	a->keep_old = PG_ARGISNULL(9) ? false : PG_GETARG_BOOL(9);
 
+	if (a->keep_old && a->in_place)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep_old needs a new_col"),
+				 errdetail("With keep_old, contract keeps column \"%s\", so the new column needs a name of its own.",
+						   a->col)));
 	expand_check_table(rel);
 	a->old_attnum = column_attnum(rel, a->col, false);
 	oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
@@ -195,6 +206,32 @@ expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("column cannot be of pseudo-type %s", format_type_be(a->typid))));
+	a->new_default = a->new_default_src == NULL ? NULL :
+		mig_cook_default(rel, a->new_default_src, a->typid, a->typmod,
+						 a->in_place ? a->col : a->new_col);
+}
+
+/*
+ * The pairs of one migration all keep their old columns or all drop them:
+ * contract is one swap, and a split whose old column both stays and goes
+ * means nothing.
+ */
+static void
+expand_check_keep_old(Relation rel, MigMigration *m, ExpandArgs *a)
+{
+	MigPair    *first;
+
+	if (m == NULL || m->pairs == NIL)
+		return;
+	first = linitial(m->pairs);
+	if (first->keep_old != a->keep_old)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep_old must be the same for every column pair of a migration"),
+				 errdetail("The migration of table \"%s\" was expanded with keep_old => %s.",
+						   RelationGetRelationName(rel), first->keep_old ? "true" : "false"),
+				 errhint("Contract or abort it first, or call mig_expand with keep_old => %s.",
+						 first->keep_old ? "true" : "false")));
 }
 
 /*
@@ -318,6 +355,9 @@ expand_pair(Relation rel, ExpandArgs *a, Node *up, MigPair *pair)
 									  oldatt->atttypmod);
 	pair->not_null = a->not_null;
 	pair->check_src = a->check_src;
+	pair->new_default_src = a->new_default_src;
+	pair->new_default = a->new_default;
+	pair->keep_old = a->keep_old;
 	if (a->check_src)
 		pair->check = mig_cook_expr(rel, a->check_src, "check", BOOLOID, -1, true);
 }
@@ -407,7 +447,8 @@ expand_create_trigger(const char *qname, int64 migration_id)
 }
 
 /*
- * mig_expand(tbl, col, new_col, type, up, down, not_null, check_expr)
+ * mig_expand(tbl, col, new_col, type, up, down, not_null, check_expr,
+ *			  new_default, keep_old)
  *
  * Adds the new column (nullable, no default: metadata-only) and, for the
  * first pair, the dual-write trigger.  A second call before the backfill
@@ -436,6 +477,7 @@ mig_expand(PG_FUNCTION_ARGS)
 	rel = mig_open_table(a.relid, AccessShareLock);
 	expand_args(fcinfo, rel, &a);
 	m = expand_active(rel);
+	expand_check_keep_old(rel, m, &a);
 	if (m == NULL)
 		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
 	if (column_attnum(rel, a.new_col, true) != InvalidAttrNumber)

@@ -52,6 +52,9 @@ typedef struct MigPair
 	bool		not_null;
 	char	   *check_src;
 	Node	   *check;
+	char	   *new_default_src;	/* NULL: the old column's default */
+	Node	   *new_default;	/* cooked for the new column, or NULL */
+	bool		keep_old;		/* contract keeps old_col, ends dual-write */
 } MigPair;
 
 /*
@@ -125,6 +128,8 @@ extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 						   Oid typid, int32 typmod, bool is_check);
 extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
+extern Node *mig_cook_default(Relation rel, const char *src, Oid typid,
+							  int32 typmod, const char *attname);
 extern char *mig_deparse(Node *expr, Oid relid);
 struct ParseState;
 extern void mig_check_expr(Relation rel, Node *expr, const char *what,

@@ -28,3 +28,9 @@ CREATE TABLE migrate_ext.contract_object (
 	added_at	timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);
+
+-- mig_expand's new_default and keep_old (ddl.c)
+ALTER TABLE migrate_ext.column_pair
+	ADD COLUMN new_default_src text,
+	ADD COLUMN new_default_expr text,
+	ADD COLUMN keep_old boolean NOT NULL DEFAULT false;
