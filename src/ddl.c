@@ -447,6 +447,61 @@ expand_create_trigger(const char *qname, int64 migration_id)
 }
 
 /*
+ * Can the change be made by PostgreSQL in the catalog alone?  Only an
+ * in-place type change with the default up and nothing else asked for (no
+ * down, constraint or keep_old, no other pair), whose ALTER COLUMN ... TYPE
+ * would not rewrite the table by PostgreSQL's own rules.
+ */
+static bool
+expand_no_rewrite(Relation rel, ExpandArgs *a, MigMigration *m)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+
+	if (!a->in_place || a->up_src || a->down_src || a->not_null || a->check_src ||
+		a->keep_old || m != NULL || a->type == NULL ||
+		(a->typid == oldatt->atttypid && a->typmod == oldatt->atttypmod))
+		return false;
+	return !mig_retype_needs_rewrite(rel, a->old_attnum, a->typid, a->typmod);
+}
+
+/*
+ * The change made in the catalog, recorded as a migration that went from
+ * expanded straight to contracted (mig_history shows it, with why).
+ */
+static int64
+expand_retype(Relation rel, ExpandArgs *a)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+	const char *qname = mig_qualified_name(a->relid);
+	char	   *detail;
+	MigPair		pair;
+	int64		id;
+
+	ereport(NOTICE,
+			(errmsg("column \"%s\" changes from %s to %s without a rewrite",
+					a->col, format_type_with_typemod(oldatt->atttypid, oldatt->atttypmod),
+					format_type_with_typemod(a->typid, a->typmod)),
+			 errdetail("PostgreSQL changes this type in the catalog alone: no new column, no backfill; one ALTER TABLE under the lock ladder, its views recreated."),
+			 errhint("The migration is contracted already: mig_history shows it.")));
+	detail = mig_retype_run(rel, a->old_attnum, a->typid, a->typmod, a->new_default);
+	rel = table_open(a->relid, NoLock);
+
+	memset(&pair, 0, sizeof(pair));
+	pair.old_col = pair.new_col = a->col;
+	pair.old_attnum = pair.new_attnum = a->old_attnum;
+	pair.in_place = true;
+	pair.new_type = format_type_with_typemod(a->typid, a->typmod);
+	pair.up = mig_default_cast(rel, a->old_attnum, a->typid, a->typmod);
+	pair.new_default_src = a->new_default_src;
+	pair.new_default = a->new_default;
+	id = expand_insert(rel, qname, NULL, &pair);
+	table_close(rel, NoLock);
+	if (!mig_catalog_move_phase(id, MIG_PHASE_EXPANDED, MIG_PHASE_CONTRACTED, detail))
+		elog(ERROR, "migration " INT64_FORMAT " moved while it was recorded", id);
+	return id;
+}
+
+/*
  * mig_expand(tbl, col, new_col, type, up, down, not_null, check_expr,
  *			  new_default, keep_old)
  *
@@ -486,6 +541,8 @@ mig_expand(PG_FUNCTION_ARGS)
 				 errmsg("column \"%s\" of relation \"%s\" already exists",
 						a.new_col, RelationGetRelationName(rel)),
 				 errhint("Choose another new_col.")));
+	if (expand_no_rewrite(rel, &a, m))
+		PG_RETURN_INT64(expand_retype(rel, &a));
 
 	/* up references only existing columns, so it is checked before the lock */
 	up = a.up_src ? mig_cook_expr(rel, a.up_src, "up", a.typid, a.typmod, false)

@@ -244,6 +244,12 @@ extern void mig_check_trigger_order(Relation rel, const char *dwname);
 /* contract_undo.c: drop what an unfinished mig_contract added */
 extern int	mig_contract_undo(int64 migration_id);
 
+/* contract_retype.c: a type change made in the catalog alone */
+extern bool mig_retype_needs_rewrite(Relation rel, AttrNumber attnum, Oid typid,
+									 int32 typmod);
+extern char *mig_retype_run(Relation rel, AttrNumber attnum, Oid typid,
+							int32 typmod, Node *new_default);
+
 /* horizon.c */
 extern bool mig_release_xmin(void);
 extern int	mig_busy_sessions_count(void);
