@@ -473,17 +473,18 @@ expand_retype(Relation rel, ExpandArgs *a)
 {
 	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
 	const char *qname = mig_qualified_name(a->relid);
+	char	   *from;
 	char	   *detail;
 	MigPair		pair;
 	int64		id;
 
-	ereport(NOTICE,
-			(errmsg("column \"%s\" changes from %s to %s without a rewrite",
-					a->col, format_type_with_typemod(oldatt->atttypid, oldatt->atttypmod),
-					format_type_with_typemod(a->typid, a->typmod)),
-			 errdetail("PostgreSQL changes this type in the catalog alone: no new column, no backfill; one ALTER TABLE under the lock ladder, its views recreated."),
-			 errhint("The migration is contracted already: mig_history shows it.")));
+	from = format_type_with_typemod(oldatt->atttypid, oldatt->atttypmod);
 	detail = mig_retype_run(rel, a->old_attnum, a->typid, a->typmod, a->new_default);
+	ereport(NOTICE,
+			(errmsg("column \"%s\" changed from %s to %s without a rewrite",
+					a->col, from, format_type_with_typemod(a->typid, a->typmod)),
+			 errdetail("PostgreSQL changes this type in the catalog alone: no new column and no backfill, one ALTER TABLE under the lock ladder, its views recreated."),
+			 errhint("The migration is contracted already: mig_history shows it.")));
 	rel = table_open(a->relid, NoLock);
 
 	memset(&pair, 0, sizeof(pair));
