@@ -21,11 +21,13 @@
 #include "postgres.h"
 
 #include "access/relation.h"
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "common/pg_prng.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_publication.h"
 #include "catalog/pg_trigger.h"
@@ -36,6 +38,7 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
 #include "parser/parse_type.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
@@ -44,6 +47,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
@@ -137,6 +141,61 @@ expand_check_table(Relation rel)
 						RelationGetRelationName(rel)),
 				 errdetail("ADD COLUMN would reach every child, but dual-write, backfill and validation would cover only this table, and contract would drop the other members' data."),
 				 errhint("Detach the children (ALTER TABLE ... NO INHERIT), or change the column with ALTER TABLE.")));
+}
+
+/*
+ * Partitioned tables and their partitions are refused up front, with what
+ * to do instead: a partition-key column can never change in place (rows are
+ * routed by it), a partition is not the unit (its columns are its parent's),
+ * and the partitioned table itself is not migrated yet (dual-write on every
+ * leaf, a backfill per leaf and validation over all of them are not built).
+ */
+static void
+expand_check_partitioning(Oid relid, const char *col)
+{
+	char		relkind = get_rel_relkind(relid);
+	Relation	rel;
+	AttrNumber	attnum;
+	bool		key = false;
+
+	if ((relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE) &&
+		get_rel_relispartition(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate partition \"%s\" on its own", get_rel_name(relid)),
+				 errdetail("It is a partition of \"%s\"; a partition's columns are its partitioned table's, so the partitioned table is the unit of a migration.",
+						   get_rel_name(get_partition_parent(relid, true))),
+				 errhint("migrate_ext does not migrate partitioned tables yet (see its README, Limitations): change the column on the partitioned table with ALTER TABLE ... ALTER COLUMN ... TYPE.")));
+	if (relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+
+	rel = table_open(relid, AccessShareLock);
+	attnum = get_attnum(relid, col);
+	if (attnum != InvalidAttrNumber)
+	{
+		PartitionKey pk = RelationGetPartitionKey(rel);
+		Bitmapset  *exprcols = NULL;
+
+		for (int i = 0; i < pk->partnatts; i++)
+			key |= pk->partattrs[i] == attnum;
+		pull_varattnos((Node *) pk->partexprs, 1, &exprcols);
+		key |= bms_is_member(attnum - FirstLowInvalidHeapAttributeNumber, exprcols);
+	}
+	table_close(rel, AccessShareLock);
+	if (key)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot change partition-key column \"%s\" of partitioned table \"%s\" in place",
+						col, get_rel_name(relid)),
+				 errdetail("Rows are routed to partitions by this column; a new column in its place would need every row moved and every partition bound restated."),
+				 errhint("Rewrite the data into a new table partitioned by the new column (CREATE TABLE ... PARTITION BY, copy, then swap the names), or use ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot migrate partitioned table \"%s\" yet", get_rel_name(relid)),
+			 errdetail("Dual-write on every partition, a backfill of each leaf and validation over all of them are not built yet; ADD COLUMN alone would leave the partitions' rows unchecked."),
+			 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
 }
 
 /* Say which publications will send the new column to their subscribers. */
@@ -530,6 +589,7 @@ mig_expand(PG_FUNCTION_ARGS)
 	a.relid = PG_GETARG_OID(0);
 
 	/* Everything that can be checked without a strong lock, first. */
+	expand_check_partitioning(a.relid, NameStr(*PG_GETARG_NAME(1)));
 	rel = mig_open_table(a.relid, AccessShareLock);
 	expand_args(fcinfo, rel, &a);
 	m = expand_active(rel);

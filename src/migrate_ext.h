@@ -173,7 +173,9 @@ typedef enum MigJobSetting
 	MIG_JOB_TARGET_BATCH_MS,
 	MIG_JOB_SLEEP_MS,
 	MIG_JOB_MAX_REPLICA_LAG,
-	MIG_JOB_MAX_ROWS_PER_SEC
+	MIG_JOB_MAX_ROWS_PER_SEC,
+	MIG_JOB_FIRE_TRIGGERS,
+	MIG_JOB_PARALLEL			/* always 1 so far: nothing to store */
 } MigJobSetting;
 
 /* A new job's settings, as mig_backfill was given them. */
@@ -185,6 +187,7 @@ typedef struct MigJobSettings
 	int32		sleep_ms;
 	Interval   *max_replica_lag;	/* NULL: none */
 	int64		max_rows_per_sec;	/* 0: none */
+	bool		fire_triggers;	/* the table's other triggers fire too */
 } MigJobSettings;
 
 /* What one committed batch adds to its job row. */
@@ -209,6 +212,7 @@ struct LOCKTAG;
 
 extern const char *mig_job_state_name(JobState state);
 extern JobState mig_job_state_parse(const char *name);
+extern bool mig_job_has_column(const char *name);
 extern bool mig_job_state_live(JobState state);
 extern bool mig_job_state_ended(JobState state);
 extern int32 mig_job_liveness_key(void);
@@ -224,7 +228,7 @@ extern void mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value,
 								bool isnull);
 extern void mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
 							   Datum upper_key, bool upper_null, int64 rows_total,
-							   bool exact);
+							   bool exact, Oid relfilenode);
 extern void mig_job_claim(int64 job_id, int pid);
 extern void mig_job_mark_interrupted(int64 job_id);
 extern void mig_job_end(int64 job_id, JobState state, const char *error,

@@ -128,6 +128,13 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", relid)));
+	if (relkind == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("migrate_ext does not migrate partitioned tables yet; \"%s\" is one",
+						get_rel_name(relid)),
+				 errdetail("No migration of a partitioned table can exist: mig_expand refuses them."),
+				 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
 	if (relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),

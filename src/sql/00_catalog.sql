@@ -116,7 +116,10 @@ CREATE TABLE migrate_ext.job (
 	vacuums		int NOT NULL DEFAULT 0,	/* VACUUMs the worker ran to reuse space */
 	started_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	finished_at	timestamptz
+	finished_at	timestamptz,
+	fire_triggers boolean NOT NULL DEFAULT false,	/* the other triggers of the table fire */
+	walk_relfilenode oid		/* the file of the table when the walk started: a ctid
+								 * walk starts again after a rewrite */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */
