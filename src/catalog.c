@@ -269,7 +269,9 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 			p->check = get_tree(pt, pd, "check_expr");
 			p->new_default_src = get_text(pt, pd, "new_default_src");
 			p->new_default = get_tree(pt, pd, "new_default_expr");
-			p->keep_old = strcmp(SPI_getvalue(pt, pd, SPI_fnumber(pd, "keep_old")), "t") == 0;
+			/* NULL under a 0.1 catalog (library updated, extension not yet) */
+			p->keep_old = get_text(pt, pd, "keep_old") != NULL &&
+				strcmp(get_text(pt, pd, "keep_old"), "t") == 0;
 			m->pairs = lappend(m->pairs, p);
 		}
 		MemoryContextSwitchTo(spicxt);
@@ -396,13 +398,21 @@ mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 	v[2] = DirectFunctionCall1(namein, v[2]);
 	v[4] = DirectFunctionCall1(namein, v[4]);
 
-	mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
-					 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
-					 "down_src, down_expr, not_null, check_src, check_expr, new_default_src, "
-					 "new_default_expr, keep_old) "
-					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
-					 "$16, $17, $18)",
-					 18, types, v, n, 1);
+	/* a pair without them also fits a 0.1 catalog (extension not updated yet) */
+	if (p->new_default_src == NULL && !p->keep_old)
+		mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
+						 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
+						 "down_src, down_expr, not_null, check_src, check_expr) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+						 15, types, v, n, 1);
+	else
+		mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
+						 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
+						 "down_src, down_expr, not_null, check_src, check_expr, new_default_src, "
+						 "new_default_expr, keep_old) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+						 "$16, $17, $18)",
+						 18, types, v, n, 1);
 }
 
 /*

@@ -501,6 +501,7 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 		c->finalname = p->in_place ? c->oldname : c->newname;
 		c->old_typid = oldatt->atttypid;
 		c->new_typid = newatt->atttypid;
+		c->stattarget = -1;		/* plan_props takes the old column's, if any */
 
 		/*
 		 * NOT NULL is a property of the data: it goes to the new column, and

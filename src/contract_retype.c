@@ -38,6 +38,9 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_depend.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_rewrite.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -50,6 +53,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/ruleutils.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -203,6 +207,71 @@ retype_direct_views(ContractPlan *plan, AttrNumber attnum)
 	return direct;
 }
 
+/*
+ * Make every session compile the procedural functions of the table's
+ * triggers again.  PL/pgSQL keeps, per session, the plans of a trigger's
+ * statements with the types of the NEW and OLD fields they read; once a
+ * column changed type under them, every later write in those sessions
+ * fails with "type of parameter n (bigint) does not match that when
+ * preparing the plan (integer)" (an audit trigger inserting NEW.id).  A
+ * function whose pg_proc row changed is compiled again at its next call
+ * (plpgsql_compile compares the row's xmin and ctid), so the row is
+ * written again, unchanged, in the transaction that changes the type.
+ */
+static Oid
+func_language(Oid funcid)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
+	Oid			lang;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", funcid);
+	lang = ((Form_pg_proc) GETSTRUCT(tup))->prolang;
+	ReleaseSysCache(tup);
+	return lang;
+}
+
+void
+mig_retouch_trigger_functions(Oid relid)
+{
+	Relation	tgrel;
+	Relation	procrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *funcs = NIL;
+	ListCell   *lc;
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+		Oid			lang = func_language(tg->tgfoid);
+
+		if (!tg->tgisinternal && lang != ClanguageId && lang != INTERNALlanguageId &&
+			lang != SQLlanguageId)
+			funcs = list_append_unique_oid(funcs, tg->tgfoid);
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+
+	procrel = table_open(ProcedureRelationId, RowExclusiveLock);
+	foreach(lc, funcs)
+	{
+		HeapTuple	proc = SearchSysCacheCopy1(PROCOID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (!HeapTupleIsValid(proc))
+			elog(ERROR, "cache lookup failed for function %u", lfirst_oid(lc));
+		CatalogTupleUpdate(procrel, &proc->t_self, proc);
+		heap_freetuple(proc);
+	}
+	table_close(procrel, RowExclusiveLock);
+	CommandCounterIncrement();
+}
+
 /* The plan contract_views.c works from: the table, the change, the views. */
 static ContractPlan *
 retype_plan(Relation rel, AttrNumber attnum, Oid typid)
@@ -289,6 +358,7 @@ mig_retype_run(Relation rel, AttrNumber attnum, Oid typid, int32 typmod,
 	mig_run_utility(sql.data);
 	CommandCounterIncrement();
 	mig_contract_recreate_views(plan, views);
+	mig_retouch_trigger_functions(relid);
 	AtEOXact_GUC(true, nestlevel);
 
 	initStringInfo(&detail);

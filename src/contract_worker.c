@@ -851,6 +851,8 @@ swap(ContractPlan *plan, bool force)
 		props_sql(plan, lfirst(lc), &sql);
 	if (sql.len > 0)
 		mig_run_utility(sql.data);
+	/* sessions' PL/pgSQL triggers compiled for the old types (contract_retype.c) */
+	mig_retouch_trigger_functions(plan->relid);
 
 	/* the copies are the real ones now: nothing is left to undo */
 	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "

@@ -237,8 +237,9 @@ expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
 	a->down_src = text_arg(fcinfo, 5);
 	a->not_null = PG_ARGISNULL(6) ? false : PG_GETARG_BOOL(6);
 	a->check_src = text_arg(fcinfo, 7);
-	a->new_default_src = text_arg(fcinfo, 8);
-	a->keep_old = PG_ARGISNULL(9) ? false : PG_GETARG_BOOL(9);
+	/* the SQL declaration of a 0.1 catalog has 8 arguments */
+	a->new_default_src = PG_NARGS() > 8 ? text_arg(fcinfo, 8) : NULL;
+	a->keep_old = PG_NARGS() > 9 && !PG_ARGISNULL(9) && PG_GETARG_BOOL(9);
 
 	if (a->keep_old && a->in_place)
 		ereport(ERROR,

@@ -253,6 +253,7 @@ extern bool mig_retype_needs_rewrite(Relation rel, AttrNumber attnum, Oid typid,
 									 int32 typmod);
 extern char *mig_retype_run(Relation rel, AttrNumber attnum, Oid typid,
 							int32 typmod, Node *new_default);
+extern void mig_retouch_trigger_functions(Oid relid);
 
 /* horizon.c */
 extern bool mig_release_xmin(void);

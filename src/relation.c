@@ -217,19 +217,32 @@ mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
  * The same for several tables at once (a table and the tables whose foreign
  * keys point at it): all or none.  A timeout on any of them releases those
  * already taken before the next try, so nobody queues behind a lock we hold
- * while we wait for another.
+ * while we wait for another.  Each try starts one table further along the
+ * list: a transaction that holds one of the tables while it waits for
+ * another (a writer updating customer, then orders) deadlocks with every
+ * try that takes them the other way round, until the lock_timeout ends it,
+ * so the order is changed rather than retried.
  */
 void
 mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
 {
 	int			timeout = mig_lock_timeout_ms;
 	int			failed = -1;
+	Oid		   *order = palloc(sizeof(Oid) * nrels);
+	int			first = 0;
 
 	for (int attempt = 1;; attempt++)
 	{
-		failed = try_lock(nrels, relids, lockmode, timeout);
+		first = (attempt - 1) % nrels;
+		for (int i = 0; i < nrels; i++)
+			order[i] = relids[(first + i) % nrels];
+		failed = try_lock(nrels, order, lockmode, timeout);
 		if (failed < 0)
+		{
+			pfree(order);
 			return;
+		}
+		failed = (first + failed) % nrels;
 		if (attempt >= mig_lock_retries)
 			break;
 
