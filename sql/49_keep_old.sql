@@ -35,7 +35,10 @@ UPDATE ko_lines SET qty = 10 WHERE id = 1;
 SELECT id, qty, unit_price, line_total FROM ko_lines WHERE id IN (1, 201) ORDER BY id;
 SELECT check_name, passed FROM mig_validate('ko_lines') WHERE check_name LIKE 'default_fits%' OR NOT passed;
 SELECT mig_cutover('ko_lines');
+-- the runbook says what contract will do
+SELECT mig_checklist('ko_lines') ~ 'contract\*\* \(step 5\) ends dual-write and keeps the old column' AS says_keep;
 SELECT mig_contract('ko_lines');
+SELECT mig_checklist('ko_lines') ~ 'Contracted: dual-write ended, the old column kept' AS says_kept;
 
 -- the sources stay with their default, CHECK, index and view; the new
 -- column got NOT NULL, its CHECK and new_default; no trigger is left

@@ -703,6 +703,7 @@ mig_checklist(PG_FUNCTION_ARGS)
 	bool		backfill_done;
 	bool		aborted;
 	bool		contracted;
+	bool		keep;
 	bool		trigger_ok;
 	ListCell   *lc;
 
@@ -721,6 +722,7 @@ mig_checklist(PG_FUNCTION_ARGS)
 	abort_cmd = psprintf("`SELECT mig_abort(%s);`", tbl);
 	aborted = cs.m->phase == MIG_PHASE_ABORTED;
 	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
+	keep = cs.m->pairs != NIL && ((MigPair *) linitial(cs.m->pairs))->keep_old;
 	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
 	backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
 	trigger_ok = mig_trigger_fires(cs.trigger);
@@ -736,9 +738,11 @@ mig_checklist(PG_FUNCTION_ARGS)
 	if (aborted)
 		appendStringInfoString(&buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
 	else if (contracted)
-		appendStringInfoString(&buf, "- Contracted: the old column is gone; the migration is complete and cannot be rolled back.\n");
+		appendStringInfo(&buf, "- Contracted: %s; the migration is complete and cannot be rolled back.\n",
+						 keep ? "dual-write ended, the old column kept (keep_old)" : "the old column is gone");
 	else
-		appendStringInfo(&buf, "- Point of no return: **contract** (step 5) drops the old column. Until then %s rolls everything back.\n",
+		appendStringInfo(&buf, "- Point of no return: **contract** (step 5) %s. Until then %s rolls everything back.\n",
+						 keep ? "ends dual-write and keeps the old column (keep_old)" : "drops the old column",
 						 abort_cmd);
 
 	/* 1. expand */
@@ -807,11 +811,13 @@ mig_checklist(PG_FUNCTION_ARGS)
 	tick(&buf, reached(&cs, MIG_PHASE_CUTOVER), "phase cutover");
 	tick(&buf, cs.val_run != 0 && cs.val_passed, "the last validation passed");
 	appendStringInfoString(&buf, "\nExit:\n");
-	tick(&buf, contracted, "phase contracted: the old column dropped, the trigger removed");
+	tick(&buf, contracted, keep ? "phase contracted: the trigger removed, the old column kept" :
+		 "phase contracted: the old column dropped, the trigger removed");
 	appendStringInfoChar(&buf, '\n');
 	append_reached(&buf, &cs, MIG_PHASE_CONTRACTED);
 	appendStringInfo(&buf, "Command: `SELECT mig_contract(%s);`\n", tbl);
-	appendStringInfoString(&buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
+	appendStringInfoString(&buf, keep ? "Rollback: none. Contract ends dual-write (keep_old): the new column is the application's own after it.\n" :
+						   "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
 
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }
