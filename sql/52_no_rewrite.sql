@@ -60,9 +60,21 @@ SELECT mig_expand('nr_items', 'id', type => 'bigint') > 0 AS expanded;
 SELECT mig_abort('nr_items');
 SELECT mig_expand('nr_items', 'note', type => 'text', up => 'lower(note)') > 0 AS expanded;
 SELECT mig_abort('nr_items');
--- timestamp -> timestamptz: catalog-only only when TimeZone is UTC
+-- timestamp -> timestamptz: catalog-only only when TimeZone is UTC.  A
+-- PL/pgSQL trigger reading NEW.born, compiled in this session for the old
+-- type, is compiled again (else: "type of parameter ... does not match")
+CREATE TABLE nr_log (id int, born text);
+CREATE FUNCTION nr_log_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO nr_log VALUES (NEW.id, NEW.born::text);
+	RETURN NULL;
+END $$;
+CREATE TRIGGER nr_items_log AFTER UPDATE ON nr_items FOR EACH ROW EXECUTE FUNCTION nr_log_row();
+UPDATE nr_items SET id = id WHERE id = 1;
 SET TimeZone = 'UTC';
 SELECT mig_expand('nr_items', 'born', type => 'timestamptz') > 0 AS done;
+UPDATE nr_items SET id = id WHERE id = 1;
+SELECT * FROM nr_log ORDER BY born;
 RESET TimeZone;
 SELECT format_type(atttypid, atttypmod) FROM pg_attribute
  WHERE attrelid = 'nr_items'::regclass AND attname = 'born';
@@ -75,5 +87,6 @@ SELECT format_type(atttypid, atttypmod) FROM pg_attribute
  WHERE attrelid = 'nr_items'::regclass AND attname = 'sku';
 DROP MATERIALIZED VIEW nr_mat;
 DROP VIEW nr_skus2, nr_skus;
-DROP TABLE nr_items;
+DROP TABLE nr_items, nr_log;
+DROP FUNCTION nr_log_row();
 DROP ROLE nr_reader;
