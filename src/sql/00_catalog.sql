@@ -54,6 +54,9 @@ CREATE TABLE migrate_ext.column_pair (
 	not_null	boolean NOT NULL DEFAULT false,
 	check_src	text,
 	check_expr	text,
+	new_default_src text,		/* NULL: the old column's default at contract */
+	new_default_expr text,
+	keep_old	boolean NOT NULL DEFAULT false,	/* contract keeps old_col */
 	PRIMARY KEY (migration_id, ord)
 );
 

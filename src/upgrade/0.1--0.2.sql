@@ -60,3 +60,14 @@ BEGIN
 	END LOOP;
 END
 $mig_always$;
+
+-- mig_expand's new_default and keep_old (ddl.c); keep_old added without a
+-- default, then filled, as job.fire_triggers above
+ALTER TABLE migrate_ext.column_pair
+	ADD COLUMN new_default_src text,
+	ADD COLUMN new_default_expr text,
+	ADD COLUMN keep_old boolean;
+UPDATE migrate_ext.column_pair SET keep_old = false;
+ALTER TABLE migrate_ext.column_pair
+	ALTER COLUMN keep_old SET DEFAULT false,
+	ALTER COLUMN keep_old SET NOT NULL;
