@@ -9,8 +9,9 @@
  * contract_worker.c computes it again and carries it out; contract_views.c
  * carries the dependent views, contract_undo.c records and removes what an
  * unfinished contract added, contract_gate.c is the gate before the point
- * of no return, and contract_predict.c turns the plan into validation's
- * checks (for validate.c).  Private to those files and validate.c.
+ * of no return, contract_predict.c turns the plan into validation's
+ * checks (for validate.c), and contract_partition.c says how the finish
+ * reads a partitioned table.  Private to those files and validate.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -153,6 +154,12 @@ extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
+
+/* contract_partition.c */
+extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);
+extern List *mig_partition_leaves(Oid relid, LOCKMODE lockmode);
+extern char *mig_partition_from(Oid relid);
+extern const char *mig_partition_ctid_key(Oid relid);
 
 /* contract_plan.c */
 extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
