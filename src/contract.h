@@ -58,6 +58,12 @@ typedef struct ContractIndex
 	bool		replident;
 	bool		clustered;
 	IndexStmt  *stmt;			/* CREATE INDEX CONCURRENTLY of the copy */
+	/* on a partitioned table (contract_partition.c) */
+	Oid			relid;			/* the table of a part; 0: the plan's */
+	char	   *attach_to;		/* a part: its parent level's copy, qualified */
+	bool		leaf;			/* a part on a leaf (built concurrently) */
+	List	   *parts;			/* of ContractIndex *, the sub-levels' and
+								 * leaves' copies, deepest first */
 } ContractIndex;
 
 /* A foreign key from or to the old column, and its copy. */
@@ -70,6 +76,8 @@ typedef struct ContractFkey
 	Oid			confrelid;		/* the referenced table */
 	char	   *conrel;			/* qualified name of conrelid */
 	char	   *adddef;			/* ALTER TABLE ... ADD the copy NOT VALID */
+	bool		at_swap;		/* to a partitioned table: added in the swap,
+								 * validated after it */
 } ContractFkey;
 
 /* A CHECK constraint of the old column, re-stated on the new one. */
@@ -160,6 +168,10 @@ extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);
 extern List *mig_partition_leaves(Oid relid, LOCKMODE lockmode);
 extern char *mig_partition_from(Oid relid);
 extern const char *mig_partition_ctid_key(Oid relid);
+extern void mig_partition_plan(ContractPlan *plan);
+extern void mig_partition_swap(ContractPlan *plan);
+extern void mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci,
+									 StringInfo sql);
 
 /* contract_plan.c */
 extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
