@@ -230,7 +230,26 @@ mig_partition_plan(ContractPlan *plan)
 	if (get_rel_relkind(plan->relid) != RELKIND_PARTITIONED_TABLE)
 		return;
 	foreach(lc, plan->indexes)
-		plan_index_parts(plan, lfirst(lc));
+	{
+		ContractIndex *ci = lfirst(lc);
+		ListCell   *lc2;
+
+		plan_index_parts(plan, ci);
+		if (ci->replident)
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("the replica identity index %s of partitioned table %s (mig_contract does not move it yet: set REPLICA IDENTITY DEFAULT or FULL first)",
+											  ci->oldname, plan->relname));
+		foreach(lc2, ci->stmt->indexParams)
+		{
+			if (ci->contype && lfirst_node(IndexElem, lc2)->name == NULL)
+			{
+				plan->blockers = lappend(plan->blockers,
+										 psprintf("constraint %s of partitioned table %s on an expression (a partitioned table's key names columns only)",
+												  ci->conname, plan->relname));
+				break;
+			}
+		}
+	}
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
@@ -377,6 +396,17 @@ mig_partition_swap(ContractPlan *plan)
 
 	if (get_rel_relkind(plan->relid) != RELKIND_PARTITIONED_TABLE)
 		return;
+	/* the swap holds every partition of the plan: were they all? */
+	foreach(lc, find_all_inheritors(plan->relid, NoLock, NULL))
+	{
+		if (!list_member_oid(plan->lockrels, lfirst_oid(lc)))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition \"%s\" was attached to table \"%s\" while mig_contract ran",
+							get_rel_name(lfirst_oid(lc)), plan->relname),
+					 errdetail("Its copies of the indexes of the old column were not built."),
+					 errhint("Run mig_contract again.")));
+	}
 	foreach(lc, plan->indexes)
 	{
 		ContractIndex *ci = lfirst(lc);
