@@ -8,7 +8,9 @@
 #     primary keys and the parent's attaches them without building any
 #     index; the foreign key is moved and validated;
 #  3. a contract that fails (a name in the way) leaves nothing enforced
-#     behind, and the next one succeeds.
+#     behind, and the next one succeeds;
+#  4. a rename, note -> remark, with a unique constraint (which includes
+#     the partition key) on it.
 #
 # Until mig_expand takes a partitioned table (branch bf), the expanded and
 # backfilled state is made by hand: a table with the same columns (dropped
@@ -57,7 +59,9 @@ my $checksum = $node->safe_psql('postgres', $checksum_q);
 # The expanded, backfilled state of ev for one column, by hand (see above).
 sub expand_by_hand
 {
-	my ($col, $type) = @_;
+	my ($col, $type, $newcol) = @_;
+	my $args = $newcol ? "new_col => '$newcol'" : "type => '$type'";
+	$newcol //= "_mig_new_$col";
 	my @atts = split /\n/, $node->safe_psql('postgres', q{
 		SELECT attname || '|' || format_type(atttypid, atttypmod) || '|' || attisdropped::int || '|' || attnotnull::int
 		FROM pg_attribute WHERE attrelid = 'ev'::regclass AND attnum > 0 ORDER BY attnum});
@@ -80,14 +84,14 @@ sub expand_by_hand
 		DROP TABLE IF EXISTS proto;
 		CREATE TABLE proto (@{[ join(', ', @cols) ]});
 		$drops
-		SELECT mig_expand('proto', '$col', type => '$type');
+		SELECT mig_expand('proto', '$col', $args);
 		SELECT id FROM migrate_ext.migration WHERE relid = 'proto'::regclass;});
 	$id = (split /\n/, $id)[-1];
 	$node->safe_psql('postgres', qq{
 		BEGIN;
 		DROP TRIGGER zz_migrate_ext_dualwrite ON proto;
-		ALTER TABLE ev ADD COLUMN _mig_new_$col $type;
-		UPDATE ev SET _mig_new_$col = $col;
+		ALTER TABLE ev ADD COLUMN $newcol $type;
+		UPDATE ev SET $newcol = $col;
 		UPDATE migrate_ext.migration SET relid = 'ev'::regclass, table_name = 'public.ev'
 			WHERE id = $id;
 		CREATE TRIGGER zz_migrate_ext_dualwrite BEFORE INSERT OR UPDATE ON ev
@@ -244,6 +248,42 @@ is($node->safe_psql('postgres', $notvalid_q), '0', 'no NOT VALID constraint left
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_trigger WHERE tgname = 'zz_migrate_ext_dualwrite'"),
 	'0', 'the dual-write trigger is gone from every partition');
 is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE id = $m2"),
+	'contracted', 'the migration is contracted');
+
+# --- 4. a rename: note -> remark, with a unique key on it -------------------
+$node->safe_psql('postgres', q{
+	UPDATE ev SET note = 'n' || id;
+	ALTER TABLE ev ADD CONSTRAINT ev_note_key UNIQUE (note, created_at);
+	CREATE INDEX ev_note_idx ON ev (lower(note));});
+$checksum = $node->safe_psql('postgres', $checksum_q);
+my $m3 = expand_by_hand('note', 'text', 'remark');
+finish('note -> remark');
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev')");
+is($rc, 0, 'rename: mig_contract succeeds') or diag $err;
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE attname = 'remark') || '/' || count(*) FILTER (WHERE attname = 'note')
+	FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+	WHERE c.relname LIKE 'ev%' AND c.relkind IN ('r', 'p') AND NOT attisdropped}),
+	'9/0', 'remark on the parent, the levels and every leaf; note is gone');
+is($node->safe_psql('postgres', $checksum_q =~ s/note/remark/r), $checksum, 'every row as before');
+is($node->safe_psql('postgres', q{
+	SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ev_note_key'}),
+	'UNIQUE (remark, created_at)', 'the unique key, under its name, on the new column');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+	WHERE c.contype = 'u' AND r.relkind = 'r' AND r.relname LIKE 'ev%' AND c.conparentid <> 0
+	AND c.conindid::int8 < (SELECT conindid::int8 FROM pg_constraint WHERE conname = 'ev_note_key')}),
+	'6', 'each leaf\'s unique key attached, not built');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) || '/' || bool_and(indisvalid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+	WHERE c.relname LIKE 'ev%' AND pg_get_indexdef(i.indexrelid) LIKE '%lower(remark)%'}),
+	'9/true', 'the expression index follows the new column at every level');
+($rc, $out, $err) = $node->psql('postgres',
+	"INSERT INTO ev (id, created_at, v, remark) VALUES (-1, '2020-01-02', 0, 'n1')");
+like($err, qr/duplicate key value violates unique constraint "ev_1_\w*key"/,
+	'the unique key is enforced in the leaf');
+is($node->safe_psql('postgres', $leftovers_q), '0', 'no copy left under a _mig_ name');
+is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE id = $m3"),
 	'contracted', 'the migration is contracted');
 
 done_testing();
