@@ -137,6 +137,7 @@ typedef struct ContractPlan
 	List	   *viewdirect;		/* views reading an old column */
 	List	   *views;			/* every view to recreate, shallowest first */
 	List	   *checks;			/* of ContractCheck * */
+	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
 
 /* A check of mig_validate that predicts contract: failing 0 is a pass. */

@@ -32,8 +32,10 @@
  *    key, which exists only from the swap on, so it is added NOT VALID in
  *    the swap (catalog only) and validated after it, under locks that let
  *    reads and writes through; validation predicted that it holds;
- *  - NOT NULL: the CHECK added NOT VALID on the parent is every leaf's, and
- *    validated on each; SET NOT NULL on the parent then scans no leaf;
+ *  - NOT NULL and the CHECKs: added NOT VALID on the parent, they are every
+ *    leaf's; each leaf's is validated in a transaction of its own (one
+ *    leaf's scan, one snapshot), then the parent's, which has no rows of
+ *    its own; SET NOT NULL on the parent then scans no leaf;
  *  - the swap locks the parent and every partition at once, in
  *    find_all_inheritors order, through the lock ladder.
  * A foreign key declared on a partitioned table is still refused at
@@ -273,7 +275,11 @@ mig_partition_plan(ContractPlan *plan)
 							  quote_identifier(fk->oldname), at + strlen(tmp));
 	}
 	foreach(lc, find_all_inheritors(plan->relid, NoLock, NULL))
+	{
 		plan->lockrels = list_append_unique_oid(plan->lockrels, lfirst_oid(lc));
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
+			plan->leaves = lappend_oid(plan->leaves, lfirst_oid(lc));
+	}
 }
 
 /* The key columns of a copy, by name, for the parent's ADD CONSTRAINT. */

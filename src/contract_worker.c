@@ -450,6 +450,21 @@ validate(Oid relid, const char *name, const char *what)
 }
 
 /*
+ * A CHECK of a partitioned table: each leaf's first, each in a transaction
+ * of its own, then the parent's (no rows, no scan).  Of any other table:
+ * its own.
+ */
+static void
+validate_check(ContractPlan *plan, const char *name, const char *what)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->leaves)
+		validate(lfirst_oid(lc), name, what);
+	validate(plan->relid, name, what);
+}
+
+/*
  * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
  * NULL) proves it, then drop that CHECK.  Separate statements: in one ALTER
  * TABLE the DROP CONSTRAINT would run first and the proof be gone.  Part of
@@ -924,17 +939,17 @@ run_steps(ContractPlan *plan, bool force)
 		ContractColumn *c = lfirst(lc);
 
 		if (c->not_null)
-			validate(plan->relid, c->nn_check,
-					 psprintf("that column \"%s\" has no NULL", c->finalname));
-		validate(plan->relid, c->check_tmp,
-				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+			validate_check(plan, c->nn_check,
+						   psprintf("that column \"%s\" has no NULL", c->finalname));
+		validate_check(plan, c->check_tmp,
+					   psprintf("the CHECK constraint of column \"%s\"", c->finalname));
 	}
 	foreach(lc, plan->checks)
 	{
 		ContractCheck *ck = lfirst(lc);
 
-		validate(plan->relid, ck->tmpname,
-				 psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
+		validate_check(plan, ck->tmpname,
+					   psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
 	}
 	foreach(lc, plan->fkeys)
 	{

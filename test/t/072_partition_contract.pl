@@ -199,6 +199,8 @@ my $probe = $node->background_psql('postgres');
 $probe->query_until(qr/started/, "\\echo started\nCALL probe(5);\n");
 ($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev')");
 is($rc, 0, 'id: mig_contract succeeds once the name is free') or diag $err;
+my @nn = $err =~ /validating that column "id" has no NULL/g;
+is(scalar @nn, 7, 'the NOT NULL proof validated leaf by leaf (six), then on the parent');
 $probe->quit;
 my ($worst, $n) = split /\|/, $node->safe_psql('postgres', 'SELECT worst, n FROM probe_result');
 cmp_ok($n, '>', 10, 'a reader ran during the contract');
