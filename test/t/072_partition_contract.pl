@@ -22,6 +22,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('partition_contract');
 $node->init;
@@ -287,5 +288,46 @@ like($err, qr/duplicate key value violates unique constraint "ev_1_\w*key"/,
 is($node->safe_psql('postgres', $leftovers_q), '0', 'no copy left under a _mig_ name');
 is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE id = $m3"),
 	'contracted', 'the migration is contracted');
+
+# --- 5. a partition attached while contract runs -----------------------------
+# A writer holds ev_1, so the concurrent build of its copy waits; meanwhile a
+# partition is created.  The swap sees a partition without copies: it stops,
+# and the next mig_contract builds them and succeeds.
+my $m4 = expand_by_hand('v', 'numeric');
+finish('v -> numeric');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN; LOCK TABLE ev_1 IN ROW EXCLUSIVE MODE;');
+my ($c_out, $c_err) = ('', '');
+my $contract = IPC::Run::start(
+	[ 'psql', '-X', '-d', $node->connstr('postgres'),
+	  '-c', 'SET migrate_ext.lock_timeout = 60000', '-c', 'SET migrate_ext.lock_timeout_max = 60000',
+	  '-c', "SELECT mig_contract('ev')" ],
+	'>', \$c_out, '2>', \$c_err);
+$node->poll_query_until('postgres', q{
+	SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND locktype = 'virtualxid')})
+  or die 'the build of ev_1\'s copy did not wait';
+$node->safe_psql('postgres',
+	"CREATE TABLE ev_30 PARTITION OF ev FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')");
+$holder->query_safe('COMMIT;');
+$holder->quit;
+$contract->finish;
+like($c_err, qr/partition "ev_30" was attached to table "ev" while mig_contract ran/,
+	'a partition attached while contract ran stops the swap');
+is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE id = $m4"),
+	'cutover', 'the migration is still cut over');
+is($node->safe_psql('postgres', $notvalid_q), '0', 'no NOT VALID constraint is left');
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev')");
+is($rc, 0, 'the next mig_contract succeeds') or diag $err;
+is($node->safe_psql('postgres', q{
+	SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+	WHERE attrelid = 'ev_30'::regclass AND attname = 'v'}),
+	'numeric', 'the new partition has the new column too');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) || '/' || bool_and(i.indisvalid)
+	FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+	JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+	WHERE a.attname = 'v' AND c.relname LIKE 'ev%v%'}),
+	'10/true', 'the index on v covers it');
+is($node->safe_psql('postgres', $leftovers_q), '0', 'no copy left under a _mig_ name');
 
 done_testing();
