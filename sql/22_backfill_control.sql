@@ -26,6 +26,15 @@ LANGUAGE sql AS $$
 	SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
 				   AND classid = migrate_ext.lock_key('job') AND objid = (bf_now(tbl)).id AND objsubid = 2)
 $$;
+-- empty the new column again, bypassing the trigger (its DISABLE is
+-- recorded, and said at a level kept quiet here)
+CREATE PROCEDURE bf_clear_new()
+LANGUAGE plpgsql SET client_min_messages = error AS $$
+BEGIN
+	ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
+	UPDATE bf_ctl SET _mig_new_email = NULL;
+	ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+END $$;
 
 CREATE TABLE bf_ctl (id int PRIMARY KEY, email text);
 INSERT INTO bf_ctl SELECT g, 'Mail' || g || '@X.ORG' FROM generate_series(1, 3000) g;
@@ -56,11 +65,7 @@ SELECT state, rows_done, rows_seen, batches < 300 AS adaptive FROM bf_now('bf_ct
 SELECT count(*) AS wrong FROM bf_ctl WHERE _mig_new_email IS DISTINCT FROM lower(email);
 
 -- max_rows_per_sec throttles, and says so
-SET client_min_messages = error;	-- bypass the trigger: its DISABLE is recorded
-ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE bf_ctl SET _mig_new_email = NULL;
-ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-RESET client_min_messages;
+CALL bf_clear_new();
 SELECT mig_backfill('bf_ctl', batch_size => 50, max_rows_per_sec => 100) > 0 AS started;
 CALL bf_until($$(bf_now('bf_ctl')).state = 'throttled'$$);
 SELECT state, throttle_reason FROM bf_now('bf_ctl');
@@ -69,11 +74,7 @@ CALL bf_until($$(bf_now('bf_ctl')).state NOT IN ('running', 'throttled')$$);
 SELECT state, throttle_reason, rows_done FROM bf_now('bf_ctl');
 
 -- cancel stops it; the trigger goes on; a new job finishes the rest
-SET client_min_messages = error;	-- bypass the trigger: its DISABLE is recorded
-ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE bf_ctl SET _mig_new_email = NULL;
-ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-RESET client_min_messages;
+CALL bf_clear_new();
 SELECT mig_backfill('bf_ctl', batch_size => 10, sleep_ms => 50) > 0 AS started;
 CALL bf_until($$(bf_now('bf_ctl')).rows_done >= 50$$);
 SELECT mig_cancel('bf_ctl');
@@ -90,11 +91,7 @@ SELECT count(*) AS wrong FROM bf_ctl WHERE _mig_new_email IS DISTINCT FROM lower
 
 -- a worker that dies leaves the job interrupted; mig_resume goes on from
 -- the checkpoint (rows_done counts each row once)
-SET client_min_messages = error;	-- bypass the trigger: its DISABLE is recorded
-ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE bf_ctl SET _mig_new_email = NULL;
-ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-RESET client_min_messages;
+CALL bf_clear_new();
 SELECT mig_backfill('bf_ctl', batch_size => 10, sleep_ms => 50) > 0 AS started;
 CALL bf_until($$(bf_now('bf_ctl')).rows_done >= 50$$);
 SELECT pg_terminate_backend(worker_pid) FROM bf_now('bf_ctl');
@@ -109,11 +106,7 @@ SELECT state, rows_done, rows_seen FROM bf_now('bf_ctl');
 SELECT count(*) AS wrong FROM bf_ctl WHERE _mig_new_email IS DISTINCT FROM lower(email);
 
 -- the trigger disabled under a running job: it fails, and says what to do
-SET client_min_messages = error;	-- bypass the trigger: its DISABLE is recorded
-ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE bf_ctl SET _mig_new_email = NULL;
-ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-RESET client_min_messages;
+CALL bf_clear_new();
 SELECT mig_backfill('bf_ctl', batch_size => 10, sleep_ms => 50) > 0 AS started;
 CALL bf_until($$(bf_now('bf_ctl')).rows_done >= 20$$);
 ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;

@@ -8,12 +8,17 @@ CREATE TABLE u_acct (id int PRIMARY KEY, code text UNIQUE);
 CREATE TABLE u_ord (id int PRIMARY KEY, acct_id int REFERENCES u_acct, qty int);
 INSERT INTO u_acct SELECT g, 'c' || g FROM generate_series(1, 10) g;
 INSERT INTO u_ord SELECT g, 1 + g % 10, g FROM generate_series(1, 30) g;
-CREATE TEMP TABLE u_before AS
+-- the constraints and indexes of both tables, now
+CREATE FUNCTION u_state()
+RETURNS TABLE (tbl regclass, conname name, contype "char", convalidated boolean)
+LANGUAGE sql STABLE AS $$
 SELECT conrelid::regclass AS tbl, conname, contype, convalidated FROM pg_constraint
  WHERE conrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
 UNION ALL
 SELECT indrelid::regclass, indexrelid::regclass::name, 'i', indisvalid FROM pg_index
- WHERE indrelid IN ('u_acct'::regclass, 'u_ord'::regclass);
+ WHERE indrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
+$$;
+CREATE TEMP TABLE u_before AS SELECT * FROM u_state();
 
 -- id 1 fails the check asked for at expand: contract (forced past the
 -- validation that would have said so) stops when it validates the CHECK,
@@ -27,12 +32,7 @@ SELECT mig_contract('u_acct', force => true);
 \set VERBOSITY terse
 
 -- nothing enforced is left: the constraints and indexes are those of before
-SELECT conrelid::regclass AS tbl, conname, contype, convalidated FROM pg_constraint
- WHERE conrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
-UNION ALL
-SELECT indrelid::regclass, indexrelid::regclass::name, 'i', indisvalid FROM pg_index
- WHERE indrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
-EXCEPT SELECT * FROM u_before;
+SELECT * FROM u_state() EXCEPT SELECT * FROM u_before;
 SELECT count(*) AS recorded FROM migrate_ext.contract_object;
 -- writes the old schema allows still go through
 INSERT INTO u_ord VALUES (100, 1, 1);
@@ -58,12 +58,7 @@ SELECT mig_abort('u_acct');
 SELECT phase FROM migrate_ext.migration WHERE relid = 'u_acct'::regclass;
 SELECT attname FROM pg_attribute
  WHERE attrelid = 'u_acct'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
-SELECT conrelid::regclass AS tbl, conname, contype, convalidated FROM pg_constraint
- WHERE conrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
-UNION ALL
-SELECT indrelid::regclass, indexrelid::regclass::name, 'i', indisvalid FROM pg_index
- WHERE indrelid IN ('u_acct'::regclass, 'u_ord'::regclass)
-EXCEPT SELECT * FROM u_before;
+SELECT * FROM u_state() EXCEPT SELECT * FROM u_before;
 SELECT count(*) AS recorded FROM migrate_ext.contract_object;
 SELECT count(*) AS acct_rows, sum(id) AS id_sum FROM u_acct;
 SELECT count(*) AS ord_rows, sum(acct_id) AS acct_sum FROM u_ord;

@@ -36,7 +36,11 @@ CREATE VIEW rpt.top AS SELECT count(*) AS n, max(name) AS last FROM rpt.eu_names
 ALTER VIEW rpt.top OWNER TO v_owner;
 GRANT SELECT ON rpt.top TO v_reader;
 
-CREATE TEMP TABLE v_before AS
+-- each view as a row: owner, privileges, options, comment, columns, triggers
+CREATE FUNCTION v_state()
+RETURNS TABLE (view text, owner text, relacl text, reloptions text[], comment text,
+			   cols text, triggers text)
+LANGUAGE sql STABLE AS $$
 SELECT c.oid::regclass::text AS view, c.relowner::regrole::text AS owner, c.relacl::text,
 	   c.reloptions, obj_description(c.oid, 'pg_class') AS comment,
 	   (SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod)
@@ -44,7 +48,9 @@ SELECT c.oid::regclass::text AS view, c.relowner::regrole::text AS owner, c.rela
 						  || coalesce(':' || col_description(c.oid, a.attnum), ''), ', ' ORDER BY a.attnum)
 		  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) AS cols,
 	   (SELECT string_agg(pg_get_triggerdef(t.oid), '; ') FROM pg_trigger t WHERE t.tgrelid = c.oid) AS triggers
-  FROM pg_class c WHERE c.relname IN ('v_eu', 'v_names', 'eu_names', 'top');
+  FROM pg_class c WHERE c.relname IN ('v_eu', 'v_names', 'eu_names', 'top')
+$$;
+CREATE TEMP TABLE v_before AS SELECT * FROM v_state();
 CREATE TEMP TABLE v_rows AS SELECT * FROM rpt.eu_names;
 
 -- a rename: name -> full_name; the views keep their column names
@@ -57,15 +63,7 @@ SELECT mig_contract('v_acct');
 SELECT attname FROM pg_attribute WHERE attrelid = 'v_acct'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum;
 
 -- every view as it was, but for its definition reading full_name
-SELECT c.oid::regclass::text AS view, c.relowner::regrole::text AS owner, c.relacl::text,
-	   c.reloptions, obj_description(c.oid, 'pg_class') AS comment,
-	   (SELECT string_agg(a.attname || ':' || format_type(a.atttypid, a.atttypmod)
-						  || coalesce(':' || a.attacl::text, '')
-						  || coalesce(':' || col_description(c.oid, a.attnum), ''), ', ' ORDER BY a.attnum)
-		  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) AS cols,
-	   (SELECT string_agg(pg_get_triggerdef(t.oid), '; ') FROM pg_trigger t WHERE t.tgrelid = c.oid) AS triggers
-  FROM pg_class c WHERE c.relname IN ('v_eu', 'v_names', 'eu_names', 'top')
-EXCEPT SELECT * FROM v_before;
+SELECT * FROM v_state() EXCEPT SELECT * FROM v_before;
 SELECT count(*) AS views FROM v_before;
 SELECT pg_get_viewdef('v_eu'::regclass);
 SELECT (SELECT count(*) FROM rpt.eu_names) AS rows_now,

@@ -148,20 +148,32 @@ resume_interrupted_jobs(void)
 /* seconds before the postmaster starts a launcher that exited with an error */
 #define MIG_LAUNCHER_RESTART	5
 
+/*
+ * Fill in what the launcher and its per-database workers have in common:
+ * a database connection, started once recovery is over, with type
+ * "migrate_ext launcher". The caller sets the name and the arguments.
+ */
+static void
+launcher_worker_init(BackgroundWorker *worker, const char *function,
+					 int restart_time)
+{
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = restart_time;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "migrate_ext");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "migrate_ext launcher");
+}
+
 /* Called from _PG_init while shared_preload_libraries are loaded. */
 void
 mig_launcher_register(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = MIG_LAUNCHER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "migrate_ext");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "mig_launcher_main");
+	launcher_worker_init(&worker, "mig_launcher_main", MIG_LAUNCHER_RESTART);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "migrate_ext launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "migrate_ext launcher");
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -211,14 +223,8 @@ launcher_visit(Oid dboid)
 	BackgroundWorkerHandle *handle;
 	pid_t		pid;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "migrate_ext");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "mig_launcher_db_main");
+	launcher_worker_init(&worker, "mig_launcher_db_main", BGW_NEVER_RESTART);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "migrate_ext launcher for database %u", dboid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "migrate_ext launcher");
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = MyProcPid;
 

@@ -459,6 +459,12 @@ typedef struct ChecklistState
 	MigMigration *m;
 	Progress	prog;
 	const char *tbl;			/* the table as mig_* calls name it */
+	const char *abort_cmd;		/* the mig_abort call, as markdown code */
+	bool		aborted;
+	bool		contracted;
+	bool		live_job;		/* a job of the migration still runs */
+	bool		backfill_done;	/* its latest job is done */
+	bool		trigger_ok;		/* the dual-write trigger fires */
 	int			reached;		/* rank of the phase now, or reached before an abort */
 	char	   *reached_at[MIG_PHASE_COUNT];	/* "<time> by <role>" per phase */
 	bool		new_cols_exist;
@@ -674,13 +680,133 @@ append_figures(StringInfo buf, const Progress *p)
 						 p->last_sqlstate ? "] " : "", p->last_error);
 }
 
+/* A section's heading, then its entry criteria follow. */
 static void
-append_reached(StringInfo buf, ChecklistState *cs, MigPhase phase)
+begin_section(StringInfo buf, const char *title)
+{
+	appendStringInfo(buf, "\n## %s\n\nEntry:\n", title);
+}
+
+/* After the exit criteria: when the phase was reached, and by whom. */
+static void
+end_criteria(StringInfo buf, ChecklistState *cs, MigPhase phase)
 {
 	char	   *at = cs->reached_at[phase];
 
+	appendStringInfoChar(buf, '\n');
 	if (at && reached(cs, phase))
 		appendStringInfo(buf, "Reached %s: %s.\n", mig_phase_name(phase), at);
+}
+
+/* The title, the pairs, the phase now and the point of no return. */
+static void
+checklist_header(StringInfo buf, ChecklistState *cs)
+{
+	appendStringInfo(buf, "# Migration " INT64_FORMAT " of table %s\n\n",
+					 cs->m->id, cs->prog.table_name);
+	append_pairs(buf, cs);
+	appendStringInfo(buf, "- Phase: **%s**", mig_phase_name(cs->m->phase));
+	if (cs->reached_at[cs->m->phase])
+		appendStringInfo(buf, " (since %s)", cs->reached_at[cs->m->phase]);
+	appendStringInfoString(buf, "\n");
+	if (cs->aborted)
+		appendStringInfoString(buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
+	else if (cs->contracted)
+		appendStringInfoString(buf, "- Contracted: the old column is gone; the migration is complete and cannot be rolled back.\n");
+	else
+		appendStringInfo(buf, "- Point of no return: **contract** (step 5) drops the old column. Until then %s rolls everything back.\n",
+						 cs->abort_cmd);
+}
+
+/* 1. expand */
+static void
+checklist_expand(StringInfo buf, ChecklistState *cs)
+{
+	ListCell   *lc;
+
+	begin_section(buf, "1. Expand");
+	tick(buf, true, "no other active migration on the table");
+	appendStringInfoString(buf, "\nExit:\n");
+	foreach(lc, cs->m->pairs)
+	{
+		MigPair    *pair = lfirst(lc);
+
+		tick(buf, cs->new_cols_exist && !cs->contracted && !cs->aborted,
+			 "new column `%s` added", pair->new_col);
+	}
+	tick(buf, cs->trigger_ok && !cs->contracted && !cs->aborted,
+		 "dual-write trigger `%s` present and enabled%s", MIG_TRIGGER_NAME,
+		 cs->trigger == '\0' ? " (missing)" : cs->trigger_ok ? "" :
+		 psprintf(" (tgenabled = '%c')", cs->trigger));
+	end_criteria(buf, cs, MIG_PHASE_EXPANDED);
+	appendStringInfo(buf, "Rollback: %s drops the trigger and the new column(s); the old column is untouched.\n",
+					 cs->abort_cmd);
+}
+
+/* 2. backfill */
+static void
+checklist_backfill(StringInfo buf, ChecklistState *cs)
+{
+	const char *tbl = cs->tbl;
+
+	begin_section(buf, "2. Backfill");
+	tick(buf, reached(cs, MIG_PHASE_EXPANDED), "expanded: new column(s) and dual-write trigger in place");
+	appendStringInfoString(buf, "\nExit:\n");
+	tick(buf, cs->backfill_done || reached(cs, MIG_PHASE_BACKFILLED), "backfill job done");
+	append_figures(buf, &cs->prog);
+	end_criteria(buf, cs, MIG_PHASE_BACKFILLED);
+	appendStringInfo(buf, "Command: `SELECT mig_backfill(%s);`, then `SELECT mig_wait(%s);` or `SELECT * FROM mig_progress(%s);`\n",
+					 tbl, tbl, tbl);
+	appendStringInfo(buf, "Rollback: `SELECT mig_cancel(%s);` stops the job (rows it wrote are harmless: the old column is still the source of truth); %s rolls back the migration.\n",
+					 tbl, cs->abort_cmd);
+}
+
+/* 3. validate */
+static void
+checklist_validate(StringInfo buf, ChecklistState *cs)
+{
+	begin_section(buf, "3. Validate");
+	tick(buf, (cs->backfill_done || reached(cs, MIG_PHASE_BACKFILLED)) && !cs->live_job,
+		 "backfill done, no job running");
+	append_validation(buf, cs);
+	appendStringInfoString(buf, "\nExit:\n");
+	tick(buf, cs->val_run != 0 && cs->val_exact && cs->val_passed,
+		 "the last validation was exact and every check passed");
+	tick(buf, reached(cs, MIG_PHASE_VALIDATED), "phase validated");
+	end_criteria(buf, cs, MIG_PHASE_VALIDATED);
+	appendStringInfo(buf, "Command: `SELECT * FROM mig_validate(%s);` (exact; `sample => n` checks n random rows and never validates)\n",
+					 cs->tbl);
+	appendStringInfo(buf, "Rollback: nothing to undo (validation changes no data); %s rolls back the migration.\n",
+					 cs->abort_cmd);
+}
+
+/* 4. cut over */
+static void
+checklist_cutover(StringInfo buf, ChecklistState *cs)
+{
+	begin_section(buf, "4. Cut over");
+	tick(buf, reached(cs, MIG_PHASE_VALIDATED), "phase validated (an exact validation passed)");
+	tick(buf, cs->trigger_ok || cs->contracted, "dual-write trigger enabled");
+	appendStringInfoString(buf, "\nExit:\n");
+	tick(buf, reached(cs, MIG_PHASE_CUTOVER), "phase cutover: the new column is the source of truth, the old one still kept in sync");
+	end_criteria(buf, cs, MIG_PHASE_CUTOVER);
+	appendStringInfo(buf, "Command: `SELECT mig_cutover(%s);`\n", cs->tbl);
+	appendStringInfo(buf, "Rollback: %s: the old column was kept in sync, so clients can go back to it.\n",
+					 cs->abort_cmd);
+}
+
+/* 5. contract */
+static void
+checklist_contract(StringInfo buf, ChecklistState *cs)
+{
+	begin_section(buf, "5. Contract: the point of no return");
+	tick(buf, reached(cs, MIG_PHASE_CUTOVER), "phase cutover");
+	tick(buf, cs->val_run != 0 && cs->val_passed, "the last validation passed");
+	appendStringInfoString(buf, "\nExit:\n");
+	tick(buf, cs->contracted, "phase contracted: the old column dropped, the trigger removed");
+	end_criteria(buf, cs, MIG_PHASE_CONTRACTED);
+	appendStringInfo(buf, "Command: `SELECT mig_contract(%s);`\n", cs->tbl);
+	appendStringInfoString(buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
 }
 
 /*
@@ -697,14 +823,6 @@ mig_checklist(PG_FUNCTION_ARGS)
 	Oid			relid = PG_GETARG_OID(0);
 	ChecklistState cs;
 	StringInfoData buf;
-	const char *tbl;
-	const char *abort_cmd;
-	bool		live_job;
-	bool		backfill_done;
-	bool		aborted;
-	bool		contracted;
-	bool		trigger_ok;
-	ListCell   *lc;
 
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
@@ -717,101 +835,21 @@ mig_checklist(PG_FUNCTION_ARGS)
 	read_progress(cs.m->id, &cs.prog);
 	read_phase_log(&cs);
 	read_table_state(&cs);
-	tbl = quote_literal_cstr(cs.prog.table_name);
-	abort_cmd = psprintf("`SELECT mig_abort(%s);`", tbl);
-	aborted = cs.m->phase == MIG_PHASE_ABORTED;
-	contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
-	live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
-	backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
-	trigger_ok = mig_trigger_fires(cs.trigger);
+	cs.tbl = quote_literal_cstr(cs.prog.table_name);
+	cs.abort_cmd = psprintf("`SELECT mig_abort(%s);`", cs.tbl);
+	cs.aborted = cs.m->phase == MIG_PHASE_ABORTED;
+	cs.contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
+	cs.live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
+	cs.backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
+	cs.trigger_ok = mig_trigger_fires(cs.trigger);
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "# Migration " INT64_FORMAT " of table %s\n\n",
-					 cs.m->id, cs.prog.table_name);
-	append_pairs(&buf, &cs);
-	appendStringInfo(&buf, "- Phase: **%s**", mig_phase_name(cs.m->phase));
-	if (cs.reached_at[cs.m->phase])
-		appendStringInfo(&buf, " (since %s)", cs.reached_at[cs.m->phase]);
-	appendStringInfoString(&buf, "\n");
-	if (aborted)
-		appendStringInfoString(&buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
-	else if (contracted)
-		appendStringInfoString(&buf, "- Contracted: the old column is gone; the migration is complete and cannot be rolled back.\n");
-	else
-		appendStringInfo(&buf, "- Point of no return: **contract** (step 5) drops the old column. Until then %s rolls everything back.\n",
-						 abort_cmd);
-
-	/* 1. expand */
-	appendStringInfoString(&buf, "\n## 1. Expand\n\nEntry:\n");
-	tick(&buf, true, "no other active migration on the table");
-	appendStringInfoString(&buf, "\nExit:\n");
-	foreach(lc, cs.m->pairs)
-	{
-		MigPair    *pair = lfirst(lc);
-
-		tick(&buf, cs.new_cols_exist && !contracted && !aborted,
-			 "new column `%s` added", pair->new_col);
-	}
-	tick(&buf, trigger_ok && !contracted && !aborted,
-		 "dual-write trigger `%s` present and enabled%s", MIG_TRIGGER_NAME,
-		 cs.trigger == '\0' ? " (missing)" : trigger_ok ? "" :
-		 psprintf(" (tgenabled = '%c')", cs.trigger));
-	appendStringInfoChar(&buf, '\n');
-	append_reached(&buf, &cs, MIG_PHASE_EXPANDED);
-	appendStringInfo(&buf, "Rollback: %s drops the trigger and the new column(s); the old column is untouched.\n",
-					 abort_cmd);
-
-	/* 2. backfill */
-	appendStringInfoString(&buf, "\n## 2. Backfill\n\nEntry:\n");
-	tick(&buf, reached(&cs, MIG_PHASE_EXPANDED), "expanded: new column(s) and dual-write trigger in place");
-	appendStringInfoString(&buf, "\nExit:\n");
-	tick(&buf, backfill_done || reached(&cs, MIG_PHASE_BACKFILLED), "backfill job done");
-	append_figures(&buf, &cs.prog);
-	appendStringInfoChar(&buf, '\n');
-	append_reached(&buf, &cs, MIG_PHASE_BACKFILLED);
-	appendStringInfo(&buf, "Command: `SELECT mig_backfill(%s);`, then `SELECT mig_wait(%s);` or `SELECT * FROM mig_progress(%s);`\n",
-					 tbl, tbl, tbl);
-	appendStringInfo(&buf, "Rollback: `SELECT mig_cancel(%s);` stops the job (rows it wrote are harmless: the old column is still the source of truth); %s rolls back the migration.\n",
-					 tbl, abort_cmd);
-
-	/* 3. validate */
-	appendStringInfoString(&buf, "\n## 3. Validate\n\nEntry:\n");
-	tick(&buf, (backfill_done || reached(&cs, MIG_PHASE_BACKFILLED)) && !live_job,
-		 "backfill done, no job running");
-	append_validation(&buf, &cs);
-	appendStringInfoString(&buf, "\nExit:\n");
-	tick(&buf, cs.val_run != 0 && cs.val_exact && cs.val_passed,
-		 "the last validation was exact and every check passed");
-	tick(&buf, reached(&cs, MIG_PHASE_VALIDATED), "phase validated");
-	appendStringInfoChar(&buf, '\n');
-	append_reached(&buf, &cs, MIG_PHASE_VALIDATED);
-	appendStringInfo(&buf, "Command: `SELECT * FROM mig_validate(%s);` (exact; `sample => n` checks n random rows and never validates)\n",
-					 tbl);
-	appendStringInfo(&buf, "Rollback: nothing to undo (validation changes no data); %s rolls back the migration.\n",
-					 abort_cmd);
-
-	/* 4. cut over */
-	appendStringInfoString(&buf, "\n## 4. Cut over\n\nEntry:\n");
-	tick(&buf, reached(&cs, MIG_PHASE_VALIDATED), "phase validated (an exact validation passed)");
-	tick(&buf, trigger_ok || contracted, "dual-write trigger enabled");
-	appendStringInfoString(&buf, "\nExit:\n");
-	tick(&buf, reached(&cs, MIG_PHASE_CUTOVER), "phase cutover: the new column is the source of truth, the old one still kept in sync");
-	appendStringInfoChar(&buf, '\n');
-	append_reached(&buf, &cs, MIG_PHASE_CUTOVER);
-	appendStringInfo(&buf, "Command: `SELECT mig_cutover(%s);`\n", tbl);
-	appendStringInfo(&buf, "Rollback: %s: the old column was kept in sync, so clients can go back to it.\n",
-					 abort_cmd);
-
-	/* 5. contract */
-	appendStringInfoString(&buf, "\n## 5. Contract: the point of no return\n\nEntry:\n");
-	tick(&buf, reached(&cs, MIG_PHASE_CUTOVER), "phase cutover");
-	tick(&buf, cs.val_run != 0 && cs.val_passed, "the last validation passed");
-	appendStringInfoString(&buf, "\nExit:\n");
-	tick(&buf, contracted, "phase contracted: the old column dropped, the trigger removed");
-	appendStringInfoChar(&buf, '\n');
-	append_reached(&buf, &cs, MIG_PHASE_CONTRACTED);
-	appendStringInfo(&buf, "Command: `SELECT mig_contract(%s);`\n", tbl);
-	appendStringInfoString(&buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
+	checklist_header(&buf, &cs);
+	checklist_expand(&buf, &cs);
+	checklist_backfill(&buf, &cs);
+	checklist_validate(&buf, &cs);
+	checklist_cutover(&buf, &cs);
+	checklist_contract(&buf, &cs);
 
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }

@@ -9,13 +9,20 @@
 #   latest_job($tbl)               the same without a table: the latest job of all
 #   wait_job_ended($node, $tbl)    wait until that job is no longer running,
 #                                  throttled or interrupted; returns its state
+#   mig_node($name, %opt)          a started cluster with migrate_ext in
+#                                  shared_preload_libraries (and 16 worker
+#                                  slots), the extension created in database
+#                                  postgres. Options: init => { ... } passed to
+#                                  init(), conf => more postgresql.conf lines,
+#                                  setup => SQL run after CREATE EXTENSION
 package MigTest;
 
 use strict;
 use warnings;
 use Exporter 'import';
+use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(job_row latest_job wait_job_ended);
+our @EXPORT = qw(job_row latest_job wait_job_ended mig_node);
 
 sub job_row
 {
@@ -39,6 +46,19 @@ sub wait_job_ended
 		"SELECT ($j).state NOT IN ('running', 'throttled', 'interrupted')")
 	  or die 'the backfill' . (defined $tbl ? " of $tbl" : '') . ' did not end';
 	return $node->safe_psql($db, "SELECT ($j).state");
+}
+
+sub mig_node
+{
+	my ($name, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opt{init} // {} });
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'migrate_ext'\nmax_worker_processes = 16\n"
+		  . ($opt{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', "CREATE EXTENSION migrate_ext;\n" . ($opt{setup} // ''));
+	return $node;
 }
 
 1;

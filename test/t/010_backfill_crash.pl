@@ -12,22 +12,25 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
 my $rows = 30000;
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf', qq(
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-restart_after_crash = on
-));
-$node->start;
-$node->safe_psql('postgres', qq(
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('crash', conf => "restart_after_crash = on\n", setup => qq(
 CREATE TABLE t (id bigint PRIMARY KEY, email text NOT NULL);
 INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $rows) g;
 SELECT mig_expand('t', 'email', up => 'lower(email)');
 ));
 
 my $job = latest_job();
+
+# Empty the new column again (the trigger off meanwhile, so that it does
+# not fill it back), for the next job to have every row to do.
+sub clear_new_column
+{
+	$node->safe_psql('postgres', qq(
+SET client_min_messages = error;
+ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
+UPDATE t SET _mig_new_email = NULL;
+ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+));
+}
 
 # Start a slow job, and wait until it is well under way.
 sub start_slow_job
@@ -66,24 +69,14 @@ ok($node->log_contains(qr/resuming backfill job/, $log_offset),
 isnt($node->safe_psql('postgres', "SELECT ($job).worker_pid"), $pid, 'by a new worker');
 
 # 2. immediate shutdown in the middle of a job
-$node->safe_psql('postgres', qq(
-SET client_min_messages = error;
-ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE t SET _mig_new_email = NULL;
-ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-));
+clear_new_column();
 start_slow_job();
 $node->stop('immediate');
 $node->start;
 check_finished('an immediate shutdown');
 
 # 3. a paused job stays paused across a restart, with a worker waiting
-$node->safe_psql('postgres', qq(
-SET client_min_messages = error;
-ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
-UPDATE t SET _mig_new_email = NULL;
-ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-));
+clear_new_column();
 start_slow_job();
 $node->safe_psql('postgres', "SELECT mig_pause('t')");
 my $done = $node->safe_psql('postgres', "SELECT ($job).rows_done");

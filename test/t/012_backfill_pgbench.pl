@@ -11,16 +11,7 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
 my $rows = 200000;
-my $node = PostgreSQL::Test::Cluster->new('pgbench');
-$node->init;
-$node->append_conf('postgresql.conf', qq(
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-max_connections = 20
-));
-$node->start;
-$node->safe_psql('postgres', qq(
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('pgbench', conf => "max_connections = 20\n", setup => qq(
 CREATE TABLE t (id bigint PRIMARY KEY, email text NOT NULL, n int NOT NULL DEFAULT 0);
 INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $rows) g;
 CREATE SEQUENCE t_new_id START $rows;

@@ -11,15 +11,7 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
 my $rows = 20000;
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq(
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-));
-$primary->start;
-$primary->safe_psql('postgres', qq(
-CREATE EXTENSION migrate_ext;
+my $primary = mig_node('primary', init => { allows_streaming => 1 }, setup => qq(
 CREATE TABLE t (id int PRIMARY KEY, email text NOT NULL);
 INSERT INTO t SELECT g, 'User' || g || '\@Example.COM' FROM generate_series(1, $rows) g;
 SELECT mig_expand('t', 'email', up => 'lower(email)');

@@ -8,14 +8,11 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
-my $node = PostgreSQL::Test::Cluster->new('load');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'\n");
-$node->start;
-
-$node->safe_psql('postgres', q{
-	CREATE EXTENSION migrate_ext;
+my $node = mig_node('load', setup => q{
 	CREATE TABLE t (id int PRIMARY KEY, v text);
 	INSERT INTO t SELECT g, 'V' || g FROM generate_series(1, 300000) g;
 	SELECT mig_expand('t', 'v', up => 'lower(v)');

@@ -9,14 +9,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
-my $node = PostgreSQL::Test::Cluster->new('report');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'");
-$node->start;
-
-$node->safe_psql('postgres', q{
-	CREATE EXTENSION migrate_ext;
+my $node = mig_node('report', setup => q{
 	CREATE TABLE users (id int PRIMARY KEY, email text);
 	INSERT INTO users SELECT g, 'U' || g || '@X.org' FROM generate_series(1, 1000) g;
 	SELECT mig_expand('users', 'email', up => 'lower(email)');

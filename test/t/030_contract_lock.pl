@@ -7,17 +7,11 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
-my $node = PostgreSQL::Test::Cluster->new('contract');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-});
-$node->start;
-
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('contract', setup => q{
 CREATE TABLE orders (id serial PRIMARY KEY, note text);
 CREATE TABLE items (id serial PRIMARY KEY, order_id int REFERENCES orders, qty int);
 INSERT INTO orders (note) SELECT 'o' || g FROM generate_series(1, 20000) g;

@@ -8,17 +8,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
-my $node = PostgreSQL::Test::Cluster->new('cancel');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-});
-$node->start;
-
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('cancel', setup => q{
 CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0));
 CREATE TABLE ord (id int PRIMARY KEY, acct_id int REFERENCES acct);
 INSERT INTO acct SELECT g, g FROM generate_series(1, 1000) g;

@@ -13,19 +13,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $pgbouncer = (grep { -x } '/usr/sbin/pgbouncer', '/usr/bin/pgbouncer')[0]
   or die "pgbouncer is not installed (Debian package pgbouncer; test/lib.sh installs it)";
 
-my $node = PostgreSQL::Test::Cluster->new('pooler');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-});
-$node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('pooler', setup => q{
 CREATE ROLE app_old LOGIN;
 CREATE ROLE app_new LOGIN;
 CREATE ROLE app LOGIN;

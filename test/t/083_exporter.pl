@@ -13,21 +13,16 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
 my $exporter = (grep { -x } '/usr/bin/prometheus-postgres-exporter', '/usr/bin/postgres_exporter')[0]
   or die "prometheus-postgres-exporter is not installed (Debian package; test/lib.sh installs it)";
 my $queries = "$ENV{TESTDIR}/monitoring/queries.yaml";
 -f $queries or die "$queries is missing";
 
-my $node = PostgreSQL::Test::Cluster->new('exporter');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-});
-$node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('exporter', setup => q{
 CREATE ROLE exporter LOGIN;
 GRANT pg_monitor TO exporter;
 CREATE TABLE orders (id int PRIMARY KEY, note text);
