@@ -14,14 +14,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 
-my $node = PostgreSQL::Test::Cluster->new('partition_validate');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'migrate_ext'\n");
-$node->start;
-
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('partition_validate', setup => q{
 CREATE TABLE ev (id int NOT NULL, created_at date NOT NULL, v int,
 	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
 CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');

@@ -22,18 +22,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
 use IPC::Run;
 
-my $node = PostgreSQL::Test::Cluster->new('partition_contract');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'migrate_ext'
-max_worker_processes = 16
-});
-$node->start;
-
-$node->safe_psql('postgres', q{
-CREATE EXTENSION migrate_ext;
+my $node = mig_node('partition_contract', setup => q{
 CREATE TABLE ev (id int NOT NULL, created_at date NOT NULL, v int, note text,
 	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
 CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
