@@ -105,9 +105,9 @@ extension_owner(void)
  * error too: SECURITY_LOCAL_USERID_CHANGE and the GUC nest level are both
  * undone by (sub)transaction abort, and the flag forbids SET ROLE meanwhile.
  */
-int
-mig_catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				  const char *nulls, bool read_only, long tcount)
+static int
+catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls, bool read_only, long tcount)
 {
 	Oid			save_userid;
 	int			save_sec_context;
@@ -127,6 +127,20 @@ mig_catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	AtEOXact_GUC(true, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return ret;
+}
+
+/*
+ * Every statement but the reads of a migration and its pairs (which the
+ * dual-write trigger needs, and which the catalog of every version serves
+ * alike) first checks that the installed catalog is this library's
+ * (mig_version_check).
+ */
+int
+mig_catalog_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				  const char *nulls, bool read_only, long tcount)
+{
+	mig_version_check();
+	return catalog_query(sql, nargs, argtypes, values, nulls, read_only, tcount);
 }
 
 /*
@@ -215,7 +229,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 	uint64		nmig;
 
 	SPI_connect();
-	if (mig_catalog_query(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+	if (catalog_query(sql, 1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.migration");
 
 	nmig = SPI_processed;
@@ -241,7 +255,7 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 		Oid			int8type = INT8OID;
 		Datum		id = Int64GetDatum(m->id);
 
-		if (mig_catalog_query("SELECT * FROM migrate_ext.column_pair "
+		if (catalog_query("SELECT * FROM migrate_ext.column_pair "
 							  "WHERE migration_id OPERATOR(pg_catalog.=) $1 ORDER BY ord",
 							  1, &int8type, &id, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read migrate_ext.column_pair");
@@ -464,4 +478,92 @@ mig_catalog_has_job(int64 migration_id)
 	found = SPI_processed > 0;
 	SPI_finish();
 	return found;
+}
+
+/* The owner of extension migrate_ext, for the SQL face's permission checks. */
+Oid
+mig_extension_owner(void)
+{
+	return extension_owner();
+}
+
+/*
+ * The version of extension migrate_ext installed in this database
+ * (pg_extension.extversion), or NULL when it is not installed.
+ */
+char *
+mig_extension_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("migrate_ext"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+#ifndef MIGRATE_EXT_VERSION
+#error "MIGRATE_EXT_VERSION must be defined (the Makefile passes it)"
+#endif
+
+/* set once the installed catalog was found to be this library's */
+static bool version_matched = false;
+
+/*
+ * Is the extension installed in this database at this library's version?
+ * False while a new library runs against the old catalog: after the
+ * package upgrade and the restart, before ALTER EXTENSION migrate_ext
+ * UPDATE.  A match is remembered for the backend's life (versions only
+ * move forward); a mismatch is looked at again each time.
+ */
+bool
+mig_version_matches(void)
+{
+	char	   *installed;
+
+	if (version_matched)
+		return true;
+	installed = mig_extension_version();
+	if (installed != NULL && strcmp(installed, MIGRATE_EXT_VERSION) == 0)
+		version_matched = true;
+	return version_matched;
+}
+
+/*
+ * Refuse (55000) to work on a catalog of another version than this
+ * library's, with the way out.  Not installed: nothing to say here.
+ */
+void
+mig_version_check(void)
+{
+	char	   *installed;
+
+	if (mig_version_matches())
+		return;
+	installed = mig_extension_version();
+	if (installed == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the migrate_ext library is version %s, but the extension in this database is version %s",
+					MIGRATE_EXT_VERSION, installed),
+			 errdetail("The library was upgraded and the extension's catalog not yet; until it is, only the dual-write trigger keeps working."),
+			 errhint("Run ALTER EXTENSION migrate_ext UPDATE in this database.")));
 }

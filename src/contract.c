@@ -142,7 +142,7 @@ locked_by_me(Oid relid)
  * waiting on the latch between messages (cancellable).
  */
 static void
-relay_worker(shm_mq_handle *mqh)
+relay_worker(shm_mq_handle *mqh, Oid relid)
 {
 	for (;;)
 	{
@@ -165,6 +165,14 @@ relay_worker(shm_mq_handle *mqh)
 				pq_parse_errornotice(&msg, &edata);
 				/* the worker's FATAL (it was terminated) is our ERROR */
 				edata.elevel = Min(edata.elevel, ERROR);
+				/* a statement's bare lock timeout: the ladder's error */
+				if (edata.elevel == ERROR &&
+					edata.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
+					strncmp(edata.message, "could not lock table", 20) != 0)
+					mig_lock_error(relid, AccessExclusiveLock, "contract it",
+								   psprintf("A statement of the contract gave up (%s)",
+											edata.message),
+								   "The steps done so far are kept: run mig_contract again once it has ended.");
 				ThrowErrorData(&edata);
 			}
 			pfree(msg.data);
@@ -280,7 +288,7 @@ mig_contract(PG_FUNCTION_ARGS)
 							&args, &handle);
 	mqh = shm_mq_attach(mq, seg, handle);
 
-	relay_worker(mqh);
+	relay_worker(mqh, relid);
 
 	SpinLockAcquire(&sh->mutex);
 	done = sh->done;

@@ -513,6 +513,17 @@ mig_abort(PG_FUNCTION_ARGS)
 	{
 		MigMigration *last = mig_catalog_latest(relid);
 
+		int64		phantom;
+
+		/* a restored table carries the trigger of a migration it is not in */
+		if (last == NULL && OidIsValid(mig_dualwrite_trigger(relid, &phantom, NULL)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("table \"%s\" has no migration to abort",
+							RelationGetRelationName(rel)),
+					 errdetail("It carries the dual-write trigger of migration " INT64_FORMAT ", which the catalog records for another table: a database restored from a dump keeps the old OIDs in the catalog.",
+							   phantom),
+					 errhint("Abort that migration with mig_abort_id(" INT64_FORMAT ").", phantom)));
 		if (last == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),

@@ -4,13 +4,19 @@
  *	  What keeps a migration's pair of columns safe from the table's other
  *	  DDL while its dual-write trigger exists.
  *
- * Three layers:
+ * Four layers:
  *	 - pg_depend: mig_expand records the trigger as depending on every column
  *	   the migration reads or writes, as PostgreSQL records a generated
  *	   column's inputs, so DROP COLUMN and ALTER COLUMN TYPE of them fail
  *	   even where event triggers do not fire (single-user mode);
  *	 - the event trigger on ddl_command_start refuses those commands first,
  *	   with an error that names the migration and the way out (mig_abort);
+ *	 - the event trigger on ddl_command_start also refuses DROP TRIGGER of
+ *	   the dual-write trigger of an active migration, except from
+ *	   migrate_ext's own contract; the one on sql_drop aborts the active
+ *	   migration of a dropped table (no phantom is left behind);
+ *	   mig_abort_id() aborts a phantom that a dump and restore left (the
+ *	   catalog's rows name old OIDs);
  *	 - the event trigger on ddl_command_end refuses a BEFORE ROW trigger
  *	   that would fire after the dual-write trigger (CREATE TRIGGER, ALTER
  *	   TRIGGER ... RENAME), and records in the catalog (invalidated_at,
@@ -20,7 +26,8 @@
  *
  * The dual-write trigger is recognised by its function
  * (migrate_ext.dualwrite) and its argument (the migration id), never by its
- * name alone.
+ * name alone (relation.c's mig_dualwrite_trigger, which expand and contract
+ * use too, as they use its trigger-order rule and protected columns).
  *
  *-------------------------------------------------------------------------
  */
@@ -29,144 +36,36 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/dependency.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_func.h"
+#include "postmaster/bgworker.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_guard_ddl_start);
 PG_FUNCTION_INFO_V1(mig_guard_ddl_end);
-
-/* OID of migrate_ext.dualwrite(), or InvalidOid */
-static Oid
-dualwrite_func(void)
-{
-	List	   *name = list_make2(makeString("migrate_ext"), makeString("dualwrite"));
-
-	return LookupFuncName(name, 0, NULL, true);
-}
-
-/*
- * The dual-write trigger of the table, if it has one: its migration id in
- * *migration_id.  Read from pg_trigger, so that it needs no lock on the
- * table beyond what the caller holds.
- */
-Oid
-mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled)
-{
-	Oid			funcid = dualwrite_func();
-	Oid			result = InvalidOid;
-	Relation	tgrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-
-	if (!OidIsValid(funcid))
-		return InvalidOid;
-	tgrel = table_open(TriggerRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(relid));
-	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
-	while (HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
-		bool		isnull;
-		Datum		args;
-		bytea	   *ba;
-
-		if (tg->tgfoid != funcid || tg->tgnargs != 1)
-			continue;
-		args = heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
-		if (isnull)
-			continue;
-		ba = DatumGetByteaPP(args);
-		result = tg->oid;
-		if (migration_id)
-			*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
-		if (tgenabled)
-			*tgenabled = tg->tgenabled;
-		break;
-	}
-	systable_endscan(scan);
-	table_close(tgrel, AccessShareLock);
-	return result;
-}
-
-/*
- * Every column a migration reads or writes: the old and new column of each
- * pair and the columns its expressions read.
- */
-Bitmapset *
-mig_protected_columns(List *pairs)
-{
-	Bitmapset  *cols = NULL;
-	ListCell   *lc;
-
-	foreach(lc, pairs)
-	{
-		MigPair    *p = lfirst(lc);
-		List	   *vars;
-		ListCell   *lv;
-
-		cols = bms_add_member(cols, p->old_attnum);
-		cols = bms_add_member(cols, p->new_attnum);
-		vars = pull_var_clause(p->up, 0);
-		if (p->down)
-			vars = list_concat(vars, pull_var_clause(p->down, 0));
-		if (p->check)
-			vars = list_concat(vars, pull_var_clause(p->check, 0));
-		foreach(lv, vars)
-		{
-			Var		   *var = lfirst_node(Var, lv);
-
-			if (var->varattno > 0)
-				cols = bms_add_member(cols, var->varattno);
-		}
-	}
-	return cols;
-}
-
-/*
- * Refuse a BEFORE ROW trigger for INSERT or UPDATE that PostgreSQL would
- * fire after the dual-write trigger (triggers fire in byte order of their
- * names): it could change the old column after its value was copied.
- */
-void
-mig_check_trigger_order(Relation rel, const char *dwname)
-{
-	TriggerDesc *trigdesc = rel->trigdesc;
-
-	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
-	{
-		Trigger    *t = &trigdesc->triggers[i];
-
-		if (!TRIGGER_FOR_ROW(t->tgtype) || !TRIGGER_FOR_BEFORE(t->tgtype) ||
-			!(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)))
-			continue;
-		if (strcmp(t->tgname, dwname) > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("trigger \"%s\" on table \"%s\" would fire after the dual-write trigger \"%s\"",
-							t->tgname, RelationGetRelationName(rel), dwname),
-					 errdetail("PostgreSQL fires BEFORE ROW triggers in the byte order of their names; a trigger that fires after \"%s\" could change the old column after its new value was computed, and the pair would diverge.",
-							   dwname),
-					 errhint("Rename the trigger so that its name sorts before \"%s\" (names of ASCII letters, digits and underscores below \"zz\" do).",
-							 dwname)));
-	}
-}
+PG_FUNCTION_INFO_V1(mig_guard_sql_drop);
+PG_FUNCTION_INFO_V1(mig_abort_id);
 
 /* ddl_command_start, ALTER TABLE: refuse DROP / ALTER TYPE of a protected column. */
 static void
@@ -211,6 +110,66 @@ guard_alter_start(AlterTableStmt *stmt)
 	}
 }
 
+/*
+ * Is this the background worker of a mig_contract?  Its swap drops the
+ * dual-write trigger itself, in a statement of its own, before it records
+ * the phase contracted.  (mig_abort drops it with performDeletion(), which
+ * fires no event trigger.)
+ */
+static bool
+in_contract_worker(void)
+{
+	return MyBgworkerEntry != NULL &&
+		strcmp(MyBgworkerEntry->bgw_library_name, "migrate_ext") == 0 &&
+		strcmp(MyBgworkerEntry->bgw_function_name, "mig_contract_worker_main") == 0;
+}
+
+/*
+ * ddl_command_start, DROP TRIGGER: refuse to drop the dual-write trigger
+ * of an active migration (recognised by its function and argument, the
+ * trigger still being there).  Without it writes stop keeping the pair in
+ * step, and nothing could bring the migration back but mig_abort.
+ */
+static void
+guard_drop_trigger_start(DropStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (in_contract_worker())
+		return;
+	foreach(lc, stmt->objects)
+	{
+		List	   *names = lfirst_node(List, lc);
+		RangeVar   *rv;
+		Oid			relid;
+		Oid			tgoid;
+		int64		id;
+		MigMigration *m;
+
+		/* [schema.]table.trigger */
+		if (list_length(names) < 2)
+			continue;
+		rv = makeRangeVarFromNameList(list_truncate(list_copy(names), list_length(names) - 1));
+		relid = RangeVarGetRelid(rv, NoLock, true);
+		if (!OidIsValid(relid))
+			continue;
+		tgoid = mig_dualwrite_trigger(relid, &id, NULL);
+		if (!OidIsValid(tgoid) ||
+			get_trigger_oid(relid, strVal(llast(names)), true) != tgoid)
+			continue;
+		m = mig_catalog_by_id(id);
+		if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop the dual-write trigger of migration " INT64_FORMAT " on table \"%s\"",
+						id, get_rel_name(relid)),
+				 errdetail("Without it, writes to the table no longer keep the new column in step with the old one."),
+				 errhint("Finish the migration with mig_contract(), or roll it back with mig_abort('%s'), which drops the trigger.",
+						 get_rel_name(relid))));
+	}
+}
+
 Datum
 mig_guard_ddl_start(PG_FUNCTION_ARGS)
 {
@@ -221,6 +180,9 @@ mig_guard_ddl_start(PG_FUNCTION_ARGS)
 	trigdata = (EventTriggerData *) fcinfo->context;
 	if (IsA(trigdata->parsetree, AlterTableStmt))
 		guard_alter_start((AlterTableStmt *) trigdata->parsetree);
+	else if (IsA(trigdata->parsetree, DropStmt) &&
+			 ((DropStmt *) trigdata->parsetree)->removeType == OBJECT_TRIGGER)
+		guard_drop_trigger_start((DropStmt *) trigdata->parsetree);
 	PG_RETURN_VOID();
 }
 
@@ -297,5 +259,142 @@ mig_guard_ddl_end(PG_FUNCTION_ARGS)
 				mig_check_trigger_order(rel, rel->trigdesc->triggers[i].tgname);
 	}
 	table_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/* A dropped table: its active migration is aborted, its backfill cancelled. */
+static void
+guard_table_dropped(Oid relid)
+{
+	MigMigration *m = mig_catalog_active(relid, true);
+
+	if (m == NULL)
+		return;
+	mig_job_cancel_for_migration(m->id);
+	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_ABORTED,
+						  "the table was dropped");
+	ereport(NOTICE,
+			(errmsg("migration " INT64_FORMAT " of table %s is aborted: the table was dropped",
+					m->id, m->table_name)));
+}
+
+/*
+ * sql_drop: a dropped table takes its active migration with it (aborted,
+ * so that no phantom is left that nobody can abort).
+ */
+Datum
+mig_guard_sql_drop(PG_FUNCTION_ARGS)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	List	   *tables = NIL;
+	ListCell   *lc;
+	bool		pushed = false;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "migrate_ext.guard_sql_drop() must be called as an event trigger");
+
+	/* DROP EXTENSION or DROP SCHEMA took the catalog with it: nothing to do */
+	if (!OidIsValid(get_extension_oid("migrate_ext", true)) ||
+		!OidIsValid(get_relname_relid("migration", get_namespace_oid("migrate_ext", true))))
+		PG_RETURN_VOID();
+
+	/* DROP INDEX CONCURRENTLY ends in a transaction of its own, snapshotless */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
+	SPI_connect();
+	if (SPI_execute("SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.object_type OPERATOR(pg_catalog.=) 'table' "
+					"AND d.objsubid OPERATOR(pg_catalog.=) 0", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read the dropped objects");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			objid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1,
+														   &isnull));
+		MemoryContext old = MemoryContextSwitchTo(callercxt);
+
+		tables = lappend_oid(tables, objid);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	foreach(lc, tables)
+		guard_table_dropped(lfirst_oid(lc));
+	if (pushed)
+		PopActiveSnapshot();
+	PG_RETURN_VOID();
+}
+
+/*
+ * mig_abort_id(migration_id)
+ *
+ * Abort a phantom: an active migration whose table is gone, or is not the
+ * one the catalog names any more (a database restored from a dump: the
+ * catalog's rows come back with the old OIDs).  Its dual-write trigger, if
+ * a table still carries one, is dropped (found by its function and
+ * argument); the new columns are left for their owner to look at and drop.
+ * A migration whose table is fine is aborted with mig_abort(tbl).
+ */
+Datum
+mig_abort_id(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	MigMigration *m = mig_catalog_by_id(id);
+	int64		tg_id;
+	Oid			relid;
+	Oid			tgoid;
+
+	if (m == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("migration " INT64_FORMAT " does not exist", id)));
+	if (m->phase == MIG_PHASE_CONTRACTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("migration " INT64_FORMAT " was contracted and cannot be aborted", id)));
+	if (m->phase == MIG_PHASE_ABORTED)
+	{
+		ereport(NOTICE, (errmsg("migration " INT64_FORMAT " is already aborted", id)));
+		PG_RETURN_VOID();
+	}
+	if (OidIsValid(mig_dualwrite_trigger(m->relid, &tg_id, NULL)) && tg_id == id)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("migration " INT64_FORMAT " is not a phantom: its table %s is there",
+						id, mig_qualified_name(m->relid)),
+				 errhint("Abort it with mig_abort('%s'), which also drops its new columns.",
+						 mig_qualified_name(m->relid))));
+
+	tgoid = mig_dualwrite_trigger_of(id, &relid);
+	if (OidIsValid(tgoid))
+	{
+		ObjectAddress trigger;
+
+		/* the table's owner may; the ladder, as for any strong lock */
+		if (!pg_class_ownercheck(relid, GetUserId()))
+			aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+		mig_lock_table(relid, AccessExclusiveLock, "drop the dual-write trigger of a phantom migration");
+		ObjectAddressSet(trigger, TriggerRelationId, tgoid);
+		performDeletion(&trigger, DROP_RESTRICT, 0);
+		ereport(NOTICE,
+				(errmsg("dropped the dual-write trigger of migration " INT64_FORMAT " from table %s",
+						id, mig_qualified_name(relid)),
+				 errdetail("Its new columns are left as they are: check them and drop them by hand.")));
+	}
+	else if (!superuser() &&
+			 !has_privs_of_role(GetUserId(), mig_extension_owner()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to abort migration " INT64_FORMAT, id),
+				 errdetail("Its table is gone; only a superuser or the owner of extension migrate_ext may abort it.")));
+
+	mig_job_cancel_for_migration(id);
+	mig_catalog_set_phase(id, m->phase, MIG_PHASE_ABORTED,
+						  psprintf("a phantom: table %s (OID %u) is gone or is another table",
+								   m->table_name, m->relid));
 	PG_RETURN_VOID();
 }

@@ -21,31 +21,77 @@
  * REPEATABLE READ or SERIALIZABLE the transaction snapshot is reused and
  * must stay protected, so nothing is released there.
  *
+ * Nor while the transaction has an open cursor (DECLARE, a PL/pgSQL loop
+ * over a query, a portal of the extended protocol left between Execute
+ * messages): such a portal reads on with the snapshot it was opened with,
+ * older than ours, and with the xmin cleared a concurrent DELETE and VACUUM
+ * would remove rows it has yet to return.  The snapshot manager offers no
+ * public registry of other snapshots we could check more finely, so any portal
+ * that is ready to run again (PORTAL_READY, which ours, running, is not)
+ * means the xmin stays, and the caller holds back vacuum as any statement
+ * does.  A WITH HOLD cursor left from an earlier transaction counts too:
+ * conservative, never wrong.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "tcop/pquery.h"
 #include "utils/backend_status.h"
+#include "utils/builtins.h"
+#include "utils/portal.h"
+#include "utils/timestamp.h"
 #include "utils/snapmgr.h"
 
 #include "migrate_ext.h"
 
 /*
+ * Does the transaction have a cursor open besides the running portal?
+ * (ThereAreNoReadyPortals() would leak its hash scan when it finds one.)
+ */
+static bool
+other_cursors_open(void)
+{
+	const char *self = ActivePortal ? ActivePortal->name : "";
+	int64		n;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursor() c "
+							  "WHERE c.name OPERATOR(pg_catalog.<>) $1 "
+							  "AND NOT (c.is_holdable AND c.creation_time OPERATOR(pg_catalog.<) $2)",
+							  2, (Oid[]) {TEXTOID, TIMESTAMPTZOID},
+							  (Datum[]) {CStringGetTextDatum(self),
+								  TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())},
+							  NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "migrate_ext: could not list the open cursors");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									&(bool) {false}));
+	SPI_finish();
+	return n > 0;
+}
+
+/*
  * Stop holding back the xmin horizon with snapshots this backend will not
  * read with again.  Returns false (and does nothing) where the transaction
- * snapshot must stay protected.  Call it only between statements that take
- * their own snapshots, never while a scan with an older snapshot is open.
+ * snapshot must stay protected, or an open cursor still reads with an
+ * older one.  Call it only between statements that take their own
+ * snapshots, never while a scan of the caller with an older snapshot is
+ * open.
  */
 bool
 mig_release_xmin(void)
 {
 	if (IsolationUsesXactSnapshot())
+		return false;
+	if (other_cursors_open())
 		return false;
 	InvalidateCatalogSnapshot();
 	MyProc->xmin = InvalidTransactionId;

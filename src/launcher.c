@@ -47,6 +47,12 @@
 #include "migrate_ext.h"
 #include "migrate_ext_worker.h"
 
+/*
+ * How often the worker of a database whose extension is older than the
+ * library looks again (it exits 1 and the postmaster restarts it).
+ */
+#define LAUNCHER_RECHECK_S		5
+
 PGDLLEXPORT void mig_launcher_main(Datum main_arg);
 PGDLLEXPORT void mig_launcher_db_main(Datum main_arg);
 
@@ -70,6 +76,19 @@ resume_interrupted_jobs(void)
 	{
 		SPI_finish();
 		return;
+	}
+	if (!mig_version_matches())
+	{
+		/* exit 1: the postmaster starts this worker again in a while */
+		ereport(LOG,
+				(errmsg("migrate_ext: not resuming the backfill jobs of database \"%s\" yet: the library is version %s, the extension %s",
+						get_database_name(MyDatabaseId), MIGRATE_EXT_VERSION,
+						mig_extension_version()),
+				 errhint("Run ALTER EXTENSION migrate_ext UPDATE in that database; the jobs resume within %d seconds after.",
+						 LAUNCHER_RECHECK_S)));
+		SPI_finish();
+		AbortCurrentTransaction();
+		proc_exit(1);
 	}
 	if (mig_catalog_query("SELECT id, role_oid, login_oid FROM migrate_ext.job "
 					"WHERE state IN ('running', 'throttled', 'paused', 'interrupted') "
@@ -214,7 +233,11 @@ launcher_databases(void)
 /*
  * Start the short worker for one database and wait until it has exited, so
  * that the launcher never takes more than one slot of max_worker_processes
- * besides the backfill workers themselves.
+ * besides the backfill workers themselves.  A database whose extension has
+ * not been updated to the library's version yet keeps its worker's slot:
+ * the worker exits 1, and the postmaster starts it again every
+ * LAUNCHER_RECHECK_S seconds until the versions match; the launcher does
+ * not wait for that and goes on with the next database.
  */
 static void
 launcher_visit(Oid dboid)
@@ -223,7 +246,7 @@ launcher_visit(Oid dboid)
 	BackgroundWorkerHandle *handle;
 	pid_t		pid;
 
-	launcher_worker_init(&worker, "mig_launcher_db_main", BGW_NEVER_RESTART);
+	launcher_worker_init(&worker, "mig_launcher_db_main", LAUNCHER_RECHECK_S);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "migrate_ext launcher for database %u", dboid);
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = MyProcPid;
@@ -238,7 +261,16 @@ launcher_visit(Oid dboid)
 		return;
 	}
 	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-		(void) WaitForBackgroundWorkerShutdown(handle);
+	{
+		/* until it has exited: for good (stopped), or to be started again */
+		while (GetBackgroundWorkerPid(handle, &pid) == BGWH_STARTED)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
 	pfree(handle);
 }
 

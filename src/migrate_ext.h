@@ -104,6 +104,10 @@ extern int	mig_catalog_query(const char *sql, int nargs, Oid *argtypes,
 							  long tcount);
 extern void mig_catalog_exec(const char *sql, int nargs, Oid *argtypes,
 							 Datum *values, const char *nulls, int expected);
+extern Oid	mig_extension_owner(void);
+extern char *mig_extension_version(void);
+extern bool mig_version_matches(void);
+extern void mig_version_check(void);
 extern int64 mig_catalog_exec_int8(const char *sql, int nargs, Oid *argtypes,
 								   Datum *values, const char *nulls);
 
@@ -142,6 +146,12 @@ extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
+extern void mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why,
+						   const char *tried, const char *outcome) pg_attribute_noreturn();
+extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
+extern Oid	mig_dualwrite_trigger_of(int64 migration_id, Oid *relid);
+extern struct Bitmapset *mig_protected_columns(List *pairs);
+extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
 /* job.c: backfill job rows, their states, the job locks */
 typedef enum JobState
@@ -231,10 +241,6 @@ extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
 extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 						 int vacuums);
 
-/* guard.c */
-extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);
-extern struct Bitmapset *mig_protected_columns(List *pairs);
-extern void mig_check_trigger_order(Relation rel, const char *dwname);
 
 /* contract_undo.c: drop what an unfinished mig_contract added */
 extern int	mig_contract_undo(int64 migration_id);

@@ -824,35 +824,15 @@ find_collisions(PRun *run, PUnique *u)
 	ExecDropSingleTupleTableSlot(slots[1]);
 }
 
-/*
- * Run the user's code as the table's owner in a security-restricted
- * operation: no SET ROLE out of it, no temporary objects, row security
- * of the owner not forced.
- *
- * TODO(lead): swap for core's shared owner-switching primitive when it
- * lands; this is the same SetUserIdAndSecContext call, kept local so that
- * preflight.c touches no other file.
- */
-static void
-preflight_become_owner(Relation rel, Oid *save_userid, int *save_sec_context)
-{
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(rel->rd_rel->relowner,
-						   *save_sec_context | SECURITY_RESTRICTED_OPERATION |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
-}
-
 /* Prepare the statements and scan, as the owner, under a pinned search_path. */
 static void
 run_scan(PRun *run, const char *sql)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	MigOwnerSave save;
 	Oid			types[2] = {TIDOID, TIDOID};
 
-	preflight_become_owner(run->rel, &save_userid, &save_sec_context);
-	save_nestlevel = NewGUCNestLevel();
+	/* user code runs as the owner, restricted, row security not forced */
+	mig_owner_switch(RelationGetRelid(run->rel), &save);
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 
@@ -874,8 +854,7 @@ run_scan(PRun *run, const char *sql)
 	scan_table(run);
 	SPI_finish();
 
-	AtEOXact_GUC(true, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	mig_owner_restore(&save);
 }
 
 /* Each check's detail, from its counts and examples. */

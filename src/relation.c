@@ -21,8 +21,12 @@
  * in a subtransaction, a growing wait on the latch between tries, so that
  * an ALTER TABLE never queues the application behind it for long); the
  * runner for the utility statements migrate_ext generates; the rule for
- * whether the dual-write trigger is enabled; and the choice of the key that
- * walks and names a table's rows.
+ * whether the dual-write trigger is enabled, how to find it, which columns
+ * it protects and which trigger order it needs (for expand, the guard and
+ * contract alike); and the choice of the key that walks and names a table's
+ * rows.  The protected columns live here rather than in expr.c because
+ * they are a fact about the table's columns that the guard checks against
+ * attnums, not something that cooks or prints an expression.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +40,7 @@
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
@@ -45,10 +50,17 @@
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_func.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
+#include "utils/backend_status.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -57,6 +69,7 @@
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "migrate_ext.h"
@@ -196,9 +209,147 @@ try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
 	return failed;
 }
 
+/* A session holding a lock that conflicts with the one we want. */
+typedef struct LockBlocker
+{
+	int			pid;
+	char	   *appname;
+	TimestampTz xact_start;		/* 0: unknown or hidden */
+	TimestampTz query_start;
+	bool		visible;		/* may the caller see its times? */
+} LockBlocker;
+
+/*
+ * The oldest session that holds a lock on relid conflicting with lockmode
+ * (what pg_locks and pg_stat_activity would show), read from the lock
+ * manager and the backend status array.  Its times are shown only to a
+ * role that pg_stat_activity would show them to; they are used for the
+ * decision whoever asks.  Returns false when nobody holds one.
+ */
+static bool
+lock_blocker(Oid relid, LOCKMODE lockmode, LockBlocker *b)
+{
+	LOCKTAG		tag;
+	VirtualTransactionId *vxids;
+	bool		found = false;
+
+	memset(b, 0, sizeof(*b));
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	vxids = GetLockConflicts(&tag, lockmode, NULL);
+	pgstat_clear_backend_activity_snapshot();
+	for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+		int			n = pgstat_fetch_stat_numbackends();
+
+		if (proc == NULL)
+			continue;
+		for (int i = 1; i <= n; i++)
+		{
+			PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
+
+			if (be->st_procpid != proc->pid)
+				continue;
+			if (!found || (be->st_xact_start_timestamp != 0 &&
+						   be->st_xact_start_timestamp < b->xact_start))
+			{
+				b->pid = be->st_procpid;
+				b->appname = pstrdup(be->st_appname ? be->st_appname : "");
+				b->xact_start = be->st_xact_start_timestamp;
+				b->query_start = be->st_activity_start_timestamp;
+				b->visible = has_privs_of_role(GetUserId(), be->st_userid) ||
+					has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+			}
+			found = true;
+			break;
+		}
+		if (!found)
+		{
+			/* not in the status array (yet): at least its pid */
+			b->pid = proc->pid;
+			b->appname = pstrdup("");
+			found = true;
+		}
+	}
+	return found;
+}
+
+/* How long, in ms, the blocker's transaction has been running, or 0. */
+static long
+blocker_age_ms(const LockBlocker *b)
+{
+	if (b->xact_start == 0)
+		return 0;
+	return (long) ((GetCurrentTimestamp() - b->xact_start) / 1000);
+}
+
+/*
+ * The ladder's whole budget in wall time: every attempt's lock_timeout
+ * (together at most migrate_ext.lock_timeout_max: the most any other
+ * session queues behind us in all) plus the longest back-off after each.
+ */
+static long
+ladder_budget_ms(void)
+{
+	long		timeout = mig_lock_timeout_ms;
+	long		queued = 0;
+	long		total = 0;
+
+	for (int attempt = 1; attempt <= mig_lock_retries &&
+		 queued < mig_lock_timeout_max_ms; attempt++)
+	{
+		long		t = Min(timeout, mig_lock_timeout_max_ms - queued);
+
+		queued += t;
+		total += t + t / 2 + t;
+		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
+	}
+	return total;
+}
+
+/*
+ * The error for a strong lock we could not take on relid: names the
+ * session that holds a conflicting lock, when there is one, with its
+ * application and how long its transaction has run.  Also for a 55P03
+ * raised outside the ladder (a statement that ran into lock_timeout).
+ */
+void
+mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why, const char *tried,
+			   const char *outcome)
+{
+	LockBlocker b;
+	char	   *relname = get_rel_name(relid);
+
+	if (!lock_blocker(relid, lockmode, &b))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock table \"%s\" to %s", relname, why),
+				 errdetail("%s; another transaction held or waited for a conflicting lock. %s",
+						   tried, outcome),
+				 errhint("Retry; if it keeps failing, look for long transactions on the table in pg_locks and pg_stat_activity.")));
+	if (b.visible && b.xact_start != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
+						relname, why, b.pid),
+				 errdetail("%s. Process %d (application_name \"%s\") has been in its transaction for %.1f s, since %s; its last query started at %s. %s",
+						   tried, b.pid, b.appname, blocker_age_ms(&b) / 1000.0,
+						   timestamptz_to_str(b.xact_start),
+						   timestamptz_to_str(b.query_start), outcome),
+				 errhint("Wait for process %d to end its transaction, or end it with pg_cancel_backend(%d) or pg_terminate_backend(%d), then retry.",
+						 b.pid, b.pid, b.pid)));
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("could not lock table \"%s\" to %s: process %d holds a conflicting lock",
+					relname, why, b.pid),
+			 errdetail("%s. Process %d (application_name \"%s\") belongs to a role whose activity you may not see (pg_read_all_stats). %s",
+					   tried, b.pid, b.appname, outcome),
+			 errhint("Ask its owner or an administrator to end its transaction, then retry.")));
+}
+
 /*
  * Take a strong lock on the table under the lock_timeout ladder, or fail
- * with an error that names the blockers.
+ * with an error that names the blocker.
  */
 void
 mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
@@ -207,36 +358,71 @@ mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why)
 }
 
 /*
+ * A session that has held a conflicting lock on one of the tables for
+ * longer than the ladder's whole budget is not expected to let go within
+ * it: queueing would only stall the application behind us.  Fails naming
+ * it; returns when there is none.
+ */
+static void
+refuse_long_blocker(int nrels, const Oid *relids, LOCKMODE lockmode,
+					const char *why, long budget)
+{
+	for (int i = 0; i < nrels; i++)
+	{
+		LockBlocker b;
+
+		if (lock_blocker(relids[i], lockmode, &b) && blocker_age_ms(&b) > budget)
+			mig_lock_error(relids[i], lockmode, why,
+					   psprintf("A transaction has held a conflicting lock for longer than the lock ladder's whole budget (%ld ms), so migrate_ext did not queue for the lock at all",
+								budget),
+					   "Nothing was changed.");
+	}
+}
+
+/*
  * The same for several tables at once (a table and the tables whose foreign
  * keys point at it): all or none.  A timeout on any of them releases those
  * already taken before the next try, so nobody queues behind a lock we hold
  * while we wait for another.
+ *
+ * Before each try it looks at who holds a conflicting lock: one that has
+ * held it longer than the ladder's whole budget means no try at all.  The
+ * tries' lock_timeouts add up to at most migrate_ext.lock_timeout_max, so
+ * that a writer queued behind our lock request waits that long at most in
+ * all, however many tries it takes.
  */
 void
 mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
 {
-	int			timeout = mig_lock_timeout_ms;
+	long		budget = ladder_budget_ms();
+	long		timeout = mig_lock_timeout_ms;
+	long		queued = 0;
 	int			failed = -1;
+	int			attempt;
 
-	for (int attempt = 1;; attempt++)
+	Assert(nrels > 0);
+	for (attempt = 1;; attempt++)
 	{
-		failed = try_lock(nrels, relids, lockmode, timeout);
+		long		t = Min(timeout, mig_lock_timeout_max_ms - queued);
+
+		Assert(t > 0);
+		refuse_long_blocker(nrels, relids, lockmode, why, budget);
+		failed = try_lock(nrels, relids, lockmode, (int) t);
 		if (failed < 0)
 			return;
-		if (attempt >= mig_lock_retries)
+		queued += t;
+		if (attempt >= mig_lock_retries || queued >= mig_lock_timeout_max_ms)
 			break;
 
 		/* back off, with jitter, so the queued traffic drains */
-		mig_sleep_ms(timeout / 2 + pg_prng_uint32(&pg_global_prng_state) % (timeout + 1));
+		mig_sleep_ms(t / 2 + pg_prng_uint32(&pg_global_prng_state) % (t + 1));
 		timeout = Min(timeout * 2, mig_lock_timeout_max_ms);
 	}
 
-	ereport(ERROR,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not lock table \"%s\" to %s", get_rel_name(relids[failed]), why),
-			 errdetail("Tried %d times with lock_timeout up to %d ms; another transaction holds a conflicting lock. Nothing was changed.",
-					   mig_lock_retries, mig_lock_timeout_max_ms),
-			 errhint("Find the blocker with SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids(<pid>)), and retry when it ends.")));
+	mig_lock_error(relids[failed], lockmode, why,
+			   psprintf("Tried %d times, queueing %ld ms in all (migrate_ext.lock_timeout_max)",
+						attempt, queued),
+				   "Nothing was changed.");
 }
 
 /*
@@ -324,6 +510,176 @@ bool
 mig_trigger_fires(char tgenabled)
 {
 	return tgenabled == TRIGGER_FIRES_ON_ORIGIN || tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/* OID of migrate_ext.dualwrite(), or InvalidOid */
+static Oid
+dualwrite_func(void)
+{
+	List	   *name = list_make2(makeString("migrate_ext"), makeString("dualwrite"));
+
+	return LookupFuncName(name, 0, NULL, true);
+}
+
+/*
+ * The migration id a pg_trigger row passes to migrate_ext.dualwrite(), or
+ * false when the row is not a dual-write trigger.
+ */
+static bool
+trigger_migration(HeapTuple tup, TupleDesc desc, Oid funcid, int64 *migration_id)
+{
+	Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+	bool		isnull;
+	Datum		args;
+	bytea	   *ba;
+
+	if (tg->tgfoid != funcid || tg->tgnargs != 1)
+		return false;
+	args = heap_getattr(tup, Anum_pg_trigger_tgargs, desc, &isnull);
+	if (isnull)
+		return false;
+	ba = DatumGetByteaPP(args);
+	/* tgargs: each argument NUL-terminated */
+	*migration_id = pg_strtoint64(pnstrdup(VARDATA_ANY(ba), VARSIZE_ANY_EXHDR(ba)));
+	return true;
+}
+
+/*
+ * The dual-write trigger of the table, if it has one: its migration id in
+ * *migration_id.  Read from pg_trigger, so that it needs no lock on the
+ * table beyond what the caller holds.
+ */
+Oid
+mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled)
+{
+	Oid			funcid = dualwrite_func();
+	Oid			result = InvalidOid;
+	Relation	tgrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	if (!OidIsValid(funcid))
+		return InvalidOid;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		int64		id;
+
+		if (!trigger_migration(tup, RelationGetDescr(tgrel), funcid, &id))
+			continue;
+		result = ((Form_pg_trigger) GETSTRUCT(tup))->oid;
+		if (migration_id)
+			*migration_id = id;
+		if (tgenabled)
+			*tgenabled = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled;
+		break;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return result;
+}
+
+/*
+ * The dual-write trigger that passes migration_id, on whatever table
+ * (*relid): after a dump and restore the table that carries it has another
+ * OID than the catalog recorded.  A scan of all of pg_trigger.
+ */
+Oid
+mig_dualwrite_trigger_of(int64 migration_id, Oid *relid)
+{
+	Oid			funcid = dualwrite_func();
+	Oid			result = InvalidOid;
+	Relation	tgrel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	*relid = InvalidOid;
+	if (!OidIsValid(funcid))
+		return InvalidOid;
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	scan = systable_beginscan(tgrel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		int64		id;
+
+		if (trigger_migration(tup, RelationGetDescr(tgrel), funcid, &id) &&
+			id == migration_id)
+		{
+			result = ((Form_pg_trigger) GETSTRUCT(tup))->oid;
+			*relid = ((Form_pg_trigger) GETSTRUCT(tup))->tgrelid;
+			break;
+		}
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return result;
+}
+
+/*
+ * Every column a migration reads or writes: the old and new column of each
+ * pair and the columns its expressions read.
+ */
+Bitmapset *
+mig_protected_columns(List *pairs)
+{
+	Bitmapset  *cols = NULL;
+	ListCell   *lc;
+
+	foreach(lc, pairs)
+	{
+		MigPair    *p = lfirst(lc);
+		List	   *vars;
+		ListCell   *lv;
+
+		cols = bms_add_member(cols, p->old_attnum);
+		cols = bms_add_member(cols, p->new_attnum);
+		vars = pull_var_clause(p->up, 0);
+		if (p->down)
+			vars = list_concat(vars, pull_var_clause(p->down, 0));
+		if (p->check)
+			vars = list_concat(vars, pull_var_clause(p->check, 0));
+		foreach(lv, vars)
+		{
+			Var		   *var = lfirst_node(Var, lv);
+
+			if (var->varattno > 0)
+				cols = bms_add_member(cols, var->varattno);
+		}
+	}
+	return cols;
+}
+
+/*
+ * Refuse a BEFORE ROW trigger for INSERT or UPDATE that PostgreSQL would
+ * fire after the dual-write trigger (triggers fire in byte order of their
+ * names): it could change the old column after its value was copied.
+ */
+void
+mig_check_trigger_order(Relation rel, const char *dwname)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+
+	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (!TRIGGER_FOR_ROW(t->tgtype) || !TRIGGER_FOR_BEFORE(t->tgtype) ||
+			!(TRIGGER_FOR_INSERT(t->tgtype) || TRIGGER_FOR_UPDATE(t->tgtype)))
+			continue;
+		if (strcmp(t->tgname, dwname) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("trigger \"%s\" on table \"%s\" would fire after the dual-write trigger \"%s\"",
+							t->tgname, RelationGetRelationName(rel), dwname),
+					 errdetail("PostgreSQL fires BEFORE ROW triggers in the byte order of their names; a trigger that fires after \"%s\" could change the old column after its new value was computed, and the pair would diverge.",
+							   dwname),
+					 errhint("Rename the trigger so that its name sorts before \"%s\" (names of ASCII letters, digits and underscores below \"zz\" do).",
+							 dwname)));
+	}
 }
 
 /* The schema of an operator, or InvalidOid when it is gone. */

@@ -31,7 +31,11 @@
 
 /*
  * Start a worker running migrate_ext's function entry, and wait until the
- * postmaster has started it.  Errors when no slot is free.
+ * postmaster has started it.  Errors when no slot is free.  Returns the
+ * worker's pid, or 0 when the worker had already exited by the time we
+ * looked (a short job finishes before WaitForBackgroundWorkerStartup
+ * returns): the caller reads what it did from the catalog (or its shm_mq),
+ * as it does for a worker that exits later.
  */
 pid_t
 mig_worker_start(const char *entry, const char *name, const MigWorkerArgs *args)
@@ -77,17 +81,17 @@ mig_worker_start_handle(const char *entry, const char *name,
 	status = WaitForBackgroundWorkerStartup(handle, &pid);
 
 	/*
-	 * A caller that keeps the handle talks to the worker through a queue
-	 * that tells it how the worker ended: a worker that already finished
-	 * (STOPPED before we looked) is no failure then.
+	 * A worker that already finished (STOPPED before we looked: a short
+	 * job) counts as started; its callers read how it ended from the
+	 * catalog or from its queue.
 	 */
-	if (status != BGWH_STARTED &&
-		!(status == BGWH_STOPPED && handlep != NULL))
+	if (status == BGWH_STOPPED)
+		pid = 0;
+	else if (status != BGWH_STARTED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("could not start a migrate_ext background worker"),
-				 errhint(status == BGWH_POSTMASTER_DIED ?
-						 "The postmaster died." : "See the server log.")));
+				 errhint("The postmaster died.")));
 	if (handlep)
 		*handlep = handle;
 	return pid;

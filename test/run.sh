@@ -20,6 +20,7 @@
 #   MIG_TEST_KEEP=1   keep the staging copy even when everything passed
 #   MIG_TEST_SUITES   which suites, default "regress isolation tap valgrind
 #                     package" (package: test/package.sh, make package-test)
+#   MIG_TAP_ONLY      TAP files to run instead of all (e.g. test/t/050_*.pl)
 #   PG_CONFIG         default /usr/lib/postgresql/15/bin/pg_config
 
 set -uo pipefail
@@ -185,7 +186,11 @@ run_tap_suite() {
 	local expected=$1 log="$HLOG/tap.log" files p f name base lf
 	local -a failed_files=()
 	mig_log "tap: $expected file(s)"
-	run_make_suite tap "$log" REGRESS= ISOLATION=
+	if [ -n "${MIG_TAP_ONLY:-}" ]; then
+		run_make_suite tap "$log" REGRESS= ISOLATION= "PROVE_TESTS=$MIG_TAP_ONLY"
+	else
+		run_make_suite tap "$log" REGRESS= ISOLATION=
+	fi
 	# prove: "Files=N, Tests=M, ..." then "Result: PASS|FAIL"; each failed
 	# file is listed under "Test Summary Report" as "FILE (Wstat: ...".
 	files=$(sed -n -E 's/^Files=([0-9]+), Tests=.*/\1/p' "$log" | tail -n 1)

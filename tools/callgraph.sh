@@ -11,17 +11,18 @@
 # same file or a lower layer (the SQL face may call the middle, processes,
 # bottom; processes call middle and bottom; middle calls bottom; bottom
 # files call only other bottom files).  migrate_ext.c (_PG_init) sits on
-# top: it registers everything.
+# top: it registers everything.  contract_predict.c sits with the
+# processes: it runs contract's plan (middle) for validate.c (SQL face).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 layer() {
 	case "$1" in
-	catalog.c | job.c | relation.c | expr.c | worker.c | horizon.c | contract_partition.c) echo 0 ;;
-	dualwrite.c | backfill_walk.c | contract_plan.c) echo 1 ;;
-	backfill_worker.c | contract_worker.c | launcher.c) echo 2 ;;
-	ddl.c | backfill.c | contract.c | validate.c | report.c) echo 3 ;;
+	catalog.c | job.c | relation.c | expr.c | worker.c | horizon.c | contract_gate.c | contract_views.c | contract_partition.c) echo 0 ;;
+	dualwrite.c | backfill_walk.c | contract_plan.c | contract_undo.c) echo 1 ;;
+	backfill_worker.c | contract_worker.c | launcher.c | contract_predict.c) echo 2 ;;
+	ddl.c | backfill.c | contract.c | validate.c | report.c | guard.c | preflight.c) echo 3 ;;
 	migrate_ext.c) echo 4 ;;
 	*) echo 9 ;;
 	esac

@@ -17,3 +17,8 @@ CREATE FUNCTION mig_abort(tbl regclass) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_abort' LANGUAGE C VOLATILE STRICT;
 COMMENT ON FUNCTION @extschema@.mig_abort IS
 	'stops the backfill, drops the trigger and the new column(s); the old column is untouched';
+
+CREATE FUNCTION mig_abort_id(migration_id bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'mig_abort_id' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION @extschema@.mig_abort_id IS
+	'aborts a phantom migration whose table is gone or was restored under another OID';

@@ -41,6 +41,8 @@ SELECT pg_catalog.pg_extension_config_dump('migrate_ext.validation', '');
 /* read through migrate_ext.validations only (see 00_catalog.sql's REVOKE) */
 REVOKE ALL ON TABLE migrate_ext.validation FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.validation_run_seq', '');
+-- read through the masked views only, as the tables of 00_catalog.sql
+REVOKE SELECT ON TABLE migrate_ext.validation FROM PUBLIC;
 
 /* Glyphs that fall back to ASCII where the database encoding is not UTF8. */
 CREATE FUNCTION migrate_ext.progress_bar(percent numeric) RETURNS text

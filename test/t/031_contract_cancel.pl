@@ -33,7 +33,8 @@ my $writer = $node->background_psql('postgres');
 $writer->query_safe('BEGIN');
 $writer->query_safe('UPDATE ord SET acct_id = acct_id WHERE id = 1');
 
-$ENV{PGOPTIONS} = '-c migrate_ext.lock_retries=8';
+# (the ladder's tries queue lock_timeout_max in all: 5 s, past the 3 s)
+$ENV{PGOPTIONS} = '-c migrate_ext.lock_retries=8 -c migrate_ext.lock_timeout_max=5000';
 my ($ret, $out, $err) = $node->psql('postgres',
 	q{SET statement_timeout = '3s'; SELECT mig_contract('acct')});
 delete $ENV{PGOPTIONS};
