@@ -84,7 +84,9 @@ sub expand_by_hand
 	$id = (split /\n/, $id)[-1];
 	$node->safe_psql('postgres', qq{
 		BEGIN;
+		ALTER EVENT TRIGGER migrate_ext_guard_start DISABLE;
 		DROP TRIGGER zz_migrate_ext_dualwrite ON proto;
+		ALTER EVENT TRIGGER migrate_ext_guard_start ENABLE;
 		ALTER TABLE ev ADD COLUMN $newcol $type;
 		UPDATE ev SET $newcol = $col;
 		UPDATE migrate_ext.migration SET relid = 'ev'::regclass, table_name = 'public.ev'
