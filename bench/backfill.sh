@@ -26,7 +26,7 @@ bench_require_server
 
 ROWS=${MIG_BENCH_BF_ROWS:-5000000}
 BATCH=${MIG_BENCH_BF_BATCH:-10000}
-MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint)'
+MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint,integer,boolean)'
 
 bq "CREATE OR REPLACE PROCEDURE bench_keyset_backfill(batch int) LANGUAGE plpgsql AS \$\$
 DECLARE

@@ -21,7 +21,7 @@ SECS=${MIG_BENCH_LIVE_SECONDS:-30}
 CLIENTS=${MIG_BENCH_LIVE_CLIENTS:-4}
 THREADS=${MIG_BENCH_LIVE_THREADS:-2}
 RATE=${MIG_BENCH_LIVE_RATE:-}
-MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint)'
+MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint,integer,boolean)'
 
 SCRIPT=$BENCH_OUT/live.pgbench
 cat >"$SCRIPT" <<'EOF'

@@ -20,7 +20,7 @@ set -uo pipefail
 bench_require_server
 
 ROWS=${MIG_BENCH_BF_ROWS:-5000000}
-MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint)'
+MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint,integer,boolean)'
 MIG_VALIDATE_SIG='mig_validate(regclass,integer)'
 COUNT_SQL="SELECT count(*) FROM t WHERE new IS DISTINCT FROM lower(email)"
 

@@ -108,7 +108,39 @@ SELECT mig_set('bf_users', 'target_batch_ms', '0');
 SELECT mig_set('bf_users', 'max_replica_lag', '-3 s');
 SELECT mig_set('bf_users', 'max_replica_lag', 'soon');
 SELECT mig_set('bf_users', 'max_rows_per_sec', '0');
-SELECT batch_size, batch_size_fixed, sleep_ms, target_batch_ms, max_replica_lag, max_rows_per_sec
+SELECT mig_set('bf_users', 'fire_triggers', 'maybe');
+SELECT mig_set('bf_users', 'fire_triggers', NULL);
+-- bounds: every refusal is 22023, near 2^63 too
+CREATE FUNCTION bf_sqlstate(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN 'ok';
+EXCEPTION WHEN others THEN
+	RETURN SQLSTATE;
+END $$;
+SELECT q, bf_sqlstate(q) FROM (VALUES
+	($$SELECT mig_set('bf_users', 'max_rows_per_sec', '9223372036854775807')$$),
+	($$SELECT mig_set('bf_users', 'max_rows_per_sec', '9223372036854775808')$$),
+	($$SELECT mig_set('bf_users', 'max_rows_per_sec', '-1')$$),
+	($$SELECT mig_set('bf_users', 'batch_size', '2147483648')$$),
+	($$SELECT mig_set('bf_users', 'batch_size', '-2147483648')$$),
+	($$SELECT mig_set('bf_users', 'sleep_ms', '1e3')$$),
+	($$SELECT mig_set('bf_users', 'target_batch_ms', '')$$),
+	($$SELECT mig_backfill('bf_plain', max_rows_per_sec => 9223372036854775807)$$),
+	($$SELECT mig_backfill('bf_plain', batch_size => -1)$$),
+	($$SELECT mig_backfill('bf_plain', sleep_ms => 2147483647)$$),
+	($$SELECT mig_backfill('bf_plain', parallel => 0)$$),
+	($$SELECT mig_set('bf_users', 'parallel', '-1')$$)) v(q);
+-- parallel: one worker so far; more is refused, not run as one
+SELECT mig_backfill('bf_plain', parallel => 2);
+SELECT mig_set('bf_users', 'Parallel', '4');
+SELECT mig_set('bf_users', 'parallel', '1');
+-- names are case-insensitive
+SELECT mig_set('bf_users', 'Max_Rows_Per_Sec', '1000000000000');
+SELECT mig_set('bf_users', 'SLEEP_MS', '20');
+SELECT mig_set('bf_users', 'Fire_Triggers', 'on');
+SELECT batch_size, batch_size_fixed, sleep_ms, target_batch_ms, max_replica_lag, max_rows_per_sec,
+	   fire_triggers
 FROM bf_job('bf_users');
 SELECT mig_cancel('bf_users');
 SELECT state, finished_at IS NOT NULL AS finished FROM bf_job('bf_users');

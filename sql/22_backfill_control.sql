@@ -112,7 +112,7 @@ CALL bf_until($$(bf_now('bf_ctl')).rows_done >= 20$$);
 ALTER TABLE bf_ctl DISABLE TRIGGER zz_migrate_ext_dualwrite;
 CALL bf_until($$(bf_now('bf_ctl')).state NOT IN ('running', 'throttled')$$);
 SELECT state, last_sqlstate, last_error FROM bf_now('bf_ctl');
-ALTER TABLE bf_ctl ENABLE TRIGGER zz_migrate_ext_dualwrite;
+ALTER TABLE bf_ctl ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
 SELECT mig_backfill('bf_ctl') > 0 AS started;
 CALL bf_until($$(bf_now('bf_ctl')).state NOT IN ('running', 'throttled')$$);
 SELECT state FROM bf_now('bf_ctl');

@@ -62,7 +62,14 @@ PG_FUNCTION_INFO_V1(mig_job_lock_key);
 #define BF_FIRST_BATCH			500		/* rows, when batch_size is adaptive */
 
 #define BF_SETTINGS_HINT \
-	"The settings are batch_size, target_batch_ms, sleep_ms, max_replica_lag and max_rows_per_sec."
+	"The settings are batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, parallel and fire_triggers."
+
+/*
+ * Bounds of the settings: the worker multiplies them by durations and row
+ * counts, so they stay far from int32 and int64 overflow.
+ */
+#define BF_MAX_SETTING			86400000	/* a day in ms; rows in a batch */
+#define BF_MAX_RATE				INT64CONST(1000000000000)	/* rows a second */
 
 /* ----------------------------------------------------------------
  *		Small helpers
@@ -84,13 +91,34 @@ bf_interval_ms(Interval *iv, const char *what)
 }
 
 static void
-bf_check_range(int64 value, int64 min, const char *what)
+bf_check_range(int64 value, int64 min, int64 max, const char *what)
 {
 	if (value < min)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at least " INT64_FORMAT ", not " INT64_FORMAT,
 						what, min, value)));
+	if (value > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most " INT64_FORMAT ", not " INT64_FORMAT,
+						what, max, value)));
+}
+
+/*
+ * parallel: one worker is all there is so far; more is refused rather than
+ * quietly run as one.
+ */
+static void
+bf_check_parallel(int64 n)
+{
+	bf_check_range(n, 1, BF_MAX_SETTING, "parallel");
+	if (n > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a parallel backfill is not built yet"),
+				 errdetail("Each job runs one worker."),
+				 errhint("Leave parallel at 1, its default.")));
 }
 
 /* ----------------------------------------------------------------
@@ -160,7 +188,7 @@ bf_no_job(const char *relname, const char *what)
 
 /*
  * mig_backfill(tbl, batch_size, target_batch_ms, sleep_ms, max_replica_lag,
- *				max_rows_per_sec) returns the job id
+ *				max_rows_per_sec, parallel, fire_triggers) returns the job id
  *
  * Records the job and starts its worker; returns at once.  Everything is
  * checked here, in the caller's session, so that bad input is an error the
@@ -187,13 +215,21 @@ mig_backfill(PG_FUNCTION_ARGS)
 				 errmsg("target_batch_ms and sleep_ms must not be NULL")));
 	relid = PG_GETARG_OID(0);
 	if (!PG_ARGISNULL(1))
-		bf_check_range(PG_GETARG_INT32(1), 1, "batch_size");
-	bf_check_range(PG_GETARG_INT32(2), 1, "target_batch_ms");
-	bf_check_range(PG_GETARG_INT32(3), 0, "sleep_ms");
+		bf_check_range(PG_GETARG_INT32(1), 1, BF_MAX_SETTING, "batch_size");
+	bf_check_range(PG_GETARG_INT32(2), 1, BF_MAX_SETTING, "target_batch_ms");
+	bf_check_range(PG_GETARG_INT32(3), 0, BF_MAX_SETTING, "sleep_ms");
 	if (!PG_ARGISNULL(4))
 		(void) bf_interval_ms(PG_GETARG_INTERVAL_P(4), "max_replica_lag");
 	if (!PG_ARGISNULL(5))
-		bf_check_range(PG_GETARG_INT64(5), 1, "max_rows_per_sec");
+		bf_check_range(PG_GETARG_INT64(5), 1, BF_MAX_RATE, "max_rows_per_sec");
+	if (PG_NARGS() > 6)
+	{
+		if (PG_ARGISNULL(6))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("parallel must not be NULL")));
+		bf_check_parallel(PG_GETARG_INT32(6));
+	}
 
 	m = bf_migration(relid);
 	if (m->phase > MIG_PHASE_VALIDATED)
@@ -229,6 +265,7 @@ mig_backfill(PG_FUNCTION_ARGS)
 	settings.sleep_ms = PG_GETARG_INT32(3);
 	settings.max_replica_lag = PG_ARGISNULL(4) ? NULL : PG_GETARG_INTERVAL_P(4);
 	settings.max_rows_per_sec = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT64(5);
+	settings.fire_triggers = PG_NARGS() > 7 && !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
 	job_id = mig_job_insert(m->id, &args, &settings);
 
 	mig_job_hold_gate(job_id);
@@ -333,6 +370,106 @@ mig_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A setting's value as an integer in [min, max]; anything else (not a
+ * number, out of range, beyond int64) is 22023 naming the setting.
+ */
+static int64
+bf_parse_int(const char *value, int64 min, int64 max, const char *what)
+{
+	char	   *end;
+	int64		v;
+
+	errno = 0;
+	v = strtoi64(value, &end, 10);
+	while (*end == ' ')
+		end++;
+	if (end == value || *end != '\0' || errno == ERANGE || v < min || v > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be an integer between " INT64_FORMAT " and " INT64_FORMAT ", not \"%s\"",
+						what, min, max, value)));
+	return v;
+}
+
+static void
+bf_not_null(const char *value, const char *setting)
+{
+	if (value == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", setting)));
+}
+
+/*
+ * Parse and check a mig_set setting (its name case-insensitive) and value
+ * before anything changes: bad input changes nothing.  Returns which
+ * setting; *v is the value as the job row stores it.
+ */
+static MigJobSetting
+bf_parse_setting(const char *setting, const char *value, Datum *v)
+{
+	*v = (Datum) 0;
+	if (pg_strcasecmp(setting, "batch_size") == 0)
+	{
+		if (value == NULL || pg_strcasecmp(value, "auto") == 0)
+			return MIG_JOB_BATCH_SIZE_AUTO;
+		*v = Int32GetDatum(bf_parse_int(value, 1, BF_MAX_SETTING, "batch_size"));
+		return MIG_JOB_BATCH_SIZE;
+	}
+	if (pg_strcasecmp(setting, "target_batch_ms") == 0)
+	{
+		bf_not_null(value, "target_batch_ms");
+		*v = Int32GetDatum(bf_parse_int(value, 1, BF_MAX_SETTING, "target_batch_ms"));
+		return MIG_JOB_TARGET_BATCH_MS;
+	}
+	if (pg_strcasecmp(setting, "sleep_ms") == 0)
+	{
+		bf_not_null(value, "sleep_ms");
+		*v = Int32GetDatum(bf_parse_int(value, 0, BF_MAX_SETTING, "sleep_ms"));
+		return MIG_JOB_SLEEP_MS;
+	}
+	if (pg_strcasecmp(setting, "max_replica_lag") == 0)
+	{
+		if (value != NULL)
+		{
+			*v = DirectFunctionCall3(interval_in, CStringGetDatum(value),
+									 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+			(void) bf_interval_ms(DatumGetIntervalP(*v), "max_replica_lag");
+		}
+		return MIG_JOB_MAX_REPLICA_LAG;
+	}
+	if (pg_strcasecmp(setting, "max_rows_per_sec") == 0)
+	{
+		if (value != NULL)
+			*v = Int64GetDatum(bf_parse_int(value, 1, BF_MAX_RATE, "max_rows_per_sec"));
+		return MIG_JOB_MAX_ROWS_PER_SEC;
+	}
+	if (pg_strcasecmp(setting, "parallel") == 0)
+	{
+		bf_not_null(value, "parallel");
+		bf_check_parallel(bf_parse_int(value, 1, BF_MAX_SETTING, "parallel"));
+		return MIG_JOB_PARALLEL;
+	}
+	if (pg_strcasecmp(setting, "fire_triggers") == 0)
+	{
+		bool		b;
+
+		bf_not_null(value, "fire_triggers");
+		if (!parse_bool(value, &b))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("fire_triggers must be a boolean, not \"%s\"", value)));
+		*v = BoolGetDatum(b);
+		return MIG_JOB_FIRE_TRIGGERS;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown backfill setting \"%s\"", setting),
+			 errhint(BF_SETTINGS_HINT)));
+	pg_unreachable();
+}
+
+/*
  * mig_set(tbl, setting, value): change a setting of the table's job; the
  * worker applies it from its next batch.
  */
@@ -342,84 +479,27 @@ mig_set(PG_FUNCTION_ARGS)
 	Oid			relid;
 	const char *relname;
 	MigMigration *m;
-	char	   *setting;
 	char	   *value;
 	JobState	state;
 	int64		job_id;
 	MigJobSetting which;
-	Datum		v = (Datum) 0;
+	Datum		v;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tbl and setting must not be NULL")));
 	relid = PG_GETARG_OID(0);
-	setting = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	value = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-
-	/* parse and check the value first: bad input changes nothing */
-	if (strcmp(setting, "batch_size") == 0)
-	{
-		if (value == NULL || pg_strcasecmp(value, "auto") == 0)
-		{
-			which = MIG_JOB_BATCH_SIZE_AUTO;
-		}
-		else
-		{
-			int32		size = pg_strtoint32(value);
-
-			bf_check_range(size, 1, "batch_size");
-			which = MIG_JOB_BATCH_SIZE;
-			v = Int32GetDatum(size);
-		}
-	}
-	else if (strcmp(setting, "target_batch_ms") == 0 || strcmp(setting, "sleep_ms") == 0)
-	{
-		int32		ms;
-		bool		target = strcmp(setting, "target_batch_ms") == 0;
-
-		if (value == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not be NULL", setting)));
-		ms = pg_strtoint32(value);
-		bf_check_range(ms, target ? 1 : 0, setting);
-		which = target ? MIG_JOB_TARGET_BATCH_MS : MIG_JOB_SLEEP_MS;
-		v = Int32GetDatum(ms);
-	}
-	else if (strcmp(setting, "max_replica_lag") == 0)
-	{
-		which = MIG_JOB_MAX_REPLICA_LAG;
-		if (value != NULL)
-		{
-			v = DirectFunctionCall3(interval_in, CStringGetDatum(value),
-									ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-			(void) bf_interval_ms(DatumGetIntervalP(v), setting);
-		}
-	}
-	else if (strcmp(setting, "max_rows_per_sec") == 0)
-	{
-		which = MIG_JOB_MAX_ROWS_PER_SEC;
-		if (value != NULL)
-		{
-			int64		rate = pg_strtoint64(value);
-
-			bf_check_range(rate, 1, setting);
-			v = Int64GetDatum(rate);
-		}
-	}
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown backfill setting \"%s\"", setting),
-				 errhint(BF_SETTINGS_HINT)));
+	which = bf_parse_setting(text_to_cstring(PG_GETARG_TEXT_PP(1)), value, &v);
 
 	m = bf_migration(relid);
 	relname = get_rel_name(relid);
 	job_id = bf_lock_latest_job(m->id, &state);
 	if (job_id == 0 || state == JOB_DONE)
 		bf_no_job(relname, "change");
-	mig_job_set_setting(job_id, which, v, value == NULL);
+	if (which != MIG_JOB_PARALLEL)	/* 1, as it is */
+		mig_job_set_setting(job_id, which, v, value == NULL);
 	PG_RETURN_VOID();
 }
 

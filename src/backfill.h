@@ -33,6 +33,9 @@ typedef struct BfJob
 	List	   *key_cols;		/* of char * */
 	List	   *lower_key;		/* of char *; NIL: from the start */
 	List	   *upper_key;		/* of char *; NIL: nothing to walk */
+	bool		fire_triggers;	/* the table's other triggers fire too */
+	Oid			walk_relfilenode;	/* the table's file the walk started on */
+	bool		walk_known;		/* the catalog records it (0.2 on) */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */
@@ -49,5 +52,7 @@ extern List *bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 						   double *rows_per_block, int64 *seen,
 						   int64 *written);
 extern bool bf_walk_complete(BfJob *job);
+extern bool bf_rewritten(Relation rel, BfJob *job);
+extern char *bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit);
 
 #endif							/* MIGRATE_EXT_BACKFILL_H */

@@ -31,6 +31,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
+#include "access/xact.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
@@ -48,6 +49,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
@@ -192,12 +194,44 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
+	job->walk_relfilenode = rel->rd_rel->relfilenode;
 	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
 					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
-					   job->upper_key == NIL, total, exact);
+					   job->upper_key == NIL, total, exact, job->walk_relfilenode);
 
 	if (m->phase == MIG_PHASE_EXPANDED)
 		mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
+}
+
+/*
+ * A batch that skips the table's other triggers runs with
+ * session_replication_role = replica, where triggers marked ENABLE ALWAYS or
+ * ENABLE REPLICA still fire: user code that would then write other tables
+ * with their own triggers and foreign-key checks skipped, a power the
+ * table's owner does not have.  So a table with such a trigger (other than
+ * ours and PostgreSQL's internal ones) needs fire_triggers; returns what to
+ * say, or NULL.
+ */
+static char *
+bf_replica_triggers(Relation rel, const char **hint)
+{
+	TriggerDesc *trigdesc = rel->trigdesc;
+	const char *relname = RelationGetRelationName(rel);
+
+	for (int i = 0; trigdesc && i < trigdesc->numtriggers; i++)
+	{
+		Trigger    *t = &trigdesc->triggers[i];
+
+		if (t->tgisinternal || strcmp(t->tgname, MIG_TRIGGER_NAME) == 0 ||
+			(t->tgenabled != TRIGGER_FIRES_ALWAYS && t->tgenabled != TRIGGER_FIRES_ON_REPLICA))
+			continue;
+		*hint = psprintf("Let the backfill fire the table's triggers with mig_set('%s', 'fire_triggers', 'on') and continue with mig_resume('%s'), or make the trigger ENABLE (origin) while it runs.",
+						 relname, relname);
+		return psprintf("table \"%s\" has trigger \"%s\" %s, which would run under the session_replication_role = replica that the backfill uses to skip the other triggers, where its own writes would skip the triggers and foreign-key checks of other tables",
+						relname, t->tgname,
+						t->tgenabled == TRIGGER_FIRES_ALWAYS ? "ENABLE ALWAYS" : "ENABLE REPLICA");
+	}
+	return NULL;
 }
 
 /*
@@ -212,6 +246,7 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 	TriggerDesc *trigdesc = rel->trigdesc;
 	Trigger    *trig = NULL;
 	char		idbuf[32];
+	char	   *moved;
 	ListCell   *lc;
 
 	snprintf(idbuf, sizeof(idbuf), INT64_FORMAT, m->id);
@@ -227,11 +262,22 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 	}
 	if (!mig_trigger_fires(trig->tgenabled))
 	{
-		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
+		*hint = psprintf("Enable it again (ALTER TABLE %s ENABLE ALWAYS TRIGGER %s), then run mig_backfill('%s') again: rows that clients wrote meanwhile may be out of step, and a new job rewrites every row that is not right.",
 						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
 		return psprintf("the dual-write trigger \"%s\" of table \"%s\" was disabled",
 						MIG_TRIGGER_NAME, relname);
 	}
+	if (!job->fire_triggers && trig->tgenabled != TRIGGER_FIRES_ALWAYS)
+	{
+		/* the batch skips every trigger that is not ENABLE ALWAYS */
+		*hint = psprintf("Enable it again as ALTER TABLE %s ENABLE ALWAYS TRIGGER %s (for a migration begun before migrate_ext 0.2, ALTER EXTENSION migrate_ext UPDATE does it), then continue with mig_resume('%s').",
+						 quote_identifier(relname), MIG_TRIGGER_NAME, relname);
+		return psprintf("the dual-write trigger \"%s\" of table \"%s\" is no longer ENABLE ALWAYS, so the backfill, which runs with session_replication_role = replica to skip the table's other triggers, would not fire it",
+						MIG_TRIGGER_NAME, relname);
+	}
+
+	if (!job->fire_triggers && (moved = bf_replica_triggers(rel, hint)) != NULL)
+		return moved;
 
 	*hint = psprintf("Abort the migration with mig_abort('%s') and start it again.", relname);
 	foreach(lc, m->pairs)
@@ -243,7 +289,9 @@ bf_ground_moved(Relation rel, MigMigration *m, BfJob *job, const char **hint)
 		if (p->new_attnum > desc->natts ||
 			(att = TupleDescAttr(desc, p->new_attnum - 1))->attisdropped)
 			return psprintf("new column \"%s\" of table \"%s\" was dropped", p->new_col, relname);
-		if (strcmp(format_type_with_typemod(att->atttypid, att->atttypmod), p->new_type) != 0)
+		/* by OID and typmod: the text differs under another search_path */
+		if (att->atttypid != exprType(p->up) ||
+			(exprTypmod(p->up) >= 0 && att->atttypmod != exprTypmod(p->up)))
 			return psprintf("new column \"%s\" of table \"%s\" changed type from %s to %s",
 							NameStr(att->attname), relname, p->new_type,
 							format_type_with_typemod(att->atttypid, att->atttypmod));
@@ -496,6 +544,172 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 		elog(ERROR, "could not run a backfill batch");
 	*written = SPI_processed;
 	return list_make1(bf_block_text(end));
+}
+
+/*
+ * The rows a failed batch covered, in walk order, at most limit: their key
+ * values (or ctid) in the first columns of the result, left in SPI_tuptable.
+ */
+static void
+bf_batch_rows(Relation rel, BfJob *job, int limit)
+{
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
+	int			nk = list_length(job->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * (2 * nk + 2));
+	Datum	   *values = palloc(sizeof(Datum) * (2 * nk + 2));
+	StringInfoData sql;
+	int			np = 0;
+
+	initStringInfo(&sql);
+	if (bf_is_ctid(job))
+	{
+		types[0] = types[1] = TIDOID;
+		values[0] = bf_block_tid(job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0);
+		values[1] = bf_block_tid(bf_block_of(linitial(job->upper_key)));
+		np = 2;
+		appendStringInfo(&sql, "SELECT ctid FROM ONLY %s WHERE ctid >= $1 AND ctid < $2 ORDER BY ctid",
+						 qname);
+	}
+	else
+	{
+		ListCell   *lc;
+
+		appendStringInfoString(&sql, "SELECT ");
+		foreach(lc, job->key_cols)
+			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) ? ", " : "",
+							 quote_identifier(lfirst(lc)));
+		appendStringInfo(&sql, " FROM ONLY %s WHERE ", qname);
+		if (job->lower_key)
+		{
+			bf_key_params(rel, job->key_cols, job->lower_key, types, values);
+			appendStringInfo(&sql, "%s > %s AND ", bf_key_row(job->key_cols, false),
+							 bf_param_row(1, nk));
+			np = nk;
+		}
+		bf_key_params(rel, job->key_cols, job->upper_key, types + np, values + np);
+		appendStringInfo(&sql, "%s <= %s ORDER BY %s", bf_key_row(job->key_cols, false),
+						 bf_param_row(np + 1, nk), bf_key_row(job->key_cols, false));
+		np += nk;
+	}
+	if (SPI_execute_with_args(sql.data, np, types, values, NULL, true, limit) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the rows of a failed backfill batch");
+}
+
+/*
+ * Does the batch's UPDATE of this one row fail?  Tried in a subtransaction
+ * that is always rolled back: nothing is written.
+ */
+static bool
+bf_row_fails(const char *sql, int np, Oid *types, Datum *values)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool failed = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		(void) SPI_execute_with_args(sql, np, types, values, NULL, false, 0);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		failed = true;
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return failed;
+}
+
+/*
+ * A batch failed with an error that is not a lock wait or a cancel: which
+ * row?  Re-runs the batch's UPDATE row by row, in walk order, each in a
+ * subtransaction rolled back at once, over the first limit rows after the
+ * checkpoint (the failed batch was no larger).  Returns the first row that
+ * fails as "id = 42", "(a, b) = (1, x)" or "ctid (3,7)", or NULL when each
+ * row passes alone (the error was not one row's).  Runs as the batch does:
+ * as the owner, with the same settings; writes nothing.
+ */
+char *
+bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit)
+{
+	const char *qname = mig_qualified_name(RelationGetRelid(rel));
+	int			nk = bf_is_ctid(job) ? 1 : list_length(job->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * nk);
+	Datum	   *values = palloc(sizeof(Datum) * nk);
+	SPITupleTable *rows;
+	uint64		nrows;
+	StringInfoData set;
+	StringInfoData filter;
+	char	   *sql;
+
+	Assert(limit > 0 && job->upper_key != NIL);
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	if (bf_is_ctid(job))
+		sql = psprintf("UPDATE ONLY %s SET %s WHERE ctid = $1 AND (%s)", qname, set.data, filter.data);
+	else
+		sql = psprintf("UPDATE ONLY %s SET %s WHERE %s = %s AND (%s)", qname, set.data,
+					   bf_key_row(job->key_cols, false), bf_param_row(1, nk), filter.data);
+
+	bf_batch_rows(rel, job, limit);
+	rows = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		HeapTuple	tup = rows->vals[r];
+		StringInfoData key;
+
+		for (int i = 0; i < nk; i++)
+		{
+			bool		isnull;
+
+			types[i] = SPI_gettypeid(rows->tupdesc, i + 1);
+			values[i] = SPI_getbinval(tup, rows->tupdesc, i + 1, &isnull);
+		}
+		if (!bf_row_fails(sql, nk, types, values))
+			continue;
+
+		initStringInfo(&key);
+		if (bf_is_ctid(job))
+			appendStringInfo(&key, "ctid %s", SPI_getvalue(tup, rows->tupdesc, 1));
+		else
+		{
+			appendStringInfo(&key, "%s = ", bf_key_row(job->key_cols, false));
+			if (nk > 1)
+				appendStringInfoChar(&key, '(');
+			for (int i = 0; i < nk; i++)
+				appendStringInfo(&key, "%s%s", i ? ", " : "",
+								 SPI_getvalue(tup, rows->tupdesc, i + 1));
+			if (nk > 1)
+				appendStringInfoChar(&key, ')');
+		}
+		return key.data;
+	}
+	return NULL;
+}
+
+/*
+ * Was the table rewritten (VACUUM FULL, CLUSTER, SET TABLESPACE, TRUNCATE)
+ * since its ctid walk started?  Its rows then sit in other blocks of a new
+ * file, and the checkpoint means nothing: the walk must start again, from
+ * block 0 up to the new file's size (which holds every row the old bound
+ * did, and rows already right are skipped without a write).  A key walk
+ * does not care.  A job from before walk_relfilenode was recorded starts
+ * again too: it cannot tell.  A catalog older than the library, which
+ * cannot record the file, is not checked.
+ */
+bool
+bf_rewritten(Relation rel, BfJob *job)
+{
+	if (job->key_kind == NULL || !bf_is_ctid(job) || !job->walk_known)
+		return false;
+	return job->walk_relfilenode != rel->rd_rel->relfilenode;
 }
 
 /* Has the checkpoint reached the bound frozen when the walk started? */

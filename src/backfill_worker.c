@@ -185,11 +185,19 @@ bf_read_job(BfJob *job)
 	Datum		d;
 	bool		isnull;
 
-	if (mig_catalog_query("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
-							  "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
-							  "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-							  "upper_key, migration_id FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
-							  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
+	/*
+	 * Columns of 0.2 only when the catalog has them (mig_job_has_column);
+	 * under a 0.1 catalog the job runs as 0.1 ran it, firing the triggers.
+	 */
+	job->walk_known = mig_job_has_column("walk_relfilenode");
+	if (mig_catalog_query(psprintf("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
+								   "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
+								   "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
+								   "upper_key, migration_id, %s, %s "
+								   "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
+								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "true",
+								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid"),
+						  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	/* a job row that is gone is as good as cancelled */
 	job->state = JOB_CANCELLED;
@@ -215,6 +223,9 @@ bf_read_job(BfJob *job)
 	d = SPI_getbinval(tup, desc, 11, &isnull);
 	job->upper_key = isnull ? NIL : bf_text_list(d);
 	job->migration_id = DatumGetInt64(SPI_getbinval(tup, desc, 12, &isnull));
+	job->fire_triggers = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
+	d = SPI_getbinval(tup, desc, 14, &isnull);
+	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
 	return true;
 }
 
@@ -320,6 +331,35 @@ bf_set_local(const char *name, const char *value)
 }
 
 /*
+ * The batch's UPDATE changes nothing but the new column(s), so by default it
+ * fires none of the table's other triggers (updated_at, audit, change
+ * capture): session_replication_role = replica for the batch's statements
+ * only, which the dual-write trigger, ENABLE ALWAYS (bf_ground_moved checks
+ * it every batch), ignores.
+ *
+ * Setting it needs PGC_SUSET, which set_config_option grants here from C
+ * although the worker may run as a plain role.  That is safe: the setting is
+ * LOCAL to the batch's transaction and set back to origin right after the
+ * batch's own two statements, which only read the key and write the new
+ * column(s) through the dual-write trigger; no user code runs under it but
+ * the up expressions, immutable and so read-only, and index and CHECK
+ * expressions: a table with a user trigger marked ENABLE ALWAYS or ENABLE
+ * REPLICA, which would fire under replica and could write other tables with
+ * their checks skipped, needs fire_triggers (bf_ground_moved).  Constraints stay
+ * right: foreign-key and deferred constraint triggers only act on columns
+ * the batch does not change (the new column has no foreign key, unique
+ * index or constraint trigger before contract), and CHECK and NOT NULL
+ * constraints do not depend on triggers; nothing is queued, so nothing
+ * deferred is lost at commit.
+ */
+static void
+bf_skip_triggers(bool skip)
+{
+	(void) set_config_option("session_replication_role", skip ? "replica" : "origin",
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * The end of a batch's (or the finish's) transaction, whatever the outcome:
  * the catalog writes made in it commit with it.
  */
@@ -418,6 +458,13 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 		bf_record_end(JOB_FAILED, psprintf("%s. %s", moved, hint), "55000");
 		return NULL;
 	}
+	if (bf_rewritten(rel, job))
+	{
+		ereport(LOG,
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": table %s was rewritten (VACUUM FULL, CLUSTER, SET TABLESPACE or TRUNCATE) under its ctid walk; the walk starts again from the first block, skipping the rows already right",
+						bf->job_id, bf->table_name)));
+		job->key_kind = NULL;
+	}
 	if (job->key_kind == NULL)
 	{
 		/* the walk's bounds must see every row: as the owner, RLS not forced */
@@ -498,19 +545,30 @@ bf_batch(void)
 	if (bf->attempt > 0 && bf->retry_size < size)
 		size = bf->retry_size;
 	if (bf->max_rows_per_sec > 0)
-		size = (int) Min(size, Max(1, bf->max_rows_per_sec * bf->target_batch_ms / 1000));
+		size = (int) Min(size, Max(1.0, (double) bf->max_rows_per_sec * bf->target_batch_ms / 1000));
 	bf->retry_size = Max(1, size / 2);
 	Assert(size >= 1);
 
 	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill batch");
 	start = GetCurrentTimestamp();
-	/* the table's triggers and the up expressions run as its owner */
+	/*
+	 * The table's triggers and the up expressions run as its owner, in a
+	 * security-restricted operation, where PostgreSQL refuses to queue a
+	 * deferred trigger past the end of a statement: constraint triggers that
+	 * fire (fire_triggers, ENABLE ALWAYS or REPLICA ones) fire at the end of
+	 * the batch's UPDATE instead of at commit, which for a transaction of
+	 * one UPDATE comes to the same.
+	 */
+	if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not make the batch's constraints immediate");
 	mig_owner_switch(m->relid, &owner);
+	bf_skip_triggers(!job.fire_triggers);
 	if (bf_is_ctid(&job))
 		end = bf_ctid_batch(rel, m, &job, size, &bf->rows_per_block,
 							&seen, &written);
 	else
 		end = bf_key_batch(rel, m, &job, size, &seen, &written);
+	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
@@ -693,6 +751,67 @@ bf_vacuum(bool last)
 }
 
 /*
+ * The failed batch's transaction, again, to find the row that fails
+ * (bf_failing_row): the same checks and settings, nothing written.
+ */
+static char *
+bf_locate_step(void)
+{
+	BfJob		job;
+	MigMigration *m;
+	Relation	rel;
+	BfResult	res;
+	MigOwnerSave owner;
+	char	   *row = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_set_local("lock_timeout", psprintf("%d", Max(50, bf->target_batch_ms / 2)));
+	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
+	bf_set_local("search_path", "pg_catalog, pg_temp");
+	if (bf_read_job(&job) && mig_job_state_live(job.state) &&
+		(m = bf_batch_target(&job, &rel, &res)) != NULL)
+	{
+		if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not make the batch's constraints immediate");
+		mig_owner_switch(m->relid, &owner);
+		bf_skip_triggers(!job.fire_triggers);
+		row = bf_failing_row(rel, m, &job, Min(BF_MAX_BATCH, Max(1000, 2 * bf->batch_size)));
+		bf_skip_triggers(false);
+		mig_owner_restore(&owner);
+		table_close(rel, NoLock);
+		if (row)
+			row = MemoryContextStrdup(TopMemoryContext, row);
+	}
+	(void) bf_commit(BF_STOP);
+	return row;
+}
+
+/* bf_locate_step, whose own failure only leaves the row unnamed. */
+static char *
+bf_locate_row(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	char	   *volatile row = NULL;
+
+	PG_TRY();
+	{
+		row = bf_locate_step();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	return row;
+}
+
+/*
  * A batch failed: try it again after a growing pause, with half the rows,
  * or, after too many tries, end the job as failed with the error and what
  * to do.
@@ -706,6 +825,7 @@ bf_batch_failed(ErrorData *edata)
 		edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		edata->sqlerrcode == ERRCODE_QUERY_CANCELED;
 	int			max_attempts = transient ? BF_TRANSIENT_RETRIES : BF_OTHER_RETRIES;
+	char	   *row = NULL;
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
 	if (bf->pending_error)
@@ -727,7 +847,9 @@ bf_batch_failed(ErrorData *edata)
 		return BF_RETRY;
 	}
 
-	/* give up: record it in a fresh transaction */
+	/* give up: name the row, and record it in a fresh transaction */
+	if (!transient)
+		row = bf_locate_row();
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
@@ -735,8 +857,10 @@ bf_batch_failed(ErrorData *edata)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bf_record_end(JOB_FAILED,
-					  psprintf("%s (the batch failed %d times); fix the cause, then continue from the checkpoint with mig_resume('%s')",
+					  psprintf("%s (the batch failed %d times%s%s); fix the cause, then continue from the checkpoint with mig_resume('%s')",
 							   edata->message, bf->attempt,
+							   row ? "; the first row that fails is the one with " : "",
+							   row ? row : "",
 							   bf->table_name ? bf->table_name : "<table>"),
 					  sqlstate);
 		PopActiveSnapshot();

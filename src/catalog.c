@@ -281,6 +281,11 @@ load_migrations(const char *sql, Datum arg, Oid argtype)
 			p->not_null = strcmp(SPI_getvalue(pt, pd, SPI_fnumber(pd, "not_null")), "t") == 0;
 			p->check_src = get_text(pt, pd, "check_src");
 			p->check = get_tree(pt, pd, "check_expr");
+			p->new_default_src = get_text(pt, pd, "new_default_src");
+			p->new_default = get_tree(pt, pd, "new_default_expr");
+			/* NULL under a 0.1 catalog (library updated, extension not yet) */
+			p->keep_old = get_text(pt, pd, "keep_old") != NULL &&
+				strcmp(get_text(pt, pd, "keep_old"), "t") == 0;
 			m->pairs = lappend(m->pairs, p);
 		}
 		MemoryContextSwitchTo(spicxt);
@@ -376,13 +381,14 @@ tree_or_null(Node *n, char *nullflag)
 void
 mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 {
-	Oid			types[15] = {INT8OID, INT4OID, NAMEOID, INT2OID, NAMEOID, INT2OID,
-		BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID};
-	Datum		v[15];
-	char		n[16];
+	Oid			types[18] = {INT8OID, INT4OID, NAMEOID, INT2OID, NAMEOID, INT2OID,
+		BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, BOOLOID};
+	Datum		v[18];
+	char		n[19];
 
 	memset(n, ' ', sizeof(n));
-	n[15] = '\0';
+	n[18] = '\0';
 	v[0] = Int64GetDatum(migration_id);
 	v[1] = Int32GetDatum(p->ord);
 	v[2] = CStringGetDatum(p->old_col);
@@ -398,16 +404,29 @@ mig_catalog_insert_pair(int64 migration_id, const MigPair *p)
 	v[12] = BoolGetDatum(p->not_null);
 	v[13] = text_or_null(p->check_src, &n[13]);
 	v[14] = tree_or_null(p->check, &n[14]);
+	v[15] = text_or_null(p->new_default_src, &n[15]);
+	v[16] = tree_or_null(p->new_default, &n[16]);
+	v[17] = BoolGetDatum(p->keep_old);
 
 	/* name parameters want a NameData, not a C string */
 	v[2] = DirectFunctionCall1(namein, v[2]);
 	v[4] = DirectFunctionCall1(namein, v[4]);
 
-	mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
-					 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
-					 "down_src, down_expr, not_null, check_src, check_expr) "
-					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-					 15, types, v, n, 1);
+	/* a pair without them also fits a 0.1 catalog (extension not updated yet) */
+	if (p->new_default_src == NULL && !p->keep_old)
+		mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
+						 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
+						 "down_src, down_expr, not_null, check_src, check_expr) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+						 15, types, v, n, 1);
+	else
+		mig_catalog_exec("INSERT INTO migrate_ext.column_pair (migration_id, ord, old_col, "
+						 "old_attnum, new_col, new_attnum, in_place, new_type, up_src, up_expr, "
+						 "down_src, down_expr, not_null, check_src, check_expr, new_default_src, "
+						 "new_default_expr, keep_old) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+						 "$16, $17, $18)",
+						 18, types, v, n, 1);
 }
 
 /*

@@ -475,6 +475,8 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 							plan->relname),
 					 errdetail("Column pair \"%s\" -> \"%s\" no longer exists.", p->old_col, p->new_col),
 					 errhint("Abort the migration with mig_abort('%s').", plan->relname)));
+		if (p->keep_old)
+			continue;			/* the old column stays, with all it has */
 		if (list_member_int(*oldattnums, p->old_attnum))
 			map->attnums[p->old_attnum - 1] = InvalidAttrNumber;
 		else
@@ -499,12 +501,13 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 		c->finalname = p->in_place ? c->oldname : c->newname;
 		c->old_typid = oldatt->atttypid;
 		c->new_typid = newatt->atttypid;
+		c->stattarget = -1;		/* plan_props takes the old column's, if any */
 
 		/*
 		 * NOT NULL is a property of the data: it goes to the new column, and
 		 * to each column of a split, whose validation names the NULLs.
 		 */
-		c->not_null = p->not_null || oldatt->attnotnull;
+		c->not_null = p->not_null || (oldatt->attnotnull && !p->keep_old);
 		c->nn_check = psprintf("_mig_nn_%d", p->new_attnum);
 		if (p->check)
 		{
@@ -528,6 +531,12 @@ plan_takeover(ContractPlan *plan, Relation rel)
 		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
 		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
 
+		/* new_default, cooked at expand for the new column, wins */
+		if (c->pair->new_default)
+		{
+			c->default_expr = c->pair->new_default;
+			c->default_sql = mig_deparse(c->default_expr, plan->relid);
+		}
 		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
 			continue;
 		c->identity = oldatt->attidentity;
@@ -535,7 +544,8 @@ plan_takeover(ContractPlan *plan, Relation rel)
 		if (oldatt->atthasdef && desc->constr)
 		{
 			for (int i = 0; i < desc->constr->num_defval; i++)
-				if (desc->constr->defval[i].adnum == c->pair->old_attnum)
+				if (desc->constr->defval[i].adnum == c->pair->old_attnum &&
+					c->pair->new_default == NULL)
 				{
 					c->default_expr = stringToNode(desc->constr->defval[i].adbin);
 					c->default_sql = mig_deparse(c->default_expr, plan->relid);

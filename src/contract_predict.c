@@ -84,7 +84,13 @@ run_count(List **out, const char *name, const char *sql, const char *what,
 		char	   *ex;
 
 		SPI_connect();
-		if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		/*
+		 * Not read_only: a snapshot of its own.  The statement's snapshot may
+		 * no longer protect its xmin (validation released it between its
+		 * chunks, horizon.c), and a row a concurrent UPDATE moved would then
+		 * be pruned under it and be missing from the count.
+		 */
+		if (SPI_execute(sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
 		failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		if (isnull)

@@ -239,8 +239,15 @@ mig_contract_plan_views(ContractPlan *plan, List *direct)
 			elog(ERROR, "dependency loop among the views of table %u", plan->relid);
 	}
 	plan->views = ordered;
+
+	/*
+	 * A query on a view locks the view, then the views it reads, then the
+	 * tables: the swap takes its locks in that order too (deepest view
+	 * first, the tables last), or a reader holding a view while it waits
+	 * for the table would deadlock with the swap at every try.
+	 */
 	foreach(lc, ordered)
-		plan->lockrels = list_append_unique_oid(plan->lockrels, lfirst_oid(lc));
+		plan->lockrels = lcons_oid(lfirst_oid(lc), plan->lockrels);
 }
 
 /*

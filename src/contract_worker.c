@@ -633,6 +633,8 @@ swap_drop_sql(ContractPlan *plan, StringInfo sql)
 		if (c->widen_seq)
 			appendStringInfo(sql, "ALTER SEQUENCE %s AS %s;", seqname, plan->new_type_name);
 	}
+	if (plan->dropcols == NIL)
+		return;					/* keep_old: the old columns stay */
 	appendStringInfo(sql, "ALTER TABLE %s", plan->qname);
 	foreach(lc, plan->dropcols)
 		appendStringInfo(sql, "%s DROP COLUMN %s", foreach_current_index(lc) > 0 ? "," : "",
@@ -897,6 +899,8 @@ swap(ContractPlan *plan, bool force)
 		props_sql(plan, lfirst(lc), &sql);
 	if (sql.len > 0)
 		mig_run_utility(sql.data);
+	/* sessions' PL/pgSQL triggers compiled for the old types (contract_retype.c) */
+	mig_retouch_trigger_functions(plan->relid);
 
 	/* the copies are the real ones now: nothing is left to undo */
 	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "

@@ -21,11 +21,13 @@
 #include "postgres.h"
 
 #include "access/relation.h"
+#include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "common/pg_prng.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_publication.h"
 #include "catalog/pg_trigger.h"
@@ -36,6 +38,7 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
 #include "parser/parse_type.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
@@ -44,6 +47,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
@@ -104,7 +108,10 @@ typedef struct ExpandArgs
 	char	   *up_src;
 	char	   *down_src;
 	char	   *check_src;
+	char	   *new_default_src;
+	Node	   *new_default;
 	bool		not_null;
+	bool		keep_old;
 	AttrNumber	old_attnum;
 	Oid			typid;
 	int32		typmod;
@@ -134,6 +141,61 @@ expand_check_table(Relation rel)
 						RelationGetRelationName(rel)),
 				 errdetail("ADD COLUMN would reach every child, but dual-write, backfill and validation would cover only this table, and contract would drop the other members' data."),
 				 errhint("Detach the children (ALTER TABLE ... NO INHERIT), or change the column with ALTER TABLE.")));
+}
+
+/*
+ * Partitioned tables and their partitions are refused up front, with what
+ * to do instead: a partition-key column can never change in place (rows are
+ * routed by it), a partition is not the unit (its columns are its parent's),
+ * and the partitioned table itself is not migrated yet (dual-write on every
+ * leaf, a backfill per leaf and validation over all of them are not built).
+ */
+static void
+expand_check_partitioning(Oid relid, const char *col)
+{
+	char		relkind = get_rel_relkind(relid);
+	Relation	rel;
+	AttrNumber	attnum;
+	bool		key = false;
+
+	if ((relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE) &&
+		get_rel_relispartition(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate partition \"%s\" on its own", get_rel_name(relid)),
+				 errdetail("It is a partition of \"%s\"; a partition's columns are its partitioned table's, so the partitioned table is the unit of a migration.",
+						   get_rel_name(get_partition_parent(relid, true))),
+				 errhint("migrate_ext does not migrate partitioned tables yet (see its README, Limitations): change the column on the partitioned table with ALTER TABLE ... ALTER COLUMN ... TYPE.")));
+	if (relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+
+	rel = table_open(relid, AccessShareLock);
+	attnum = get_attnum(relid, col);
+	if (attnum != InvalidAttrNumber)
+	{
+		PartitionKey pk = RelationGetPartitionKey(rel);
+		Bitmapset  *exprcols = NULL;
+
+		for (int i = 0; i < pk->partnatts; i++)
+			key |= pk->partattrs[i] == attnum;
+		pull_varattnos((Node *) pk->partexprs, 1, &exprcols);
+		key |= bms_is_member(attnum - FirstLowInvalidHeapAttributeNumber, exprcols);
+	}
+	table_close(rel, AccessShareLock);
+	if (key)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot change partition-key column \"%s\" of partitioned table \"%s\" in place",
+						col, get_rel_name(relid)),
+				 errdetail("Rows are routed to partitions by this column; a new column in its place would need every row moved and every partition bound restated."),
+				 errhint("Rewrite the data into a new table partitioned by the new column (CREATE TABLE ... PARTITION BY, copy, then swap the names), or use ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot migrate partitioned table \"%s\" yet", get_rel_name(relid)),
+			 errdetail("Dual-write on every partition, a backfill of each leaf and validation over all of them are not built yet; ADD COLUMN alone would leave the partitions' rows unchecked."),
+			 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
 }
 
 /* Say which publications will send the new column to their subscribers. */
@@ -175,7 +237,16 @@ expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
 	a->down_src = text_arg(fcinfo, 5);
 	a->not_null = PG_ARGISNULL(6) ? false : PG_GETARG_BOOL(6);
 	a->check_src = text_arg(fcinfo, 7);
+	/* the SQL declaration of a 0.1 catalog has 8 arguments */
+	a->new_default_src = PG_NARGS() > 8 ? text_arg(fcinfo, 8) : NULL;
+	a->keep_old = PG_NARGS() > 9 && !PG_ARGISNULL(9) && PG_GETARG_BOOL(9);
 
+	if (a->keep_old && a->in_place)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep_old needs a new_col"),
+				 errdetail("With keep_old, contract keeps column \"%s\", so the new column needs a name of its own.",
+						   a->col)));
 	expand_check_table(rel);
 	a->old_attnum = column_attnum(rel, a->col, false);
 	oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
@@ -195,6 +266,32 @@ expand_args(FunctionCallInfo fcinfo, Relation rel, ExpandArgs *a)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("column cannot be of pseudo-type %s", format_type_be(a->typid))));
+	a->new_default = a->new_default_src == NULL ? NULL :
+		mig_cook_default(rel, a->new_default_src, a->typid, a->typmod,
+						 a->in_place ? a->col : a->new_col);
+}
+
+/*
+ * The pairs of one migration all keep their old columns or all drop them:
+ * contract is one swap, and a split whose old column both stays and goes
+ * means nothing.
+ */
+static void
+expand_check_keep_old(Relation rel, MigMigration *m, ExpandArgs *a)
+{
+	MigPair    *first;
+
+	if (m == NULL || m->pairs == NIL)
+		return;
+	first = linitial(m->pairs);
+	if (first->keep_old != a->keep_old)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep_old must be the same for every column pair of a migration"),
+				 errdetail("The migration of table \"%s\" was expanded with keep_old => %s.",
+						   RelationGetRelationName(rel), first->keep_old ? "true" : "false"),
+				 errhint("Contract or abort it first, or call mig_expand with keep_old => %s.",
+						 first->keep_old ? "true" : "false")));
 }
 
 /*
@@ -318,6 +415,9 @@ expand_pair(Relation rel, ExpandArgs *a, Node *up, MigPair *pair)
 									  oldatt->atttypmod);
 	pair->not_null = a->not_null;
 	pair->check_src = a->check_src;
+	pair->new_default_src = a->new_default_src;
+	pair->new_default = a->new_default;
+	pair->keep_old = a->keep_old;
 	if (a->check_src)
 		pair->check = mig_cook_expr(rel, a->check_src, "check", BOOLOID, -1, true);
 }
@@ -407,7 +507,64 @@ expand_create_trigger(const char *qname, int64 migration_id)
 }
 
 /*
- * mig_expand(tbl, col, new_col, type, up, down, not_null, check_expr)
+ * Can the change be made by PostgreSQL in the catalog alone?  Only an
+ * in-place type change with the default up and nothing else asked for (no
+ * down, constraint or keep_old, no other pair), whose ALTER COLUMN ... TYPE
+ * would not rewrite the table by PostgreSQL's own rules.
+ */
+static bool
+expand_no_rewrite(Relation rel, ExpandArgs *a, MigMigration *m)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+
+	if (!a->in_place || a->up_src || a->down_src || a->not_null || a->check_src ||
+		a->keep_old || m != NULL || a->type == NULL ||
+		(a->typid == oldatt->atttypid && a->typmod == oldatt->atttypmod))
+		return false;
+	return !mig_retype_needs_rewrite(rel, a->old_attnum, a->typid, a->typmod);
+}
+
+/*
+ * The change made in the catalog, recorded as a migration that went from
+ * expanded straight to contracted (mig_history shows it, with why).
+ */
+static int64
+expand_retype(Relation rel, ExpandArgs *a)
+{
+	Form_pg_attribute oldatt = TupleDescAttr(RelationGetDescr(rel), a->old_attnum - 1);
+	const char *qname = mig_qualified_name(a->relid);
+	char	   *from;
+	char	   *detail;
+	MigPair		pair;
+	int64		id;
+
+	from = format_type_with_typemod(oldatt->atttypid, oldatt->atttypmod);
+	detail = mig_retype_run(rel, a->old_attnum, a->typid, a->typmod, a->new_default);
+	ereport(NOTICE,
+			(errmsg("column \"%s\" changed from %s to %s without a rewrite",
+					a->col, from, format_type_with_typemod(a->typid, a->typmod)),
+			 errdetail("PostgreSQL changes this type in the catalog alone: no new column and no backfill, one ALTER TABLE under the lock ladder, its views recreated."),
+			 errhint("The migration is contracted already: mig_history shows it.")));
+	rel = table_open(a->relid, NoLock);
+
+	memset(&pair, 0, sizeof(pair));
+	pair.old_col = pair.new_col = a->col;
+	pair.old_attnum = pair.new_attnum = a->old_attnum;
+	pair.in_place = true;
+	pair.new_type = format_type_with_typemod(a->typid, a->typmod);
+	pair.up = mig_default_cast(rel, a->old_attnum, a->typid, a->typmod);
+	pair.new_default_src = a->new_default_src;
+	pair.new_default = a->new_default;
+	id = expand_insert(rel, qname, NULL, &pair);
+	table_close(rel, NoLock);
+	if (!mig_catalog_move_phase(id, MIG_PHASE_EXPANDED, MIG_PHASE_CONTRACTED, detail))
+		elog(ERROR, "migration " INT64_FORMAT " moved while it was recorded", id);
+	return id;
+}
+
+/*
+ * mig_expand(tbl, col, new_col, type, up, down, not_null, check_expr,
+ *			  new_default, keep_old)
  *
  * Adds the new column (nullable, no default: metadata-only) and, for the
  * first pair, the dual-write trigger.  A second call before the backfill
@@ -433,9 +590,11 @@ mig_expand(PG_FUNCTION_ARGS)
 	a.relid = PG_GETARG_OID(0);
 
 	/* Everything that can be checked without a strong lock, first. */
+	expand_check_partitioning(a.relid, NameStr(*PG_GETARG_NAME(1)));
 	rel = mig_open_table(a.relid, AccessShareLock);
 	expand_args(fcinfo, rel, &a);
 	m = expand_active(rel);
+	expand_check_keep_old(rel, m, &a);
 	if (m == NULL)
 		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
 	if (column_attnum(rel, a.new_col, true) != InvalidAttrNumber)
@@ -444,6 +603,8 @@ mig_expand(PG_FUNCTION_ARGS)
 				 errmsg("column \"%s\" of relation \"%s\" already exists",
 						a.new_col, RelationGetRelationName(rel)),
 				 errhint("Choose another new_col.")));
+	if (expand_no_rewrite(rel, &a, m))
+		PG_RETURN_INT64(expand_retype(rel, &a));
 
 	/* up references only existing columns, so it is checked before the lock */
 	up = a.up_src ? mig_cook_expr(rel, a.up_src, "up", a.typid, a.typmod, false)

@@ -625,6 +625,39 @@ dw_disagree(DwPair *dp, Relation rel, Datum newv, bool newnull,
 }
 
 /*
+ * A round trip through a split's down failed, the down gave NULL, and a
+ * sibling new column is NULL (nothing to fill it with: the old column was
+ * NULL too): the sibling, not the value written, is why.
+ */
+static void
+dw_null_sibling(DwEntry *e, DwPair *dp, Relation rel, TupleTableSlot *slot)
+{
+	bool		oldnull;
+
+	(void) slot_getattr(slot, dp->old_attnum, &oldnull);
+	if (!oldnull)
+		return;
+	for (int j = 0; j < e->npairs; j++)
+	{
+		DwPair	   *sib = &e->pairs[j];
+		bool		isnull;
+
+		if (sib == dp || sib->old_attnum != dp->old_attnum)
+			continue;
+		(void) slot_getattr(slot, sib->new_attnum, &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+					 errmsg("cannot write column \"%s\" of table \"%s\" while column \"%s\" is NULL",
+							dp->new_col, RelationGetRelationName(rel), sib->new_col),
+					 errdetail("\"%s\" is computed by down from every new column of the split, and \"%s\" has no value for this row yet.",
+							   dp->old_col, sib->new_col),
+					 errhint("Write \"%s\" in the same statement, or write \"%s\" instead.",
+							 sib->new_col, dp->old_col)));
+	}
+}
+
+/*
  * An error in an up or down expression fails the client's write; say that
  * the migration is why.
  */
@@ -639,8 +672,63 @@ dw_error_callback(void *arg)
 }
 
 /*
- * The downs, on the row as written: fills e->repl_* with the old columns
- * they compute and returns how many.
+ * A split written from the new side on a row the backfill has not reached:
+ * the old column's down reads every sibling, and a sibling this UPDATE did
+ * not set is still NULL, so the down would compute a wrong old value and
+ * the round trip would blame the value written.  Compute each such sibling
+ * first from up(old), as the backfill would have, on the row as written
+ * (the old column still holds its value).  Fills e->repl_* with them and
+ * returns how many.  An INSERT has no sibling to wait for.
+ */
+static int
+dw_fill_siblings(DwEntry *e, TriggerData *td, TupleTableSlot *newslot,
+				 DwErrorContext *ectx)
+{
+	ExprContext *econtext = e->econtext;
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	int			nrepl = 0;
+
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return 0;
+	econtext->ecxt_scantuple = newslot;
+	for (int i = 0; i < e->npairs; i++)
+	{
+		DwPair	   *dp = &e->pairs[i];
+
+		if (dp->dir != DW_DOWN)
+			continue;
+		for (int j = 0; j < e->npairs; j++)
+		{
+			DwPair	   *sib = &e->pairs[j];
+			bool		isnull;
+			Datum		v;
+
+			if (j == i || sib->old_attnum != dp->old_attnum ||
+				dw_replaced(e, nrepl, sib->new_attnum))
+				continue;
+			(void) slot_getattr(newslot, sib->new_attnum, &isnull);
+			if (!isnull || dw_written(e, td, newslot, sib->new_attnum, desc))
+				continue;
+			ectx->column = sib->new_col;
+			ectx->expr = "up";
+			v = ExecEvalExprSwitchContext(sib->up, econtext, &isnull);
+			ectx->column = NULL;
+			if (isnull)
+				continue;
+			Assert(nrepl < e->npairs);
+			e->repl_cols[nrepl] = sib->new_attnum;
+			e->repl_values[nrepl] = v;
+			e->repl_nulls[nrepl] = false;
+			nrepl++;
+		}
+	}
+	return nrepl;
+}
+
+/*
+ * The downs, on the row as written (with the siblings of a split that the
+ * backfill has not reached filled in first): fills e->repl_* with those
+ * siblings and the old columns the downs compute, and returns how many.
  */
 static int
 dw_downs(DwEntry *e, TriggerData *td, TupleTableSlot *newslot, bool backfill,
@@ -648,14 +736,22 @@ dw_downs(DwEntry *e, TriggerData *td, TupleTableSlot *newslot, bool backfill,
 {
 	ExprContext *econtext = e->econtext;
 	Relation	rel = td->tg_relation;
-	int			nrepl = 0;
+	int			nrepl;
 
+	for (int i = 0; i < e->npairs; i++)
+		e->pairs[i].dir = dw_direction(e, &e->pairs[i], td, newslot, rel, backfill);
+
+	nrepl = dw_fill_siblings(e, td, newslot, ectx);
 	econtext->ecxt_scantuple = newslot;
+	if (nrepl > 0)
+	{
+		ExecStoreHeapTuple(dw_form(e, newslot, nrepl), e->slot, false);
+		econtext->ecxt_scantuple = e->slot;
+	}
 	for (int i = 0; i < e->npairs; i++)
 	{
 		DwPair	   *dp = &e->pairs[i];
 
-		dp->dir = dw_direction(e, dp, td, newslot, rel, backfill);
 		if (dp->dir == DW_DOWN && !dw_replaced(e, nrepl, dp->old_attnum))
 		{
 			bool		isnull;
@@ -713,7 +809,11 @@ dw_ups(DwEntry *e, Relation rel, TupleTableSlot *evalslot, DwErrorContext *ectx)
 			nrepl++;
 		}
 		else if (!dw_equal(dp, upv, upnull, curv, curnull, newatt))
+		{
+			if (dp->dir == DW_DOWN)
+				dw_null_sibling(e, dp, rel, evalslot);
 			dw_disagree(dp, rel, curv, curnull, upv, upnull, dp->dir == DW_DOWN);
+		}
 	}
 	return nrepl;
 }

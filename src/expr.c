@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/heap.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "nodes/makefuncs.h"
@@ -364,6 +365,39 @@ mig_default_cast(Relation rel, AttrNumber attnum, Oid typid, int32 typmod)
 				 errhint("Give an up expression that computes the new value, and a down expression for the way back.")));
 	assign_expr_collations(NULL, expr);
 	mig_check_expr(rel, expr, "default cast", NULL);
+	return expr;
+}
+
+/*
+ * Cook new_default, the default the new column gets at contract, exactly
+ * as ALTER TABLE ... SET DEFAULT would (cookDefault: no column references,
+ * coerced to the new column's type), so that one that does not fit is an
+ * error at expand, not at contract.  A default may be volatile (now(),
+ * nextval()): it runs at INSERT time, never in the trigger or the backfill.
+ */
+Node *
+mig_cook_default(Relation rel, const char *src, Oid typid, int32 typmod,
+				 const char *attname)
+{
+	ParseState *pstate;
+	ExprErrorContext ectx;
+	ErrorContextCallback errcallback;
+	Node	   *expr;
+
+	ectx.what = "new_default";
+	ectx.src = src;
+	errcallback.callback = expr_error_callback;
+	errcallback.arg = &ectx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	pstate = make_parsestate(NULL);
+	pstate->p_sourcetext = src;
+	expr = cookDefault(pstate, parse_one_expr(src, "new_default"), typid, typmod,
+					   attname, '\0');
+	Assert(expr != NULL);
+	free_parsestate(pstate);
+	error_context_stack = errcallback.previous;
 	return expr;
 }
 

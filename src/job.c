@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -25,6 +26,7 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/wait_event.h"
 
 #include "migrate_ext.h"
@@ -148,14 +150,39 @@ mig_job_start_worker(MigWorkerArgs *args)
  * ----------------------------------------------------------------
  */
 
+/*
+ * Does migrate_ext.job have this column?  A library newer than its catalog
+ * runs between a package upgrade and ALTER EXTENSION ... UPDATE (the
+ * launcher resumes jobs right after the restart): columns a later version
+ * added are then read and written only when they are there.
+ */
+bool
+mig_job_has_column(const char *name)
+{
+	Oid			nsp = get_namespace_oid("migrate_ext", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("job", nsp) : InvalidOid;
+
+	return OidIsValid(relid) && get_attnum(relid, name) != InvalidAttrNumber;
+}
+
+static void
+job_needs_update(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("%s needs the catalog of migrate_ext %s", what, MIGRATE_EXT_VERSION),
+			 errdetail("The library was updated, but not the extension's catalog in this database."),
+			 errhint("Run ALTER EXTENSION migrate_ext UPDATE.")));
+}
+
 /* A new job, running, for a migration; returns its id. */
 int64
 mig_job_insert(int64 migration_id, const MigWorkerArgs *args, const MigJobSettings *s)
 {
-	Oid			types[10] = {INT8OID, OIDOID, OIDOID, OIDOID, INT4OID, BOOLOID, INT4OID,
-		INT4OID, INTERVALOID, INT8OID};
-	Datum		v[10];
-	char		n[11] = "          ";
+	Oid			types[11] = {INT8OID, OIDOID, OIDOID, OIDOID, INT4OID, BOOLOID, INT4OID,
+		INT4OID, INTERVALOID, INT8OID, BOOLOID};
+	Datum		v[11];
+	char		n[12] = "           ";
 
 	v[0] = Int64GetDatum(migration_id);
 	v[1] = ObjectIdGetDatum(args->dboid);
@@ -169,12 +196,25 @@ mig_job_insert(int64 migration_id, const MigWorkerArgs *args, const MigJobSettin
 	n[8] = s->max_replica_lag ? ' ' : 'n';
 	v[9] = Int64GetDatum(s->max_rows_per_sec);
 	n[9] = s->max_rows_per_sec > 0 ? ' ' : 'n';
+	v[10] = BoolGetDatum(s->fire_triggers);
+	if (!mig_job_has_column("fire_triggers"))
+	{
+		if (s->fire_triggers)
+			job_needs_update("fire_triggers");
+		return mig_catalog_exec_int8("INSERT INTO migrate_ext.job (migration_id, state, dboid, "
+									 "role_oid, login_oid, batch_size, batch_size_fixed, "
+									 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) "
+									 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+									 "RETURNING id",
+									 10, types, v, n);
+	}
 	return mig_catalog_exec_int8("INSERT INTO migrate_ext.job (migration_id, state, dboid, "
 								 "role_oid, login_oid, batch_size, batch_size_fixed, "
-								 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) "
-								 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+								 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, "
+								 "fire_triggers) "
+								 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
 								 "RETURNING id",
-								 10, types, v, n);
+								 11, types, v, n);
 }
 
 /* Set a job's state (pause, resume, cancel); finished stamps finished_at. */
@@ -230,12 +270,16 @@ mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
 		"WHERE id OPERATOR(pg_catalog.=) $1", INTERVALOID},
 		[MIG_JOB_MAX_ROWS_PER_SEC] = {"UPDATE migrate_ext.job SET max_rows_per_sec = $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1", INT8OID},
+		[MIG_JOB_FIRE_TRIGGERS] = {"UPDATE migrate_ext.job SET fire_triggers = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", BOOLOID},
 	};
 	Oid			types[2];
 	Datum		v[2];
 	char		n[3] = "  ";
 
 	Assert(which >= 0 && which < lengthof(settings));
+	if (which == MIG_JOB_FIRE_TRIGGERS && !mig_job_has_column("fire_triggers"))
+		job_needs_update("fire_triggers");
 	types[0] = INT8OID;
 	types[1] = settings[which].type;
 	v[0] = Int64GetDatum(job_id);
@@ -244,14 +288,21 @@ mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
 	mig_catalog_exec(settings[which].sql, 2, types, v, n, 1);
 }
 
-/* The walk's key and bound, chosen by the job's first batch. */
+/*
+ * The walk's key, bound and the table's file, chosen by the job's first
+ * batch (and again when a ctid walk finds the table rewritten: rows_seen
+ * then counts the new walk, so that progress stays right; rows_done keeps
+ * every row written).
+ */
 void
 mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
-				   Datum upper_key, bool upper_null, int64 rows_total, bool exact)
+				   Datum upper_key, bool upper_null, int64 rows_total, bool exact,
+				   Oid relfilenode)
 {
-	Oid			types[6] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID};
-	Datum		v[6];
-	char		n[7] = "      ";
+	Oid			types[7] = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID, BOOLOID,
+		OIDOID};
+	Datum		v[7];
+	char		n[8] = "       ";
 
 	v[0] = Int64GetDatum(job_id);
 	v[1] = CStringGetTextDatum(key_kind);
@@ -261,9 +312,16 @@ mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
 	v[4] = Int64GetDatum(rows_total);
 	n[4] = rows_total >= 0 ? ' ' : 'n';
 	v[5] = BoolGetDatum(exact);
-	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
-					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6 "
-					 "WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
+	v[6] = ObjectIdGetDatum(relfilenode);
+	if (!mig_job_has_column("walk_relfilenode"))
+		mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
+						 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6, "
+						 "rows_seen = 0 WHERE id OPERATOR(pg_catalog.=) $1", 6, types, v, n, 1);
+	else
+		mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = $2, key_cols = $3::name[], "
+					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6, "
+						 "rows_seen = 0, walk_relfilenode = $7 "
+						 "WHERE id OPERATOR(pg_catalog.=) $1", 7, types, v, n, 1);
 }
 
 /* A worker takes the job: its pid, and interrupted becomes running. */

@@ -52,6 +52,9 @@ typedef struct MigPair
 	bool		not_null;
 	char	   *check_src;
 	Node	   *check;
+	char	   *new_default_src;	/* NULL: the old column's default */
+	Node	   *new_default;	/* cooked for the new column, or NULL */
+	bool		keep_old;		/* contract keeps old_col, ends dual-write */
 } MigPair;
 
 /*
@@ -129,6 +132,8 @@ extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,
 						   Oid typid, int32 typmod, bool is_check);
 extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 							  Oid typid, int32 typmod);
+extern Node *mig_cook_default(Relation rel, const char *src, Oid typid,
+							  int32 typmod, const char *attname);
 extern char *mig_deparse(Node *expr, Oid relid);
 struct ParseState;
 extern void mig_check_expr(Relation rel, Node *expr, const char *what,
@@ -178,7 +183,9 @@ typedef enum MigJobSetting
 	MIG_JOB_TARGET_BATCH_MS,
 	MIG_JOB_SLEEP_MS,
 	MIG_JOB_MAX_REPLICA_LAG,
-	MIG_JOB_MAX_ROWS_PER_SEC
+	MIG_JOB_MAX_ROWS_PER_SEC,
+	MIG_JOB_FIRE_TRIGGERS,
+	MIG_JOB_PARALLEL			/* always 1 so far: nothing to store */
 } MigJobSetting;
 
 /* A new job's settings, as mig_backfill was given them. */
@@ -190,6 +197,7 @@ typedef struct MigJobSettings
 	int32		sleep_ms;
 	Interval   *max_replica_lag;	/* NULL: none */
 	int64		max_rows_per_sec;	/* 0: none */
+	bool		fire_triggers;	/* the table's other triggers fire too */
 } MigJobSettings;
 
 /* What one committed batch adds to its job row. */
@@ -214,6 +222,7 @@ struct LOCKTAG;
 
 extern const char *mig_job_state_name(JobState state);
 extern JobState mig_job_state_parse(const char *name);
+extern bool mig_job_has_column(const char *name);
 extern bool mig_job_state_live(JobState state);
 extern bool mig_job_state_ended(JobState state);
 extern int32 mig_job_liveness_key(void);
@@ -229,7 +238,7 @@ extern void mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value,
 								bool isnull);
 extern void mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
 							   Datum upper_key, bool upper_null, int64 rows_total,
-							   bool exact);
+							   bool exact, Oid relfilenode);
 extern void mig_job_claim(int64 job_id, int pid);
 extern void mig_job_mark_interrupted(int64 job_id);
 extern void mig_job_end(int64 job_id, JobState state, const char *error,
@@ -244,6 +253,13 @@ extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 
 /* contract_undo.c: drop what an unfinished mig_contract added */
 extern int	mig_contract_undo(int64 migration_id);
+
+/* contract_retype.c: a type change made in the catalog alone */
+extern bool mig_retype_needs_rewrite(Relation rel, AttrNumber attnum, Oid typid,
+									 int32 typmod);
+extern char *mig_retype_run(Relation rel, AttrNumber attnum, Oid typid,
+							int32 typmod, Node *new_default);
+extern void mig_retouch_trigger_functions(Oid relid);
 
 /* horizon.c */
 extern bool mig_release_xmin(void);

@@ -141,6 +141,13 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", relid)));
+	if (relkind == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("migrate_ext does not migrate partitioned tables yet; \"%s\" is one",
+						get_rel_name(relid)),
+				 errdetail("No migration of a partitioned table can exist: mig_expand refuses them."),
+				 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
 	if (relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -383,7 +390,11 @@ refuse_long_blocker(int nrels, const Oid *relids, LOCKMODE lockmode,
  * The same for several tables at once (a table and the tables whose foreign
  * keys point at it): all or none.  A timeout on any of them releases those
  * already taken before the next try, so nobody queues behind a lock we hold
- * while we wait for another.
+ * while we wait for another.  Each try starts one table further along the
+ * list: a transaction that holds one of the tables while it waits for
+ * another (a writer updating customer, then orders) deadlocks with every
+ * try that takes them the other way round, until the lock_timeout ends it,
+ * so the order is changed rather than retried.
  *
  * Before each try it looks at who holds a conflicting lock: one that has
  * held it longer than the ladder's whole budget means no try at all.  The
@@ -399,6 +410,8 @@ mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why
 	long		queued = 0;
 	int			failed = -1;
 	int			attempt;
+	Oid		   *order = palloc(sizeof(Oid) * nrels);
+	int			first = 0;
 
 	Assert(nrels > 0);
 	for (attempt = 1;; attempt++)
@@ -407,9 +420,16 @@ mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why
 
 		Assert(t > 0);
 		refuse_long_blocker(nrels, relids, lockmode, why, budget);
-		failed = try_lock(nrels, relids, lockmode, (int) t);
+		first = (attempt - 1) % nrels;
+		for (int i = 0; i < nrels; i++)
+			order[i] = relids[(first + i) % nrels];
+		failed = try_lock(nrels, order, lockmode, (int) t);
 		if (failed < 0)
+		{
+			pfree(order);
 			return;
+		}
+		failed = (first + failed) % nrels;
 		queued += t;
 		if (attempt >= mig_lock_retries || queued >= mig_lock_timeout_max_ms)
 			break;

@@ -462,6 +462,7 @@ typedef struct ChecklistState
 	const char *abort_cmd;		/* the mig_abort call, as markdown code */
 	bool		aborted;
 	bool		contracted;
+	bool		keep;			/* keep_old: contract keeps the old column */
 	bool		live_job;		/* a job of the migration still runs */
 	bool		backfill_done;	/* its latest job is done */
 	bool		trigger_ok;		/* the dual-write trigger fires */
@@ -712,9 +713,11 @@ checklist_header(StringInfo buf, ChecklistState *cs)
 	if (cs->aborted)
 		appendStringInfoString(buf, "- Aborted: the new column(s) and the trigger were dropped; the old column was never touched. Nothing is left to do.\n");
 	else if (cs->contracted)
-		appendStringInfoString(buf, "- Contracted: the old column is gone; the migration is complete and cannot be rolled back.\n");
+		appendStringInfo(buf, "- Contracted: %s; the migration is complete and cannot be rolled back.\n",
+						 cs->keep ? "dual-write ended, the old column kept (keep_old)" : "the old column is gone");
 	else
-		appendStringInfo(buf, "- Point of no return: **contract** (step 5) drops the old column. Until then %s rolls everything back.\n",
+		appendStringInfo(buf, "- Point of no return: **contract** (step 5) %s. Until then %s rolls everything back.\n",
+						 cs->keep ? "ends dual-write and keeps the old column (keep_old)" : "drops the old column",
 						 cs->abort_cmd);
 }
 
@@ -803,10 +806,12 @@ checklist_contract(StringInfo buf, ChecklistState *cs)
 	tick(buf, reached(cs, MIG_PHASE_CUTOVER), "phase cutover");
 	tick(buf, cs->val_run != 0 && cs->val_passed, "the last validation passed");
 	appendStringInfoString(buf, "\nExit:\n");
-	tick(buf, cs->contracted, "phase contracted: the old column dropped, the trigger removed");
+	tick(buf, cs->contracted, cs->keep ? "phase contracted: the trigger removed, the old column kept" :
+		 "phase contracted: the old column dropped, the trigger removed");
 	end_criteria(buf, cs, MIG_PHASE_CONTRACTED);
 	appendStringInfo(buf, "Command: `SELECT mig_contract(%s);`\n", cs->tbl);
-	appendStringInfoString(buf, "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
+	appendStringInfoString(buf, cs->keep ? "Rollback: none. Contract ends dual-write (keep_old): the new column is the application's own after it.\n" :
+						   "Rollback: none. Contract drops the old column; after it only a restore from backup brings the old values back.\n");
 }
 
 /*
@@ -839,6 +844,7 @@ mig_checklist(PG_FUNCTION_ARGS)
 	cs.abort_cmd = psprintf("`SELECT mig_abort(%s);`", cs.tbl);
 	cs.aborted = cs.m->phase == MIG_PHASE_ABORTED;
 	cs.contracted = cs.m->phase == MIG_PHASE_CONTRACTED;
+	cs.keep = cs.m->pairs != NIL && ((MigPair *) linitial(cs.m->pairs))->keep_old;
 	cs.live_job = cs.prog.job_id != 0 && !state_is_final(cs.prog.state);
 	cs.backfill_done = cs.prog.job_id != 0 && mig_job_state_parse(cs.prog.state) == JOB_DONE;
 	cs.trigger_ok = mig_trigger_fires(cs.trigger);

@@ -54,6 +54,9 @@ CREATE TABLE migrate_ext.column_pair (
 	not_null	boolean NOT NULL DEFAULT false,
 	check_src	text,
 	check_expr	text,
+	new_default_src text,		/* NULL: the old column's default at contract */
+	new_default_expr text,
+	keep_old	boolean NOT NULL DEFAULT false,	/* contract keeps old_col */
 	PRIMARY KEY (migration_id, ord)
 );
 
@@ -113,7 +116,10 @@ CREATE TABLE migrate_ext.job (
 	vacuums		int NOT NULL DEFAULT 0,	/* VACUUMs the worker ran to reuse space */
 	started_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	finished_at	timestamptz
+	finished_at	timestamptz,
+	fire_triggers boolean NOT NULL DEFAULT false,	/* the other triggers of the table fire */
+	walk_relfilenode oid		/* the file of the table when the walk started: a ctid
+								 * walk starts again after a rewrite */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */

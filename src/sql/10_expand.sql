@@ -8,7 +8,9 @@ CREATE FUNCTION migrate_ext.dualwrite() RETURNS trigger
 CREATE FUNCTION mig_expand(tbl regclass, col name, new_col name DEFAULT NULL,
 						   type text DEFAULT NULL, up text DEFAULT NULL,
 						   down text DEFAULT NULL, not_null boolean DEFAULT false,
-						   check_expr text DEFAULT NULL)
+						   check_expr text DEFAULT NULL,
+						   new_default text DEFAULT NULL,
+						   keep_old boolean DEFAULT false)
 	RETURNS bigint AS 'MODULE_PATHNAME', 'mig_expand' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.mig_expand IS
 	'adds the new column and the dual-write trigger; returns the migration id';

@@ -6,7 +6,8 @@
 CREATE FUNCTION mig_backfill(tbl regclass, batch_size int DEFAULT NULL,
 							 target_batch_ms int DEFAULT 200, sleep_ms int DEFAULT 0,
 							 max_replica_lag interval DEFAULT '10s',
-							 max_rows_per_sec bigint DEFAULT NULL)
+							 max_rows_per_sec bigint DEFAULT NULL, parallel int DEFAULT 1,
+							 fire_triggers boolean DEFAULT false)
 	RETURNS bigint AS 'MODULE_PATHNAME', 'mig_backfill' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.mig_backfill IS
 	'starts the backfill of the new column(s) in a background worker; returns the job id at once';
@@ -29,7 +30,7 @@ COMMENT ON FUNCTION @extschema@.mig_cancel IS
 CREATE FUNCTION mig_set(tbl regclass, setting text, value text) RETURNS void
 	AS 'MODULE_PATHNAME', 'mig_set' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.mig_set IS
-	'changes a backfill setting (batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec) from the next batch';
+	'changes a backfill setting (batch_size, target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, parallel, fire_triggers) from the next batch';
 
 CREATE FUNCTION migrate_ext.busy_sessions() RETURNS int
 	AS 'MODULE_PATHNAME', 'mig_busy_sessions' LANGUAGE C VOLATILE;

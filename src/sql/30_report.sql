@@ -229,7 +229,7 @@ SELECT j.id, j.migration_id, m.relid, j.state, j.throttle_reason, j.dboid, j.rol
 	   j.max_rows_per_sec, j.batches, j.retries,
 	   CASE WHEN v.ok THEN j.last_error END AS last_error,
 	   j.last_sqlstate, j.rate_recent, j.active_seconds, j.vacuums, j.started_at,
-	   j.updated_at, j.finished_at
+	   j.updated_at, j.finished_at, j.fire_triggers
   FROM migrate_ext.job j
   JOIN migrate_ext.migration m ON m.id OPERATOR(pg_catalog.=) j.migration_id
  CROSS JOIN LATERAL (SELECT migrate_ext.can_read(m.relid) AS ok) v;

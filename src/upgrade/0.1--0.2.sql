@@ -28,3 +28,46 @@ CREATE TABLE migrate_ext.contract_object (
 	added_at	timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);
+
+-- the backfill: other triggers skipped unless asked for; a ctid walk notices
+-- a table rewrite (backfill_walk.c)
+-- (added without a default, then filled: a fast default would leave a
+-- "missing value" that a fresh install does not have)
+ALTER TABLE migrate_ext.job
+	ADD COLUMN fire_triggers boolean,
+	ADD COLUMN walk_relfilenode oid;
+UPDATE migrate_ext.job SET fire_triggers = false;
+ALTER TABLE migrate_ext.job
+	ALTER COLUMN fire_triggers SET DEFAULT false,
+	ALTER COLUMN fire_triggers SET NOT NULL;
+
+-- 0.2 creates the dual-write trigger ENABLE ALWAYS (it fires under
+-- session_replication_role = replica, in a logical-replication apply worker,
+-- and in the backfill, which skips the other triggers that way); the
+-- triggers of migrations begun under 0.1 are plain ENABLE: make them so too
+DO $mig_always$
+DECLARE
+	t regclass;
+BEGIN
+	FOR t IN SELECT tg.tgrelid::pg_catalog.regclass
+			   FROM pg_catalog.pg_trigger tg
+			   JOIN migrate_ext.migration m ON m.relid OPERATOR(pg_catalog.=) tg.tgrelid
+			  WHERE tg.tgname OPERATOR(pg_catalog.=) 'zz_migrate_ext_dualwrite'
+				AND tg.tgenabled OPERATOR(pg_catalog.=) 'O'
+				AND m.phase OPERATOR(pg_catalog.<>) ALL (ARRAY['contracted', 'aborted'])
+	LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite', t);
+	END LOOP;
+END
+$mig_always$;
+
+-- mig_expand's new_default and keep_old (ddl.c); keep_old added without a
+-- default, then filled, as job.fire_triggers above
+ALTER TABLE migrate_ext.column_pair
+	ADD COLUMN new_default_src text,
+	ADD COLUMN new_default_expr text,
+	ADD COLUMN keep_old boolean;
+UPDATE migrate_ext.column_pair SET keep_old = false;
+ALTER TABLE migrate_ext.column_pair
+	ALTER COLUMN keep_old SET DEFAULT false,
+	ALTER COLUMN keep_old SET NOT NULL;

@@ -51,12 +51,13 @@ $node->safe_psql('postgres', q{
 	UPDATE c SET v = v WHERE id = 0;	-- the counter row is right before the backfill
 });
 
-$node->safe_psql('postgres', q{SELECT mig_backfill('a', batch_size => 100)});
+# fire_triggers: by default the backfill fires none of the table's other triggers
+$node->safe_psql('postgres', q{SELECT mig_backfill('a', batch_size => 100, fire_triggers => true)});
 is($node->safe_psql('postgres', q{SELECT mig_wait('a', '120s')}), 'done', 'backfill of a done');
 is($node->safe_psql('postgres', q{SELECT n || ',' || _mig_new_n FROM b}), '1000,1000',
 	'a trigger updating another migrating table during a backfill loses no update');
 
-$node->safe_psql('postgres', q{SELECT mig_backfill('c', batch_size => 50)});
+$node->safe_psql('postgres', q{SELECT mig_backfill('c', batch_size => 50, fire_triggers => true)});
 is($node->safe_psql('postgres', q{SELECT mig_wait('c', '120s')}), 'done', 'backfill of c done');
 is($node->safe_psql('postgres', q{SELECT hits FROM c WHERE id = 0}), '500',
 	'a trigger updating its own table during a backfill loses no update');

@@ -144,7 +144,7 @@ END $$;
 CREATE TRIGGER t2_escape BEFORE UPDATE ON public.t2 FOR EACH ROW EXECUTE FUNCTION public.t2_escape();
 });
 $node->safe_psql('postgres', "SET ROLE bob; SELECT mig_expand('t2', 'v', up => 'upper(v)'); RESET ROLE;
-	SET ROLE bob; SELECT mig_backfill('t2', batch_size => 100);");
+	SET ROLE bob; SELECT mig_backfill('t2', batch_size => 100, fire_triggers => true);");
 is(wait_job_done('t2'), 'done', 'the backfill started by a superuser under SET ROLE is done');
 is($node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = 'bob'"),
 	'f', 'the owner is still not a superuser');
