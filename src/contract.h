@@ -9,8 +9,9 @@
  * contract_worker.c computes it again and carries it out; contract_views.c
  * carries the dependent views, contract_undo.c records and removes what an
  * unfinished contract added, contract_gate.c is the gate before the point
- * of no return, and contract_predict.c turns the plan into validation's
- * checks (for validate.c).  Private to those files and validate.c.
+ * of no return, contract_predict.c turns the plan into validation's
+ * checks (for validate.c), and contract_partition.c says how the finish
+ * reads a partitioned table.  Private to those files and validate.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,6 +58,12 @@ typedef struct ContractIndex
 	bool		replident;
 	bool		clustered;
 	IndexStmt  *stmt;			/* CREATE INDEX CONCURRENTLY of the copy */
+	/* on a partitioned table (contract_partition.c) */
+	Oid			relid;			/* the table of a part; 0: the plan's */
+	char	   *attach_to;		/* a part: its parent level's copy, qualified */
+	bool		leaf;			/* a part on a leaf (built concurrently) */
+	List	   *parts;			/* of ContractIndex *, the sub-levels' and
+								 * leaves' copies, deepest first */
 } ContractIndex;
 
 /* A foreign key from or to the old column, and its copy. */
@@ -69,6 +76,8 @@ typedef struct ContractFkey
 	Oid			confrelid;		/* the referenced table */
 	char	   *conrel;			/* qualified name of conrelid */
 	char	   *adddef;			/* ALTER TABLE ... ADD the copy NOT VALID */
+	bool		at_swap;		/* to a partitioned table: added in the swap,
+								 * validated after it */
 } ContractFkey;
 
 /* A CHECK constraint of the old column, re-stated on the new one. */
@@ -128,6 +137,7 @@ typedef struct ContractPlan
 	List	   *viewdirect;		/* views reading an old column */
 	List	   *views;			/* every view to recreate, shallowest first */
 	List	   *checks;			/* of ContractCheck * */
+	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
 
 /* A check of mig_validate that predicts contract: failing 0 is a pass. */
@@ -153,6 +163,16 @@ extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
+
+/* contract_partition.c */
+extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);
+extern List *mig_partition_leaves(Oid relid, LOCKMODE lockmode);
+extern char *mig_partition_from(Oid relid);
+extern const char *mig_partition_ctid_key(Oid relid);
+extern void mig_partition_plan(ContractPlan *plan);
+extern void mig_partition_swap(ContractPlan *plan);
+extern void mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci,
+									 StringInfo sql);
 
 /* contract_plan.c */
 extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);

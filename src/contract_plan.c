@@ -379,7 +379,7 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 		{
 			char		relkind = get_rel_relkind(dep->objid);
 
-			if (relkind == RELKIND_INDEX)
+			if (relkind == RELKIND_INDEX || relkind == RELKIND_PARTITIONED_INDEX)
 			{
 				*indexes = list_append_unique_oid(*indexes, dep->objid);
 				carried = true;
@@ -782,6 +782,7 @@ mig_contract_plan_build(Relation rel, MigMigration *m)
 	plan_checks(plan, rel);
 	plan_props(plan, rel);
 	mig_contract_plan_views(plan, plan->viewdirect);
+	mig_partition_plan(plan);
 	return plan;
 }
 

@@ -15,7 +15,10 @@
  *
  * The data checks are single statements over the whole table (a GROUP BY,
  * an anti-join), run as the caller under validate.c's pinned search_path;
- * operators are printed schema-qualified.
+ * operators are printed schema-qualified.  A partitioned table is read
+ * whole, every leaf (contract_partition.c): a unique index of one includes
+ * the partition key, so collisions are within a leaf, and a foreign key to
+ * one finds its row in whichever leaf holds it.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,13 +57,6 @@ prediction(List **out, const char *name, int64 failing, const char *detail)
 	p->detail = pstrdup(detail);
 	*out = lappend(*out, p);
 	return p;
-}
-
-static char *
-qualified_rel(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
 }
 
 /*
@@ -210,8 +206,9 @@ predict_unique(ContractPlan *plan, List **out)
 						   "pg_catalog.string_agg(k, ', ') FILTER (WHERE i <= %d) "
 						   "FROM (SELECT pg_catalog.count(*) AS n, ROW(%s)::pg_catalog.text AS k, "
 						   "pg_catalog.row_number() OVER () AS i "
-						   "FROM ONLY %s WHERE %s GROUP BY %s HAVING pg_catalog.count(*) > 1) d",
-						   PREDICT_EXAMPLES, cols.data, plan->qname, notnull.data, cols.data),
+						   "FROM %s WHERE %s GROUP BY %s HAVING pg_catalog.count(*) > 1) d",
+						   PREDICT_EXAMPLES, cols.data, mig_partition_from(plan->relid),
+						   notnull.data, cols.data),
 				  psprintf("row(s) share a value in the new column%s that unique index %s requires to be unique",
 						   list_length(ci->stmt->indexParams) > 1 ? "s" : "", ci->oldname),
 				  psprintf("no two rows collide in the copy of unique index %s", ci->oldname));
@@ -300,10 +297,10 @@ predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
 	run_count(out, name,
 			  psprintf("SELECT pg_catalog.count(*), pg_catalog.string_agg(k, ', ') FILTER (WHERE i <= %d) "
 					   "FROM (SELECT ROW(%s)::pg_catalog.text AS k, pg_catalog.row_number() OVER () AS i "
-					   "FROM ONLY %s f WHERE %s AND NOT EXISTS "
-					   "(SELECT FROM ONLY %s p WHERE %s)) d",
-					   PREDICT_EXAMPLES, row.data, qualified_rel(fk->conrelid), notnull.data,
-					   qualified_rel(fk->confrelid), match.data),
+					   "FROM %s f WHERE %s AND NOT EXISTS "
+					   "(SELECT FROM %s p WHERE %s)) d",
+					   PREDICT_EXAMPLES, row.data, mig_partition_from(fk->conrelid), notnull.data,
+					   mig_partition_from(fk->confrelid), match.data),
 			  psprintf("row(s) of table %s would violate foreign key %s on the new column",
 					   get_rel_name(fk->conrelid), fk->oldname),
 			  psprintf("every row of table %s matches foreign key %s on the new column",
@@ -342,9 +339,10 @@ mig_contract_predict(Relation rel, MigMigration *m)
 
 		run_count(&out, psprintf("check:%s", ck->oldname),
 				  psprintf("SELECT pg_catalog.count(*), pg_catalog.string_agg(k, ', ') FILTER (WHERE i <= %d) "
-						   "FROM (SELECT ctid::pg_catalog.text AS k, pg_catalog.row_number() OVER () AS i "
-						   "FROM ONLY %s WHERE NOT (%s)) d",
-						   PREDICT_EXAMPLES, plan->qname, ck->sql),
+						   "FROM (SELECT %s AS k, pg_catalog.row_number() OVER () AS i "
+						   "FROM %s WHERE NOT (%s)) d",
+						   PREDICT_EXAMPLES, mig_partition_ctid_key(plan->relid),
+						   mig_partition_from(plan->relid), ck->sql),
 				  psprintf("row(s) would violate CHECK constraint %s re-stated on the new column (by ctid)",
 						   ck->oldname),
 				  psprintf("every row meets CHECK constraint %s re-stated on the new column",

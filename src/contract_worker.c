@@ -170,15 +170,22 @@ run_toplevel(Node *stmt, const char *text)
 	MemoryContextDelete(runcxt);
 }
 
+/* The table a copy is built on: the plan's, or a partition's. */
+static Oid
+copy_relid(ContractPlan *plan, ContractIndex *ci)
+{
+	return OidIsValid(ci->relid) ? ci->relid : plan->relid;
+}
+
 /* 0: no such index, 1: invalid (a failed build), 2: valid.  In a transaction. */
 static int
-index_state(ContractPlan *plan, const char *name)
+index_state(Oid relid, const char *name)
 {
-	Oid			indexoid = get_relname_relid(name, get_rel_namespace(plan->relid));
+	Oid			indexoid = get_relname_relid(name, get_rel_namespace(relid));
 
 	if (!OidIsValid(indexoid))
 		return 0;
-	if (get_rel_relkind(indexoid) != RELKIND_INDEX || IndexGetRelation(indexoid, false) != plan->relid)
+	if (get_rel_relkind(indexoid) != RELKIND_INDEX || IndexGetRelation(indexoid, false) != relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("relation \"%s\" already exists", name),
@@ -220,18 +227,18 @@ column_not_null(Oid relid, AttrNumber attnum)
 
 /* Drop what a failed index build left (an INVALID index), if anything. */
 static void
-drop_index(ContractPlan *plan, const char *name)
+drop_index(const char *nspname, const char *name)
 {
 	DropStmt   *drop = makeNode(DropStmt);
 
 	drop->removeType = OBJECT_INDEX;
-	drop->objects = list_make1(list_make2(makeString(plan->nspname), makeString(pstrdup(name))));
+	drop->objects = list_make1(list_make2(makeString(pstrdup(nspname)), makeString(pstrdup(name))));
 	drop->behavior = DROP_RESTRICT;
 	drop->missing_ok = true;
 	drop->concurrent = true;
 	run_toplevel((Node *) drop,
 				 psprintf("DROP INDEX CONCURRENTLY IF EXISTS %s",
-						  quote_qualified_identifier(plan->nspname, name)));
+						  quote_qualified_identifier(nspname, name)));
 }
 
 /*
@@ -244,9 +251,10 @@ record_index(ContractPlan *plan, ContractIndex *ci)
 	Oid			indexoid;
 
 	xact_begin();
-	indexoid = get_relname_relid(ci->tmpname, get_rel_namespace(plan->relid));
+	indexoid = get_relname_relid(ci->tmpname, get_rel_namespace(copy_relid(plan, ci)));
 	if (OidIsValid(indexoid))
-		mig_contract_record(plan->migration_id, RelationRelationId, indexoid, plan->relid);
+		mig_contract_record(plan->migration_id, RelationRelationId, indexoid,
+							copy_relid(plan, ci));
 	xact_end();
 }
 
@@ -259,6 +267,9 @@ record_index(ContractPlan *plan, ContractIndex *ci)
 static void
 build_index(ContractPlan *plan, ContractIndex *ci)
 {
+	Oid			relid = copy_relid(plan, ci);
+	RangeVar   *table = ci->stmt->relation;	/* names read outside a transaction */
+
 	for (int attempt = 1;; attempt++)
 	{
 		int			state;
@@ -266,7 +277,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 
 		check_caller();
 		xact_begin();
-		state = index_state(plan, ci->tmpname);
+		state = index_state(relid, ci->tmpname);
 		xact_end();
 		if (state == 2)
 		{
@@ -274,14 +285,15 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 			break;
 		}
 		if (state == 1)
-			drop_index(plan, ci->tmpname);
+			drop_index(table->schemaname, ci->tmpname);
 
 		progress("building a copy of index \"%s\" on the new column concurrently", ci->oldname);
 		PG_TRY();
 		{
 			run_toplevel((Node *) ci->stmt,
 						 psprintf("CREATE INDEX CONCURRENTLY %s ON %s (a copy of %s on the new column)",
-								  quote_identifier(ci->tmpname), plan->qname,
+								  quote_identifier(ci->tmpname),
+								  quote_qualified_identifier(table->schemaname, table->relname),
 								  quote_identifier(ci->oldname)));
 		}
 		PG_CATCH();
@@ -292,7 +304,7 @@ build_index(ContractPlan *plan, ContractIndex *ci)
 			edata = CopyErrorData();
 			FlushErrorState();
 			AbortOutOfAnyTransaction();
-			drop_index(plan, ci->tmpname);
+			drop_index(table->schemaname, ci->tmpname);
 			if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE ||
 				attempt >= CONTRACT_INDEX_TRIES)
 				ReThrowError(edata);
@@ -384,6 +396,8 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 {
 	bool		added = false;
 
+	if (fk->at_swap)
+		return;					/* added in the swap (contract_partition.c) */
 	check_caller();
 	xact_begin();
 	if (constraint_state(fk->conrelid, fk->tmpname) == 0)
@@ -433,6 +447,21 @@ validate(Oid relid, const char *name, const char *what)
 	mig_run_utility(sql);
 	mig_owner_restore(&owner);
 	xact_end();
+}
+
+/*
+ * A CHECK of a partitioned table: each leaf's first, each in a transaction
+ * of its own, then the parent's (no rows, no scan).  Of any other table:
+ * its own.
+ */
+static void
+validate_check(ContractPlan *plan, const char *name, const char *what)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->leaves)
+		validate(lfirst_oid(lc), name, what);
+	validate(plan->relid, name, what);
 }
 
 /*
@@ -530,7 +559,7 @@ swap_recheck(ContractPlan *plan, bool force)
 	Relation	rel;
 	ListCell   *lc;
 
-	rel = mig_open_table(plan->relid, NoLock);
+	rel = mig_partition_open(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
 	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
@@ -542,8 +571,19 @@ swap_recheck(ContractPlan *plan, bool force)
 	foreach(lc, plan->indexes)
 	{
 		ContractIndex *ci = lfirst(lc);
+		bool		built = true;
+		ListCell   *lc2;
 
-		if (index_state(plan, ci->tmpname) != 2)
+		if (ci->parts == NIL)
+			built = index_state(plan->relid, ci->tmpname) == 2;
+		foreach(lc2, ci->parts)
+		{
+			ContractIndex *part = lfirst(lc2);
+
+			if (part->leaf)
+				built &= index_state(part->relid, part->tmpname) == 2;
+		}
+		if (!built)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the copy of index \"%s\" disappeared while mig_contract ran", ci->oldname),
@@ -621,6 +661,11 @@ swap_rename_sql(ContractPlan *plan, StringInfo sql)
 		ContractIndex *ci = lfirst(lc);
 		const char *final = ci->contype ? ci->conname : ci->oldname;
 
+		if (ci->parts != NIL)
+		{
+			mig_partition_rename_sql(plan, ci, sql);
+			continue;
+		}
 		if (ci->contype)
 			appendStringInfo(sql, "ALTER TABLE %s ADD CONSTRAINT %s %s USING INDEX %s%s%s;",
 							 plan->qname, quote_identifier(ci->conname),
@@ -643,6 +688,8 @@ swap_rename_sql(ContractPlan *plan, StringInfo sql)
 	{
 		ContractFkey *fk = lfirst(lc);
 
+		if (fk->at_swap)
+			continue;			/* added under its own name */
 		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
@@ -837,6 +884,7 @@ swap(ContractPlan *plan, bool force)
 	views = mig_contract_capture_views(plan, &sql);
 	swap_drop_sql(plan, &sql);
 	mig_run_utility(sql.data);
+	mig_partition_swap(plan);
 
 	resetStringInfo(&sql);
 	swap_rename_sql(plan, &sql);
@@ -874,7 +922,19 @@ run_steps(ContractPlan *plan, bool force)
 	ListCell   *lc;
 
 	foreach(lc, plan->indexes)
-		build_index(plan, lfirst(lc));
+	{
+		ContractIndex *ci = lfirst(lc);
+		ListCell   *lc2;
+
+		if (ci->parts == NIL)
+			build_index(plan, ci);
+		/* on a partitioned table, each leaf's copy; the rest in the swap */
+		foreach(lc2, ci->parts)
+		{
+			if (((ContractIndex *) lfirst(lc2))->leaf)
+				build_index(plan, lfirst(lc2));
+		}
+	}
 	add_checks(plan);
 	foreach(lc, plan->fkeys)
 		add_fkey(plan, lfirst(lc));
@@ -883,26 +943,36 @@ run_steps(ContractPlan *plan, bool force)
 		ContractColumn *c = lfirst(lc);
 
 		if (c->not_null)
-			validate(plan->relid, c->nn_check,
-					 psprintf("that column \"%s\" has no NULL", c->finalname));
-		validate(plan->relid, c->check_tmp,
-				 psprintf("the CHECK constraint of column \"%s\"", c->finalname));
+			validate_check(plan, c->nn_check,
+						   psprintf("that column \"%s\" has no NULL", c->finalname));
+		validate_check(plan, c->check_tmp,
+					   psprintf("the CHECK constraint of column \"%s\"", c->finalname));
 	}
 	foreach(lc, plan->checks)
 	{
 		ContractCheck *ck = lfirst(lc);
 
-		validate(plan->relid, ck->tmpname,
-				 psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
+		validate_check(plan, ck->tmpname,
+					   psprintf("CHECK constraint \"%s\" re-stated on the new column", ck->oldname));
 	}
 	foreach(lc, plan->fkeys)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		validate(fk->conrelid, fk->tmpname,
-				 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+		if (!fk->at_swap)
+			validate(fk->conrelid, fk->tmpname,
+					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
 	}
 	swap(plan, force);
+	/* added NOT VALID in the swap: validated now, writes going through */
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+
+		if (fk->at_swap)
+			validate(fk->conrelid, fk->oldname,
+					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
+	}
 }
 
 /*
@@ -1022,7 +1092,7 @@ mig_contract_worker_main(Datum main_arg)
 	xact_begin();
 	/* the plan, and the migration it points into, outlive the transaction */
 	MemoryContextSwitchTo(contract_cxt);
-	rel = mig_open_table(sh->relid, AccessShareLock);
+	rel = mig_partition_open(sh->relid, AccessShareLock);
 	m = mig_catalog_active(sh->relid, false);
 	if (m->id != sh->migration_id)
 		ereport(ERROR,

@@ -25,6 +25,11 @@
  * in the "evaluates" check with its key, instead of ending the validation.
  * Then what contract would meet is checked (contract_predict.c).
  *
+ * A partitioned table is read leaf by leaf (contract_partition.c), each
+ * leaf in its own chunks, so no snapshot outlives one chunk of one leaf;
+ * the dual-write trigger is checked on every leaf (PostgreSQL clones the
+ * parent's to each, and a leaf's clone can be disabled on its own).
+ *
  * The SQL is generated from the stored expression trees with mig_deparse()
  * under search_path = pg_catalog, pg_temp, and runs with the caller's
  * privileges (who must own the table).
@@ -85,6 +90,9 @@ typedef struct VRun
 	Relation	rel;
 	MigMigration *m;
 	char	   *qname;			/* schema-qualified table */
+	List	   *leaves;			/* what holds the rows: the table, or its leaves */
+	Relation	scan_rel;		/* the one of them being read */
+	char	   *scan_qname;		/* its schema-qualified name */
 	char	   *key_label;		/* "id", "(a, b)" or "ctid" */
 	char	   *key_expr;		/* its text form, over the table's columns */
 	StringInfoData cols;		/* the chunk query's select list */
@@ -174,8 +182,9 @@ choose_key(VRun *run)
 	(void) mig_choose_key(run->rel, &cols);
 	if (cols == NIL)
 	{
-		run->key_label = "ctid";
-		run->key_expr = "ctid::pg_catalog.text";
+		run->key_label = run->rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE ?
+			"partition:ctid" : "ctid";
+		run->key_expr = (char *) mig_partition_ctid_key(RelationGetRelid(run->rel));
 		return;
 	}
 	initStringInfo(&label);
@@ -280,21 +289,48 @@ chunk_source(VRun *run, bool with_key)
 					"WHERE ctid >= $1 AND ctid < $2%s) s",
 					run->cols.data, with_key ? ", " : "", with_key ? run->key_expr : "",
 					with_key ? " AS k" : "",
-					run->qname,
+					run->scan_qname,
 					run->fraction < 1.0 ? " AND pg_catalog.random() < $3" : "");
 }
 
-/* The dual-write trigger: present, and enabled for ordinary sessions. */
+/*
+ * The dual-write trigger: present, and enabled for ordinary sessions; on a
+ * partitioned table on the parent and on every leaf (its clones, which
+ * fire for the rows), the first that does not fire named.
+ */
 static void
 check_trigger(VRun *run)
 {
 	VCheck	   *c = add_check(run, "trigger_enabled", NULL, NULL, NULL);
 	char		tgenabled;
+	Oid			culprit = RelationGetRelid(run->rel);
+	ListCell   *lc;
 
-	tgenabled = mig_trigger_tgenabled(RelationGetRelid(run->rel));
-	c->passed = mig_trigger_fires(tgenabled);
-	c->failing = c->passed ? 0 : 1;
-	if (tgenabled == '\0')
+	tgenabled = mig_trigger_tgenabled(culprit);
+	c->failing = mig_trigger_fires(tgenabled) ? 0 : 1;
+	if (run->rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+	{
+		foreach(lc, run->leaves)
+		{
+			char		leaf_enabled = mig_trigger_tgenabled(lfirst_oid(lc));
+
+			if (mig_trigger_fires(leaf_enabled))
+				continue;
+			if (c->failing++ == 0)
+			{
+				culprit = lfirst_oid(lc);
+				tgenabled = leaf_enabled;
+			}
+		}
+	}
+	c->passed = c->failing == 0;
+	if (c->failing > 0 && culprit != RelationGetRelid(run->rel))
+		c->detail = psprintf("trigger %s on partition %s %s: its rows are not dual-written; enable it, then backfill and validate again",
+							 MIG_TRIGGER_NAME, get_rel_name(culprit),
+							 tgenabled == '\0' ? "is missing" :
+							 tgenabled == TRIGGER_FIRES_ON_REPLICA ? "is enabled on replicas only" :
+							 "is disabled");
+	else if (tgenabled == '\0')
 		c->detail = psprintf("trigger %s is missing: writes are not dual-written",
 							 MIG_TRIGGER_NAME);
 	else if (!c->passed)
@@ -443,7 +479,7 @@ row_key(VRun *run, ItemPointer tid)
 	char	   *key = NULL;
 
 	if (SPI_execute_with_args(psprintf("SELECT %s FROM ONLY %s WHERE ctid = $1",
-									   run->key_expr, run->qname),
+									   run->key_expr, run->scan_qname),
 							  1, (Oid[]) {TIDOID}, (Datum[]) {PointerGetDatum(tid)},
 							  NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "migrate_ext: could not read a row's key");
@@ -473,7 +509,7 @@ scan_rows(VRun *run, SPIPlanPtr plan, BlockNumber from, BlockNumber to)
 	ItemPointerSet(&lo, from, 0);
 	ItemPointerSet(&hi, to, 0);
 	if (SPI_execute_with_args(psprintf("SELECT ctid FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",
-									   run->qname),
+									   run->scan_qname),
 							  2, (Oid[]) {TIDOID, TIDOID},
 							  (Datum[]) {PointerGetDatum(&lo), PointerGetDatum(&hi)},
 							  NULL, false, 0) != SPI_OK_SELECT)
@@ -520,17 +556,17 @@ scan_rows(VRun *run, SPIPlanPtr plan, BlockNumber from, BlockNumber to)
 }
 
 /*
- * Read the table chunk by chunk, counting every check's failing rows.  Each
+ * Read one table that holds rows (the migrated table, or one of its leaf
+ * partitions) chunk by chunk, counting every check's failing rows.  Each
  * chunk runs in a subtransaction: a chunk where up, down or check_expr
  * raises an error on some row is gone through again row by row.
  */
 static void
-scan_table(VRun *run)
+scan_leaf(VRun *run, Oid leafid, const char *counts)
 {
-	BlockNumber nblocks = RelationGetNumberOfBlocks(run->rel);
-	StringInfoData sql;
-	ListCell   *lc;
+	BlockNumber nblocks;
 	SPIPlanPtr	plan;
+	char	   *sql;
 	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
 	int			nparams = run->fraction < 1.0 ? 3 : 2;
 	ItemPointerData lo;
@@ -538,21 +574,16 @@ scan_table(VRun *run)
 	Datum		params[3];
 	char		nulls[4] = "   ";
 
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT pg_catalog.count(*)");
-	foreach(lc, run->checks)
-	{
-		VCheck	   *c = lfirst(lc);
-
-		if (c->cond)
-			appendStringInfo(&sql, ", pg_catalog.count(*) FILTER (WHERE %s)", c->cond);
-	}
-	appendStringInfo(&sql, " FROM %s", chunk_source(run, false));
-
-	SPI_connect();
-	plan = SPI_prepare(sql.data, nparams, types);
+	/* locked by mig_partition_leaves, or the table itself */
+	run->scan_rel = leafid == RelationGetRelid(run->rel) ? run->rel :
+		table_open(leafid, NoLock);
+	run->scan_qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run->scan_rel)),
+												 RelationGetRelationName(run->scan_rel));
+	nblocks = RelationGetNumberOfBlocks(run->scan_rel);
+	sql = psprintf("%s FROM %s", counts, chunk_source(run, false));
+	plan = SPI_prepare(sql, nparams, types);
 	if (plan == NULL)
-		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql.data,
+		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql,
 			 SPI_result_code_string(SPI_result));
 
 	params[0] = PointerGetDatum(&lo);
@@ -572,6 +603,32 @@ scan_table(VRun *run)
 		/* this chunk's snapshots are done with: let vacuum move on */
 		mig_release_xmin();
 	}
+	SPI_freeplan(plan);
+	if (run->scan_rel != run->rel)
+		table_close(run->scan_rel, NoLock);
+	run->scan_rel = NULL;
+}
+
+/* Read every table that holds the rows: the table, or each leaf partition. */
+static void
+scan_table(VRun *run)
+{
+	StringInfoData counts;
+	ListCell   *lc;
+
+	initStringInfo(&counts);
+	appendStringInfoString(&counts, "SELECT pg_catalog.count(*)");
+	foreach(lc, run->checks)
+	{
+		VCheck	   *c = lfirst(lc);
+
+		if (c->cond)
+			appendStringInfo(&counts, ", pg_catalog.count(*) FILTER (WHERE %s)", c->cond);
+	}
+
+	SPI_connect();
+	foreach(lc, run->leaves)
+		scan_leaf(run, lfirst_oid(lc), counts.data);
 	SPI_finish();
 }
 
@@ -754,17 +811,26 @@ mig_validate(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 
 	/* AccessShareLock, held to the end: the table's shape must not change */
-	run.rel = mig_open_table(relid, AccessShareLock);
+	run.rel = mig_partition_open(relid, AccessShareLock);
+	run.leaves = mig_partition_leaves(relid, AccessShareLock);
 	run.m = mig_catalog_active(relid, false);
 	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),
 										   RelationGetRelationName(run.rel));
 	if (run.sample > 0)
 	{
-		BlockNumber pages;
-		double		tuples;
-		double		allvisfrac;
+		double		tuples = 0;
 
-		estimate_rel_size(run.rel, NULL, &pages, &tuples, &allvisfrac);
+		foreach(lc, run.leaves)
+		{
+			Relation	leaf = table_open(lfirst_oid(lc), NoLock);
+			BlockNumber pages;
+			double		leaf_tuples;
+			double		allvisfrac;
+
+			estimate_rel_size(leaf, NULL, &pages, &leaf_tuples, &allvisfrac);
+			tuples += leaf_tuples;
+			table_close(leaf, NoLock);
+		}
 		if (tuples > run.sample)
 			run.fraction = run.sample / tuples;
 	}

@@ -19,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 layer() {
 	case "$1" in
-	catalog.c | job.c | relation.c | expr.c | worker.c | horizon.c | contract_gate.c | contract_views.c) echo 0 ;;
+	catalog.c | job.c | relation.c | expr.c | worker.c | horizon.c | contract_gate.c | contract_views.c | contract_partition.c) echo 0 ;;
 	dualwrite.c | backfill_walk.c | contract_plan.c | contract_undo.c | contract_retype.c) echo 1 ;;
 	backfill_worker.c | contract_worker.c | launcher.c | contract_predict.c) echo 2 ;;
 	ddl.c | backfill.c | contract.c | validate.c | report.c | guard.c | preflight.c) echo 3 ;;

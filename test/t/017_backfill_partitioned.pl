@@ -64,8 +64,17 @@ refused("SELECT mig_expand('h', 'id', type => 'bigint')", '0A000',
 refused("SELECT mig_expand('e', 'at', type => 'timestamp')", '0A000',
 	'cannot change partition-key column "at"', 'Rewrite the data', 'column in a key expression');
 
+# the finish takes a partitioned table (branch part: validation, cut-over
+# and contract, test/t/071 and 072): without a migration it says so
+for my $f (qw(mig_validate mig_cutover mig_contract))
+{
+	my $call = $f eq 'mig_validate' ? "SELECT * FROM mig_validate('r')" : "SELECT $f('r')";
+	refused($call, '42704', 'table "r" has no active migration',
+		'Start one with mig_expand', "$f on a partitioned table");
+}
+
 # every other entry point refuses a partitioned table the same way
-for my $f (qw(mig_backfill mig_validate mig_cutover mig_contract mig_abort mig_preflight))
+for my $f (qw(mig_backfill mig_abort mig_preflight))
 {
 	my $call = $f eq 'mig_preflight' ? "SELECT * FROM mig_preflight('r', 'v', 'int')"
 	  : $f eq 'mig_validate' ? "SELECT * FROM mig_validate('r')" : "SELECT $f('r')";
