@@ -159,6 +159,8 @@ extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
+extern void mig_contract_append_grants(StringInfo out, const char *qname,
+									   const char *col);
 
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,

@@ -266,15 +266,16 @@ query_oid(const char *sql, Oid arg)
 	MemoryContextSwitchTo(capture_cxt);
 }
 
-/* GRANT statements from one ACL: the view's, or one column's. */
-static void
-grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
+/*
+ * One GRANT statement for each row of the SPI result at hand, which must be
+ * (grantee oid, privilege_type, is_grantable) as pg_catalog.aclexplode()
+ * gives them: on object qname, or on its column col when col is not NULL.
+ * Written once for the views' grants (here) and the swapped column's grants
+ * (contract_worker.c), so that both re-grant alike.
+ */
+void
+mig_contract_append_grants(StringInfo out, const char *qname, const char *col)
 {
-	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
-							  "FROM pg_catalog.aclexplode($1) a ORDER BY 1, 2",
-							  1, (Oid[]) {ACLITEMARRAYOID}, &acl, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "migrate_ext: could not read the privileges of view %s", cv->name);
-	MemoryContextSwitchTo(capture_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -285,11 +286,23 @@ grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
 
 		appendStringInfo(out, "GRANT %s%s%s%s ON %s TO %s%s;",
 						 SPI_getvalue(tup, desc, 2), col ? " (" : "",
-						 col ? quote_identifier(col) : "", col ? ")" : "", cv->qname,
+						 col ? quote_identifier(col) : "", col ? ")" : "", qname,
 						 grantee == InvalidOid ? "PUBLIC" :
 						 quote_identifier(GetUserNameFromId(grantee, false)),
 						 grantable ? " WITH GRANT OPTION" : "");
 	}
+}
+
+/* GRANT statements from one ACL: the view's, or one column's. */
+static void
+grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
+{
+	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
+							  "FROM pg_catalog.aclexplode($1) a ORDER BY 1, 2",
+							  1, (Oid[]) {ACLITEMARRAYOID}, &acl, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read the privileges of view %s", cv->name);
+	MemoryContextSwitchTo(capture_cxt);
+	mig_contract_append_grants(out, cv->qname, col);
 }
 
 /* The view's columns: its shape, their grants, comments and defaults. */
