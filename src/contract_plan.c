@@ -85,27 +85,14 @@ attname_of(Oid relid, AttrNumber attnum)
 static char *
 describe_rule(Oid ruleoid)
 {
-	Relation	rwrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
 	ObjectAddress addr;
+	bool		is_return;
+	char		relkind;
+	Oid			ev = mig_rule_view(ruleoid, &is_return, &relkind);
 
 	ObjectAddressSet(addr, RewriteRelationId, ruleoid);
-	rwrel = table_open(RewriteRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ruleoid));
-	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
-
-		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0)
-			ObjectAddressSet(addr, RelationRelationId, rw->ev_class);
-	}
-	systable_endscan(scan);
-	table_close(rwrel, AccessShareLock);
+	if (OidIsValid(ev) && is_return)
+		ObjectAddressSet(addr, RelationRelationId, ev);
 	if (addr.classId == RelationRelationId &&
 		get_rel_relkind(addr.objectId) == RELKIND_MATVIEW)
 		return psprintf("%s (mig_contract does not rebuild materialized views yet: drop it before contract and create it again after)",
@@ -117,28 +104,11 @@ describe_rule(Oid ruleoid)
 static Oid
 view_of_rule(Oid ruleoid)
 {
-	Relation	rwrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			result = InvalidOid;
+	bool		is_return;
+	char		relkind;
+	Oid			ev = mig_rule_view(ruleoid, &is_return, &relkind);
 
-	rwrel = table_open(RewriteRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ruleoid));
-	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
-
-		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0 &&
-			get_rel_relkind(rw->ev_class) == RELKIND_VIEW)
-			result = rw->ev_class;
-	}
-	systable_endscan(scan);
-	table_close(rwrel, AccessShareLock);
-	return result;
+	return (is_return && relkind == RELKIND_VIEW) ? ev : InvalidOid;
 }
 
 /* The column's name on either side of a foreign key, mapped to the new one. */

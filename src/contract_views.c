@@ -76,9 +76,14 @@ typedef struct ContractView
 	List	   *shape;			/* of ViewColumn * */
 } ContractView;
 
-/* The view whose rule this is, or InvalidOid for any other rule. */
-static Oid
-rule_view(Oid ruleoid, bool *is_return, char *relkind)
+/*
+ * The relation whose rewrite rule this is (InvalidOid if there is no such
+ * rule); *is_return says whether it is the view's _RETURN rule, *relkind is
+ * the relation's kind.  Written once: the plan (contract_plan.c) and the
+ * view capture here both ask pg_rewrite this, and must agree on it.
+ */
+Oid
+mig_rule_view(Oid ruleoid, bool *is_return, char *relkind)
 {
 	Relation	rwrel;
 	ScanKeyData key;
@@ -137,7 +142,7 @@ view_dependents(Oid viewoid, Oid refclass, Oid refobj, List **found, List **bloc
 		{
 			bool		is_return;
 			char		relkind;
-			Oid			ev = rule_view(dep->objid, &is_return, &relkind);
+			Oid			ev = mig_rule_view(dep->objid, &is_return, &relkind);
 
 			if (ev == viewoid)
 			{
