@@ -135,6 +135,7 @@ extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 extern Node *mig_cook_default(Relation rel, const char *src, Oid typid,
 							  int32 typmod, const char *attname);
 extern char *mig_deparse(Node *expr, Oid relid);
+extern Node *mig_subst_column(Node *expr, AttrNumber attnum, Node *replacement);
 struct ParseState;
 extern void mig_check_expr(Relation rel, Node *expr, const char *what,
 						   struct ParseState *pstate);

@@ -135,24 +135,6 @@ distinct(const char *a, const char *b, Oid typid)
 	return psprintf("%s::pg_catalog.text IS DISTINCT FROM %s::pg_catalog.text", a, b);
 }
 
-typedef struct SubstContext
-{
-	AttrNumber	attnum;
-	Node	   *replacement;
-} SubstContext;
-
-/* The expression with every reference to one column replaced. */
-static Node *
-subst_mutator(Node *node, SubstContext *ctx)
-{
-	if (node == NULL)
-		return NULL;
-	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
-		((Var *) node)->varattno == ctx->attnum)
-		return copyObject(ctx->replacement);
-	return expression_tree_mutator(node, subst_mutator, (void *) ctx);
-}
-
 /* A column of the table by number, quoted; an error if it was dropped. */
 static char *
 column_sql(VRun *run, AttrNumber attnum, const char *recorded)
@@ -237,13 +219,10 @@ build_checks(VRun *run)
 
 		if (pair->down)
 		{
-			SubstContext ctx;
 			Node	   *roundtrip;
 			Oid			oldtype = exprType(pair->down);
 
-			ctx.attnum = pair->old_attnum;
-			ctx.replacement = pair->down;
-			roundtrip = subst_mutator(pair->up, &ctx);
+			roundtrip = mig_subst_column(pair->up, pair->old_attnum, pair->down);
 			appendStringInfo(&run->cols, ", %s AS o%d, %s AS d%d, %s AS r%d",
 							 oldc, i, mig_deparse(pair->down, RelationGetRelid(run->rel)), i,
 							 mig_deparse(roundtrip, RelationGetRelid(run->rel)), i);
