@@ -310,18 +310,10 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 				List **fkeys)
 {
 	Relation	deprel;
-	ScanKeyData key[3];
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	deprel = table_open(DependRelationId, AccessShareLock);
-	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(RelationRelationId));
-	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(plan->relid));
-	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(attnum));
-	scan = systable_beginscan(deprel, DependReferenceIndexId, true, NULL, 3, key);
+	scan = mig_column_dependents_scan(plan->relid, attnum, &deprel);
 
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{

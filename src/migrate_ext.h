@@ -142,6 +142,9 @@ extern void mig_check_expr(Relation rel, Node *expr, const char *what,
 
 /* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
+struct SysScanDescData;
+extern struct SysScanDescData *mig_column_dependents_scan(Oid relid, AttrNumber attnum,
+														   Relation *deprel);
 extern const char *mig_qualified_name(Oid relid);
 extern void mig_run_utility(const char *sql);
 extern void mig_sleep_ms(long ms);

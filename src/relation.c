@@ -42,6 +42,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
@@ -800,4 +801,26 @@ mig_choose_key(Relation rel, List **cols)
 	}
 	*cols = best;
 	return best ? "unique key" : "ctid";
+}
+
+/*
+ * Begin a scan of pg_depend for every object that depends on column attnum
+ * of relid; *deprel is pg_depend, opened AccessShareLock.  The caller ends
+ * the scan and closes *deprel.  Written once for contract's plan (what the
+ * old column takes along) and its retype (the views that read the column),
+ * which must look at the same rows.
+ */
+SysScanDesc
+mig_column_dependents_scan(Oid relid, AttrNumber attnum, Relation *deprel)
+{
+	ScanKeyData key[3];
+
+	*deprel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(RelationRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(attnum));
+	return systable_beginscan(*deprel, DependReferenceIndexId, true, NULL, 3, key);
 }
