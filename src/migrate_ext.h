@@ -142,6 +142,8 @@ extern void mig_check_expr(Relation rel, Node *expr, const char *what,
 
 /* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
+extern bool mig_try_subxact(void (*fn) (void *arg), void *arg,
+							MemoryContext msgcxt, char **msg);
 struct SysScanDescData;
 extern struct SysScanDescData *mig_column_dependents_scan(Oid relid, AttrNumber attnum,
 														   Relation *deprel);

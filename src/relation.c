@@ -824,3 +824,47 @@ mig_column_dependents_scan(Oid relid, AttrNumber attnum, Relation *deprel)
 				Int32GetDatum(attnum));
 	return systable_beginscan(*deprel, DependReferenceIndexId, true, NULL, 3, key);
 }
+
+/*
+ * Run fn(arg) in an internal subtransaction and catch any error it raises:
+ * the subtransaction is rolled back and false is returned, with the error's
+ * message copied into msgcxt as *msg.  Either way the caller's memory
+ * context and resource owner are current again afterwards.  Written once
+ * for the checks that turn an error of user code or of a query into a
+ * failing check that says why (validate.c's ranges, contract_predict.c's
+ * counts), so that both clean up alike.
+ */
+bool
+mig_try_subxact(void (*fn) (void *arg), void *arg, MemoryContext msgcxt,
+				char **msg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*msg = MemoryContextStrdup(msgcxt, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}

@@ -391,6 +391,23 @@ scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
 	}
 }
 
+/* try_range's scan, for mig_try_subxact */
+typedef struct RangeScan
+{
+	VRun	   *run;
+	SPIPlanPtr	plan;
+	Datum	   *params;
+	const char *nulls;
+} RangeScan;
+
+static void
+range_scan(void *arg)
+{
+	RangeScan  *r = (RangeScan *) arg;
+
+	scan_range(r->run, r->plan, r->params, r->nulls);
+}
+
 /*
  * scan_range() in a subtransaction, so that an error raised by up, down or
  * check_expr on some row is caught: returns false (and the error's message
@@ -400,11 +417,11 @@ static bool
 try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **msg)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	List	   *saved = NIL;
 	int64		saved_rows = run->rows_checked;
 	ListCell   *lc;
-	volatile bool ok = true;
+	RangeScan	r = {run, plan, params, nulls};
+	bool		ok;
 
 	MemoryContextSwitchTo(run->cxt);
 	foreach(lc, run->checks)
@@ -417,30 +434,7 @@ try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **m
 		saved = lappend(saved, copy);
 	}
 	MemoryContextSwitchTo(cxt);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		scan_range(run, plan, params, nulls);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		*msg = MemoryContextStrdup(run->cxt, edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
+	ok = mig_try_subxact(range_scan, &r, run->cxt, msg);
 	if (!ok)
 	{
 		/* back to the counts before this range */
