@@ -480,6 +480,22 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 	}
 }
 
+/*
+ * A planned column's old and new attributes, as rel's descriptor has them;
+ * returns whether the new column takes over the old one's objects (the
+ * map sends the old column to it: not so for a split's columns, nor for a
+ * kept old column).  Written once for plan_takeover and plan_props, which
+ * must agree on which columns they carry.
+ */
+static bool
+column_atts(ContractPlan *plan, TupleDesc desc, ContractColumn *c,
+			Form_pg_attribute *oldatt, Form_pg_attribute *newatt)
+{
+	*oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
+	*newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+	return plan->map->attnums[c->pair->old_attnum - 1] == c->pair->new_attnum;
+}
+
 /* The defaults, sequences and comments of the columns taken over. */
 static void
 plan_takeover(ContractPlan *plan, Relation rel)
@@ -490,8 +506,9 @@ plan_takeover(ContractPlan *plan, Relation rel)
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
-		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
-		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		Form_pg_attribute oldatt;
+		Form_pg_attribute newatt;
+		bool		takes_over = column_atts(plan, desc, c, &oldatt, &newatt);
 
 		/* new_default, cooked at expand for the new column, wins */
 		if (c->pair->new_default)
@@ -499,7 +516,7 @@ plan_takeover(ContractPlan *plan, Relation rel)
 			c->default_expr = c->pair->new_default;
 			c->default_sql = mig_deparse(c->default_expr, plan->relid);
 		}
-		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (!takes_over)
 			continue;
 		c->identity = oldatt->attidentity;
 		c->comment = GetComment(plan->relid, RelationRelationId, c->pair->old_attnum);
@@ -651,13 +668,13 @@ plan_props(ContractPlan *plan, Relation rel)
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
-		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
-		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		Form_pg_attribute oldatt;
+		Form_pg_attribute newatt;
 		HeapTuple	tup;
 		bool		isnull;
 		Datum		d;
 
-		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (!column_atts(plan, desc, c, &oldatt, &newatt))
 			continue;
 		tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(plan->relid),
 							  Int16GetDatum(c->pair->old_attnum));
