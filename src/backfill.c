@@ -187,6 +187,33 @@ bf_no_job(const char *relname, const char *what)
 }
 
 /*
+ * The table's latest job, locked, for pause/resume/cancel/set: checks that
+ * the caller owns the table and that it has an active migration (in that
+ * order, as every one of them did), then sets *relname and *state.  Written
+ * once so that the four control functions check and lock alike.
+ */
+static int64
+bf_lock_table_job(Oid relid, const char **relname, JobState *state)
+{
+	MigMigration *m = bf_migration(relid);
+
+	*relname = get_rel_name(relid);
+	return bf_lock_latest_job(m->id, state);
+}
+
+/*
+ * Errors unless the job can still be driven: pause and cancel accept a
+ * live job or an interrupted one (whose worker is gone).
+ */
+static void
+bf_require_unfinished(int64 job_id, JobState state, const char *relname,
+					  const char *what)
+{
+	if (job_id == 0 || !(mig_job_state_live(state) || state == JOB_INTERRUPTED))
+		bf_no_job(relname, what);
+}
+
+/*
  * mig_backfill(tbl, batch_size, target_batch_ms, sleep_ms, max_replica_lag,
  *				max_rows_per_sec, parallel, fire_triggers) returns the job id
  *
@@ -281,14 +308,11 @@ mig_backfill(PG_FUNCTION_ARGS)
 Datum
 mig_pause(PG_FUNCTION_ARGS)
 {
-	Oid			relid = PG_GETARG_OID(0);
-	MigMigration *m = bf_migration(relid);
-	const char *relname = get_rel_name(relid);
+	const char *relname;
 	JobState	state;
-	int64		job_id = bf_lock_latest_job(m->id, &state);
+	int64		job_id = bf_lock_table_job(PG_GETARG_OID(0), &relname, &state);
 
-	if (job_id == 0 || !(mig_job_state_live(state) || state == JOB_INTERRUPTED))
-		bf_no_job(relname, "pause");
+	bf_require_unfinished(job_id, state, relname, "pause");
 	if (state == JOB_PAUSED)
 		ereport(NOTICE,
 				(errmsg("the backfill of table \"%s\" is already paused",
@@ -306,11 +330,9 @@ mig_pause(PG_FUNCTION_ARGS)
 Datum
 mig_resume(PG_FUNCTION_ARGS)
 {
-	Oid			relid = PG_GETARG_OID(0);
-	MigMigration *m = bf_migration(relid);
-	const char *relname = get_rel_name(relid);
+	const char *relname;
 	JobState	state;
-	int64		job_id = bf_lock_latest_job(m->id, &state);
+	int64		job_id = bf_lock_table_job(PG_GETARG_OID(0), &relname, &state);
 	MigWorkerArgs args;
 
 	if (job_id == 0)
@@ -357,14 +379,11 @@ mig_resume(PG_FUNCTION_ARGS)
 Datum
 mig_cancel(PG_FUNCTION_ARGS)
 {
-	Oid			relid = PG_GETARG_OID(0);
-	MigMigration *m = bf_migration(relid);
-	const char *relname = get_rel_name(relid);
+	const char *relname;
 	JobState	state;
-	int64		job_id = bf_lock_latest_job(m->id, &state);
+	int64		job_id = bf_lock_table_job(PG_GETARG_OID(0), &relname, &state);
 
-	if (job_id == 0 || !(mig_job_state_live(state) || state == JOB_INTERRUPTED))
-		bf_no_job(relname, "cancel");
+	bf_require_unfinished(job_id, state, relname, "cancel");
 	mig_job_set_state(job_id, JOB_CANCELLED, true);
 	PG_RETURN_VOID();
 }
@@ -478,7 +497,6 @@ mig_set(PG_FUNCTION_ARGS)
 {
 	Oid			relid;
 	const char *relname;
-	MigMigration *m;
 	char	   *value;
 	JobState	state;
 	int64		job_id;
@@ -493,9 +511,7 @@ mig_set(PG_FUNCTION_ARGS)
 	value = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	which = bf_parse_setting(text_to_cstring(PG_GETARG_TEXT_PP(1)), value, &v);
 
-	m = bf_migration(relid);
-	relname = get_rel_name(relid);
-	job_id = bf_lock_latest_job(m->id, &state);
+	job_id = bf_lock_table_job(relid, &relname, &state);
 	if (job_id == 0 || state == JOB_DONE)
 		bf_no_job(relname, "change");
 	if (which != MIG_JOB_PARALLEL)	/* 1, as it is */

@@ -157,8 +157,11 @@ extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 
 /* contract_views.c */
 extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
+extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
+extern void mig_contract_append_grants(StringInfo out, const char *qname,
+									   const char *col);
 
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,

@@ -85,27 +85,14 @@ attname_of(Oid relid, AttrNumber attnum)
 static char *
 describe_rule(Oid ruleoid)
 {
-	Relation	rwrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
 	ObjectAddress addr;
+	bool		is_return;
+	char		relkind;
+	Oid			ev = mig_rule_view(ruleoid, &is_return, &relkind);
 
 	ObjectAddressSet(addr, RewriteRelationId, ruleoid);
-	rwrel = table_open(RewriteRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ruleoid));
-	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
-
-		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0)
-			ObjectAddressSet(addr, RelationRelationId, rw->ev_class);
-	}
-	systable_endscan(scan);
-	table_close(rwrel, AccessShareLock);
+	if (OidIsValid(ev) && is_return)
+		ObjectAddressSet(addr, RelationRelationId, ev);
 	if (addr.classId == RelationRelationId &&
 		get_rel_relkind(addr.objectId) == RELKIND_MATVIEW)
 		return psprintf("%s (mig_contract does not rebuild materialized views yet: drop it before contract and create it again after)",
@@ -117,28 +104,11 @@ describe_rule(Oid ruleoid)
 static Oid
 view_of_rule(Oid ruleoid)
 {
-	Relation	rwrel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			result = InvalidOid;
+	bool		is_return;
+	char		relkind;
+	Oid			ev = mig_rule_view(ruleoid, &is_return, &relkind);
 
-	rwrel = table_open(RewriteRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ruleoid));
-	scan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		Form_pg_rewrite rw = (Form_pg_rewrite) GETSTRUCT(tup);
-
-		if (strcmp(NameStr(rw->rulename), ViewSelectRuleName) == 0 &&
-			get_rel_relkind(rw->ev_class) == RELKIND_VIEW)
-			result = rw->ev_class;
-	}
-	systable_endscan(scan);
-	table_close(rwrel, AccessShareLock);
-	return result;
+	return (is_return && relkind == RELKIND_VIEW) ? ev : InvalidOid;
 }
 
 /* The column's name on either side of a foreign key, mapped to the new one. */
@@ -340,18 +310,10 @@ scan_dependents(ContractPlan *plan, Relation rel, AttrNumber attnum,
 				List **fkeys)
 {
 	Relation	deprel;
-	ScanKeyData key[3];
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	deprel = table_open(DependRelationId, AccessShareLock);
-	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(RelationRelationId));
-	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(plan->relid));
-	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(attnum));
-	scan = systable_beginscan(deprel, DependReferenceIndexId, true, NULL, 3, key);
+	scan = mig_column_dependents_scan(plan->relid, attnum, &deprel);
 
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
@@ -518,6 +480,22 @@ plan_columns(ContractPlan *plan, Relation rel, MigMigration *m, List **oldattnum
 	}
 }
 
+/*
+ * A planned column's old and new attributes, as rel's descriptor has them;
+ * returns whether the new column takes over the old one's objects (the
+ * map sends the old column to it: not so for a split's columns, nor for a
+ * kept old column).  Written once for plan_takeover and plan_props, which
+ * must agree on which columns they carry.
+ */
+static bool
+column_atts(ContractPlan *plan, TupleDesc desc, ContractColumn *c,
+			Form_pg_attribute *oldatt, Form_pg_attribute *newatt)
+{
+	*oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
+	*newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+	return plan->map->attnums[c->pair->old_attnum - 1] == c->pair->new_attnum;
+}
+
 /* The defaults, sequences and comments of the columns taken over. */
 static void
 plan_takeover(ContractPlan *plan, Relation rel)
@@ -528,8 +506,9 @@ plan_takeover(ContractPlan *plan, Relation rel)
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
-		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
-		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		Form_pg_attribute oldatt;
+		Form_pg_attribute newatt;
+		bool		takes_over = column_atts(plan, desc, c, &oldatt, &newatt);
 
 		/* new_default, cooked at expand for the new column, wins */
 		if (c->pair->new_default)
@@ -537,7 +516,7 @@ plan_takeover(ContractPlan *plan, Relation rel)
 			c->default_expr = c->pair->new_default;
 			c->default_sql = mig_deparse(c->default_expr, plan->relid);
 		}
-		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (!takes_over)
 			continue;
 		c->identity = oldatt->attidentity;
 		c->comment = GetComment(plan->relid, RelationRelationId, c->pair->old_attnum);
@@ -689,13 +668,13 @@ plan_props(ContractPlan *plan, Relation rel)
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
-		Form_pg_attribute oldatt = TupleDescAttr(desc, c->pair->old_attnum - 1);
-		Form_pg_attribute newatt = TupleDescAttr(desc, c->pair->new_attnum - 1);
+		Form_pg_attribute oldatt;
+		Form_pg_attribute newatt;
 		HeapTuple	tup;
 		bool		isnull;
 		Datum		d;
 
-		if (plan->map->attnums[c->pair->old_attnum - 1] != c->pair->new_attnum)
+		if (!column_atts(plan, desc, c, &oldatt, &newatt))
 			continue;
 		tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(plan->relid),
 							  Int16GetDatum(c->pair->old_attnum));

@@ -59,6 +59,41 @@ prediction(List **out, const char *name, int64 failing, const char *detail)
 	return p;
 }
 
+/* run_count's query, for mig_try_subxact */
+typedef struct CountQuery
+{
+	const char *sql;
+	MemoryContext cxt;			/* where examples is copied */
+	int64		failing;
+	char	   *examples;
+} CountQuery;
+
+static void
+count_query(void *arg)
+{
+	CountQuery *q = (CountQuery *) arg;
+	bool		isnull;
+	char	   *ex;
+
+	SPI_connect();
+
+	/*
+	 * Not read_only: a snapshot of its own.  The statement's snapshot may
+	 * no longer protect its xmin (validation released it between its
+	 * chunks, horizon.c), and a row a concurrent UPDATE moved would then
+	 * be pruned under it and be missing from the count.
+	 */
+	if (SPI_execute(q->sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "migrate_ext: could not run \"%s\"", q->sql);
+	q->failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		q->failing = 0;
+	ex = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (ex)
+		q->examples = MemoryContextStrdup(q->cxt, ex);
+	SPI_finish();
+}
+
 /*
  * Run a query returning (count bigint, examples text); fill a prediction's
  * count and detail ("<count> <what>, e.g. <examples>").  In a
@@ -70,53 +105,14 @@ static void
 run_count(List **out, const char *name, const char *sql, const char *what,
 		  const char *okdetail)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int64 failing = 0;
-	char	   *volatile examples = NULL;
-	char	   *volatile error = NULL;
+	CountQuery	q = {sql, CurrentMemoryContext, 0, NULL};
+	char	   *error = NULL;
+	int64		failing;
+	char	   *examples;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		bool		isnull;
-		char	   *ex;
-
-		SPI_connect();
-		/*
-		 * Not read_only: a snapshot of its own.  The statement's snapshot may
-		 * no longer protect its xmin (validation released it between its
-		 * chunks, horizon.c), and a row a concurrent UPDATE moved would then
-		 * be pruned under it and be missing from the count.
-		 */
-		if (SPI_execute(sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
-		failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		if (isnull)
-			failing = 0;
-		ex = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		if (ex)
-			examples = MemoryContextStrdup(cxt, ex);
-		SPI_finish();
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		error = pstrdup(edata->message);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	(void) mig_try_subxact(count_query, &q, CurrentMemoryContext, &error);
+	failing = q.failing;
+	examples = q.examples;
 
 	if (error)
 		prediction(out, name, 1, psprintf("could not be checked: %s", error));

@@ -159,46 +159,30 @@ static List *
 retype_direct_views(ContractPlan *plan, AttrNumber attnum)
 {
 	Relation	deprel;
-	ScanKeyData key[3];
 	SysScanDesc scan;
 	HeapTuple	tup;
 	List	   *direct = NIL;
 
-	deprel = table_open(DependRelationId, AccessShareLock);
-	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(RelationRelationId));
-	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(plan->relid));
-	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(attnum));
-	scan = systable_beginscan(deprel, DependReferenceIndexId, true, NULL, 3, key);
+	scan = mig_column_dependents_scan(plan->relid, attnum, &deprel);
 	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tup);
-		Relation	rwrel;
-		ScanKeyData rkey;
-		SysScanDesc rscan;
-		HeapTuple	rtup;
+		bool		is_return;
+		char		relkind;
+		Oid			ev;
 		Oid			view = InvalidOid;
 
 		if (dep->classid != RewriteRelationId)
 			continue;			/* ALTER TYPE itself handles the rest */
-		rwrel = table_open(RewriteRelationId, AccessShareLock);
-		ScanKeyInit(&rkey, Anum_pg_rewrite_oid, BTEqualStrategyNumber, F_OIDEQ,
-					ObjectIdGetDatum(dep->objid));
-		rscan = systable_beginscan(rwrel, RewriteOidIndexId, true, NULL, 1, &rkey);
-		rtup = systable_getnext(rscan);
-		if (HeapTupleIsValid(rtup) &&
-			get_rel_relkind(((Form_pg_rewrite) GETSTRUCT(rtup))->ev_class) == RELKIND_VIEW)
-			view = ((Form_pg_rewrite) GETSTRUCT(rtup))->ev_class;
-		else if (HeapTupleIsValid(rtup))
+		ev = mig_rule_view(dep->objid, &is_return, &relkind);
+		if (OidIsValid(ev) && relkind == RELKIND_VIEW)
+			view = ev;
+		else if (OidIsValid(ev))
 			plan->blockers = lappend(plan->blockers,
 									 psprintf("%s %s",
-											  get_rel_relkind(((Form_pg_rewrite) GETSTRUCT(rtup))->ev_class) == RELKIND_MATVIEW ?
+											  relkind == RELKIND_MATVIEW ?
 											  "materialized view" : "a rule of",
-											  get_rel_name(((Form_pg_rewrite) GETSTRUCT(rtup))->ev_class)));
-		systable_endscan(rscan);
-		table_close(rwrel, AccessShareLock);
+											  get_rel_name(ev)));
 		if (OidIsValid(view))
 			direct = list_append_unique_oid(direct, view);
 	}

@@ -76,9 +76,14 @@ typedef struct ContractView
 	List	   *shape;			/* of ViewColumn * */
 } ContractView;
 
-/* The view whose rule this is, or InvalidOid for any other rule. */
-static Oid
-rule_view(Oid ruleoid, bool *is_return, char *relkind)
+/*
+ * The relation whose rewrite rule this is (InvalidOid if there is no such
+ * rule); *is_return says whether it is the view's _RETURN rule, *relkind is
+ * the relation's kind.  Written once: the plan (contract_plan.c) and the
+ * view capture here both ask pg_rewrite this, and must agree on it.
+ */
+Oid
+mig_rule_view(Oid ruleoid, bool *is_return, char *relkind)
 {
 	Relation	rwrel;
 	ScanKeyData key;
@@ -137,7 +142,7 @@ view_dependents(Oid viewoid, Oid refclass, Oid refobj, List **found, List **bloc
 		{
 			bool		is_return;
 			char		relkind;
-			Oid			ev = rule_view(dep->objid, &is_return, &relkind);
+			Oid			ev = mig_rule_view(dep->objid, &is_return, &relkind);
 
 			if (ev == viewoid)
 			{
@@ -266,15 +271,16 @@ query_oid(const char *sql, Oid arg)
 	MemoryContextSwitchTo(capture_cxt);
 }
 
-/* GRANT statements from one ACL: the view's, or one column's. */
-static void
-grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
+/*
+ * One GRANT statement for each row of the SPI result at hand, which must be
+ * (grantee oid, privilege_type, is_grantable) as pg_catalog.aclexplode()
+ * gives them: on object qname, or on its column col when col is not NULL.
+ * Written once for the views' grants (here) and the swapped column's grants
+ * (contract_worker.c), so that both re-grant alike.
+ */
+void
+mig_contract_append_grants(StringInfo out, const char *qname, const char *col)
 {
-	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
-							  "FROM pg_catalog.aclexplode($1) a ORDER BY 1, 2",
-							  1, (Oid[]) {ACLITEMARRAYOID}, &acl, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "migrate_ext: could not read the privileges of view %s", cv->name);
-	MemoryContextSwitchTo(capture_cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -285,11 +291,23 @@ grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
 
 		appendStringInfo(out, "GRANT %s%s%s%s ON %s TO %s%s;",
 						 SPI_getvalue(tup, desc, 2), col ? " (" : "",
-						 col ? quote_identifier(col) : "", col ? ")" : "", cv->qname,
+						 col ? quote_identifier(col) : "", col ? ")" : "", qname,
 						 grantee == InvalidOid ? "PUBLIC" :
 						 quote_identifier(GetUserNameFromId(grantee, false)),
 						 grantable ? " WITH GRANT OPTION" : "");
 	}
+}
+
+/* GRANT statements from one ACL: the view's, or one column's. */
+static void
+grants_of(ContractView *cv, const char *col, Datum acl, StringInfo out)
+{
+	if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, a.is_grantable "
+							  "FROM pg_catalog.aclexplode($1) a ORDER BY 1, 2",
+							  1, (Oid[]) {ACLITEMARRAYOID}, &acl, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "migrate_ext: could not read the privileges of view %s", cv->name);
+	MemoryContextSwitchTo(capture_cxt);
+	mig_contract_append_grants(out, cv->qname, col);
 }
 
 /* The view's columns: its shape, their grants, comments and defaults. */

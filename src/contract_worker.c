@@ -722,20 +722,7 @@ grants_sql(ContractPlan *plan, ContractColumn *c, StringInfo sql)
 							  Int16GetDatum(c->pair->old_attnum)},
 							  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the privileges of column \"%s\"", c->oldname);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Oid			grantee = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-		bool		grantable = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-
-		appendStringInfo(sql, "GRANT %s (%s) ON %s TO %s%s;",
-						 SPI_getvalue(tup, desc, 2), quote_identifier(c->finalname), plan->qname,
-						 grantee == InvalidOid ? "PUBLIC" :
-						 quote_identifier(GetUserNameFromId(grantee, false)),
-						 grantable ? " WITH GRANT OPTION" : "");
-	}
+	mig_contract_append_grants(sql, plan->qname, c->finalname);
 	SPI_finish();
 }
 

@@ -401,6 +401,39 @@ mig_cook_default(Relation rel, const char *src, Oid typid, int32 typmod,
 	return expr;
 }
 
+typedef struct SubstContext
+{
+	AttrNumber	attnum;
+	Node	   *replacement;
+} SubstContext;
+
+static Node *
+subst_mutator(Node *node, SubstContext *ctx)
+{
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
+		((Var *) node)->varattno == ctx->attnum)
+		return copyObject(ctx->replacement);
+	return expression_tree_mutator(node, subst_mutator, (void *) ctx);
+}
+
+/*
+ * A copy of expr with every reference to column attnum (of the expression's
+ * own level) replaced by a copy of replacement.  Written once for preflight
+ * (up() applied to the old value, down(up(x))) and validation (the
+ * round-trip check), which must build the same expression.
+ */
+Node *
+mig_subst_column(Node *expr, AttrNumber attnum, Node *replacement)
+{
+	SubstContext ctx;
+
+	ctx.attnum = attnum;
+	ctx.replacement = replacement;
+	return subst_mutator(expr, &ctx);
+}
+
 /*
  * SQL text for a cooked expression over the table, for the statements that
  * the backfill and the validation run and for display.  Function and

@@ -135,12 +135,18 @@ extern Node *mig_default_cast(Relation rel, AttrNumber attnum,
 extern Node *mig_cook_default(Relation rel, const char *src, Oid typid,
 							  int32 typmod, const char *attname);
 extern char *mig_deparse(Node *expr, Oid relid);
+extern Node *mig_subst_column(Node *expr, AttrNumber attnum, Node *replacement);
 struct ParseState;
 extern void mig_check_expr(Relation rel, Node *expr, const char *what,
 						   struct ParseState *pstate);
 
 /* relation.c */
 extern Relation mig_open_table(Oid relid, LOCKMODE lockmode);
+extern bool mig_try_subxact(void (*fn) (void *arg), void *arg,
+							MemoryContext msgcxt, char **msg);
+struct SysScanDescData;
+extern struct SysScanDescData *mig_column_dependents_scan(Oid relid, AttrNumber attnum,
+														   Relation *deprel);
 extern const char *mig_qualified_name(Oid relid);
 extern void mig_run_utility(const char *sql);
 extern void mig_sleep_ms(long ms);

@@ -155,24 +155,6 @@ add_example(PRun *run, PCheck *c, char *example)
 	}
 }
 
-typedef struct SubstContext
-{
-	AttrNumber	attnum;
-	Node	   *replacement;
-} SubstContext;
-
-/* The expression with every reference to one column replaced. */
-static Node *
-subst_mutator(Node *node, SubstContext *ctx)
-{
-	if (node == NULL)
-		return NULL;
-	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
-		((Var *) node)->varattno == ctx->attnum)
-		return copyObject(ctx->replacement);
-	return expression_tree_mutator(node, subst_mutator, (void *) ctx);
-}
-
 /*
  * Casts printed as the calls they are.  Deparsed, an implicit cast
  * disappears and an explicit one reads back as a CAST, which for a length
@@ -191,16 +173,6 @@ calls_as_written(Node *node, void *context)
 		((FuncExpr *) node)->funcformat != COERCE_SQL_SYNTAX)
 		((FuncExpr *) node)->funcformat = COERCE_EXPLICIT_CALL;
 	return node;
-}
-
-static Node *
-subst(Node *expr, AttrNumber attnum, Node *replacement)
-{
-	SubstContext ctx;
-
-	ctx.attnum = attnum;
-	ctx.replacement = replacement;
-	return subst_mutator(expr, &ctx);
 }
 
 /*
@@ -384,7 +356,7 @@ plan_unique(PRun *run, Relation idx, int n)
 	appendStringInfo(&in, "%s", pred ? psprintf("p%d", n) : "true");
 	if (pred)
 		appendStringInfo(&run->inner, ", %s AS p%d",
-						 mig_deparse(subst(pred, run->old_attnum, run->up), relid), n);
+						 mig_deparse(mig_subst_column(pred, run->old_attnum, run->up), relid), n);
 	u->firstcol = run->ncols + 1;
 	for (int j = 0; j < u->nkeys; j++)
 	{
@@ -400,7 +372,7 @@ plan_unique(PRun *run, Relation idx, int n)
 		else
 		{
 			appendStringInfo(&run->inner, ", %s AS %s",
-							 mig_deparse(subst(lfirst(lc), run->old_attnum, run->up), relid), x);
+							 mig_deparse(mig_subst_column(lfirst(lc), run->old_attnum, run->up), relid), x);
 			lc = lnext(exprs, lc);
 		}
 		appendStringInfo(&run->outer, ", %s", x);
@@ -952,7 +924,7 @@ cook(PRun *run, const char *col, const char *type, const char *up_src,
 		Relation	fake = relation_with_new_column(run->rel, shadow, typid, typmod, collid);
 		Node	   *check = mig_cook_expr(fake, check_src, "check", BOOLOID, -1, true);
 
-		run->check = subst(check, RelationGetDescr(run->rel)->natts + 1, run->up);
+		run->check = mig_subst_column(check, RelationGetDescr(run->rel)->natts + 1, run->up);
 	}
 }
 

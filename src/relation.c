@@ -42,6 +42,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
@@ -800,4 +801,70 @@ mig_choose_key(Relation rel, List **cols)
 	}
 	*cols = best;
 	return best ? "unique key" : "ctid";
+}
+
+/*
+ * Begin a scan of pg_depend for every object that depends on column attnum
+ * of relid; *deprel is pg_depend, opened AccessShareLock.  The caller ends
+ * the scan and closes *deprel.  Written once for contract's plan (what the
+ * old column takes along) and its retype (the views that read the column),
+ * which must look at the same rows.
+ */
+SysScanDesc
+mig_column_dependents_scan(Oid relid, AttrNumber attnum, Relation *deprel)
+{
+	ScanKeyData key[3];
+
+	*deprel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(RelationRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(attnum));
+	return systable_beginscan(*deprel, DependReferenceIndexId, true, NULL, 3, key);
+}
+
+/*
+ * Run fn(arg) in an internal subtransaction and catch any error it raises:
+ * the subtransaction is rolled back and false is returned, with the error's
+ * message copied into msgcxt as *msg.  Either way the caller's memory
+ * context and resource owner are current again afterwards.  Written once
+ * for the checks that turn an error of user code or of a query into a
+ * failing check that says why (validate.c's ranges, contract_predict.c's
+ * counts), so that both clean up alike.
+ */
+bool
+mig_try_subxact(void (*fn) (void *arg), void *arg, MemoryContext msgcxt,
+				char **msg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*msg = MemoryContextStrdup(msgcxt, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
 }

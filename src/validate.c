@@ -135,24 +135,6 @@ distinct(const char *a, const char *b, Oid typid)
 	return psprintf("%s::pg_catalog.text IS DISTINCT FROM %s::pg_catalog.text", a, b);
 }
 
-typedef struct SubstContext
-{
-	AttrNumber	attnum;
-	Node	   *replacement;
-} SubstContext;
-
-/* The expression with every reference to one column replaced. */
-static Node *
-subst_mutator(Node *node, SubstContext *ctx)
-{
-	if (node == NULL)
-		return NULL;
-	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
-		((Var *) node)->varattno == ctx->attnum)
-		return copyObject(ctx->replacement);
-	return expression_tree_mutator(node, subst_mutator, (void *) ctx);
-}
-
 /* A column of the table by number, quoted; an error if it was dropped. */
 static char *
 column_sql(VRun *run, AttrNumber attnum, const char *recorded)
@@ -237,13 +219,10 @@ build_checks(VRun *run)
 
 		if (pair->down)
 		{
-			SubstContext ctx;
 			Node	   *roundtrip;
 			Oid			oldtype = exprType(pair->down);
 
-			ctx.attnum = pair->old_attnum;
-			ctx.replacement = pair->down;
-			roundtrip = subst_mutator(pair->up, &ctx);
+			roundtrip = mig_subst_column(pair->up, pair->old_attnum, pair->down);
 			appendStringInfo(&run->cols, ", %s AS o%d, %s AS d%d, %s AS r%d",
 							 oldc, i, mig_deparse(pair->down, RelationGetRelid(run->rel)), i,
 							 mig_deparse(roundtrip, RelationGetRelid(run->rel)), i);
@@ -412,6 +391,23 @@ scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
 	}
 }
 
+/* try_range's scan, for mig_try_subxact */
+typedef struct RangeScan
+{
+	VRun	   *run;
+	SPIPlanPtr	plan;
+	Datum	   *params;
+	const char *nulls;
+} RangeScan;
+
+static void
+range_scan(void *arg)
+{
+	RangeScan  *r = (RangeScan *) arg;
+
+	scan_range(r->run, r->plan, r->params, r->nulls);
+}
+
 /*
  * scan_range() in a subtransaction, so that an error raised by up, down or
  * check_expr on some row is caught: returns false (and the error's message
@@ -421,11 +417,11 @@ static bool
 try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **msg)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	List	   *saved = NIL;
 	int64		saved_rows = run->rows_checked;
 	ListCell   *lc;
-	volatile bool ok = true;
+	RangeScan	r = {run, plan, params, nulls};
+	bool		ok;
 
 	MemoryContextSwitchTo(run->cxt);
 	foreach(lc, run->checks)
@@ -438,30 +434,7 @@ try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **m
 		saved = lappend(saved, copy);
 	}
 	MemoryContextSwitchTo(cxt);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		scan_range(run, plan, params, nulls);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		*msg = MemoryContextStrdup(run->cxt, edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
+	ok = mig_try_subxact(range_scan, &r, run->cxt, msg);
 	if (!ok)
 	{
 		/* back to the counts before this range */
