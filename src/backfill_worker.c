@@ -624,6 +624,41 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 }
 
 /*
+ * The batch's checkpoint and counters, in its transaction: into the job
+ * row, or for a sliced job into the slice's row only (the job row catches
+ * up in bf_sum()).  Sets the pace before the next batch.
+ */
+static void
+bf_checkpoint(List *end, int size, int64 seen, int64 written, long elapsed_ms)
+{
+	MigJobBatch batch;
+	const char *throttle_reason;
+
+	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
+	batch.lower_key = bf_text_array(end);
+	batch.written = written;
+	batch.seen = seen;
+	batch.next_batch_size = bf_next_size(size, elapsed_ms);
+	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
+	batch.active_seconds = bf_active_delta();
+	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
+	batch.throttle_reason = throttle_reason;
+	batch.retries = bf->pending_retries;
+	batch.error = bf->pending_error;
+	batch.sqlstate = bf->pending_sqlstate;
+	batch.vacuums = bf->pending_vacuums;
+	if (bf->sliced)
+	{
+		mig_slice_checkpoint(bf->job_id, bf->slice_no, &batch, bf->rate_share);
+		bf->pending_active += batch.active_seconds;
+		bf->sum_state = batch.state;
+		bf->sum_reason = throttle_reason;
+	}
+	else
+		mig_job_checkpoint(bf->job_id, &batch);
+}
+
+/*
  * One batch, in one transaction that commits its rows together with the
  * job's checkpoint: a kill loses at most this batch.
  */
@@ -640,8 +675,6 @@ bf_batch(void)
 	int64		written;
 	List	   *end;
 	long		elapsed_ms;
-	const char *throttle_reason;
-	MigJobBatch batch;
 	MigOwnerSave owner;
 
 	SetCurrentStatementStartTimestamp();
@@ -719,29 +752,7 @@ bf_batch(void)
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
-	batch.lower_key = bf_text_array(end);
-	batch.written = written;
-	batch.seen = seen;
-	batch.next_batch_size = bf_next_size(size, elapsed_ms);
-	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
-	batch.active_seconds = bf_active_delta();
-	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
-	batch.throttle_reason = throttle_reason;
-	batch.retries = bf->pending_retries;
-	batch.error = bf->pending_error;
-	batch.sqlstate = bf->pending_sqlstate;
-	batch.vacuums = bf->pending_vacuums;
-	if (bf->sliced)
-	{
-		/* the slice's row only: the job row catches up in bf_sum() */
-		mig_slice_checkpoint(bf->job_id, bf->slice_no, &batch, bf->rate_share);
-		bf->pending_active += batch.active_seconds;
-		bf->sum_state = batch.state;
-		bf->sum_reason = throttle_reason;
-	}
-	else
-		mig_job_checkpoint(bf->job_id, &batch);
+	bf_checkpoint(end, size, seen, written, elapsed_ms);
 	(void) bf_commit(BF_NEXT);
 	pgstat_report_activity(STATE_IDLE, NULL);
 

@@ -114,6 +114,10 @@ is($node->safe_psql('postgres', qq{
 is($node->safe_psql('postgres', "SELECT phase FROM mig_status"), 'backfilled',
 	'the migration is backfilled');
 is($node->safe_psql('postgres', "SELECT ($job).key_kind"), 'slices', 'the job walks slices');
+is($node->safe_psql('postgres', q{
+	SELECT coalesce(string_agg(check_name || ': ' || failing, ', '), 'clean')
+	  FROM mig_validate('ev') WHERE NOT passed}),
+	'clean', 'mig_validate reads every leaf: clean');
 cmp_ok($node->safe_psql('postgres', "SELECT ($job).vacuums"), '>=', 0, 'vacuums counted');
 
 # 2. two workers, a shared rate cap, a partition attached and one detached
