@@ -8,8 +8,10 @@
  *	  backfill_worker.c, and the walk over the table it follows is in
  *	  backfill_walk.c.
  *
- * One dynamic background worker per job, connected as the role that called
- * mig_backfill (worker.c).  The job row in migrate_ext.job is the whole
+ * Up to parallel dynamic background workers per job (one per slot; a job
+ * that walks one key has one), connected as the role that called
+ * mig_backfill (worker.c); a partitioned table, or a plain one with
+ * parallel > 1, is walked in slices (backfill_worker.c).  The job row in migrate_ext.job is the whole
  * truth about a job: settings, state, checkpoint and counters.  The worker
  * re-reads it at every batch, so mig_pause, mig_cancel and mig_set only
  * change that row and the worker notices at its next batch.

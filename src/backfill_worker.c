@@ -27,6 +27,19 @@
  *	 5. write the checkpoint and the counters into the job row, and commit.
  * A kill or a crash therefore loses at most the batch in flight.
  *
+ * Slices.  A partitioned table is walked leaf by leaf, and a plain table
+ * with parallel > 1 in disjoint key or block ranges: one row each in
+ * migrate_ext.job_slice, planned by the first worker (bf_plan), each with
+ * its own key, bound and checkpoint.  Up to parallel workers (one per slot,
+ * see job.c) claim slices (bf_claim); a batch then locks the job row in
+ * share mode only, and writes its checkpoint into its slice's row, so the
+ * workers never wait for each other; each one brings the job row's sums up
+ * to date at most once a second (bf_sum).  The last worker re-lists the
+ * leaves before it finishes (bf_finish_slices): partitions attached since
+ * get slices, detached ones are marked so.  The workers share one pace:
+ * max_rows_per_sec is divided among them, and the load yield stretches
+ * each one's cycle n times (bf_pace).
+ *
  * Growth.  A table-long UPDATE leaves every old row version dead at once,
  * and the table doubles.  The worker runs a VACUUM of the table every few
  * percent of the rows written, between batches and outside any transaction,
@@ -1273,8 +1286,9 @@ bf_plan(void)
 		return bf_commit(BF_STOP);
 	m = mig_catalog_by_id(job.migration_id);
 	partitioned = m != NULL && get_rel_relkind(m->relid) == RELKIND_PARTITIONED_TABLE;
-	if (job.key_kind == NULL && (partitioned || bf->parallel > 1) &&
-		mig_job_has_column("parallel") && m->phase <= MIG_PHASE_VALIDATED)
+	if (job.key_kind == NULL && m != NULL && (partitioned || bf->parallel > 1) &&
+		mig_job_has_column("parallel") && m->phase <= MIG_PHASE_VALIDATED &&
+		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
 	{
 		Relation	rel;
 		MigOwnerSave owner;
