@@ -200,6 +200,8 @@ bf_lock_latest_job(int64 migration_id, JobState *state)
 	v = Int64GetDatum(job_id);
 	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, &type, &v, NULL, 1);
+	/* the batches of a sliced job lock their slice only */
+	mig_job_lock_slices(job_id);
 
 	SPI_connect();
 	if (mig_catalog_query("SELECT state FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
@@ -333,7 +335,7 @@ mig_backfill(PG_FUNCTION_ARGS)
 
 	mig_job_hold_gate(job_id);
 	args.arg = job_id;
-	(void) mig_job_start_workers(&args, settings.parallel);
+	(void) mig_job_start_workers(&args, settings.parallel, false);
 	PG_RETURN_INT64(job_id);
 }
 
@@ -400,7 +402,7 @@ mig_resume(PG_FUNCTION_ARGS)
 	mig_job_restart(job_id, &args);
 	mig_slice_release_all(job_id);
 	mig_job_hold_gate(job_id);
-	(void) mig_job_start_workers(&args, bf_job_parallel(job_id));
+	(void) mig_job_start_workers(&args, bf_job_parallel(job_id), false);
 	ereport(NOTICE,
 			(errmsg("the backfill of table \"%s\" continues from its checkpoint",
 					relname)));
@@ -571,7 +573,7 @@ mig_set(PG_FUNCTION_ARGS)
 		{
 			mig_worker_args_for_caller(&args, job_id);
 			mig_job_hold_gate(job_id);
-			(void) mig_job_start_workers(&args, DatumGetInt32(v));
+			(void) mig_job_start_workers(&args, DatumGetInt32(v), true);
 		}
 	}
 	PG_RETURN_VOID();

@@ -31,9 +31,9 @@
  * with parallel > 1 in disjoint key or block ranges: one row each in
  * migrate_ext.job_slice, planned by the first worker (bf_plan), each with
  * its own key, bound and checkpoint.  Up to parallel workers (one per slot,
- * see job.c) claim slices (bf_claim); a batch then locks the job row in
- * share mode only, and writes its checkpoint into its slice's row, so the
- * workers never wait for each other; each one brings the job row's sums up
+ * see job.c) claim slices (bf_claim); a batch then locks its slice's row
+ * only, not the job row (bf_lock_slice), and writes its checkpoint there,
+ * so the workers never wait for each other; each one brings the job row's sums up
  * to date at most once a second (bf_sum).  The last worker re-lists the
  * leaves before it finishes (bf_finish_slices): partitions attached since
  * get slices, detached ones are marked so.  The workers share one pace:
@@ -319,17 +319,30 @@ bf_read_slice(BfJob *job)
 /*
  * Lock the job row for the rest of the transaction, without a timeout, so
  * that mig_pause, mig_cancel and mig_set wait for the batch in flight and
- * no batch commits after them.  The workers of a sliced job share the lock:
- * they never wait for each other on it (and never update the job row in a
- * batch, see bf_sum).
+ * no batch commits after them.
  */
 static void
-bf_lock_job(bool shared)
+bf_lock_job(void)
 {
-	mig_catalog_exec(shared ?
-					 "SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE" :
-					 "SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)}, NULL, 1);
+}
+
+/*
+ * The same for a batch of a sliced job, which locks only its slice's row:
+ * the controls lock every slice of the job after its row (job.c,
+ * mig_job_lock_slices), so they still wait for the batches in flight, and
+ * a batch that starts after them reads their change (the job row is read
+ * by a statement after the lock).  The workers never wait for each other,
+ * and the job row is no lock point for them (bf_sum updates it apart).
+ */
+static void
+bf_lock_slice(void)
+{
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "AND slice_no OPERATOR(pg_catalog.=) $2 FOR NO KEY UPDATE",
+					 2, (Oid[]) {INT8OID, INT4OID},
+					 (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(bf->slice_no)}, NULL, -1);
 }
 
 /* Seconds of activity since the last call; 0 while paused. */
@@ -696,7 +709,10 @@ bf_batch(void)
 	SPI_connect();
 	bf_set_local("synchronous_commit", "off");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job(bf->sliced);
+	if (bf->sliced)
+		bf_lock_slice();
+	else
+		bf_lock_job();
 	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
 		return bf_commit(BF_STOP);
 	if (job.state == JOB_PAUSED)
@@ -798,7 +814,7 @@ bf_finish(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job(false);
+	bf_lock_job();
 	if (bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED))
 	{
 		mig_job_done(bf->job_id, bf_active_delta(), bf->pending_retries,
@@ -1281,7 +1297,7 @@ bf_plan(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job(false);
+	bf_lock_job();
 	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
 		return bf_commit(BF_STOP);
 	m = mig_catalog_by_id(job.migration_id);
@@ -1358,8 +1374,8 @@ bf_slice_done(void)
 
 /*
  * The job row catches up with the slices: at most once a second, in a
- * transaction of its own (outside the batches, which share the job row's
- * lock, see bf_lock_job), or at once when force.
+ * transaction of its own (the batches do not lock the job row, see
+ * bf_lock_slice), or at once when force.
  */
 static void
 bf_sum(bool force)
@@ -1486,7 +1502,7 @@ bf_finish_slices(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job(false);
+	bf_lock_job();
 	if (!bf_read_job(&job) || !(job.state == JOB_RUNNING || job.state == JOB_THROTTLED))
 		return bf_commit(job.state == JOB_PAUSED ? BF_PAUSED : BF_STOP);
 	if (mig_catalog_query("SELECT pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending'), "

@@ -174,18 +174,22 @@ mig_job_workers(int64 job_id, bool *taken)
 }
 
 /*
- * Start workers for the free slots below n (at most MIG_JOB_MAX_WORKERS),
- * each with its slot in the argument's high bits (MIG_JOB_SLOT_SHIFT).
- * Returns how many were started.
+ * Start workers for the slots below n (at most MIG_JOB_MAX_WORKERS), each
+ * with its slot in the argument's high bits (MIG_JOB_SLOT_SHIFT); with
+ * only_free, for the slots no live worker holds (more workers for a running
+ * job).  Otherwise every slot gets one: a worker of the job's previous run
+ * still on its way out holds its slot a moment, and the new one waits for
+ * it (bf_take_job_lock).  Returns how many were started.
  */
 int
-mig_job_start_workers(MigWorkerArgs *args, int n)
+mig_job_start_workers(MigWorkerArgs *args, int n, bool only_free)
 {
 	bool		taken[MIG_JOB_MAX_WORKERS] = {0};
 	int64		job_id = args->arg;
 	int			started = 0;
 
-	(void) mig_job_workers(job_id, taken);
+	if (only_free)
+		(void) mig_job_workers(job_id, taken);
 	for (int slot = 0; slot < Min(n, MIG_JOB_MAX_WORKERS); slot++)
 	{
 		MigWorkerArgs a = *args;
@@ -477,6 +481,13 @@ mig_job_end(int64 job_id, JobState state, const char *error, const char *sqlstat
 void
 mig_job_cancel_for_migration(int64 migration_id)
 {
+	if (mig_job_has_column("parallel"))
+		mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice s JOIN migrate_ext.job j "
+						 "ON j.id OPERATOR(pg_catalog.=) s.job_id "
+						 "WHERE j.migration_id OPERATOR(pg_catalog.=) $1 "
+						 "AND j.state IN ('running', 'throttled', 'paused', 'interrupted') "
+						 "ORDER BY s.job_id, s.slice_no FOR NO KEY UPDATE OF s",
+						 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)}, NULL, -1);
 	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
 					 "throttle_reason = NULL, updated_at = pg_catalog.now(), "
 					 "finished_at = pg_catalog.now() "
@@ -562,6 +573,21 @@ mig_job_done(int64 job_id, double active_seconds, int64 retries, int vacuums)
  *		The slices of a job (migrate_ext.job_slice)
  * ----------------------------------------------------------------
  */
+
+/*
+ * Lock every slice of the job (after its row): a control (pause, cancel,
+ * set, abort) then waits for the batches in flight of a sliced job, which
+ * lock their slice's row only.
+ */
+void
+mig_job_lock_slices(int64 job_id)
+{
+	if (!mig_job_has_column("parallel"))
+		return;
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "ORDER BY slice_no FOR NO KEY UPDATE",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, -1);
+}
 
 /* The job walks slices: its own key, bounds and counters start again. */
 void

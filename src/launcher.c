@@ -153,7 +153,7 @@ resume_interrupted_jobs(void)
 		BeginInternalSubTransaction(NULL);
 		PG_TRY();
 		{
-			(void) mig_job_start_workers(args, Max(parallel, 1));
+			(void) mig_job_start_workers(args, Max(parallel, 1), false);
 			ReleaseCurrentSubTransaction();
 			ereport(LOG,
 					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",

@@ -93,13 +93,56 @@ is($node->safe_psql('postgres',
 	'0', 'every row of the table without a key right');
 is($node->safe_psql('postgres', "SELECT ($jc).rows_done"), $rows, 'each written once');
 
-# 3. a pgbench mix during a parallel backfill: nothing diverged
+# 2b. a partitioned table without a key: every leaf walked by ctid ranges
+mig_partition_tree($node, 'id int, created_at date, v int', name => 'pc');
 $node->safe_psql('postgres', q{
+INSERT INTO pc SELECT g, date '2020-01-01' + (g % 1400), g FROM generate_series(1, 5000) g;
+SELECT mig_expand('pc', 'v', type => 'bigint');
+SELECT mig_backfill('pc', batch_size => 300, parallel => 3);
+});
+is(wait_job_ended($node, 'pc'), 'done', 'a partitioned table without a key, three workers: done');
+my $jp = job_row('pc');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*), bool_and(key_kind = 'ctid'), bool_and(state = 'done'), sum(rows_done)
+	  FROM migrate_ext.job_slices WHERE job_id = ($jp).id}),
+	'6|t|t|5000', 'a ctid slice per leaf, each row written once');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM pc WHERE _mig_new_v IS DISTINCT FROM v'),
+	'0', 'every row of every leaf right');
+
+sub clear_t
+{
+	$node->safe_psql('postgres', q{
 SET client_min_messages = error;
 ALTER TABLE t DISABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE t SET _mig_new_email = NULL;
 ALTER TABLE t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
 });
+}
+
+# 2c. pause and cancel reach every worker: once they committed, no batch does
+clear_t();
+$node->safe_psql('postgres', "SELECT mig_backfill('t', batch_size => 100, sleep_ms => 20, parallel => 2)");
+$node->poll_query_until('postgres', qq{
+	SELECT count(*) = 2 AND sum(rows_done) >= 1000 FROM migrate_ext.job_slices
+	 WHERE job_id = ($jt).id AND state = 'running'})
+  or die 'two workers did not get going';
+my $slices_done = "SELECT sum(rows_done) FROM migrate_ext.job_slices WHERE job_id = ($jt).id";
+for my $stop ('mig_pause', 'mig_cancel')
+{
+	$node->safe_psql('postgres', "SELECT $stop('t')");
+	my $at = $node->safe_psql('postgres', $slices_done);
+	sleep(2);
+	is($node->safe_psql('postgres', $slices_done), $at, "$stop: no batch of either worker commits after it");
+	$node->safe_psql('postgres', "SELECT mig_resume('t')");
+}
+is(wait_job_ended($node, 't'), 'done', 'resumed after the cancel: done');
+is($node->safe_psql('postgres', "SELECT ($jt).rows_done"), $rows, 'each row written once across pause, cancel and resume');
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM t WHERE _mig_new_email IS DISTINCT FROM lower(email) || '#' || n"),
+	'0', 'every row right');
+
+# 3. a pgbench mix during a parallel backfill: nothing diverged
+clear_t();
 my $script = $node->basedir . '/mix.sql';
 open my $fh, '>', $script or die;
 print $fh qq{
