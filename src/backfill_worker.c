@@ -133,6 +133,7 @@ typedef struct BfWorker
 	int			nworkers;		/* workers sharing the pace: parallel, or fewer slices */
 	int64		rate_share;		/* this worker's share of max_rows_per_sec; 0: no cap */
 	double		pending_active; /* sliced: seconds not yet added to the job row */
+	int			own_size;		/* sliced: this worker's adaptive batch size; 0: none yet */
 	JobState	sum_state;		/* sliced: running or throttled, for the job row */
 	const char *sum_reason;
 	TimestampTz summed_at;
@@ -255,6 +256,9 @@ bf_read_job(BfJob *job)
 	d = SPI_getbinval(tup, desc, 14, &isnull);
 	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
 	bf->parallel = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+	/* each worker of a sliced job adapts its own batch size */
+	if (bf->sliced && !bf->batch_size_fixed && bf->own_size > 0)
+		bf->batch_size = bf->own_size;
 	job->relid = InvalidOid;
 	job->slice_no = -1;
 	job->detached = false;
@@ -676,6 +680,7 @@ bf_checkpoint(List *end, int size, int64 seen, int64 written, long elapsed_ms)
 	if (bf->sliced)
 	{
 		mig_slice_checkpoint(bf->job_id, bf->slice_no, &batch, bf->rate_share);
+		bf->own_size = batch.next_batch_size;
 		bf->pending_active += batch.active_seconds;
 		bf->sum_state = batch.state;
 		bf->sum_reason = throttle_reason;
@@ -1393,7 +1398,7 @@ bf_sum(bool force)
 	b.retries = bf->pending_retries;
 	b.vacuums = bf->pending_vacuums;
 	b.active_seconds = bf->pending_active + bf_active_delta();
-	b.next_batch_size = bf->batch_size;
+	b.next_batch_size = bf->own_size > 0 ? bf->own_size : bf->batch_size;
 	b.error = bf->pending_error;
 	b.sqlstate = bf->pending_sqlstate;
 	mig_job_sum_slices(bf->job_id, &b);
