@@ -135,7 +135,13 @@ typedef struct ContractPlan
 	List	   *blockers;		/* descriptions of what would stop contract */
 	List	   *checkoids;		/* CHECK constraints of the old columns */
 	List	   *viewdirect;		/* views reading an old column */
-	List	   *views;			/* every view to recreate, shallowest first */
+	List	   *views;			/* every view to carry, shallowest first */
+	List	   *view_reads;		/* per view of views: the views of views it
+								 * reads (List * of OIDs) */
+	List	   *view_replace;	/* views re-pointed in place by CREATE OR
+								 * REPLACE (their shape does not change) */
+	List	   *view_keep;		/* views not dropped and created again: those
+								 * of view_replace, and those only above them */
 	List	   *checks;			/* of ContractCheck * */
 	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
@@ -160,6 +166,7 @@ extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
 extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
+extern void mig_contract_predict_views(ContractPlan *plan);
 extern void mig_contract_append_grants(StringInfo out, const char *qname,
 									   const char *col);
 

@@ -761,6 +761,7 @@ mig_contract_plan_build(Relation rel, MigMigration *m)
 	plan_checks(plan, rel);
 	plan_props(plan, rel);
 	mig_contract_plan_views(plan, plan->viewdirect);
+	mig_contract_predict_views(plan);
 	mig_partition_plan(plan);
 	return plan;
 }

@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/relation.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/dependency.h"
@@ -50,6 +51,13 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/resowner.h"
+#include "utils/ruleutils.h"
+#include "access/xact.h"
+#include "nodes/nodeFuncs.h"
+#include "parser/parsetree.h"
+#include "access/attmap.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -63,6 +71,7 @@ typedef struct ViewColumn
 	char	   *name;
 	Oid			typid;
 	int32		typmod;
+	Oid			collid;
 } ViewColumn;
 
 /* A view as captured in the swap. */
@@ -75,6 +84,8 @@ typedef struct ContractView
 	char	   *create_sql;		/* CREATE VIEW and everything it had */
 	List	   *shape;			/* of ViewColumn * */
 } ContractView;
+
+static void replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out);
 
 /*
  * The relation whose rewrite rule this is (InvalidOid if there is no such
@@ -244,6 +255,15 @@ mig_contract_plan_views(ContractPlan *plan, List *direct)
 			elog(ERROR, "dependency loop among the views of table %u", plan->relid);
 	}
 	plan->views = ordered;
+	foreach(lc, ordered)
+	{
+		List	   *reads = NIL;
+
+		for (int j = 0; j < list_length(all); j++)
+			if (list_member_oid(list_nth(children, j), lfirst_oid(lc)))
+				reads = lappend_oid(reads, list_nth_oid(all, j));
+		plan->view_reads = lappend(plan->view_reads, reads);
+	}
 
 	/*
 	 * A query on a view locks the view, then the views it reads, then the
@@ -328,7 +348,7 @@ capture_columns(ContractView *cv, StringInfo post)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		ViewColumn *vc = palloc(sizeof(ViewColumn));
+		ViewColumn *vc = palloc0(sizeof(ViewColumn));
 		bool		isnull;
 		Datum		acl;
 		char	   *comment = SPI_getvalue(tup, desc, 5);
@@ -432,10 +452,15 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 	/* what is captured outlives SPI */
 	MemoryContextSwitchTo(capture_cxt);
 	foreach(lc, plan->views)
-		views = lappend(views, capture_view(lfirst_oid(lc)));
-	SPI_finish();
+		if (!list_member_oid(plan->view_keep, lfirst_oid(lc)))
+			views = lappend(views, capture_view(lfirst_oid(lc)));
 	for (int i = list_length(views) - 1; i >= 0; i--)
 		appendStringInfo(drop_sql, "DROP VIEW %s;", ((ContractView *) list_nth(views, i))->qname);
+	/* re-pointed in place, shallowest first, while the old column is there */
+	foreach(lc, plan->views)
+		if (list_member_oid(plan->view_replace, lfirst_oid(lc)))
+			replace_statement(plan, lfirst_oid(lc), drop_sql);
+	SPI_finish();
 	return views;
 }
 
@@ -508,4 +533,310 @@ mig_contract_recreate_views(ContractPlan *plan, List *views)
 								   after.name, format_type_with_typemod(after.typid, after.typmod))));
 		}
 	}
+}
+
+/* -------------------------------------------------------------------------
+ * The views on the new column, predicted before anything changes
+ * -------------------------------------------------------------------------
+ */
+
+/* repoint_walker's state */
+typedef struct RepointContext
+{
+	ContractPlan *plan;
+	List	   *from;			/* views of the plan ... */
+	List	   *to;				/* ... and what stands in for them */
+	List	   *rtables;		/* the range tables in scope, innermost first */
+} RepointContext;
+
+/*
+ * Move every Var of an old column of the plan's table to its new column
+ * (with its type), at any query level; read the views of ctx->from as those
+ * of ctx->to.  In place, on a copy of the view's query.
+ */
+static bool
+repoint_walker(Node *node, RepointContext *ctx)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var))
+	{
+		Var		   *var = (Var *) node;
+		RangeTblEntry *rte;
+		AttrNumber	to;
+
+		if (var->varattno <= 0 || var->varlevelsup >= list_length(ctx->rtables))
+			return false;
+		rte = rt_fetch(var->varno, (List *) list_nth(ctx->rtables, var->varlevelsup));
+		if (rte->rtekind != RTE_RELATION || rte->relid != ctx->plan->relid ||
+			var->varattno > ctx->plan->map->maplen)
+			return false;
+		to = ctx->plan->map->attnums[var->varattno - 1];
+		if (to == InvalidAttrNumber || to == var->varattno)
+			return false;
+		get_atttypetypmodcoll(ctx->plan->relid, to, &var->vartype, &var->vartypmod,
+							  &var->varcollid);
+		var->varattno = to;
+		var->varattnosyn = to;
+		return false;
+	}
+	if (IsA(node, Query))
+	{
+		Query	   *q = (Query *) node;
+		ListCell   *lc;
+		bool		result;
+
+		foreach(lc, q->rtable)
+		{
+			RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+			ListCell   *f,
+					   *t;
+
+			if (rte->rtekind != RTE_RELATION)
+				continue;
+			forboth(f, ctx->from, t, ctx->to)
+				if (lfirst_oid(f) == rte->relid)
+				{
+					rte->relid = lfirst_oid(t);
+					break;
+				}
+		}
+		ctx->rtables = lcons(q->rtable, ctx->rtables);
+		result = query_tree_walker(q, repoint_walker, (void *) ctx, 0);
+		ctx->rtables = list_delete_first(ctx->rtables);
+		return result;
+	}
+	return expression_tree_walker(node, repoint_walker, (void *) ctx);
+}
+
+/*
+ * A view's query with every old column replaced by its new one and the
+ * views of from read as those of to, printed as SQL: fully qualified under
+ * the search_path of pg_catalog, which the caller has.  Re-parsed, its
+ * functions and operators are looked up afresh for the new types
+ * (sum(bigint) is numeric where sum(int) was bigint).
+ */
+static char *
+repointed_query(ContractPlan *plan, Oid viewoid, List *from, List *to)
+{
+	Relation	rel = relation_open(viewoid, AccessShareLock);
+	Query	   *query = NULL;
+	RepointContext ctx = {plan, from, to, NIL};
+
+	for (int i = 0; rel->rd_rules != NULL && i < rel->rd_rules->numLocks; i++)
+	{
+		RewriteRule *rule = rel->rd_rules->rules[i];
+
+		if (rule->event == CMD_SELECT && list_length(rule->actions) == 1)
+			query = copyObject(linitial_node(Query, rule->actions));
+	}
+	relation_close(rel, NoLock);
+	if (query == NULL)
+		elog(ERROR, "view %u has no _RETURN rule", viewoid);
+	(void) repoint_walker((Node *) query, &ctx);
+	return pg_get_querydef(query, false);
+}
+
+/* A relation's columns now, in order. */
+static List *
+relation_shape(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *shape = NIL;
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ViewColumn *vc = palloc(sizeof(ViewColumn));
+
+		if (att->attisdropped)
+			continue;
+		vc->name = pstrdup(NameStr(att->attname));
+		vc->typid = att->atttypid;
+		vc->typmod = att->atttypmod;
+		vc->collid = att->attcollation;
+		shape = lappend(shape, vc);
+	}
+	relation_close(rel, NoLock);
+	return shape;
+}
+
+/*
+ * Compare a view's shape now with its stand-in's on the new column: returns
+ * whether anything differs at all (then CREATE OR REPLACE cannot re-point
+ * it); what differs beyond the intended change goes to plan->blockers.
+ */
+static bool
+compare_shape(ContractPlan *plan, Oid viewoid, List *before, List *after)
+{
+	bool		changed = list_length(before) != list_length(after);
+
+	for (int i = 0; i < Max(list_length(before), list_length(after)); i++)
+	{
+		ViewColumn *b = i < list_length(before) ? list_nth(before, i) : NULL;
+		ViewColumn *a = i < list_length(after) ? list_nth(after, i) : NULL;
+		char	   *qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(viewoid)),
+													   get_rel_name(viewoid));
+
+		if (b == NULL || a == NULL || strcmp(a->name, b->name) != 0)
+		{
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("view %s, whose column %d would be \"%s\" instead of \"%s\" on the new column",
+											  qname, i + 1, a ? a->name : "(none)",
+											  b ? b->name : "(none)"));
+			return true;
+		}
+		if (a->typid == b->typid && a->typmod == b->typmod && a->collid == b->collid)
+			continue;
+		changed = true;
+		if ((a->typid == b->typid && a->typmod == b->typmod) || intended_change(plan, b, a))
+			continue;
+		plan->blockers = lappend(plan->blockers,
+								 psprintf("view %s, whose column \"%s\" would change from %s to %s on the new column (more than the migrated column's own change)",
+										  qname, b->name, format_type_with_typemod(b->typid, b->typmod),
+										  format_type_with_typemod(a->typid, a->typmod)));
+	}
+	return changed;
+}
+
+/*
+ * A stand-in for one view of the plan on the new column (the views below
+ * it already have theirs), created under a temporary name; returns whether
+ * its shape differs from the view's.  In predict_views' subtransaction.
+ */
+static bool
+predict_view(ContractPlan *plan, Oid viewoid, List **from, List **to)
+{
+	Oid			nsp = get_rel_namespace(viewoid);
+	char	   *tmpname = psprintf("_mig_pred_%u", viewoid);
+	char	   *sql;
+	Oid			copy;
+
+	sql = psprintf("CREATE VIEW %s AS %s",
+				   quote_qualified_identifier(get_namespace_name(nsp), tmpname),
+				   repointed_query(plan, viewoid, *from, *to));
+	SPI_connect();
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	SPI_finish();
+	CommandCounterIncrement();
+	copy = get_relname_relid(tmpname, nsp);
+	Assert(OidIsValid(copy));
+	*from = lappend_oid(*from, viewoid);
+	*to = lappend_oid(*to, copy);
+	return compare_shape(plan, viewoid, relation_shape(viewoid), relation_shape(copy));
+}
+
+/*
+ * Which views of the plan keep their OID: a view reading an old column
+ * whose shape does not change at all is re-pointed with CREATE OR REPLACE
+ * (plan->view_replace), and the views above only such views need nothing
+ * (with those, plan->view_keep).  The others, and every view above one of
+ * them, are dropped and created again.
+ */
+static void
+choose_kept(ContractPlan *plan, List *changed)
+{
+	List	   *recreate = NIL;
+	ListCell   *lc;
+
+	foreach(lc, plan->views)
+	{
+		Oid			v = lfirst_oid(lc);
+		bool		direct = list_member_oid(plan->viewdirect, v);
+		List	   *reads = list_nth(plan->view_reads, foreach_current_index(lc));
+
+		if ((direct && list_member_oid(changed, v)) ||
+			list_length(list_difference_oid(reads, recreate)) != list_length(reads))
+			recreate = lappend_oid(recreate, v);
+		else
+		{
+			plan->view_keep = lappend_oid(plan->view_keep, v);
+			if (direct)
+				plan->view_replace = lappend_oid(plan->view_replace, v);
+		}
+	}
+}
+
+/*
+ * Predict every view of the plan on the new column, shallowest first:
+ * each is created under a temporary name from its definition with the old
+ * column replaced by the new one (and the views it reads by their
+ * stand-ins), inside a subtransaction that is always rolled back, so that
+ * nothing lasts and no lock beyond a read's is taken on the table.  A view
+ * whose shape would change beyond the migrated column's own type change,
+ * or that could not be created on the new column, goes to plan->blockers;
+ * the views whose shape does not change at all keep their OIDs.
+ */
+void
+mig_contract_predict_views(ContractPlan *plan)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	List	   *from = NIL;
+	List	   *to = NIL;
+	List	   *changed = NIL;
+	volatile Oid current = InvalidOid;
+	volatile bool ok = true;
+	ListCell   *lc;
+
+	if (plan->views == NIL)
+		return;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		/* the definitions are printed fully qualified */
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		foreach(lc, plan->views)
+		{
+			current = lfirst_oid(lc);
+			if (predict_view(plan, current, &from, &to))
+				changed = lappend_oid(changed, current);
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		plan->blockers = lappend(plan->blockers,
+								 psprintf("view %s, which could not be created on the new column (%s)",
+										  get_rel_name(current), edata->message));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (ok)
+		choose_kept(plan, changed);
+}
+
+/*
+ * CREATE OR REPLACE VIEW for a view of plan->view_replace: its definition
+ * on the new column, its options.  In the swap, before the old column goes:
+ * the view then reads the new column by its attribute number, and follows
+ * its rename.  SPI connected, search_path pg_catalog.
+ */
+static void
+replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out)
+{
+	char	   *opts;
+
+	query_oid("SELECT pg_catalog.array_to_string(c.reloptions, ', ') "
+			  "FROM pg_catalog.pg_class c WHERE c.oid = $1", viewoid);
+	if (SPI_processed != 1)
+		elog(ERROR, "cache lookup failed for view %u", viewoid);
+	opts = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	appendStringInfo(out, "CREATE OR REPLACE VIEW %s%s%s%s AS %s;",
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(viewoid)),
+												get_rel_name(viewoid)),
+					 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
+					 opts && *opts ? ")" : "", repointed_query(plan, viewoid, NIL, NIL));
 }
