@@ -142,6 +142,8 @@ typedef struct ContractPlan
 								 * REPLACE (their shape does not change) */
 	List	   *view_keep;		/* views not dropped and created again: those
 								 * of view_replace, and those only above them */
+	List	   *matviews;		/* materialized views rebuilt beside the old
+								 * ones before the swap, shallowest first */
 	List	   *checks;			/* of ContractCheck * */
 	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
@@ -167,12 +169,15 @@ extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
 extern void mig_contract_predict_views(ContractPlan *plan);
+extern Oid	mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from,
+									   List *to);
 extern void mig_contract_append_grants(StringInfo out, const char *qname,
 									   const char *col);
 
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
+extern bool mig_contract_recorded(int64 migration_id, Oid classid, Oid objid);
 
 /* contract_partition.c */
 extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);
@@ -185,6 +190,7 @@ extern void mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci,
 									 StringInfo sql);
 
 /* contract_plan.c */
+extern char *mig_contract_copy_name(const char *name, Oid oid);
 extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);

@@ -46,6 +46,26 @@ mig_contract_record(int64 migration_id, Oid classid, Oid objid, Oid relid)
 					 NULL, -1);
 }
 
+/* Is this object recorded for the migration (one of contract's own)? */
+bool
+mig_contract_recorded(int64 migration_id, Oid classid, Oid objid)
+{
+	bool		found;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT FROM migrate_ext.contract_object "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
+						  "AND classid OPERATOR(pg_catalog.=) $2 AND objid OPERATOR(pg_catalog.=) $3",
+						  3, (Oid[]) {INT8OID, OIDOID, OIDOID},
+						  (Datum[]) {Int64GetDatum(migration_id), ObjectIdGetDatum(classid),
+						  ObjectIdGetDatum(objid)},
+						  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.contract_object");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
+}
+
 /* A recorded object. */
 typedef struct UndoObject
 {
@@ -121,6 +141,14 @@ undo_statement(UndoObject *o, List **rels, int *order)
 			ReleaseSysCache(tup);
 		}
 	}
+	else if (o->classid == RelationRelationId && o->objid == o->relid &&
+			 get_rel_relkind(o->objid) == RELKIND_MATVIEW)
+	{
+		/* a materialized view's copy, built beside it; its copies above go too */
+		*order = 3;
+		*rels = list_append_unique_oid(*rels, o->relid);
+		sql = psprintf("DROP MATERIALIZED VIEW IF EXISTS %s CASCADE;", qualified_rel(o->objid));
+	}
 	else if (o->classid == RelationRelationId &&
 			 get_rel_relkind(o->objid) == RELKIND_INDEX &&
 			 IndexGetRelation(o->objid, true) == o->relid)
@@ -143,7 +171,8 @@ mig_contract_undo(int64 migration_id)
 {
 	List	   *objs = read_recorded(migration_id);
 	List	   *rels = NIL;
-	StringInfoData sql[3];		/* foreign keys, other constraints, indexes */
+	StringInfoData sql[4];		/* foreign keys, other constraints, indexes,
+								 * materialized views' copies */
 	ListCell   *lc;
 	int			order;
 	int			n = 0;
@@ -163,7 +192,7 @@ mig_contract_undo(int64 migration_id)
 						"drop what an unfinished mig_contract added");
 	}
 
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		initStringInfo(&sql[i]);
 	foreach(lc, objs)
 	{
@@ -179,6 +208,7 @@ mig_contract_undo(int64 migration_id)
 	}
 	appendStringInfoString(&sql[0], sql[1].data);
 	appendStringInfoString(&sql[0], sql[2].data);
+	appendStringInfoString(&sql[0], sql[3].data);
 	if (sql[0].len > 0)
 	{
 		SPI_connect();

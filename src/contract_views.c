@@ -35,6 +35,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/dependency.h"
+#include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaddress.h"
@@ -45,6 +46,9 @@
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_utilcmd.h"
+#include "tcop/utility.h"
 #include "miscadmin.h"
 #include "rewrite/rewriteSupport.h"
 #include "utils/acl.h"
@@ -81,11 +85,14 @@ typedef struct ContractView
 	char	   *nspname;
 	char	   *name;
 	char	   *qname;
-	char	   *create_sql;		/* CREATE VIEW and everything it had */
+	char	   *create_sql;		/* CREATE VIEW and everything it had; for a
+								 * materialized view, the renames of its copy */
 	List	   *shape;			/* of ViewColumn * */
+	bool		matview;
 } ContractView;
 
 static void replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out);
+static List *relation_shape(Oid relid);
 
 /*
  * The relation whose rewrite rule this is (InvalidOid if there is no such
@@ -163,7 +170,7 @@ view_dependents(Oid viewoid, Oid refclass, Oid refobj, List **found, List **bloc
 												 get_rel_name(viewoid)));
 				continue;
 			}
-			if (is_return && relkind == RELKIND_VIEW)
+			if (is_return && (relkind == RELKIND_VIEW || relkind == RELKIND_MATVIEW))
 			{
 				*found = list_append_unique_oid(*found, ev);
 				continue;
@@ -174,6 +181,10 @@ view_dependents(Oid viewoid, Oid refclass, Oid refobj, List **found, List **bloc
 			continue;			/* carried with the view */
 		if (dep->classid == RelationRelationId && dep->objid == viewoid)
 			continue;
+		if (dep->classid == RelationRelationId &&
+			get_rel_relkind(dep->objid) == RELKIND_INDEX &&
+			IndexGetRelation(dep->objid, false) == viewoid)
+			continue;			/* a materialized view's index: copied with it */
 		ObjectAddressSubSet(addr, dep->classid, dep->objid, dep->objsubid);
 		*blockers = lappend(*blockers,
 							psprintf("%s (it uses view %s, which mig_contract recreates)",
@@ -202,6 +213,12 @@ check_view_rights(Oid viewoid, List **blockers)
 		*blockers = lappend(*blockers,
 							psprintf("view %s, in schema %s where the caller may not create it again",
 									 NameStr(cls->relname), get_namespace_name(cls->relnamespace)));
+	else if (cls->relkind == RELKIND_MATVIEW &&
+			 pg_namespace_aclcheck(cls->relnamespace, cls->relowner, ACL_CREATE) != ACLCHECK_OK)
+		*blockers = lappend(*blockers,
+							psprintf("materialized view %s, whose owner %s may not create in schema %s (mig_contract builds its copy as its owner)",
+									 NameStr(cls->relname), GetUserNameFromId(cls->relowner, false),
+									 get_namespace_name(cls->relnamespace)));
 	ReleaseSysCache(tup);
 }
 
@@ -437,6 +454,44 @@ capture_view(Oid viewoid)
 }
 
 /*
+ * A materialized view of plan->matviews, whose copy on the new column was
+ * built before the swap: its shape, and the statements that give the copy
+ * and its indexes the old names once the old one is dropped.
+ */
+static ContractView *
+capture_matview(Oid mvoid)
+{
+	ContractView *cv = palloc0(sizeof(ContractView));
+	Relation	rel = relation_open(mvoid, NoLock);
+	StringInfoData sql;
+	ListCell   *lc;
+
+	cv->oid = mvoid;
+	cv->matview = true;
+	cv->nspname = get_namespace_name(get_rel_namespace(mvoid));
+	cv->name = get_rel_name(mvoid);
+	cv->qname = quote_qualified_identifier(cv->nspname, cv->name);
+	cv->shape = relation_shape(mvoid);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER MATERIALIZED VIEW %s RENAME TO %s;",
+					 quote_qualified_identifier(cv->nspname,
+												mig_contract_copy_name(cv->name, mvoid)),
+					 quote_identifier(cv->name));
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		char	   *idxname = get_rel_name(lfirst_oid(lc));
+
+		appendStringInfo(&sql, "ALTER INDEX %s RENAME TO %s;",
+						 quote_qualified_identifier(cv->nspname,
+													mig_contract_copy_name(idxname, lfirst_oid(lc))),
+						 quote_identifier(idxname));
+	}
+	relation_close(rel, NoLock);
+	cv->create_sql = sql.data;
+	return cv;
+}
+
+/*
  * Capture every view of the plan and return the DROP statements, deepest
  * first.  In the swap transaction, under the views' locks.
  */
@@ -452,10 +507,21 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 	/* what is captured outlives SPI */
 	MemoryContextSwitchTo(capture_cxt);
 	foreach(lc, plan->views)
-		if (!list_member_oid(plan->view_keep, lfirst_oid(lc)))
-			views = lappend(views, capture_view(lfirst_oid(lc)));
+	{
+		Oid			v = lfirst_oid(lc);
+
+		if (list_member_oid(plan->view_keep, v))
+			continue;
+		views = lappend(views, get_rel_relkind(v) == RELKIND_MATVIEW ?
+						capture_matview(v) : capture_view(v));
+	}
 	for (int i = list_length(views) - 1; i >= 0; i--)
-		appendStringInfo(drop_sql, "DROP VIEW %s;", ((ContractView *) list_nth(views, i))->qname);
+	{
+		ContractView *cv = list_nth(views, i);
+
+		appendStringInfo(drop_sql, "DROP %sVIEW %s;", cv->matview ? "MATERIALIZED " : "",
+						 cv->qname);
+	}
 	/* re-pointed in place, shallowest first, while the old column is there */
 	foreach(lc, plan->views)
 		if (list_member_oid(plan->view_replace, lfirst_oid(lc)))
@@ -740,6 +806,7 @@ choose_kept(ContractPlan *plan, List *changed)
 {
 	List	   *recreate = NIL;
 	ListCell   *lc;
+	ListCell   *r;
 
 	foreach(lc, plan->views)
 	{
@@ -747,9 +814,23 @@ choose_kept(ContractPlan *plan, List *changed)
 		bool		direct = list_member_oid(plan->viewdirect, v);
 		List	   *reads = list_nth(plan->view_reads, foreach_current_index(lc));
 
-		if ((direct && list_member_oid(changed, v)) ||
+		bool		matview = get_rel_relkind(v) == RELKIND_MATVIEW;
+
+		if ((direct && (matview || list_member_oid(changed, v))) ||
 			list_length(list_difference_oid(reads, recreate)) != list_length(reads))
+		{
 			recreate = lappend_oid(recreate, v);
+			if (!matview)
+				continue;
+			plan->matviews = lappend_oid(plan->matviews, v);
+			/* its copy is built before the swap: on what exists then */
+			foreach(r, reads)
+				if (list_member_oid(recreate, lfirst_oid(r)) &&
+					get_rel_relkind(lfirst_oid(r)) != RELKIND_MATVIEW)
+					plan->blockers = lappend(plan->blockers,
+											 psprintf("materialized view %s, which reads view %s that mig_contract creates again (a materialized view is rebuilt on the new column before the swap, when that view does not exist yet)",
+													  get_rel_name(v), get_rel_name(lfirst_oid(r))));
+		}
 		else
 		{
 			plan->view_keep = lappend_oid(plan->view_keep, v);
@@ -839,4 +920,132 @@ replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out)
 												get_rel_name(viewoid)),
 					 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
 					 opts && *opts ? ")" : "", repointed_query(plan, viewoid, NIL, NIL));
+}
+
+/*
+ * CREATE INDEX for the copy of one index of a materialized view, on its
+ * copy (same columns, same order: the attribute numbers stay), under the
+ * copy-name of the index.  Not concurrently: nobody reads the copy yet.
+ */
+static void
+copy_matview_index(Oid indexoid, const char *nspname, const char *copyname)
+{
+	Relation	idx = index_open(indexoid, AccessShareLock);
+	AttrMap    *map = make_attrmap(RelationGetDescr(idx)->natts);
+	Oid			conoid;
+	IndexStmt  *stmt;
+	PlannedStmt *pstmt = makeNode(PlannedStmt);
+	Relation	heap = relation_open(idx->rd_index->indrelid, NoLock);
+
+	free_attrmap(map);
+	map = make_attrmap(RelationGetDescr(heap)->natts);
+	for (int i = 0; i < map->maplen; i++)
+		map->attnums[i] = i + 1;
+	relation_close(heap, NoLock);
+	stmt = generateClonedIndexStmt(makeRangeVar(pstrdup(nspname), pstrdup(copyname), -1),
+								   idx, map, &conoid);
+	stmt->idxname = mig_contract_copy_name(RelationGetRelationName(idx), indexoid);
+	stmt->concurrent = false;
+	index_close(idx, AccessShareLock);
+
+	pstmt->commandType = CMD_UTILITY;
+	pstmt->canSetTag = false;
+	pstmt->utilityStmt = (Node *) stmt;
+	pstmt->stmt_location = -1;
+	pstmt->stmt_len = 0;
+	ProcessUtility(pstmt, "CREATE INDEX (the copy of an index of a materialized view)",
+				   false, PROCESS_UTILITY_QUERY, NULL, NULL, None_Receiver, NULL);
+	CommandCounterIncrement();
+}
+
+/*
+ * Build the copy of a materialized view of plan->matviews beside it, on the
+ * new column, populated: CREATE MATERIALIZED VIEW under its copy-name with
+ * its storage parameters and tablespace, as its owner (inside the owner
+ * switch), then its indexes, grants and comments.  from/to: the copies
+ * built before it, which it reads instead of their originals.  In a
+ * transaction of its own before the swap, taking no lock on the table
+ * beyond a read's; the copy is recorded for an undo.  Returns its OID.
+ */
+Oid
+mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
+{
+	Oid			nsp = get_rel_namespace(mvoid);
+	ContractView cv = {0};
+	char	   *copyname = mig_contract_copy_name(get_rel_name(mvoid), mvoid);
+	StringInfoData sql;
+	StringInfoData post;
+	Relation	rel;
+	Oid			copy;
+	MigOwnerSave owner;
+	ListCell   *lc;
+
+	cv.oid = mvoid;
+	cv.nspname = get_namespace_name(nsp);
+	cv.name = get_rel_name(mvoid);
+	cv.qname = quote_qualified_identifier(cv.nspname, copyname);
+	copy = get_relname_relid(copyname, nsp);
+	if (OidIsValid(copy))
+	{
+		if (!mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("relation \"%s\" already exists", copyname),
+					 errdetail("mig_contract builds the copy of materialized view \"%s\" under this name.",
+							   cv.name),
+					 errhint("Rename or drop that relation.")));
+		/* left by a contract that stopped before it could drop it */
+		mig_run_utility(psprintf("DROP MATERIALIZED VIEW %s CASCADE", cv.qname));
+		CommandCounterIncrement();
+	}
+	rel = relation_open(mvoid, AccessShareLock);
+	initStringInfo(&sql);
+	initStringInfo(&post);
+	capture_cxt = CurrentMemoryContext;
+	SPI_connect();
+	MemoryContextSwitchTo(capture_cxt);
+	query_oid("SELECT pg_catalog.array_to_string(c.reloptions, ', '), t.spcname, c.relacl, "
+			  "pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c "
+			  "LEFT JOIN pg_catalog.pg_tablespace t ON t.oid OPERATOR(pg_catalog.=) c.reltablespace "
+			  "WHERE c.oid OPERATOR(pg_catalog.=) $1", mvoid);
+	if (SPI_processed != 1)
+		elog(ERROR, "cache lookup failed for materialized view %u", mvoid);
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *opts = SPI_getvalue(tup, desc, 1);
+		char	   *spc = SPI_getvalue(tup, desc, 2);
+		char	   *comment = SPI_getvalue(tup, desc, 4);
+		bool		aclnull;
+		Datum		acl = SPI_getbinval(tup, desc, 3, &aclnull);
+
+		appendStringInfo(&sql, "CREATE MATERIALIZED VIEW %s%s%s%s%s%s AS %s WITH DATA", cv.qname,
+						 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
+						 opts && *opts ? ")" : "", spc ? " TABLESPACE " : "",
+						 spc ? quote_identifier(spc) : "",
+						 repointed_query(plan, mvoid, from, to));
+		if (comment)
+			appendStringInfo(&post, "COMMENT ON MATERIALIZED VIEW %s IS %s;", cv.qname,
+							 quote_literal_cstr(comment));
+		if (!aclnull)
+			grants_of(&cv, NULL, datumCopy(acl, false, -1), &post);
+	}
+	capture_columns(&cv, &post);
+	SPI_finish();
+
+	/* built by its owner, as REFRESH would */
+	mig_owner_switch(mvoid, &owner);
+	mig_run_utility(sql.data);
+	CommandCounterIncrement();
+	foreach(lc, RelationGetIndexList(rel))
+		copy_matview_index(lfirst_oid(lc), cv.nspname, copyname);
+	if (post.len > 0)
+		mig_run_utility(post.data);
+	mig_owner_restore(&owner);
+	relation_close(rel, NoLock);
+
+	copy = get_relname_relid(copyname, nsp);
+	Assert(OidIsValid(copy));
+	mig_contract_record(plan->migration_id, RelationRelationId, copy, copy);
+	return copy;
 }

@@ -900,8 +900,52 @@ swap(ContractPlan *plan, bool force)
 }
 
 /*
+ * The copies of the materialized views on the new column, each built and
+ * populated beside the old one in a transaction of its own, shallowest
+ * first (contract_views.c); the swap drops the old ones and gives the
+ * copies their names.
+ */
+static void
+build_matviews(ContractPlan *plan)
+{
+	List	   *from = NIL;
+	List	   *to = NIL;
+	List	   *kept = NIL;
+	ListCell   *lc;
+
+	xact_begin();
+	foreach(lc, plan->view_keep)
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_MATVIEW)
+			kept = lappend(kept, MemoryContextStrdup(contract_cxt, get_rel_name(lfirst_oid(lc))));
+	xact_end();
+	foreach(lc, kept)
+		progress("materialized view \"%s\" reads the column through views that keep their shape: it keeps its rows, computed from the old column (REFRESH it after contract if up changed values)",
+				 (char *) lfirst(lc));
+	foreach(lc, plan->matviews)
+	{
+		Oid			mvoid = lfirst_oid(lc);
+		Oid			copy;
+		char	   *name;
+		MemoryContext oldcxt;
+
+		check_caller();
+		xact_begin();
+		name = MemoryContextStrdup(contract_cxt, get_rel_name(mvoid));
+		xact_end();
+		progress("building a copy of materialized view \"%s\" on the new column", name);
+		xact_begin();
+		copy = mig_contract_build_matview(plan, mvoid, from, to);
+		xact_end();
+		oldcxt = MemoryContextSwitchTo(contract_cxt);
+		from = lappend_oid(from, mvoid);
+		to = lappend_oid(to, copy);
+		MemoryContextSwitchTo(oldcxt);
+	}
+}
+
+/*
  * The steps: copies of the indexes, the constraints NOT VALID then
- * validated, and the swap.
+ * validated, the copies of the materialized views, and the swap.
  */
 static void
 run_steps(ContractPlan *plan, bool force)
@@ -950,6 +994,7 @@ run_steps(ContractPlan *plan, bool force)
 			validate(fk->conrelid, fk->tmpname,
 					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
 	}
+	build_matviews(plan);
 	swap(plan, force);
 	/* added NOT VALID in the swap: validated now, writes going through */
 	foreach(lc, plan->fkeys)
