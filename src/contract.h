@@ -164,6 +164,7 @@ extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 							const char *what);
 
 /* contract_views.c */
+extern char *mig_contract_copy_name(const char *name, Oid oid);
 extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
 extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
@@ -190,7 +191,6 @@ extern void mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci,
 									 StringInfo sql);
 
 /* contract_plan.c */
-extern char *mig_contract_copy_name(const char *name, Oid oid);
 extern ContractPlan *mig_contract_plan_build(Relation rel, MigMigration *m);
 extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 									   bool force);

@@ -57,19 +57,6 @@
  * -------------------------------------------------------------------------
  */
 
-/*
- * A name for a copy: "_mig_" and the original's name, or its OID when that
- * does not fit.  The same every time, so a rerun finds what a failed run
- * built.
- */
-char *
-mig_contract_copy_name(const char *name, Oid oid)
-{
-	if (strlen(name) + 5 < NAMEDATALEN)
-		return psprintf("_mig_%s", name);
-	return psprintf("_mig_%u", oid);
-}
-
 static const char *
 attname_of(Oid relid, AttrNumber attnum)
 {

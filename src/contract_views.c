@@ -95,6 +95,19 @@ static void replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out);
 static List *relation_shape(Oid relid);
 
 /*
+ * A name for a copy: "_mig_" and the original's name, or its OID when that
+ * does not fit.  The same every time, so a rerun finds what a failed run
+ * built.
+ */
+char *
+mig_contract_copy_name(const char *name, Oid oid)
+{
+	if (strlen(name) + 5 < NAMEDATALEN)
+		return psprintf("_mig_%s", name);
+	return psprintf("_mig_%u", oid);
+}
+
+/*
  * The relation whose rewrite rule this is (InvalidOid if there is no such
  * rule); *is_return says whether it is the view's _RETURN rule, *relkind is
  * the relation's kind.  Written once: the plan (contract_plan.c) and the
@@ -965,7 +978,7 @@ copy_matview_index(Oid indexoid, const char *nspname, const char *copyname)
  * switch), then its indexes, grants and comments.  from/to: the copies
  * built before it, which it reads instead of their originals.  In a
  * transaction of its own before the swap, taking no lock on the table
- * beyond a read's; the copy is recorded for an undo.  Returns its OID.
+ * beyond a read's.  Returns its OID, for the caller to record.
  */
 Oid
 mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
@@ -984,20 +997,13 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 	cv.nspname = get_namespace_name(nsp);
 	cv.name = get_rel_name(mvoid);
 	cv.qname = quote_qualified_identifier(cv.nspname, copyname);
-	copy = get_relname_relid(copyname, nsp);
-	if (OidIsValid(copy))
-	{
-		if (!mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
-			ereport(ERROR,
-					(errcode(ERRCODE_DUPLICATE_OBJECT),
-					 errmsg("relation \"%s\" already exists", copyname),
-					 errdetail("mig_contract builds the copy of materialized view \"%s\" under this name.",
-							   cv.name),
-					 errhint("Rename or drop that relation.")));
-		/* left by a contract that stopped before it could drop it */
-		mig_run_utility(psprintf("DROP MATERIALIZED VIEW %s CASCADE", cv.qname));
-		CommandCounterIncrement();
-	}
+	if (OidIsValid(get_relname_relid(copyname, nsp)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("relation \"%s\" already exists", copyname),
+				 errdetail("mig_contract builds the copy of materialized view \"%s\" under this name.",
+						   cv.name),
+				 errhint("Rename or drop that relation.")));
 	rel = relation_open(mvoid, AccessShareLock);
 	initStringInfo(&sql);
 	initStringInfo(&post);
@@ -1046,6 +1052,5 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 
 	copy = get_relname_relid(copyname, nsp);
 	Assert(OidIsValid(copy));
-	mig_contract_record(plan->migration_id, RelationRelationId, copy, copy);
 	return copy;
 }

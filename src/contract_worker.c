@@ -934,7 +934,18 @@ build_matviews(ContractPlan *plan)
 		xact_end();
 		progress("building a copy of materialized view \"%s\" on the new column", name);
 		xact_begin();
+		copy = get_relname_relid(mig_contract_copy_name(get_rel_name(mvoid), mvoid),
+								 get_rel_namespace(mvoid));
+		/* left by a contract that stopped before it could drop it */
+		if (OidIsValid(copy) &&
+			mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
+		{
+			mig_run_utility(psprintf("DROP MATERIALIZED VIEW %s CASCADE", mig_qualified_name(copy)));
+			CommandCounterIncrement();
+		}
 		copy = mig_contract_build_matview(plan, mvoid, from, to);
+		/* a copy is dropped again if contract stops before its swap */
+		mig_contract_record(plan->migration_id, RelationRelationId, copy, copy);
 		xact_end();
 		oldcxt = MemoryContextSwitchTo(contract_cxt);
 		from = lappend_oid(from, mvoid);
