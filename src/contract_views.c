@@ -1011,8 +1011,8 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 	SPI_connect();
 	MemoryContextSwitchTo(capture_cxt);
 	query_oid("SELECT pg_catalog.array_to_string(c.reloptions, ', '), t.spcname, c.relacl, "
-			  "pg_catalog.obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c "
-			  "LEFT JOIN pg_catalog.pg_tablespace t ON t.oid OPERATOR(pg_catalog.=) c.reltablespace "
+			  "pg_catalog.obj_description(c.oid, 'pg_class'), c.relispopulated "
+			  "FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_tablespace t ON t.oid OPERATOR(pg_catalog.=) c.reltablespace "
 			  "WHERE c.oid OPERATOR(pg_catalog.=) $1", mvoid);
 	if (SPI_processed != 1)
 		elog(ERROR, "cache lookup failed for materialized view %u", mvoid);
@@ -1024,12 +1024,15 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 		char	   *comment = SPI_getvalue(tup, desc, 4);
 		bool		aclnull;
 		Datum		acl = SPI_getbinval(tup, desc, 3, &aclnull);
+		bool		isnull;
+		bool		populated = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 
-		appendStringInfo(&sql, "CREATE MATERIALIZED VIEW %s%s%s%s%s%s AS %s WITH DATA", cv.qname,
+		/* one never refreshed stays so */
+		appendStringInfo(&sql, "CREATE MATERIALIZED VIEW %s%s%s%s%s%s AS %s WITH %sDATA", cv.qname,
 						 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
 						 opts && *opts ? ")" : "", spc ? " TABLESPACE " : "",
 						 spc ? quote_identifier(spc) : "",
-						 repointed_query(plan, mvoid, from, to));
+						 repointed_query(plan, mvoid, from, to), populated ? "" : "NO ");
 		if (comment)
 			appendStringInfo(&post, "COMMENT ON MATERIALIZED VIEW %s IS %s;", cv.qname,
 							 quote_literal_cstr(comment));
