@@ -144,6 +144,8 @@ typedef struct ContractPlan
 								 * of view_replace, and those only above them */
 	List	   *matviews;		/* materialized views rebuilt beside the old
 								 * ones before the swap, shallowest first */
+	List	   *view_copies;	/* views created again that such a rebuilt
+								 * materialized view reads: built beside too */
 	List	   *checks;			/* of ContractCheck * */
 	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
@@ -170,8 +172,8 @@ extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
 extern void mig_contract_predict_views(ContractPlan *plan);
-extern Oid	mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from,
-									   List *to);
+extern Oid	mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from,
+									List *to);
 extern void mig_contract_append_grants(StringInfo out, const char *qname,
 									   const char *col);
 

@@ -5,7 +5,9 @@
  *
  * Before its swap, mig_contract adds objects that are enforced on every new
  * write: NOT VALID CHECK constraints and foreign keys (a NOT VALID
- * constraint is checked on new rows), and unique indexes on the new column.
+ * constraint is checked on new rows), and unique indexes on the new column;
+ * and the copies of materialized views (and of the views they read) built
+ * beside the old ones, which would otherwise be left behind.
  * A contract that stops before its swap (a check that fails, a lock it
  * cannot get, a cancel) must leave nothing enforced that was not there
  * before, and mig_abort must be able to remove everything however the
@@ -142,12 +144,15 @@ undo_statement(UndoObject *o, List **rels, int *order)
 		}
 	}
 	else if (o->classid == RelationRelationId && o->objid == o->relid &&
-			 get_rel_relkind(o->objid) == RELKIND_MATVIEW)
+			 (get_rel_relkind(o->objid) == RELKIND_MATVIEW ||
+			  get_rel_relkind(o->objid) == RELKIND_VIEW))
 	{
-		/* a materialized view's copy, built beside it; its copies above go too */
+		/* a (materialized) view's copy, built beside it; copies above go too */
 		*order = 3;
 		*rels = list_append_unique_oid(*rels, o->relid);
-		sql = psprintf("DROP MATERIALIZED VIEW IF EXISTS %s CASCADE;", qualified_rel(o->objid));
+		sql = psprintf("DROP %sVIEW IF EXISTS %s CASCADE;",
+					   get_rel_relkind(o->objid) == RELKIND_MATVIEW ? "MATERIALIZED " : "",
+					   qualified_rel(o->objid));
 	}
 	else if (o->classid == RelationRelationId &&
 			 get_rel_relkind(o->objid) == RELKIND_INDEX &&

@@ -93,6 +93,7 @@ typedef struct ContractView
 
 static void replace_statement(ContractPlan *plan, Oid viewoid, StringInfo out);
 static List *relation_shape(Oid relid);
+static void trigger_sql(Oid viewoid, StringInfo out);
 
 /*
  * A name for a copy: "_mig_" and the original's name, or its OID when that
@@ -405,12 +406,25 @@ capture_columns(ContractView *cv, StringInfo post)
 		grants_of(cv, list_nth(aclcols, i), PointerGetDatum(list_nth(acls, i)), post);
 }
 
+/* The view's INSTEAD OF triggers, as CREATE TRIGGER statements naming it. */
+static void
+trigger_sql(Oid viewoid, StringInfo out)
+{
+	query_oid("SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
+			  "WHERE t.tgrelid = $1 AND NOT t.tgisinternal ORDER BY t.tgname", viewoid);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		appendStringInfo(out, "%s;", SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+}
+
 /*
  * Everything about one view that DROP VIEW would lose, as the statements
- * that give it back.  In the swap, under the view's lock; SPI connected.
+ * that give it back: under its own name, from its definition, in the swap
+ * under the view's lock; or (asname, def) for the copy of it that a
+ * rebuilt materialized view reads, built before the swap, without its
+ * triggers.  SPI connected.
  */
 static ContractView *
-capture_view(Oid viewoid)
+capture_view(Oid viewoid, const char *asname, const char *def)
 {
 	ContractView *cv = palloc0(sizeof(ContractView));
 	StringInfoData sql;
@@ -427,7 +441,7 @@ capture_view(Oid viewoid)
 	cv->oid = viewoid;
 	cv->nspname = get_namespace_name(get_rel_namespace(viewoid));
 	cv->name = get_rel_name(viewoid);
-	cv->qname = quote_qualified_identifier(cv->nspname, cv->name);
+	cv->qname = quote_qualified_identifier(cv->nspname, asname ? asname : cv->name);
 	initStringInfo(&sql);
 	initStringInfo(&post);
 
@@ -440,9 +454,10 @@ capture_view(Oid viewoid)
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	opts = SPI_getvalue(tup, desc, 2);
-	appendStringInfo(&sql, "CREATE VIEW %s%s%s%s AS %s", cv->qname,
+	appendStringInfo(&sql, "CREATE VIEW %s%s%s%s AS %s%s", cv->qname,
 					 opts && *opts ? " WITH (" : "", opts && *opts ? opts : "",
-					 opts && *opts ? ")" : "", SPI_getvalue(tup, desc, 1));
+					 opts && *opts ? ")" : "", def ? def : SPI_getvalue(tup, desc, 1),
+					 def ? ";" : "");
 	/* pg_get_viewdef ends with ';' */
 	acl = SPI_getbinval(tup, desc, 3, &aclnull);
 	if (!aclnull)
@@ -454,10 +469,9 @@ capture_view(Oid viewoid)
 	if (!aclnull)
 		grants_of(cv, NULL, acl, &post);
 
-	query_oid("SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
-			  "WHERE t.tgrelid = $1 AND NOT t.tgisinternal ORDER BY t.tgname", viewoid);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		appendStringInfo(&post, "%s;", SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	/* a copy's triggers are created once it has the view's name */
+	if (asname == NULL)
+		trigger_sql(viewoid, &post);
 
 	capture_columns(cv, &post);
 	appendStringInfo(&sql, "%s ALTER VIEW %s OWNER TO %s;", post.data, cv->qname,
@@ -467,12 +481,13 @@ capture_view(Oid viewoid)
 }
 
 /*
- * A materialized view of plan->matviews, whose copy on the new column was
- * built before the swap: its shape, and the statements that give the copy
- * and its indexes the old names once the old one is dropped.
+ * A materialized view of plan->matviews or a view of plan->view_copies,
+ * whose copy on the new column was built before the swap: its shape, and
+ * the statements that give the copy (and its indexes, or its triggers) the
+ * old names once the old one is dropped.  SPI connected.
  */
 static ContractView *
-capture_matview(Oid mvoid)
+capture_copied(Oid mvoid)
 {
 	ContractView *cv = palloc0(sizeof(ContractView));
 	Relation	rel = relation_open(mvoid, NoLock);
@@ -480,13 +495,13 @@ capture_matview(Oid mvoid)
 	ListCell   *lc;
 
 	cv->oid = mvoid;
-	cv->matview = true;
+	cv->matview = get_rel_relkind(mvoid) == RELKIND_MATVIEW;
 	cv->nspname = get_namespace_name(get_rel_namespace(mvoid));
 	cv->name = get_rel_name(mvoid);
 	cv->qname = quote_qualified_identifier(cv->nspname, cv->name);
 	cv->shape = relation_shape(mvoid);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "ALTER MATERIALIZED VIEW %s RENAME TO %s;",
+	appendStringInfo(&sql, "ALTER %sVIEW %s RENAME TO %s;", cv->matview ? "MATERIALIZED " : "",
 					 quote_qualified_identifier(cv->nspname,
 												mig_contract_copy_name(cv->name, mvoid)),
 					 quote_identifier(cv->name));
@@ -500,6 +515,8 @@ capture_matview(Oid mvoid)
 						 quote_identifier(idxname));
 	}
 	relation_close(rel, NoLock);
+	if (!cv->matview)
+		trigger_sql(mvoid, &sql);
 	cv->create_sql = sql.data;
 	return cv;
 }
@@ -525,8 +542,9 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 
 		if (list_member_oid(plan->view_keep, v))
 			continue;
-		views = lappend(views, get_rel_relkind(v) == RELKIND_MATVIEW ?
-						capture_matview(v) : capture_view(v));
+		views = lappend(views, list_member_oid(plan->matviews, v) ||
+						list_member_oid(plan->view_copies, v) ?
+						capture_copied(v) : capture_view(v, NULL, NULL));
 	}
 	for (int i = list_length(views) - 1; i >= 0; i--)
 	{
@@ -833,16 +851,8 @@ choose_kept(ContractPlan *plan, List *changed)
 			list_length(list_difference_oid(reads, recreate)) != list_length(reads))
 		{
 			recreate = lappend_oid(recreate, v);
-			if (!matview)
-				continue;
-			plan->matviews = lappend_oid(plan->matviews, v);
-			/* its copy is built before the swap: on what exists then */
-			foreach(r, reads)
-				if (list_member_oid(recreate, lfirst_oid(r)) &&
-					get_rel_relkind(lfirst_oid(r)) != RELKIND_MATVIEW)
-					plan->blockers = lappend(plan->blockers,
-											 psprintf("materialized view %s, which reads view %s that mig_contract creates again (a materialized view is rebuilt on the new column before the swap, when that view does not exist yet)",
-													  get_rel_name(v), get_rel_name(lfirst_oid(r))));
+			if (matview)
+				plan->matviews = lappend_oid(plan->matviews, v);
 		}
 		else
 		{
@@ -850,6 +860,24 @@ choose_kept(ContractPlan *plan, List *changed)
 			if (direct)
 				plan->view_replace = lappend_oid(plan->view_replace, v);
 		}
+	}
+
+	/*
+	 * A materialized view's copy is built before the swap: the views it
+	 * reads that are created again get a copy on the new column beside
+	 * them too, deepest reader first, so that each is marked before the
+	 * views it reads are looked at.
+	 */
+	for (int i = list_length(plan->views) - 1; i >= 0; i--)
+	{
+		Oid			v = list_nth_oid(plan->views, i);
+
+		if (!list_member_oid(plan->matviews, v) && !list_member_oid(plan->view_copies, v))
+			continue;
+		foreach(r, (List *) list_nth(plan->view_reads, i))
+			if (list_member_oid(recreate, lfirst_oid(r)) &&
+				get_rel_relkind(lfirst_oid(r)) == RELKIND_VIEW)
+				plan->view_copies = list_append_unique_oid(plan->view_copies, lfirst_oid(r));
 	}
 }
 
@@ -980,8 +1008,8 @@ copy_matview_index(Oid indexoid, const char *nspname, const char *copyname)
  * transaction of its own before the swap, taking no lock on the table
  * beyond a read's.  Returns its OID, for the caller to record.
  */
-Oid
-mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
+static Oid
+build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 {
 	Oid			nsp = get_rel_namespace(mvoid);
 	ContractView cv = {0};
@@ -997,13 +1025,6 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 	cv.nspname = get_namespace_name(nsp);
 	cv.name = get_rel_name(mvoid);
 	cv.qname = quote_qualified_identifier(cv.nspname, copyname);
-	if (OidIsValid(get_relname_relid(copyname, nsp)))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("relation \"%s\" already exists", copyname),
-				 errdetail("mig_contract builds the copy of materialized view \"%s\" under this name.",
-						   cv.name),
-				 errhint("Rename or drop that relation.")));
 	rel = relation_open(mvoid, AccessShareLock);
 	initStringInfo(&sql);
 	initStringInfo(&post);
@@ -1054,6 +1075,56 @@ mig_contract_build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 	relation_close(rel, NoLock);
 
 	copy = get_relname_relid(copyname, nsp);
+	Assert(OidIsValid(copy));
+	return copy;
+}
+
+/*
+ * The copy of a view of plan->view_copies beside it on the new column,
+ * under its copy-name, with its options, owner, grants, comments and
+ * defaults (its triggers come at the swap).  From/to as for
+ * build_matview.
+ */
+static Oid
+build_view_copy(ContractPlan *plan, Oid viewoid, List *from, List *to)
+{
+	char	   *copyname = mig_contract_copy_name(get_rel_name(viewoid), viewoid);
+	ContractView *cv;
+
+	capture_cxt = CurrentMemoryContext;
+	SPI_connect();
+	MemoryContextSwitchTo(capture_cxt);
+	cv = capture_view(viewoid, copyname, repointed_query(plan, viewoid, from, to));
+	SPI_finish();
+	mig_run_utility(cv->create_sql);
+	CommandCounterIncrement();
+	return get_relname_relid(copyname, get_rel_namespace(viewoid));
+}
+
+/*
+ * Build the copy of a materialized view of plan->matviews, or of a view of
+ * plan->view_copies, beside it on the new column.  from/to: the copies
+ * built before it, which it reads instead of their originals.  In a
+ * transaction of its own before the swap, taking no lock on the table
+ * beyond a read's.  Returns the copy's OID, for the caller to record.
+ */
+Oid
+mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from, List *to)
+{
+	char	   *name = get_rel_name(relid);
+	char	   *copyname = mig_contract_copy_name(name, relid);
+	bool		matview = get_rel_relkind(relid) == RELKIND_MATVIEW;
+	Oid			copy;
+
+	if (OidIsValid(get_relname_relid(copyname, get_rel_namespace(relid))))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("relation \"%s\" already exists", copyname),
+				 errdetail("mig_contract builds the copy of %sview \"%s\" under this name.",
+						   matview ? "materialized " : "", name),
+				 errhint("Rename or drop that relation.")));
+	copy = matview ? build_matview(plan, relid, from, to) :
+		build_view_copy(plan, relid, from, to);
 	Assert(OidIsValid(copy));
 	return copy;
 }

@@ -900,10 +900,10 @@ swap(ContractPlan *plan, bool force)
 }
 
 /*
- * The copies of the materialized views on the new column, each built and
- * populated beside the old one in a transaction of its own, shallowest
- * first (contract_views.c); the swap drops the old ones and gives the
- * copies their names.
+ * The copies of the materialized views on the new column (and of the views
+ * created again that they read), each built beside the old one in a
+ * transaction of its own, shallowest first (contract_views.c); the swap
+ * drops the old ones and gives the copies their names.
  */
 static void
 build_matviews(ContractPlan *plan)
@@ -921,18 +921,22 @@ build_matviews(ContractPlan *plan)
 	foreach(lc, kept)
 		progress("materialized view \"%s\" reads the column through views that keep their shape: it keeps its rows, computed from the old column (REFRESH it after contract if up changed values)",
 				 (char *) lfirst(lc));
-	foreach(lc, plan->matviews)
+	foreach(lc, plan->views)
 	{
 		Oid			mvoid = lfirst_oid(lc);
 		Oid			copy;
 		char	   *name;
 		MemoryContext oldcxt;
 
+		if (!list_member_oid(plan->matviews, mvoid) &&
+			!list_member_oid(plan->view_copies, mvoid))
+			continue;
 		check_caller();
 		xact_begin();
 		name = MemoryContextStrdup(contract_cxt, get_rel_name(mvoid));
 		xact_end();
-		progress("building a copy of materialized view \"%s\" on the new column", name);
+		progress("building a copy of %sview \"%s\" on the new column",
+				 list_member_oid(plan->matviews, mvoid) ? "materialized " : "", name);
 		xact_begin();
 		copy = get_relname_relid(mig_contract_copy_name(get_rel_name(mvoid), mvoid),
 								 get_rel_namespace(mvoid));
@@ -940,10 +944,12 @@ build_matviews(ContractPlan *plan)
 		if (OidIsValid(copy) &&
 			mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
 		{
-			mig_run_utility(psprintf("DROP MATERIALIZED VIEW %s CASCADE", mig_qualified_name(copy)));
+			mig_run_utility(psprintf("DROP %sVIEW %s CASCADE",
+									 get_rel_relkind(copy) == RELKIND_MATVIEW ? "MATERIALIZED " : "",
+									 mig_qualified_name(copy)));
 			CommandCounterIncrement();
 		}
-		copy = mig_contract_build_matview(plan, mvoid, from, to);
+		copy = mig_contract_build_copy(plan, mvoid, from, to);
 		/* a copy is dropped again if contract stops before its swap */
 		mig_contract_record(plan->migration_id, RelationRelationId, copy, copy);
 		xact_end();
