@@ -121,6 +121,22 @@ SELECT attrelid::regclass, attname, format_type(atttypid, atttypmod) FROM pg_att
 SELECT * FROM v_qty_sum;
 DROP TABLE v_qty CASCADE;
 
+-- a view joining on the column by name (USING) cannot be re-pointed by
+-- CREATE OR REPLACE: even in a rename it is created again
+CREATE TABLE v_ua (id int PRIMARY KEY, x text);
+CREATE TABLE v_ub (id int, y text);
+INSERT INTO v_ua SELECT g, 'x' || g FROM generate_series(1, 5) g;
+INSERT INTO v_ub SELECT g, 'y' || g FROM generate_series(1, 5) g;
+CREATE VIEW v_uv AS SELECT * FROM v_ua JOIN v_ub USING (id);
+SELECT mig_expand('v_ua', 'id', new_col => 'ident') > 0 AS expanded;
+SET migrate_ext.writer = 'old';
+UPDATE v_ua SET id = id;
+RESET migrate_ext.writer;
+SELECT bool_and(passed) AS validated FROM mig_validate('v_ua');
+SELECT mig_contract('v_ua');
+SELECT * FROM v_uv ORDER BY 1 LIMIT 2;
+DROP TABLE v_ua, v_ub CASCADE;
+
 -- what cannot be carried is named by validation, before anything is built
 CREATE MATERIALIZED VIEW v_mat AS SELECT id, full_name FROM v_acct;
 CREATE FUNCTION v_rows_of() RETURNS SETOF v_names LANGUAGE sql AS 'SELECT * FROM v_names';

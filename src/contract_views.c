@@ -798,9 +798,44 @@ compare_shape(ContractPlan *plan, Oid viewoid, List *before, List *after)
 }
 
 /*
+ * Does a stand-in still read an old column?  Its definition is printed
+ * from the view's query with the old columns' Vars moved, but a name in it
+ * can still reach the old column (a join's USING or NATURAL column): then
+ * CREATE OR REPLACE cannot re-point the view, and it is created again.
+ */
+static bool
+reads_old_column(ContractPlan *plan, Oid standin)
+{
+	Relation	deprel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	deprel = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_depend_classid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(RewriteRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_objid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(get_rewrite_oid(standin, ViewSelectRuleName, false)));
+	scan = systable_beginscan(deprel, DependDependerIndexId, true, NULL, 2, key);
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tup);
+
+		found = dep->refclassid == RelationRelationId && dep->refobjid == plan->relid &&
+			dep->refobjsubid > 0 && dep->refobjsubid <= plan->map->maplen &&
+			plan->map->attnums[dep->refobjsubid - 1] != dep->refobjsubid;
+	}
+	systable_endscan(scan);
+	table_close(deprel, AccessShareLock);
+	return found;
+}
+
+/*
  * A stand-in for one view of the plan on the new column (the views below
  * it already have theirs), created under a temporary name; returns whether
- * its shape differs from the view's.  In predict_views' subtransaction.
+ * its shape differs from the view's (or it could not be re-pointed).  In
+ * predict_views' subtransaction.
  */
 static bool
 predict_view(ContractPlan *plan, Oid viewoid, List **from, List **to)
@@ -822,7 +857,8 @@ predict_view(ContractPlan *plan, Oid viewoid, List **from, List **to)
 	Assert(OidIsValid(copy));
 	*from = lappend_oid(*from, viewoid);
 	*to = lappend_oid(*to, copy);
-	return compare_shape(plan, viewoid, relation_shape(viewoid), relation_shape(copy));
+	return compare_shape(plan, viewoid, relation_shape(viewoid), relation_shape(copy)) ||
+		reads_old_column(plan, copy);
 }
 
 /*
