@@ -20,11 +20,27 @@
  * migrated column's intended type change) is compared before and after;
  * any difference is an error, and the swap rolls back.
  *
+ * Before that, when contract plans (and when validation predicts it), every
+ * view is created on the new column under a temporary name, inside a
+ * subtransaction that is always rolled back: its definition is its query
+ * with the old columns' Vars moved to the new ones, printed and parsed
+ * again, so that functions and operators are resolved for the new types.
+ * A shape that would change beyond the intended type is a blocker; a view
+ * reading the old column whose shape does not change at all is re-pointed
+ * in the swap by CREATE OR REPLACE VIEW and keeps its OID, and the views
+ * above only such views are not touched.
+ *
+ * Materialized views are rebuilt beside the old ones before the swap
+ * (CREATE MATERIALIZED VIEW under a copy-name, as their owner, with their
+ * indexes, grants and comments; the plain views created again that they
+ * read get a copy too), and the swap drops the old ones and renames the
+ * copies into place.
+ *
  * What cannot be carried is refused when contract plans (and so named by
- * validation's contract_blockers): materialized views, rules other than a
- * view's own, functions or other objects using a view's row type, views
- * whose owner the caller cannot act as, or in a schema where it cannot
- * create.
+ * validation's contract_blockers): rules other than a view's own,
+ * functions or other objects using a view's row type, views whose owner
+ * the caller cannot act as, or in a schema where it cannot create,
+ * materialized views whose owner cannot create in their schema.
  *
  *-------------------------------------------------------------------------
  */
