@@ -25,6 +25,7 @@ GRANT SELECT ON mv_by_id TO mv_reader;
 GRANT SELECT (id) ON mv_by_id TO PUBLIC;
 COMMENT ON MATERIALIZED VIEW mv_by_id IS 'sales above 20';
 COMMENT ON COLUMN mv_by_id.id IS 'the sale';
+COMMENT ON INDEX mv_by_id_id IS 'one row a sale';
 -- a view on it, a materialized view on that materialized view
 CREATE VIEW mv_eu AS SELECT id, amount FROM mv_by_id WHERE region = 'eu';
 GRANT SELECT ON mv_eu TO mv_reader;
@@ -44,7 +45,8 @@ SELECT c.relname::text, c.relkind, c.relowner::regrole::text, c.relacl::text, c.
 						  || coalesce(':' || a.attacl::text, '')
 						  || coalesce(':' || col_description(c.oid, a.attnum), ''), ', ' ORDER BY a.attnum)
 		  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0),
-	   (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+	   (SELECT string_agg(pg_get_indexdef(i.indexrelid)
+						  || coalesce(' ' || obj_description(i.indexrelid, 'pg_class'), ''), '; ' ORDER BY 1)
 		  FROM pg_index i WHERE i.indrelid = c.oid)
   FROM pg_class c WHERE c.relname LIKE 'mv\_%' AND c.relkind IN ('m', 'v')
 $$;

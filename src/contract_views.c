@@ -61,6 +61,7 @@
 #include "catalog/pg_rewrite.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/comment.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_utilcmd.h"
@@ -1120,7 +1121,17 @@ build_matview(ContractPlan *plan, Oid mvoid, List *from, List *to)
 	mig_run_utility(sql.data);
 	CommandCounterIncrement();
 	foreach(lc, RelationGetIndexList(rel))
-		copy_matview_index(lfirst_oid(lc), cv.nspname, copyname);
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		char	   *comment = GetComment(indexoid, RelationRelationId, 0);
+
+		copy_matview_index(indexoid, cv.nspname, copyname);
+		if (comment)
+			appendStringInfo(&post, "COMMENT ON INDEX %s IS %s;",
+							 quote_qualified_identifier(cv.nspname,
+														mig_contract_copy_name(get_rel_name(indexoid), indexoid)),
+							 quote_literal_cstr(comment));
+	}
 	if (post.len > 0)
 		mig_run_utility(post.data);
 	mig_owner_restore(&owner);
