@@ -144,13 +144,13 @@ for rows in "${SIZES[@]}"; do
 	for m in update_plain update_trigger plpgsql_loop mig_backfill bf_trig_off bf_trig_on; do
 		k="$m,$rows"
 		[ -n "${SEC[$k]:-}" ] || continue
-		b=$(sum2 "${PB[$k]}")
-		a=$(sum2 "${PA[$k]}")
-		c=$(sum2 "${PC[$k]}")
+		bef=$(sum2 "${PB[$k]}")
+		aft=$(sum2 "${PA[$k]}")
+		cmp=$(sum2 "${PC[$k]}")
 		printf '%-36s %8.1f %10s %8s %8s %8s %7s %9s\n' "${LABEL[$m]}" "${SEC[$k]}" \
 			"$(fmt_int "$(awk -v n="$rows" -v s="${SEC[$k]}" 'BEGIN { printf "%.0f", n / s }')")" \
 			"$(awk -v w="${WAL[$k]}" -v n="$rows" 'BEGIN { printf "%.0f", w / n }')" \
-			"$(mb "$b")" "$(mb "$a")" "$(ratio "$a" "$b")" "$(ratio "$a" "$c")"
+			"$(mb "$bef")" "$(mb "$aft")" "$(ratio "$aft" "$bef")" "$(ratio "$aft" "$cmp")"
 	done
 	if [ "$HAVE_BF" = 0 ]; then
 		echo "mig_backfill: not available (no $MIG_BACKFILL_SIG)"

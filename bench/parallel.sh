@@ -63,7 +63,7 @@ one() {
 			return 1
 		fi
 		psql -X -q -A -t -c "SET client_min_messages = warning" -c "SELECT mig_wait('$tbl')" >/dev/null
-		[ "$(bv "SELECT state FROM migrate_ext.job ORDER BY id DESC LIMIT 1")" = done ] ||
+		[ "$(bv "SELECT state FROM migrate_ext.job ORDER BY id DESC LIMIT 1")" = "done" ] ||
 			{ echo "ERROR: the backfill of $tbl with parallel => $m did not end done" >&2; exit 1; }
 		ms=$(bv "SELECT extract(epoch FROM finished_at - started_at) * 1000 FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
 	fi

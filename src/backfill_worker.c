@@ -649,9 +649,9 @@ bf_finish(void)
  * lock).  Every one may clean the indexes (INDEX_CLEANUP auto): with index
  * cleanup off, the dead line pointers pruning leaves stay, the next batches
  * cannot reuse them, and the pages that hold them never become all-visible,
- * so every later VACUUM reads every page behind the walk again (the work
- * grew with the square of the table); PostgreSQL itself skips the indexes
- * when less than 2% of the pages have dead line pointers.
+ * so every later VACUUM read every page behind the walk again (twenty
+ * VACUUMs read the table ten times over); PostgreSQL itself skips the
+ * indexes when less than 2% of the pages have dead line pointers.
  */
 static void
 bf_run_vacuum(Oid relid, bool last)
