@@ -59,7 +59,7 @@ one() {
 		fi
 		bq "CHECKPOINT"
 		if ! err=$(bench_try "SELECT mig_backfill('$tbl', parallel => $m)"); then
-			echo "SKIP $tbl parallel => $m: mig_backfill refuses it (${err:-error}); waits for the parallel backfill"
+			echo "SKIP $tbl parallel => $m: mig_backfill refuses it (${err:-error}); waits for the per-leaf or parallel backfill"
 			return 1
 		fi
 		psql -X -q -A -t -c "SET client_min_messages = warning" -c "SELECT mig_wait('$tbl')" >/dev/null
@@ -104,7 +104,7 @@ if [ -n "${SEC[p,1]:-}" ] && [ -n "${SEC[p,2]:-}" ]; then
 	echo "parallel => 2: ${r}x the rows/s of parallel => 1 ($(goal_mark ge "$r" 1.5), goal >= 1.5)"
 	bench_summary "parallel, partitioned $(fmt_int "$ROWS"): parallel 2 / 1 rows/s $r (goal >= 1.5: $(goal_mark ge "$r" 1.5)); parallel 1 / UPDATE $(ratio "${SEC[p,update]}" "${SEC[p,1]}")"
 else
-	bench_summary "parallel, partitioned: skipped (mig_expand of a partitioned table or parallel > 1 not available)"
+	bench_summary "parallel, partitioned: skipped (mig_expand, mig_backfill of a partitioned table or parallel > 1 not available yet; see the SKIP line)"
 fi
 bq "DROP TABLE IF EXISTS p"
 echo
