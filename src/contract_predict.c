@@ -14,11 +14,12 @@
  * and returned as a named check with a count and examples.
  *
  * The data checks are single statements over the whole table (a GROUP BY,
- * an anti-join), run as the caller under validate.c's pinned search_path;
- * operators are printed schema-qualified.  A partitioned table is read
- * whole, every leaf (contract_partition.c): a unique index of one includes
- * the partition key, so collisions are within a leaf, and a foreign key to
- * one finds its row in whichever leaf holds it.
+ * an anti-join), run through mig_owner_run() as the table's owner: bound
+ * under a pinned search_path, operators printed schema-qualified, the user
+ * code they meet run under validate's caller's search_path.  A partitioned
+ * table is read whole, every leaf (contract_partition.c): a unique index of
+ * one includes the partition key, so collisions are within a leaf, and a
+ * foreign key to one finds its row in whichever leaf holds it.
  *
  *-------------------------------------------------------------------------
  */
@@ -68,27 +69,33 @@ typedef struct CountQuery
 	char	   *examples;
 } CountQuery;
 
+/* The search_path the user code of the predictions runs under (validate's caller's). */
+static const char *predict_user_path;
+
 static void
 count_query(void *arg)
 {
 	CountQuery *q = (CountQuery *) arg;
 	bool		isnull;
 	char	   *ex;
+	MigRows		rows;
 
 	SPI_connect();
 
 	/*
-	 * Not read_only: a snapshot of its own.  The statement's snapshot may
-	 * no longer protect its xmin (validation released it between its
-	 * chunks, horizon.c), and a row a concurrent UPDATE moved would then
-	 * be pruned under it and be missing from the count.
+	 * A snapshot of its own (mig_owner_run takes one).  The statement's
+	 * snapshot may no longer protect its xmin (validation released it
+	 * between its chunks, horizon.c), and a row a concurrent UPDATE moved
+	 * would then be pruned under it and be missing from the count.  The
+	 * user code it meets (a CHECK's function, an index expression, a
+	 * type's equality) runs under the caller's search_path.
 	 */
-	if (SPI_execute(q->sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (mig_owner_run(q->sql, 0, NULL, NULL, NULL, predict_user_path, 0, &rows) != 1)
 		elog(ERROR, "migrate_ext: could not run \"%s\"", q->sql);
-	q->failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	q->failing = DatumGetInt64(SPI_getbinval(rows.vals[0], rows.tupdesc, 1, &isnull));
 	if (isnull)
 		q->failing = 0;
-	ex = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	ex = SPI_getvalue(rows.vals[0], rows.tupdesc, 2);
 	if (ex)
 		q->examples = MemoryContextStrdup(q->cxt, ex);
 	SPI_finish();
@@ -305,14 +312,18 @@ predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
 
 /*
  * Everything contract would meet, as named checks (failing 0: passed).
- * Runs as the caller in validate.c's transaction and pinned search_path.
+ * Runs as the table's owner in validate.c's transaction; the statements
+ * are bound under its pinned search_path, the user code they meet runs
+ * under user_path (mig_owner_run).
  */
 List *
-mig_contract_predict(Relation rel, MigMigration *m)
+mig_contract_predict(Relation rel, MigMigration *m, const char *user_path)
 {
 	ContractPlan *plan = mig_contract_plan_build(rel, m);
 	List	   *out = NIL;
 	ListCell   *lc;
+
+	predict_user_path = user_path;
 
 	if (plan->blockers != NIL)
 	{

@@ -100,8 +100,9 @@ mig_table_owner(Oid relid)
 
 /*
  * Become the owner of relid for user code, until mig_owner_restore(save).
- * Settings the code changes (SET LOCAL, a function's SET clause) are undone
- * at the restore through their own GUC nest level.  On error the aborting
+ * Settings the code changes (SET LOCAL, a function's SET clause, a plain
+ * SET or set_config(..., false)) are undone at the restore through their
+ * own GUC nest level, as matview.c undoes them.  On error the aborting
  * (sub)transaction restores identity and settings alike, as it does for
  * VACUUM; a caller that catches errors must roll back a subtransaction.
  */
@@ -127,7 +128,7 @@ mig_owner_restore(MigOwnerSave *save)
 {
 	Assert(save->active);
 	Assert(InSecurityRestrictedOperation());
-	AtEOXact_GUC(true, save->nestlevel);
+	AtEOXact_GUC(false, save->nestlevel);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
 	save->active = false;
 }

@@ -606,7 +606,7 @@ add_predictions(VRun *run)
 {
 	ListCell   *lc;
 
-	foreach(lc, mig_contract_predict(run->rel, run->m))
+	foreach(lc, mig_contract_predict(run->rel, run->m, run->user_path))
 	{
 		MigPrediction *p = lfirst(lc);
 		VCheck	   *c = add_check(run, p->name, NULL, NULL, NULL);

@@ -144,9 +144,14 @@ mig_worker_connect(MigWorkerArgs *args)
  * Give the session the settings that the table owner's own sessions get in
  * this database (ALTER ROLE owner [IN DATABASE db] SET ...), over the login
  * role's, so that the owner's triggers and expressions see the environment
- * the application's writes give them.  Settings the worker made itself
- * (PGC_S_SESSION and above) stay: migrate_ext's own statements do not
- * depend on these.  Call in a transaction.
+ * the application's writes give them.  Both at the source of the login
+ * role's database-specific settings, the owner's general ones first, so
+ * that the owner's win over every setting of the login role (and over
+ * ALTER DATABASE ... SET), and the owner's database-specific ones over its
+ * general ones, as at the owner's own login.  Settings the worker made
+ * itself (PGC_S_OVERRIDE and PGC_S_SESSION, higher sources) stay:
+ * migrate_ext's own statements do not depend on these.  Call in a
+ * transaction.
  */
 void
 mig_worker_apply_role_settings(Oid roleid)
@@ -157,8 +162,8 @@ mig_worker_apply_role_settings(Oid roleid)
 	Assert(IsTransactionState());
 	relsetting = table_open(DbRoleSettingRelationId, AccessShareLock);
 	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	ApplySetting(snapshot, InvalidOid, roleid, relsetting, PGC_S_DATABASE_USER);
 	ApplySetting(snapshot, MyDatabaseId, roleid, relsetting, PGC_S_DATABASE_USER);
-	ApplySetting(snapshot, InvalidOid, roleid, relsetting, PGC_S_USER);
 	UnregisterSnapshot(snapshot);
 	table_close(relsetting, AccessShareLock);
 }

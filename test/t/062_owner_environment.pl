@@ -30,6 +30,9 @@ GRANT INSERT, SELECT ON public.planted_log TO PUBLIC;
 CREATE ROLE app_owner LOGIN;
 CREATE ROLE mallory LOGIN;
 CREATE ROLE victim LOGIN;
+CREATE ROLE dba LOGIN SUPERUSER;
+-- the login role's own database-specific path, which the owner's must beat
+ALTER ROLE dba IN DATABASE postgres SET search_path = pg_catalog, public;
 GRANT CREATE ON SCHEMA public TO mallory, victim;
 CREATE SCHEMA app AUTHORIZATION app_owner;
 ALTER ROLE app_owner SET search_path = app, public;
@@ -89,7 +92,8 @@ is(as_owner(q{SELECT string_agg(check_name, ',') FROM mig_validate('items') WHER
 	'', 'mig_validate runs the lookup under the owner\'s search_path');
 
 # the same, started by a superuser under SET ROLE: the worker logs in as the
-# superuser and takes the owner's settings
+# superuser and takes the owner's settings, over the superuser's own
+# ALTER ROLE dba IN DATABASE ... SET search_path
 as_owner(q{
 CREATE TABLE items2 (id int PRIMARY KEY, v text);
 INSERT INTO items2 SELECT g, 'a' FROM generate_series(1, 200) g;
@@ -97,16 +101,17 @@ CREATE TRIGGER items2_audit AFTER UPDATE ON items2 FOR EACH ROW EXECUTE FUNCTION
 });
 $node->safe_psql('postgres', q{
 SET ROLE app_owner;
-SELECT mig_expand('app.items2', 'v', new_col => 'v_desc', up => 'app.describe(v)');
-SELECT mig_backfill('app.items2', batch_size => 50, fire_triggers => true);
-});
+SELECT public.mig_expand('app.items2', 'v', new_col => 'v_desc', up => 'app.describe(v)');
+SELECT public.mig_backfill('app.items2', batch_size => 50, fire_triggers => true);
+}, extra_params => [ '-U', 'dba' ]);
 is(wait_job_ended($node, 'app.items2'), 'done',
 	'a backfill started under SET ROLE runs the owner\'s code under the owner\'s search_path');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM app.audit WHERE item_id <= 200}),
 	'400', 'its audit rows are there too');
 
 # 3. the contract worker takes the owner's role settings: the CHECK's
-#    function reads app.max_len, which only the owner's role carries
+#    function reads app.max_len, which only the owner's role carries (the
+#    worker logs in as the superuser that started it)
 $node->safe_psql('postgres', q{
 SET ROLE app_owner;
 SET app.max_len = '40';
@@ -121,6 +126,33 @@ is($ret, 0, 'the contract worker validates a CHECK that reads an owner role sett
 is($node->safe_psql('postgres', q{SELECT convalidated FROM pg_constraint
 	WHERE conrelid = 'app.items'::regclass AND contype = 'c'}),
 	't', 'the CHECK is validated');
+
+# 3b. a CHECK of the old column whose function looks a table up unqualified:
+#     mig_validate's prediction re-states it on the new column, and the
+#     contract worker validates the copy, both under the owner's path
+as_owner(q{
+CREATE FUNCTION is_known(s text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	RETURN EXISTS (SELECT 1 FROM codes WHERE codes.k = s);
+END $$;
+CREATE TABLE items3 (id int PRIMARY KEY, v text CONSTRAINT v_known CHECK (is_known(v)));
+INSERT INTO items3 SELECT g, 'a' FROM generate_series(1, 100) g;
+SELECT mig_expand('items3', 'v', type => 'varchar(10)');
+SELECT mig_backfill('items3', batch_size => 50);
+});
+is(wait_job_ended($node, 'app.items3'), 'done', 'the in-place backfill is done');
+is(as_owner(q{SELECT string_agg(check_name || ': ' || detail, ',') FROM mig_validate('items3') WHERE NOT passed}),
+	'', "the prediction of the re-stated CHECK runs its lookup under the caller's search_path");
+($ret, $out, $err) = $node->psql('postgres', q{
+SET ROLE app_owner;
+SELECT mig_cutover('app.items3');
+SELECT mig_contract('app.items3');
+});
+is($ret, 0, "the contract worker validates the re-stated CHECK under the owner's search_path")
+	or diag($err);
+is($node->safe_psql('postgres', q{SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+	WHERE attrelid = 'app.items3'::regclass AND attname = 'v'}),
+	'character varying(10)', 'the column has its new type');
 
 # 2. attack: planted operators and functions in public, the victim's path
 #    putting public before pg_catalog
