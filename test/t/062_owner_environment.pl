@@ -14,7 +14,11 @@
 #     the backfill, validation and preflight complete with the right data.
 #  3. The contract worker takes the owner's role settings: a CHECK whose
 #     function reads a custom setting the owner's role carries is validated
-#     there, though the contract was started by a superuser under SET ROLE.
+#     there, though the contract was started by a superuser under SET ROLE;
+#     an old column's CHECK with an unqualified lookup is predicted by
+#     mig_validate and validated by the contract worker.
+#  4. Settings the owner's code changes (set_config(..., false)) do not
+#     outlive the statement that ran it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -153,6 +157,28 @@ is($ret, 0, "the contract worker validates the re-stated CHECK under the owner's
 is($node->safe_psql('postgres', q{SELECT format_type(atttypid, atttypmod) FROM pg_attribute
 	WHERE attrelid = 'app.items3'::regclass AND attname = 'v'}),
 	'character varying(10)', 'the column has its new type');
+
+# 4. settings the owner's code changes end with the statement that ran it:
+#    an up that sets search_path and a custom setting for the session
+#    leaves nothing behind in the caller's session
+as_owner(q{
+CREATE FUNCTION leaky(s text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('app.leak', 'yes', false);
+	PERFORM pg_catalog.set_config('search_path', 'public, pg_catalog', false);
+	RETURN s;
+END $$;
+CREATE TABLE items4 (id int PRIMARY KEY, v text);
+INSERT INTO items4 SELECT g, 'a' FROM generate_series(1, 10) g;
+SELECT mig_expand('items4', 'v', new_col => 'v2', up => 'app.leaky(v)');
+});
+is($node->safe_psql('postgres', q{
+SET ROLE app_owner;
+SELECT count(*) > 0 FROM mig_validate('app.items4');
+SELECT count(*) > 0 FROM mig_preflight('app.items4', 'v', up => 'app.leaky(v)');
+RESET ROLE;
+SELECT coalesce(current_setting('app.leak', true), '') || '|' || current_setting('search_path');
+}), "t\nt\n|" . '"$user", public', "the owner's code leaves no setting behind in the caller's session");
 
 # 2. attack: planted operators and functions in public, the victim's path
 #    putting public before pg_catalog
