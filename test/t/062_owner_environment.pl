@@ -19,6 +19,7 @@
 #     mig_validate and validated by the contract worker.
 #  4. Settings the owner's code changes (set_config(..., false)) do not
 #     outlive the statement that ran it.
+#  5. An owner's ALTER ROLE ... SET role does not change a worker's role.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -179,6 +180,26 @@ SELECT count(*) > 0 FROM mig_preflight('app.items4', 'v', up => 'app.leaky(v)');
 RESET ROLE;
 SELECT coalesce(current_setting('app.leak', true), '') || '|' || current_setting('search_path');
 }), "t\nt\n|" . '"$user", public', "the owner's code leaves no setting behind in the caller's session");
+
+# 5. an owner's ALTER ROLE ... SET role = <a superuser> (which her own logins
+#    refuse) does not change who a worker that logged in as a superuser is
+$node->safe_psql('postgres', q{
+CREATE ROLE sneaky LOGIN;
+CREATE TABLE public.st (id int PRIMARY KEY, v text);
+ALTER TABLE public.st OWNER TO sneaky;
+INSERT INTO public.st SELECT g, 'x' FROM generate_series(1, 100) g;
+SET ROLE sneaky;
+ALTER ROLE sneaky SET role = 'dba';
+});
+$node->safe_psql('postgres', q{
+SET ROLE sneaky;
+SELECT public.mig_expand('public.st', 'v', new_col => 'v2', up => 'pg_catalog.upper(v)');
+SELECT public.mig_backfill('public.st', batch_size => 50);
+}, extra_params => [ '-U', 'dba' ]);
+is(wait_job_ended($node, 'public.st'), 'done', 'the backfill of the sneaky owner is done');
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT by_role, ',') FROM migrate_ext.phase_log l
+	JOIN migrate_ext.migration m ON m.id = l.migration_id WHERE m.relid = 'public.st'::regclass}),
+	'sneaky', "the worker stays the owner: a role setting cannot make it the superuser it logged in as");
 
 # 2. attack: planted operators and functions in public, the victim's path
 #    putting public before pg_catalog
