@@ -38,6 +38,7 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_depend.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
@@ -268,7 +269,8 @@ retype_plan(Relation rel, AttrNumber attnum, Oid typid)
 	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
 	plan->relname = pstrdup(RelationGetRelationName(rel));
 	plan->qname = quote_qualified_identifier(plan->nspname, plan->relname);
-	plan->lockrels = list_make1_oid(plan->relid);
+	/* a partitioned table's ALTER TYPE reaches every partition: lock them all */
+	plan->lockrels = find_all_inheritors(plan->relid, NoLock, NULL);
 	c->oldname = pstrdup(NameStr(att->attname));
 	c->newname = c->finalname = c->oldname;
 	c->old_typid = att->atttypid;

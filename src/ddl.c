@@ -53,6 +53,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
+#include "contract.h"
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_expand);
@@ -134,6 +135,9 @@ expand_check_table(Relation rel)
 				 errmsg("cannot migrate temporary table \"%s\"", RelationGetRelationName(rel)),
 				 errdetail("The backfill runs in a background worker, which cannot see another session's temporary tables."),
 				 errhint("Use ALTER TABLE ... ALTER COLUMN ... TYPE on a temporary table.")));
+	/* a partitioned table's children are its partitions: migrated with it */
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+		return;
 	if (has_superclass(relid) || find_inheritance_children(relid, NoLock) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -143,36 +147,14 @@ expand_check_table(Relation rel)
 				 errhint("Detach the children (ALTER TABLE ... NO INHERIT), or change the column with ALTER TABLE.")));
 }
 
-/*
- * Partitioned tables and their partitions are refused up front, with what
- * to do instead: a partition-key column can never change in place (rows are
- * routed by it), a partition is not the unit (its columns are its parent's),
- * and the partitioned table itself is not migrated yet (dual-write on every
- * leaf, a backfill per leaf and validation over all of them are not built).
- */
-static void
-expand_check_partitioning(Oid relid, const char *col)
+/* Is the column (of this level, by its name) in this level's partition key? */
+static bool
+partition_key_column(Oid relid, const char *col)
 {
-	char		relkind = get_rel_relkind(relid);
-	Relation	rel;
-	AttrNumber	attnum;
+	Relation	rel = table_open(relid, NoLock);
+	AttrNumber	attnum = get_attnum(relid, col);
 	bool		key = false;
 
-	if ((relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE) &&
-		get_rel_relispartition(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot migrate partition \"%s\" on its own", get_rel_name(relid)),
-				 errdetail("It is a partition of \"%s\"; a partition's columns are its partitioned table's, so the partitioned table is the unit of a migration.",
-						   get_rel_name(get_partition_parent(relid, true))),
-				 errhint("migrate_ext does not migrate partitioned tables yet (see its README, Limitations): change the column on the partitioned table with ALTER TABLE ... ALTER COLUMN ... TYPE.")));
-	if (relkind != RELKIND_PARTITIONED_TABLE)
-		return;
-	if (!pg_class_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
-
-	rel = table_open(relid, AccessShareLock);
-	attnum = get_attnum(relid, col);
 	if (attnum != InvalidAttrNumber)
 	{
 		PartitionKey pk = RelationGetPartitionKey(rel);
@@ -183,19 +165,58 @@ expand_check_partitioning(Oid relid, const char *col)
 		pull_varattnos((Node *) pk->partexprs, 1, &exprcols);
 		key |= bms_is_member(attnum - FirstLowInvalidHeapAttributeNumber, exprcols);
 	}
-	table_close(rel, AccessShareLock);
-	if (key)
+	table_close(rel, NoLock);
+	return key;
+}
+
+/*
+ * What a partitioned table and its partitions allow, checked up front: a
+ * partition on its own is not the unit (its columns are its parent's); a
+ * partition-key column, at any level, can never change in place (rows are
+ * routed by it); a leaf that is a foreign table holds rows migrate_ext can
+ * neither fill nor prove (mig_partition_leaves refuses it).
+ */
+static void
+expand_check_partitioning(Oid relid, const char *col)
+{
+	char		relkind = get_rel_relkind(relid);
+	ListCell   *lc;
+
+	if ((relkind == RELKIND_RELATION || relkind == RELKIND_PARTITIONED_TABLE) &&
+		get_rel_relispartition(relid))
+	{
+		Oid			root = llast_oid(get_partition_ancestors(relid));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate partition \"%s\" on its own", get_rel_name(relid)),
+				 errdetail("It is a partition of \"%s\"; a partition's columns are its partitioned table's, so the partitioned table is the unit of a migration.",
+						   get_rel_name(get_partition_parent(relid, true))),
+				 errhint("Call mig_expand on partitioned table \"%s\": it adds the new column and the dual-write trigger to every partition.",
+						 get_rel_name(root))));
+	}
+	if (relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+
+	foreach(lc, find_all_inheritors(relid, AccessShareLock, NULL))
+	{
+		Oid			level = lfirst_oid(lc);
+
+		if (get_rel_relkind(level) != RELKIND_PARTITIONED_TABLE ||
+			!partition_key_column(level, col))
+			continue;
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot change partition-key column \"%s\" of partitioned table \"%s\" in place",
 						col, get_rel_name(relid)),
-				 errdetail("Rows are routed to partitions by this column; a new column in its place would need every row moved and every partition bound restated."),
+				 errdetail("Rows are routed to partitions by this column%s; a new column in its place would need every row moved and every partition bound restated.",
+						   level == relid ? "" :
+						   psprintf(" (the key of sub-partitioned \"%s\")", get_rel_name(level))),
 				 errhint("Rewrite the data into a new table partitioned by the new column (CREATE TABLE ... PARTITION BY, copy, then swap the names), or use ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("cannot migrate partitioned table \"%s\" yet", get_rel_name(relid)),
-			 errdetail("Dual-write on every partition, a backfill of each leaf and validation over all of them are not built yet; ADD COLUMN alone would leave the partitions' rows unchecked."),
-			 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
+	}
+	(void) mig_partition_leaves(relid, AccessShareLock);
 }
 
 /* Say which publications will send the new column to their subscribers. */
@@ -507,6 +528,57 @@ expand_create_trigger(const char *qname, int64 migration_id)
 }
 
 /*
+ * The trigger-order rule on the table and, for a partitioned table, on
+ * every partition, each of which gets a clone of the dual-write trigger and
+ * may have BEFORE triggers of its own.  The caller holds a lock on all.
+ */
+static void
+expand_check_trigger_order(Relation rel)
+{
+	ListCell   *lc;
+
+	mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return;
+	foreach(lc, find_all_inheritors(RelationGetRelid(rel), NoLock, NULL))
+	{
+		Relation	part;
+
+		if (lfirst_oid(lc) == RelationGetRelid(rel))
+			continue;
+		part = table_open(lfirst_oid(lc), NoLock);
+		mig_check_trigger_order(part, MIG_TRIGGER_NAME);
+		table_close(part, NoLock);
+	}
+}
+
+/*
+ * Does ALTER COLUMN ... TYPE rewrite any of the table's leaves (each by its
+ * own attnum and CHECKs: a leaf attached from a table of its own may number
+ * the column differently and carry constraints of its own)?
+ */
+static bool
+expand_tree_needs_rewrite(Relation rel, ExpandArgs *a)
+{
+	ListCell   *lc;
+
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return mig_retype_needs_rewrite(rel, a->old_attnum, a->typid, a->typmod);
+	foreach(lc, find_all_inheritors(RelationGetRelid(rel), NoLock, NULL))
+	{
+		Relation	part = table_open(lfirst_oid(lc), NoLock);
+		bool		rewrite;
+
+		rewrite = mig_retype_needs_rewrite(part, get_attnum(RelationGetRelid(part), a->col),
+										   a->typid, a->typmod);
+		table_close(part, NoLock);
+		if (rewrite)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Can the change be made by PostgreSQL in the catalog alone?  Only an
  * in-place type change with the default up and nothing else asked for (no
  * down, constraint or keep_old, no other pair), whose ALTER COLUMN ... TYPE
@@ -521,7 +593,7 @@ expand_no_rewrite(Relation rel, ExpandArgs *a, MigMigration *m)
 		a->keep_old || m != NULL || a->type == NULL ||
 		(a->typid == oldatt->atttypid && a->typmod == oldatt->atttypmod))
 		return false;
-	return !mig_retype_needs_rewrite(rel, a->old_attnum, a->typid, a->typmod);
+	return !expand_tree_needs_rewrite(rel, a);
 }
 
 /*
@@ -591,12 +663,12 @@ mig_expand(PG_FUNCTION_ARGS)
 
 	/* Everything that can be checked without a strong lock, first. */
 	expand_check_partitioning(a.relid, NameStr(*PG_GETARG_NAME(1)));
-	rel = mig_open_table(a.relid, AccessShareLock);
+	rel = mig_partition_open(a.relid, AccessShareLock);
 	expand_args(fcinfo, rel, &a);
 	m = expand_active(rel);
 	expand_check_keep_old(rel, m, &a);
 	if (m == NULL)
-		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
+		expand_check_trigger_order(rel);
 	if (column_attnum(rel, a.new_col, true) != InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_COLUMN),
@@ -610,11 +682,14 @@ mig_expand(PG_FUNCTION_ARGS)
 	up = a.up_src ? mig_cook_expr(rel, a.up_src, "up", a.typid, a.typmod, false)
 		: mig_default_cast(rel, a.old_attnum, a.typid, a.typmod);
 
-	/* Now the short strong lock, and the DDL. */
-	mig_lock_table(a.relid, AccessExclusiveLock, "add the new column");
+	/*
+	 * Now the short strong lock (on a partitioned table: on the parent and
+	 * every partition at once), and the DDL.
+	 */
+	(void) mig_lock_tree(a.relid, AccessExclusiveLock, "add the new column");
 	expand_recheck(rel, m, a.new_col);
 	if (m == NULL)
-		mig_check_trigger_order(rel, MIG_TRIGGER_NAME);
+		expand_check_trigger_order(rel);
 	qname = mig_qualified_name(RelationGetRelid(rel));
 	add_sql = expand_add_column_sql(rel, &a);
 
@@ -668,7 +743,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	int64		tg_migration;
 	int			ndrop = 0;
 
-	rel = mig_open_table(relid, AccessShareLock);
+	rel = mig_partition_open(relid, AccessShareLock);
 	m = mig_catalog_active(relid, true);
 	if (m == NULL)
 	{
@@ -706,7 +781,8 @@ mig_abort(PG_FUNCTION_ARGS)
 	/* the worker stops at its next batch when it sees the job cancelled */
 	mig_job_cancel_for_migration(m->id);
 
-	mig_lock_table(relid, AccessExclusiveLock, "drop the new column");
+	/* a partitioned table's trigger clones and columns go with the parent's */
+	(void) mig_lock_tree(relid, AccessExclusiveLock, "drop the new column");
 
 	/*
 	 * One statement, so the table is rewritten in the catalog only once.

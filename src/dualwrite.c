@@ -23,8 +23,17 @@
  * the first to see both new columns), and a write to the first new column
  * must go down through it all the same.
  *
+ * On a partitioned table the trigger is created on the parent and
+ * PostgreSQL clones it to every partition; a clone fires with the leaf as
+ * tg_relation.  The leaf's columns may be numbered otherwise than its root's
+ * (a table attached with a dropped column, or another column order), so each
+ * leaf gets an entry of its own, its pairs' attnums and expressions mapped
+ * from the root's by column name (dw_leaf_pairs).  A leaf's entry is
+ * invalidated with the leaf's relcache entry or the root's (a pair added or
+ * a phase change invalidates the root's only).
+ *
  * The expressions are compiled once per backend with ExecInitExpr and
- * cached per migration; the cache entry is rebuilt when the table's
+ * cached per migration and table; the cache entry is rebuilt when the table's
  * relcache entry or any function is invalidated (ALTER TABLE, a phase change
  * that calls CacheInvalidateRelcache, CREATE OR REPLACE FUNCTION of a
  * function that an expression inlined).  Every (re)build checks that the
@@ -37,8 +46,12 @@
  */
 #include "postgres.h"
 
+#include "access/attmap.h"
 #include "access/htup_details.h"
 #include "access/sysattr.h"
+#include "catalog/partition.h"
+#include "catalog/pg_attribute.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -47,6 +60,7 @@
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
+#include "rewrite/rewriteManip.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -84,11 +98,24 @@ typedef struct DwPair
 	DwDirection dir;			/* scratch, per row */
 } DwPair;
 
-/* A migration's compiled state, cached per backend. */
+/*
+ * The cache's key: the migration, and the table the trigger fires on (a
+ * partitioned table's trigger fires on each leaf, through its clone, with
+ * the leaf as tg_relation).
+ */
+typedef struct DwKey
+{
+	int64		migration_id;
+	Oid			relid;
+} DwKey;
+
+/* A migration's compiled state for one table, cached per backend. */
 typedef struct DwEntry
 {
-	int64		migration_id;	/* hash key */
-	Oid			relid;
+	DwKey		key;			/* hash key */
+	int64		migration_id;
+	Oid			relid;			/* the table it fires on */
+	Oid			root_relid;		/* the migration's table: relid, or its root */
 	bool		valid;
 	bool		new_authoritative;	/* cut over: the new side wins by default */
 	bool		sole_before_update; /* no other BEFORE UPDATE row trigger */
@@ -141,7 +168,7 @@ dw_relcache_callback(Datum arg, Oid relid)
 		return;
 	hash_seq_init(&status, dw_cache);
 	while ((e = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || e->relid == relid)
+		if (relid == InvalidOid || e->relid == relid || e->root_relid == relid)
 			e->valid = false;
 }
 
@@ -321,6 +348,103 @@ dw_build_pair(DwEntry *e, int i, Relation rel, MigPair *p, List **funcs)
 	}
 }
 
+/* Is rel a partition, at any depth, of partitioned table root? */
+static bool
+dw_partition_of(Relation rel, Oid root)
+{
+	return rel->rd_rel->relispartition &&
+		list_member_oid(get_partition_ancestors(RelationGetRelid(rel)), root);
+}
+
+/*
+ * The attnums of the root's columns in the leaf, by name: a leaf attached
+ * from a table of its own (a dropped column, another column order) numbers
+ * them differently.  A column the leaf lacks, or that the root dropped,
+ * maps past the leaf's last column, where dw_build and dw_check_types see
+ * a dropped column.  Read from the syscache: no lock on the root, which a
+ * write straight into the leaf does not hold.
+ */
+static AttrMap *
+dw_leaf_attrmap(Relation rel, Oid root)
+{
+	HeapTuple	reltup = SearchSysCache1(RELOID, ObjectIdGetDatum(root));
+	AttrNumber	missing = RelationGetDescr(rel)->natts + 1;
+	int			natts;
+	AttrMap    *map;
+
+	if (!HeapTupleIsValid(reltup))
+		elog(ERROR, "cache lookup failed for relation %u", root);
+	natts = ((Form_pg_class) GETSTRUCT(reltup))->relnatts;
+	ReleaseSysCache(reltup);
+	map = make_attrmap(natts);
+
+	for (int i = 0; i < natts; i++)
+	{
+		HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(root),
+										  Int16GetDatum(i + 1));
+		Form_pg_attribute att;
+
+		map->attnums[i] = missing;
+		if (!HeapTupleIsValid(tup))
+			continue;
+		att = (Form_pg_attribute) GETSTRUCT(tup);
+		if (!att->attisdropped)
+		{
+			AttrNumber	leaf = get_attnum(RelationGetRelid(rel), NameStr(att->attname));
+
+			if (leaf > 0)
+				map->attnums[i] = leaf;
+		}
+		ReleaseSysCache(tup);
+	}
+	return map;
+}
+
+static AttrNumber
+dw_map_attnum(AttrMap *map, AttrNumber attnum, AttrNumber missing)
+{
+	return attnum > 0 && attnum <= map->maplen ? map->attnums[attnum - 1] : missing;
+}
+
+static Node *
+dw_map_expr(Node *expr, AttrMap *map)
+{
+	bool		whole_row;
+
+	if (expr == NULL)
+		return NULL;
+	expr = map_variable_attnos(expr, 1, 0, map, InvalidOid, &whole_row);
+	Assert(!whole_row);			/* mig_expand refuses whole-row references */
+	return expr;
+}
+
+/*
+ * The migration's pairs as the leaf sees them: the root's attnums and the
+ * Vars of up, down and check mapped to the leaf's columns, by name.
+ */
+static List *
+dw_leaf_pairs(Relation rel, MigMigration *m)
+{
+	AttrMap    *map = dw_leaf_attrmap(rel, m->relid);
+	AttrNumber	missing = RelationGetDescr(rel)->natts + 1;
+	List	   *pairs = NIL;
+	ListCell   *lc;
+
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = palloc(sizeof(MigPair));
+
+		memcpy(p, lfirst(lc), sizeof(MigPair));
+		p->old_attnum = dw_map_attnum(map, p->old_attnum, missing);
+		p->new_attnum = dw_map_attnum(map, p->new_attnum, missing);
+		p->up = dw_map_expr(p->up, map);
+		p->down = dw_map_expr(p->down, map);
+		p->check = dw_map_expr(p->check, map);
+		pairs = lappend(pairs, p);
+	}
+	return pairs;
+}
+
 /* (Re)build an entry's compiled state from the catalog. */
 static void
 dw_build(DwEntry *e, Relation rel)
@@ -339,15 +463,18 @@ dw_build(DwEntry *e, Relation rel)
 
 	oldcxt = MemoryContextSwitchTo(e->cxt);
 	m = mig_catalog_by_id(e->migration_id);
-	if (m == NULL || m->relid != RelationGetRelid(rel) ||
-		m->phase >= MIG_PHASE_CONTRACTED)
+	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED ||
+		(m->relid != RelationGetRelid(rel) && !dw_partition_of(rel, m->relid)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("trigger \"%s\" on table \"%s\" belongs to no active migration",
 						MIG_TRIGGER_NAME, RelationGetRelationName(rel)),
 				 errhint("Drop the trigger, or start a migration with mig_expand().")));
+	if (m->relid != RelationGetRelid(rel))
+		m->pairs = dw_leaf_pairs(rel, m);
 
-	e->relid = m->relid;
+	e->relid = RelationGetRelid(rel);
+	e->root_relid = m->relid;
 	e->new_authoritative = m->phase >= MIG_PHASE_CUTOVER;
 	e->sole_before_update = true;
 	for (int t = 0; rel->trigdesc && t < rel->trigdesc->numtriggers; t++)
@@ -405,24 +532,30 @@ static DwEntry *
 dw_lookup(int64 migration_id, Relation rel)
 {
 	DwEntry    *e;
+	DwKey		key;
 	bool		found;
 
 	if (dw_cache == NULL)
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = sizeof(int64);
+		ctl.keysize = sizeof(DwKey);
 		ctl.entrysize = sizeof(DwEntry);
 		ctl.hcxt = CacheMemoryContext;
 		dw_cache = hash_create("migrate_ext dual-write cache", 16, &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	e = hash_search(dw_cache, &migration_id, HASH_ENTER, &found);
+	memset(&key, 0, sizeof(key));
+	key.migration_id = migration_id;
+	key.relid = RelationGetRelid(rel);
+	e = hash_search(dw_cache, &key, HASH_ENTER, &found);
 	if (!found)
 	{
 		e->cxt = NULL;
 		e->valid = false;
+		e->migration_id = migration_id;
 		e->relid = RelationGetRelid(rel);
+		e->root_relid = e->relid;
 	}
 
 	/*

@@ -39,6 +39,7 @@
 #include "catalog/dependency.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
@@ -67,6 +68,47 @@ PG_FUNCTION_INFO_V1(mig_guard_ddl_end);
 PG_FUNCTION_INFO_V1(mig_guard_sql_drop);
 PG_FUNCTION_INFO_V1(mig_abort_id);
 
+/*
+ * ddl_command_start, ALTER TABLE ... ATTACH PARTITION to a table under
+ * migration (the partitioned table or one of its sub-partitioned levels):
+ * the table attached must have every new column already, as PostgreSQL
+ * requires of a partition; say which and how, rather than PostgreSQL's
+ * bare error.  A foreign table holds rows migrate_ext can neither fill nor
+ * prove.  It gets a clone of the dual-write trigger when it is attached.
+ */
+static void
+guard_attach_start(Oid relid, MigMigration *m, PartitionCmd *pc)
+{
+	Oid			part = RangeVarGetRelid(pc->name, NoLock, true);
+	ListCell   *lc;
+
+	if (!OidIsValid(part) || m->phase >= MIG_PHASE_CONTRACTED)
+		return;
+	if (get_rel_relkind(part) == RELKIND_FOREIGN_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot attach foreign table \"%s\" to table \"%s\" during migration " INT64_FORMAT,
+						get_rel_name(part), get_rel_name(relid), m->id),
+				 errdetail("migrate_ext can neither fill nor prove the rows of a foreign table partition."),
+				 errhint("Attach it after the migration is contracted or aborted.")));
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+
+		if (get_attnum(part, p->new_col) != InvalidAttrNumber)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot attach \"%s\" to table \"%s\" during migration " INT64_FORMAT ": it lacks new column \"%s\"",
+						get_rel_name(part), get_rel_name(relid), m->id, p->new_col),
+				 errdetail("PostgreSQL requires a partition to have every column of its partitioned table, and the migration added \"%s\" (%s).",
+						   p->new_col, p->new_type),
+				 errhint("Run ALTER TABLE %s ADD COLUMN %s %s first (nullable, no default: no rewrite), then attach it; its rows need the backfill, and mig_validate shows them until they have it.",
+						 quote_identifier(get_rel_name(part)), quote_identifier(p->new_col),
+						 p->new_type)));
+	}
+}
+
 /* ddl_command_start, ALTER TABLE: refuse DROP / ALTER TYPE of a protected column. */
 static void
 guard_alter_start(AlterTableStmt *stmt)
@@ -92,10 +134,13 @@ guard_alter_start(AlterTableStmt *stmt)
 		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
 		AttrNumber	attnum;
 
+		if (cmd->subtype == AT_AttachPartition)
+			guard_attach_start(relid, m, (PartitionCmd *) cmd->def);
 		if ((cmd->subtype != AT_DropColumn && cmd->subtype != AT_AlterColumnType) ||
 			cmd->name == NULL)
 			continue;
-		attnum = get_attnum(relid, cmd->name);
+		/* a partition's columns by name: it may number them otherwise */
+		attnum = get_attnum(m->relid, cmd->name);
 		if (attnum <= 0 || !bms_is_member(attnum, cols))
 			continue;
 		ereport(ERROR,
@@ -106,7 +151,7 @@ guard_alter_start(AlterTableStmt *stmt)
 						cmd->name, get_rel_name(relid), migration_id),
 				 errdetail("The migration's dual-write trigger reads or writes this column; changing it would break every write to the table or make the pair diverge."),
 				 errhint("Finish the migration with mig_contract(), or roll it back with mig_abort('%s'), first.",
-						 get_rel_name(relid))));
+						 get_rel_name(m->relid))));
 	}
 }
 
@@ -217,6 +262,74 @@ guard_enabled(Relation rel, int64 migration_id, char tgenabled)
 					 quote_identifier(MIG_TRIGGER_NAME))));
 }
 
+/* A line in the migration's history (mig_history.phases), in its phase. */
+static void
+guard_note(MigMigration *m, const char *detail)
+{
+	mig_catalog_exec("INSERT INTO migrate_ext.phase_log (migration_id, phase, detail) "
+					 "VALUES ($1, $2, $3)",
+					 3, (Oid[]) {INT8OID, TEXTOID, TEXTOID},
+					 (Datum[]) {Int64GetDatum(m->id),
+						 CStringGetTextDatum(mig_phase_name(m->phase)),
+						 CStringGetTextDatum(detail)},
+					 NULL, 1);
+}
+
+/*
+ * After ATTACH or DETACH PARTITION on a table under migration.  A partition
+ * attached got the dual-write trigger's clone, but its rows were written
+ * without it: they need the backfill, and a validation made before does not
+ * cover them (recorded as invalidated).  A partition detached lost the
+ * clone and keeps the new column, which nothing keeps in step any more.
+ * Both are said and written in the migration's history.
+ */
+static void
+guard_partitions_end(Relation rel, int64 migration_id, AlterTableStmt *stmt)
+{
+	MigMigration *m = NULL;
+	ListCell   *lc;
+
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+		PartitionCmd *pc = (PartitionCmd *) cmd->def;
+		char	   *why;
+
+		if (cmd->subtype != AT_AttachPartition && cmd->subtype != AT_DetachPartition)
+			continue;
+		if (m == NULL)
+			m = mig_catalog_by_id(migration_id);
+		if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
+			return;
+		if (cmd->subtype == AT_AttachPartition)
+		{
+			why = psprintf("partition %s attached to %s: its rows need the backfill",
+						   pc->name->relname, RelationGetRelationName(rel));
+			mig_catalog_exec("UPDATE migrate_ext.migration SET invalidated_at = pg_catalog.now(), "
+							 "invalidated_why = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+							 2, (Oid[]) {INT8OID, TEXTOID},
+							 (Datum[]) {Int64GetDatum(m->id), CStringGetTextDatum(why)},
+							 NULL, -1);
+			ereport(NOTICE,
+					(errmsg("partition \"%s\" attached during migration " INT64_FORMAT " of table %s",
+							pc->name->relname, m->id, m->table_name),
+					 errdetail("It got the dual-write trigger, but its rows were written without it: their new column needs the backfill, and mig_validate shows them until then. Cutover and contract need a validation made after this."),
+					 errhint("Fill its rows (mig_backfill, or UPDATE ... SET old = old), then run mig_validate.")));
+		}
+		else
+		{
+			why = psprintf("partition %s detached from %s: it keeps the new column, without the dual-write trigger",
+						   pc->name->relname, RelationGetRelationName(rel));
+			ereport(NOTICE,
+					(errmsg("partition \"%s\" detached during migration " INT64_FORMAT " of table %s",
+							pc->name->relname, m->id, m->table_name),
+					 errdetail("It lost the dual-write trigger and keeps the new columns, which nothing keeps in step with the old ones any more; the migration no longer covers its rows."),
+					 errhint("Drop the new columns from it, or attach it again before the migration is contracted.")));
+		}
+		guard_note(m, why);
+	}
+}
+
 Datum
 mig_guard_ddl_end(PG_FUNCTION_ARGS)
 {
@@ -251,7 +364,10 @@ mig_guard_ddl_end(PG_FUNCTION_ARGS)
 	/* the command holds a lock at least this strong already */
 	rel = table_open(relid, AccessShareLock);
 	if (IsA(tree, AlterTableStmt))
+	{
 		guard_enabled(rel, migration_id, tgenabled);
+		guard_partitions_end(rel, migration_id, (AlterTableStmt *) tree);
+	}
 	else
 	{
 		for (int i = 0; rel->trigdesc && i < rel->trigdesc->numtriggers; i++)

@@ -173,6 +173,7 @@ extern Oid	mig_operator_namespace(Oid opno);
 extern void mig_lock_table(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode,
 							const char *why);
+extern List *mig_lock_tree(Oid relid, LOCKMODE lockmode, const char *why);
 extern void mig_lock_error(Oid relid, LOCKMODE lockmode, const char *why,
 						   const char *tried, const char *outcome) pg_attribute_noreturn();
 extern Oid	mig_dualwrite_trigger(Oid relid, int64 *migration_id, char *tgenabled);

@@ -43,6 +43,7 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_depend.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
@@ -79,6 +80,9 @@
 #include "utils/wait_event.h"
 
 #include "migrate_ext.h"
+
+static void lock_ladder(int nrels, const Oid *relids, LOCKMODE lockmode,
+						const char *why, bool rotate);
 
 /* The role that owns a relation; errors when it is gone. */
 Oid
@@ -371,10 +375,10 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 	if (relkind == RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("migrate_ext does not migrate partitioned tables yet; \"%s\" is one",
+				 errmsg("migrate_ext does not backfill partitioned tables yet; \"%s\" is one",
 						get_rel_name(relid)),
-				 errdetail("No migration of a partitioned table can exist: mig_expand refuses them."),
-				 errhint("Change the column with ALTER TABLE ... ALTER COLUMN ... TYPE in a maintenance window, or migrate into a new table.")));
+				 errdetail("mig_expand, mig_abort, mig_preflight, validation and contract take a partitioned table; the per-leaf backfill is not built yet."),
+				 errhint("Fill the new column with UPDATE ... SET old = old in batches (the dual-write trigger computes it), then call mig_validate.")));
 	if (relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
@@ -632,6 +636,49 @@ refuse_long_blocker(int nrels, const Oid *relids, LOCKMODE lockmode,
 void
 mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why)
 {
+	lock_ladder(nrels, relids, lockmode, why, true);
+}
+
+/*
+ * Lock a partitioned table and every partition below it at once, in the
+ * order PostgreSQL locks them (find_all_inheritors: the parent first, then
+ * breadth first by OID), under the ladder.  The order is never rotated: an
+ * application's statement on the parent locks it before the partitions, so
+ * taking a partition first would only deadlock with it.  Warns when the
+ * locks approach max_locks_per_transaction.  For an ordinary table: the
+ * table alone.  Returns the relations locked, parent first.
+ */
+List *
+mig_lock_tree(Oid relid, LOCKMODE lockmode, const char *why)
+{
+	List	   *tree = find_all_inheritors(relid, NoLock, NULL);
+	int			nrels = list_length(tree);
+	Oid		   *relids = palloc(sizeof(Oid) * nrels);
+	ListCell   *lc;
+
+	Assert(nrels > 0 && linitial_oid(tree) == relid);
+	foreach(lc, tree)
+		relids[foreach_current_index(lc)] = lfirst_oid(lc);
+	if (nrels > 1 && nrels >= max_locks_per_xact * 3 / 4)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("locking table \"%s\" and its partitions takes %d locks at once, close to max_locks_per_transaction (%d)",
+						get_rel_name(relid), nrels, max_locks_per_xact),
+				 errdetail("The parent and every partition are locked together; the shared lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) locks, and a transaction that finds it full fails with \"out of shared memory\"."),
+				 errhint("Raise max_locks_per_transaction (a restart) well above the number of partitions.")));
+	lock_ladder(nrels, relids, lockmode, why, false);
+	pfree(relids);
+	return tree;
+}
+
+/*
+ * The ladder itself; rotate: start each try one table further along the
+ * list (see mig_lock_tables).
+ */
+static void
+lock_ladder(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why,
+			bool rotate)
+{
 	long		budget = ladder_budget_ms();
 	long		timeout = mig_lock_timeout_ms;
 	long		queued = 0;
@@ -647,7 +694,7 @@ mig_lock_tables(int nrels, const Oid *relids, LOCKMODE lockmode, const char *why
 
 		Assert(t > 0);
 		refuse_long_blocker(nrels, relids, lockmode, why, budget);
-		first = (attempt - 1) % nrels;
+		first = rotate ? (attempt - 1) % nrels : 0;
 		for (int i = 0; i < nrels; i++)
 			order[i] = relids[(first + i) % nrels];
 		failed = try_lock(nrels, order, lockmode, (int) t);

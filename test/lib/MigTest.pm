@@ -15,6 +15,17 @@
 #                                  postgres. Options: init => { ... } passed to
 #                                  init(), conf => more postgresql.conf lines,
 #                                  setup => SQL run after CREATE EXTENSION
+#   mig_partition_tree($node, $columns, %opt)
+#                                  the partitioned table the partition tests
+#                                  share, created in database postgres:
+#                                  ev ($columns) by RANGE (created_at), whose
+#                                  columns must include created_at date; a
+#                                  plain leaf ev_1 (2020), a HASH level ev_2
+#                                  (2021: ev_2a, ev_2b), a LIST level ev_3
+#                                  (2022: ev_3a for Jan 1-2, default ev_3d),
+#                                  default ev_d. Options: name => another
+#                                  name than ev (its partitions named alike),
+#                                  db. Returns its leaves, in order.
 package MigTest;
 
 use strict;
@@ -22,7 +33,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(job_row latest_job wait_job_ended mig_node);
+our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree);
 
 sub job_row
 {
@@ -59,6 +70,25 @@ sub mig_node
 	$node->start;
 	$node->safe_psql('postgres', "CREATE EXTENSION migrate_ext;\n" . ($opt{setup} // ''));
 	return $node;
+}
+
+sub mig_partition_tree
+{
+	my ($node, $columns, %opt) = @_;
+	my $t = $opt{name} // 'ev';
+	$node->safe_psql($opt{db} // 'postgres', qq{
+CREATE TABLE $t ($columns) PARTITION BY RANGE (created_at);
+CREATE TABLE ${t}_1 PARTITION OF $t FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE ${t}_2 PARTITION OF $t FOR VALUES FROM ('2021-01-01') TO ('2022-01-01')
+	PARTITION BY HASH (created_at);
+CREATE TABLE ${t}_2a PARTITION OF ${t}_2 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE ${t}_2b PARTITION OF ${t}_2 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+CREATE TABLE ${t}_3 PARTITION OF $t FOR VALUES FROM ('2022-01-01') TO ('2023-01-01')
+	PARTITION BY LIST (created_at);
+CREATE TABLE ${t}_3a PARTITION OF ${t}_3 FOR VALUES IN ('2022-01-01', '2022-01-02');
+CREATE TABLE ${t}_3d PARTITION OF ${t}_3 DEFAULT;
+CREATE TABLE ${t}_d PARTITION OF $t DEFAULT;});
+	return map { "${t}_$_" } qw(1 2a 2b 3a 3d d);
 }
 
 1;

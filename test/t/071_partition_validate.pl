@@ -5,11 +5,10 @@
 # no row: a foreign key referencing it would have looked broken, a unique
 # collision would have gone unseen).
 #
-# Until mig_expand takes a partitioned table (branch bf), the expanded state
-# is made by hand: a table of the same shape is expanded and its migration
-# moved to the partitioned table (the guard, which keeps the dual-write
-# trigger, set aside for that), whose new column is filled before its
-# dual-write trigger is created.
+# The state is made by mig_expand on the partitioned table, filled by an
+# UPDATE of the parent (the dual-write trigger computes the new column); the
+# wrong rows are planted with the trigger disabled on the parent (and so on
+# every leaf), which the guard records.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -19,34 +18,15 @@ use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
-my $node = mig_node('partition_validate', setup => q{
-CREATE TABLE ev (id int NOT NULL, created_at date NOT NULL, v int,
-	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
-CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
-CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM ('2021-01-01') TO ('2022-01-01')
-	PARTITION BY HASH (created_at);
-CREATE TABLE ev_2a PARTITION OF ev_2 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-CREATE TABLE ev_2b PARTITION OF ev_2 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-CREATE TABLE ev_3 PARTITION OF ev FOR VALUES FROM ('2022-01-01') TO ('2023-01-01')
-	PARTITION BY LIST (created_at);
-CREATE TABLE ev_3a PARTITION OF ev_3 FOR VALUES IN ('2022-01-01', '2022-01-02');
-CREATE TABLE ev_3d PARTITION OF ev_3 DEFAULT;
-CREATE TABLE ev_d PARTITION OF ev DEFAULT;
+my $node = mig_node('partition_validate');
+mig_partition_tree($node, 'id int NOT NULL, created_at date NOT NULL, v int, PRIMARY KEY (id, created_at)');
+$node->safe_psql('postgres', q{
 INSERT INTO ev SELECT g, date '2020-01-01' + (g % 1400), g FROM generate_series(1, 3000) g;
 CREATE TABLE ref (rid int PRIMARY KEY, ev_id int, ev_at date,
 	FOREIGN KEY (ev_id, ev_at) REFERENCES ev (id, created_at));
 INSERT INTO ref SELECT g, g, date '2020-01-01' + (g % 1400) FROM generate_series(1, 3000, 7) g;
-
-CREATE TABLE proto (id int NOT NULL, created_at date NOT NULL, v int, PRIMARY KEY (id, created_at));
-SELECT mig_expand('proto', 'id', type => 'bigint');
-BEGIN;
-ALTER EVENT TRIGGER migrate_ext_guard_start DISABLE;
-		DROP TRIGGER zz_migrate_ext_dualwrite ON proto;
-		ALTER EVENT TRIGGER migrate_ext_guard_start ENABLE;
-ALTER TABLE ev ADD COLUMN _mig_new_id bigint;
-UPDATE ev SET _mig_new_id = id;
-UPDATE migrate_ext.migration SET relid = 'ev'::regclass, table_name = 'public.ev';
-COMMIT;
+SELECT mig_expand('ev', 'id', type => 'bigint');
+UPDATE ev SET id = id;
 });
 
 # every leaf's row counts: 3000 in all
@@ -73,6 +53,7 @@ sub checks
 # wrong rows planted in three leaves at two levels: a NULL, a wrong value
 # (referenced by ref), a collision in the new primary key
 $node->safe_psql('postgres', q{
+ALTER TABLE ev DISABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE ev SET _mig_new_id = NULL WHERE id IN (400, 401);	-- in ev_2's leaves
 UPDATE ev SET _mig_new_id = id + 100000 WHERE id = 2801;	-- in ev_1
 UPDATE ev SET _mig_new_id = 8 WHERE id = 1408;			-- in ev_1, as (8, 2020-01-09)
@@ -82,7 +63,7 @@ my $leaf_of = $node->safe_psql('postgres',
 note "planted rows live in $leaf_of";
 
 my $c = checks();
-is($c->{trigger_enabled}{passed}, 'false', 'no trigger yet: trigger_enabled fails');
+is($c->{trigger_enabled}{passed}, 'false', 'the trigger disabled: trigger_enabled fails');
 is($c->{backfilled}{failing}, '2', 'the two NULLs are found, whatever leaf they are in');
 like($c->{backfilled}{detail}, qr/\(400,[^)]*\), \(401,[^)]*\); all 3000 rows checked/,
 	'named by the primary key, every row of every leaf checked');
@@ -96,10 +77,8 @@ like($c->{'fkey_in:ref_ev_id_ev_at_fkey'}{detail}, qr/\(400,.*\(1408,.*\(2801,|\
 
 # put the rows right; the trigger on the parent (cloned to every leaf)
 $node->safe_psql('postgres', q{
-UPDATE ev SET _mig_new_id = id WHERE _mig_new_id IS DISTINCT FROM id;
-CREATE TRIGGER zz_migrate_ext_dualwrite BEFORE INSERT OR UPDATE ON ev
-	FOR EACH ROW EXECUTE FUNCTION migrate_ext.dualwrite('1');
 ALTER TABLE ev ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+UPDATE ev SET id = id WHERE _mig_new_id IS DISTINCT FROM id;
 });
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM pg_trigger WHERE tgname = 'zz_migrate_ext_dualwrite'

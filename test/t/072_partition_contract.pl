@@ -12,11 +12,9 @@
 #  4. a rename, note -> remark, with a unique constraint (which includes
 #     the partition key) on it.
 #
-# Until mig_expand takes a partitioned table (branch bf), the expanded and
-# backfilled state is made by hand: a table with the same columns (dropped
-# ones included, so that the attribute numbers match) is expanded and its
-# migration moved to the partitioned table, whose new column is filled
-# before its dual-write trigger is created.
+# The expanded state is made by mig_expand on the partitioned table, and
+# the backfilled one by an UPDATE of the parent (the dual-write trigger
+# computes the new column on every leaf).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -27,19 +25,10 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 use IPC::Run;
 
-my $node = mig_node('partition_contract', setup => q{
-CREATE TABLE ev (id int NOT NULL, created_at date NOT NULL, v int, note text,
-	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
-CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
-CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM ('2021-01-01') TO ('2022-01-01')
-	PARTITION BY HASH (created_at);
-CREATE TABLE ev_2a PARTITION OF ev_2 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-CREATE TABLE ev_2b PARTITION OF ev_2 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-CREATE TABLE ev_3 PARTITION OF ev FOR VALUES FROM ('2022-01-01') TO ('2023-01-01')
-	PARTITION BY LIST (created_at);
-CREATE TABLE ev_3a PARTITION OF ev_3 FOR VALUES IN ('2022-01-01', '2022-01-02');
-CREATE TABLE ev_3d PARTITION OF ev_3 DEFAULT;
-CREATE TABLE ev_d PARTITION OF ev DEFAULT;
+my $node = mig_node('partition_contract');
+mig_partition_tree($node,
+	'id int NOT NULL, created_at date NOT NULL, v int, note text, PRIMARY KEY (id, created_at)');
+$node->safe_psql('postgres', q{
 CREATE INDEX ev_v ON ev (v);
 INSERT INTO ev SELECT g, date '2020-01-01' + (g % 1400), g * 3, 'n' || g
 	FROM generate_series(1, 5000) g;
@@ -51,51 +40,15 @@ my $checksum_q = "SELECT count(*) || ':' || sum(id) || ':' || sum(v) || ':' || "
   . "md5(string_agg(id || ',' || created_at || ',' || v || ',' || note, ';' ORDER BY id)) FROM ev";
 my $checksum = $node->safe_psql('postgres', $checksum_q);
 
-# The expanded, backfilled state of ev for one column, by hand (see above).
-sub expand_by_hand
+# The expanded, backfilled state of ev for one column: mig_expand on the
+# partitioned table, then an UPDATE of the parent (the dual-write trigger
+# computes the new column in every leaf).
+sub expand_and_fill
 {
 	my ($col, $type, $newcol) = @_;
 	my $args = $newcol ? "new_col => '$newcol'" : "type => '$type'";
-	$newcol //= "_mig_new_$col";
-	my @atts = split /\n/, $node->safe_psql('postgres', q{
-		SELECT attname || '|' || format_type(atttypid, atttypmod) || '|' || attisdropped::int || '|' || attnotnull::int
-		FROM pg_attribute WHERE attrelid = 'ev'::regclass AND attnum > 0 ORDER BY attnum});
-	my (@cols, @dropped);
-	foreach my $i (0 .. $#atts)
-	{
-		my ($name, $t, $isdropped, $notnull) = split /\|/, $atts[$i];
-		if ($isdropped eq '1')
-		{
-			push @cols, "dropped$i int";
-			push @dropped, "DROP COLUMN dropped$i";
-		}
-		else
-		{
-			push @cols, "$name $t" . ($notnull eq '1' ? ' NOT NULL' : '');
-		}
-	}
-	my $drops = @dropped ? 'ALTER TABLE proto ' . join(', ', @dropped) . ';' : '';
-	my $id = $node->safe_psql('postgres', qq{
-		DROP TABLE IF EXISTS proto;
-		CREATE TABLE proto (@{[ join(', ', @cols) ]});
-		$drops
-		SELECT mig_expand('proto', '$col', $args);
-		SELECT id FROM migrate_ext.migration WHERE relid = 'proto'::regclass;});
-	$id = (split /\n/, $id)[-1];
-	$node->safe_psql('postgres', qq{
-		BEGIN;
-		ALTER EVENT TRIGGER migrate_ext_guard_start DISABLE;
-		DROP TRIGGER zz_migrate_ext_dualwrite ON proto;
-		ALTER EVENT TRIGGER migrate_ext_guard_start ENABLE;
-		ALTER TABLE ev ADD COLUMN $newcol $type;
-		UPDATE ev SET $newcol = $col;
-		UPDATE migrate_ext.migration SET relid = 'ev'::regclass, table_name = 'public.ev'
-			WHERE id = $id;
-		CREATE TRIGGER zz_migrate_ext_dualwrite BEFORE INSERT OR UPDATE ON ev
-			FOR EACH ROW EXECUTE FUNCTION migrate_ext.dualwrite('$id');
-		ALTER TABLE ev ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
-		COMMIT;
-		DROP TABLE proto;});
+	my $id = $node->safe_psql('postgres', "SELECT mig_expand('ev', '$col', $args)");
+	$node->safe_psql('postgres', "UPDATE ev SET $col = $col");
 	return $id;
 }
 
@@ -115,7 +68,7 @@ my $notvalid_q = q{
 	WHERE NOT c.convalidated AND c.conparentid = 0 AND r.relname IN ('ev', 'ref')};
 
 # --- 1. a non-key column with an index ------------------------------------
-my $m1 = expand_by_hand('v', 'bigint');
+my $m1 = expand_and_fill('v', 'bigint');
 finish('v');
 my ($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev')");
 is($rc, 0, 'v: mig_contract succeeds') or diag $err;
@@ -142,7 +95,7 @@ is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE i
 	'contracted', 'the migration is contracted');
 
 # --- 3. a contract that fails leaves nothing enforced behind ----------------
-my $m2 = expand_by_hand('id', 'bigint');
+my $m2 = expand_and_fill('id', 'bigint');
 finish('id');
 my $old_leaf_keys = $node->safe_psql('postgres', q{
 	SELECT string_agg(indexrelid::text, ',' ORDER BY indexrelid) FROM pg_index WHERE indisprimary
@@ -255,7 +208,7 @@ $node->safe_psql('postgres', q{
 	ALTER TABLE ev ADD CONSTRAINT ev_note_key UNIQUE (note, created_at);
 	CREATE INDEX ev_note_idx ON ev (lower(note));});
 $checksum = $node->safe_psql('postgres', $checksum_q);
-my $m3 = expand_by_hand('note', 'text', 'remark');
+my $m3 = expand_and_fill('note', 'text', 'remark');
 finish('note -> remark');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev')");
 is($rc, 0, 'rename: mig_contract succeeds') or diag $err;
@@ -289,7 +242,7 @@ is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE i
 # A writer holds ev_1, so the concurrent build of its copy waits; meanwhile a
 # partition is created.  The swap sees a partition without copies: it stops,
 # and the next mig_contract builds them and succeeds.
-my $m4 = expand_by_hand('v', 'numeric');
+my $m4 = expand_and_fill('v', 'numeric');
 finish('v -> numeric');
 my $holder = $node->background_psql('postgres');
 $holder->query_safe('BEGIN; LOCK TABLE ev_1 IN ROW EXCLUSIVE MODE;');
