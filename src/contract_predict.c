@@ -64,13 +64,11 @@ prediction(List **out, const char *name, int64 failing, const char *detail)
 typedef struct CountQuery
 {
 	const char *sql;
+	const char *user_path;		/* for the user code it meets */
 	MemoryContext cxt;			/* where examples is copied */
 	int64		failing;
 	char	   *examples;
 } CountQuery;
-
-/* The search_path the user code of the predictions runs under (validate's caller's). */
-static const char *predict_user_path;
 
 static void
 count_query(void *arg)
@@ -90,7 +88,7 @@ count_query(void *arg)
 	 * user code it meets (a CHECK's function, an index expression, a
 	 * type's equality) runs under the caller's search_path.
 	 */
-	if (mig_owner_run(q->sql, 0, NULL, NULL, NULL, predict_user_path, 0, &rows) != 1)
+	if (mig_owner_run(q->sql, 0, NULL, NULL, NULL, q->user_path, 0, &rows) != 1)
 		elog(ERROR, "migrate_ext: could not run \"%s\"", q->sql);
 	q->failing = DatumGetInt64(SPI_getbinval(rows.vals[0], rows.tupdesc, 1, &isnull));
 	if (isnull)
@@ -110,9 +108,9 @@ count_query(void *arg)
  */
 static void
 run_count(List **out, const char *name, const char *sql, const char *what,
-		  const char *okdetail)
+		  const char *okdetail, const char *user_path)
 {
-	CountQuery	q = {sql, CurrentMemoryContext, 0, NULL};
+	CountQuery	q = {sql, user_path, CurrentMemoryContext, 0, NULL};
 	char	   *error = NULL;
 	int64		failing;
 	char	   *examples;
@@ -168,7 +166,7 @@ predict_defaults(ContractPlan *plan, Relation rel, List **out)
  * as not checked (the concurrent build would still fail cleanly).
  */
 static void
-predict_unique(ContractPlan *plan, List **out)
+predict_unique(ContractPlan *plan, List **out, const char *user_path)
 {
 	ListCell   *lc;
 
@@ -214,7 +212,8 @@ predict_unique(ContractPlan *plan, List **out)
 						   notnull.data, cols.data),
 				  psprintf("row(s) share a value in the new column%s that unique index %s requires to be unique",
 						   list_length(ci->stmt->indexParams) > 1 ? "s" : "", ci->oldname),
-				  psprintf("no two rows collide in the copy of unique index %s", ci->oldname));
+				  psprintf("no two rows collide in the copy of unique index %s", ci->oldname),
+				  user_path);
 	}
 }
 
@@ -247,7 +246,8 @@ fkey_side(ContractPlan *plan, Oid relid, HeapTuple tup, AttrNumber attno, List *
  * find its row on the new column.
  */
 static void
-predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
+predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out,
+			 const char *user_path)
 {
 	HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(fk->conoid));
 	List	   *ftypes = NIL;
@@ -307,7 +307,8 @@ predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
 			  psprintf("row(s) of table %s would violate foreign key %s on the new column",
 					   get_rel_name(fk->conrelid), fk->oldname),
 			  psprintf("every row of table %s matches foreign key %s on the new column",
-					   get_rel_name(fk->conrelid), fk->oldname));
+					   get_rel_name(fk->conrelid), fk->oldname),
+			  user_path);
 }
 
 /*
@@ -322,8 +323,6 @@ mig_contract_predict(Relation rel, MigMigration *m, const char *user_path)
 	ContractPlan *plan = mig_contract_plan_build(rel, m);
 	List	   *out = NIL;
 	ListCell   *lc;
-
-	predict_user_path = user_path;
 
 	if (plan->blockers != NIL)
 	{
@@ -353,10 +352,11 @@ mig_contract_predict(Relation rel, MigMigration *m, const char *user_path)
 				  psprintf("row(s) would violate CHECK constraint %s re-stated on the new column (by ctid)",
 						   ck->oldname),
 				  psprintf("every row meets CHECK constraint %s re-stated on the new column",
-						   ck->oldname));
+						   ck->oldname),
+				  user_path);
 	}
-	predict_unique(plan, &out);
+	predict_unique(plan, &out, user_path);
 	foreach(lc, plan->fkeys)
-		predict_fkey(plan, lfirst(lc), &out);
+		predict_fkey(plan, lfirst(lc), &out, user_path);
 	return out;
 }

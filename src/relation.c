@@ -304,6 +304,8 @@ mig_owner_run(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	ListCell   *lc;
 
 	Assert(InSecurityRestrictedOperation());
+	/* a session's own path is the caller's, taken before it pinned one */
+	Assert(user_path != NULL || IsBackgroundWorker);
 	runcxt = AllocSetContextCreate(callercxt, "mig_owner_run", ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(runcxt);
 	if (rows)
