@@ -159,7 +159,8 @@ typedef struct MigPrediction
 } MigPrediction;
 
 /* contract_predict.c, for validate.c */
-extern List *mig_contract_predict(Relation rel, MigMigration *m);
+extern List *mig_contract_predict(Relation rel, MigMigration *m,
+								  const char *user_path);
 
 /* contract_gate.c */
 extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,

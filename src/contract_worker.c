@@ -442,8 +442,17 @@ validate(Oid relid, const char *name, const char *what)
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)),
 				   quote_identifier(name));
-	/* the check expressions and the table's domains run as its owner */
+	/*
+	 * The check expressions and the table's domains run as its owner, in
+	 * the owner's environment: search_path as the owner's role settings
+	 * give it (RESET's value here, mig_worker_apply_role_settings), which
+	 * the statement can take because it names nothing through search_path
+	 * (a qualified table, a constraint of it; a foreign key's query is
+	 * PostgreSQL's own, qualified throughout).
+	 */
 	mig_owner_switch(relid, &owner);
+	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	mig_run_utility(sql);
 	mig_owner_restore(&owner);
 	xact_end();
@@ -1124,6 +1133,17 @@ mig_contract_worker_main(Datum main_arg)
 	contract_cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext contract",
 										 ALLOCSET_DEFAULT_SIZES);
 
+	/*
+	 * The owner's ALTER ROLE ... SET settings, for the owner's code that the
+	 * steps run (PGC_S_USER: the worker's own settings below, made at
+	 * PGC_S_SESSION, and those of mig_worker_connect, at PGC_S_OVERRIDE,
+	 * win over them).
+	 */
+	xact_begin();
+	if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(sh->relid)))
+		mig_worker_apply_role_settings(mig_table_owner(sh->relid));
+	xact_end();
+
 	/* the caller's ladder; generated SQL is deparsed for this search_path */
 	snprintf(buf, sizeof(buf), "%d", sh->lock_timeout_ms);
 	SetConfigOption("migrate_ext.lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
@@ -1135,6 +1155,8 @@ mig_contract_worker_main(Datum main_arg)
 	SetConfigOption("migrate_ext.lock_retries", buf, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "migrate_ext contract", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
 
 	lock_contract(sh->relid);
 
