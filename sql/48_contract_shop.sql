@@ -2,10 +2,10 @@
 -- The finish on a realistic schema (test/fixtures/shop.sql): shop.customer.id
 -- int -> bigint, with foreign keys in (orders) and a self reference, nested
 -- and diamond views, a security_barrier view with a check option, a
--- materialized view, column grants and comments.  Validation names what
--- contract cannot carry (the materialized view) first; once the DBA has
--- dealt with it, contract carries the rest, and the catalog and the rows are
--- as they were but for the intended type.
+-- materialized view, column grants and comments.  Validation finds nothing
+-- contract cannot carry (the materialized view is rebuilt on the new
+-- column: 53_contract_matviews), contract carries it all, and the catalog
+-- and the rows are as they were but for the intended type.
 --
 \set ECHO none
 \i test/fixtures/shop.sql
@@ -17,14 +17,14 @@ CREATE FUNCTION shop_catalog() RETURNS TABLE (what text, def text) LANGUAGE sql 
 	SELECT 'view ' || c.relname, pg_get_viewdef(c.oid) || ' ' || coalesce(c.reloptions::text, '')
 		   || ' ' || c.relowner::regrole || ' ' || coalesce(c.relacl::text, '')
 		   || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')
-	  FROM pg_class c WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind = 'v'
+	  FROM pg_class c WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind IN ('v', 'm')
 	UNION ALL
 	SELECT 'column ' || c.relname || '.' || a.attname,
 		   replace(format_type(a.atttypid, a.atttypmod), 'bigint', 'integer')
 		   || ' ' || a.attnotnull || ' ' || coalesce(a.attacl::text, '')
 		   || ' ' || coalesce(col_description(c.oid, a.attnum), '')
 	  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
-	 WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind IN ('r', 'v')
+	 WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind IN ('r', 'v', 'm')
 	   AND a.attnum > 0 AND NOT a.attisdropped
 	UNION ALL
 	SELECT 'constraint ' || conrelid::regclass || '.' || conname, pg_get_constraintdef(oid)
@@ -32,7 +32,7 @@ CREATE FUNCTION shop_catalog() RETURNS TABLE (what text, def text) LANGUAGE sql 
 	UNION ALL
 	SELECT 'index ' || indexrelid::regclass, pg_get_indexdef(indexrelid)
 	  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-	 WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind = 'r'
+	 WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind IN ('r', 'm')
 	UNION ALL
 	SELECT 'trigger ' || tgrelid::regclass || '.' || tgname, pg_get_triggerdef(oid)
 	  FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'shop'::regnamespace)
@@ -58,13 +58,11 @@ SELECT mig_wait('shop.customer') AS backfill;
 RESET client_min_messages;
 SELECT check_name, passed, failing, detail FROM mig_validate('shop.customer')
  WHERE NOT passed OR check_name ~ '^(fkey|unique|contract)';
-SELECT mig_contract('shop.customer');
-
--- the DBA drops the materialized view (to rebuild it after) and validates again
-DROP MATERIALIZED VIEW shop.customer_totals;
-SELECT bool_and(passed) AS validated FROM mig_validate('shop.customer');
 SELECT mig_cutover('shop.customer');
 SELECT mig_contract('shop.customer');
+SELECT format_type(atttypid, atttypmod) AS customer_totals_id FROM pg_attribute
+ WHERE attrelid = 'shop.customer_totals'::regclass AND attname = 'customer_id';
+SELECT count(*) FROM shop.customer_totals;
 
 -- the catalog as it was (but for int -> bigint), the rows as they were
 -- (what the backfill's own triggers do is not the finish's concern here)

@@ -86,6 +86,10 @@ SELECT mig_expand('nr_items', 'sku', type => 'varchar(60)');
 SELECT format_type(atttypid, atttypmod) FROM pg_attribute
  WHERE attrelid = 'nr_items'::regclass AND attname = 'sku';
 DROP MATERIALIZED VIEW nr_mat;
+-- and so does one on a view of the column
+CREATE MATERIALIZED VIEW nr_mat AS SELECT * FROM nr_skus;
+SELECT mig_expand('nr_items', 'sku', type => 'varchar(60)');
+DROP MATERIALIZED VIEW nr_mat;
 DROP VIEW nr_skus2, nr_skus;
 DROP TABLE nr_items, nr_log;
 DROP FUNCTION nr_log_row();

@@ -463,8 +463,9 @@ bf_key_params(Relation rel, List *cols, List *values, Oid *types, Datum *datums)
  * where the new columns are NULL, does not compute it in the filter at all.
  * A rerun filters out, without locking them, the rows that are right.
  * Types without a built-in equality (json, or one defined outside
- * pg_catalog) are compared as text.  Must run with search_path =
- * pg_catalog, pg_temp, as the deparsed expressions expect.
+ * pg_catalog) are compared as text.  The UPDATEs run through
+ * mig_owner_run(): bound under search_path = pg_catalog, pg_temp, as the
+ * deparsed expressions expect, run under the owner's.
  */
 static void
 bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filter)
@@ -572,9 +573,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "UPDATE ONLY %s SET %s WHERE %s AND (%s)",
 					 qname, set.data, range.data, filter.data);
-	if (SPI_execute_with_args(sql.data, np + nk, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not run a backfill batch");
-	*written = SPI_processed;
+	*written = mig_owner_run(sql.data, np + nk, types, values, NULL, NULL, 0, NULL);
 	return end;
 }
 
@@ -613,11 +612,9 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	initStringInfo(&set);
 	initStringInfo(&filter);
 	bf_update_clauses(rel, m, &set, &filter);
-	if (SPI_execute_with_args(psprintf("UPDATE ONLY %s SET %s WHERE ctid >= $1 AND ctid < $2 AND (%s)",
-									   qname, set.data, filter.data),
-							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not run a backfill batch");
-	*written = SPI_processed;
+	*written = mig_owner_run(psprintf("UPDATE ONLY %s SET %s WHERE ctid >= $1 AND ctid < $2 AND (%s)",
+									  qname, set.data, filter.data),
+							 2, types, values, NULL, NULL, 0, NULL);
 	return list_make1(bf_block_text(end));
 }
 
@@ -696,7 +693,7 @@ bf_rows_fail(const char *sql, SPITupleTable *rows, uint64 lo, uint64 hi)
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		(void) SPI_execute_with_args(sql, 1, (Oid[]) {TIDARRAYOID}, &arr, NULL, false, 0);
+		(void) mig_owner_run(sql, 1, (Oid[]) {TIDARRAYOID}, &arr, NULL, NULL, 0, NULL);
 	}
 	PG_CATCH();
 	{

@@ -135,7 +135,17 @@ typedef struct ContractPlan
 	List	   *blockers;		/* descriptions of what would stop contract */
 	List	   *checkoids;		/* CHECK constraints of the old columns */
 	List	   *viewdirect;		/* views reading an old column */
-	List	   *views;			/* every view to recreate, shallowest first */
+	List	   *views;			/* every view to carry, shallowest first */
+	List	   *view_reads;		/* per view of views: the views of views it
+								 * reads (List * of OIDs) */
+	List	   *view_replace;	/* views re-pointed in place by CREATE OR
+								 * REPLACE (their shape does not change) */
+	List	   *view_keep;		/* views not dropped and created again: those
+								 * of view_replace, and those only above them */
+	List	   *matviews;		/* materialized views rebuilt beside the old
+								 * ones before the swap, shallowest first */
+	List	   *view_copies;	/* views created again that such a rebuilt
+								 * materialized view reads: built beside too */
 	List	   *checks;			/* of ContractCheck * */
 	List	   *leaves;			/* a partitioned table's leaf partitions */
 } ContractPlan;
@@ -149,23 +159,29 @@ typedef struct MigPrediction
 } MigPrediction;
 
 /* contract_predict.c, for validate.c */
-extern List *mig_contract_predict(Relation rel, MigMigration *m);
+extern List *mig_contract_predict(Relation rel, MigMigration *m,
+								  const char *user_path);
 
 /* contract_gate.c */
 extern void mig_finish_gate(Relation rel, MigMigration *m, bool force,
 							const char *what);
 
 /* contract_views.c */
+extern char *mig_contract_copy_name(const char *name, Oid oid);
 extern void mig_contract_plan_views(ContractPlan *plan, List *direct);
 extern Oid	mig_rule_view(Oid ruleoid, bool *is_return, char *relkind);
 extern List *mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql);
 extern void mig_contract_recreate_views(ContractPlan *plan, List *views);
+extern void mig_contract_predict_views(ContractPlan *plan);
+extern Oid	mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from,
+									List *to);
 extern void mig_contract_append_grants(StringInfo out, const char *qname,
 									   const char *col);
 
 /* contract_undo.c */
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
+extern bool mig_contract_recorded(int64 migration_id, Oid classid, Oid objid);
 
 /* contract_partition.c */
 extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);

@@ -57,19 +57,6 @@
  * -------------------------------------------------------------------------
  */
 
-/*
- * A name for a copy: "_mig_" and the original's name, or its OID when that
- * does not fit.  The same every time, so a rerun finds what a failed run
- * built.
- */
-static char *
-copy_name(const char *name, Oid oid)
-{
-	if (strlen(name) + 5 < NAMEDATALEN)
-		return psprintf("_mig_%s", name);
-	return psprintf("_mig_%u", oid);
-}
-
 static const char *
 attname_of(Oid relid, AttrNumber attnum)
 {
@@ -93,14 +80,10 @@ describe_rule(Oid ruleoid)
 	ObjectAddressSet(addr, RewriteRelationId, ruleoid);
 	if (OidIsValid(ev) && is_return)
 		ObjectAddressSet(addr, RelationRelationId, ev);
-	if (addr.classId == RelationRelationId &&
-		get_rel_relkind(addr.objectId) == RELKIND_MATVIEW)
-		return psprintf("%s (mig_contract does not rebuild materialized views yet: drop it before contract and create it again after)",
-						getObjectDescription(&addr, false));
 	return getObjectDescription(&addr, false);
 }
 
-/* The plain view whose _RETURN rule this is, else InvalidOid. */
+/* The view or materialized view whose _RETURN rule this is, else InvalidOid. */
 static Oid
 view_of_rule(Oid ruleoid)
 {
@@ -108,7 +91,8 @@ view_of_rule(Oid ruleoid)
 	char		relkind;
 	Oid			ev = mig_rule_view(ruleoid, &is_return, &relkind);
 
-	return (is_return && relkind == RELKIND_VIEW) ? ev : InvalidOid;
+	return (is_return && (relkind == RELKIND_VIEW || relkind == RELKIND_MATVIEW)) ?
+		ev : InvalidOid;
 }
 
 /* The column's name on either side of a foreign key, mapped to the new one. */
@@ -173,7 +157,7 @@ plan_fkey(ContractPlan *plan, AttrMap *map, Oid conoid)
 
 	fk->conoid = conoid;
 	fk->oldname = pstrdup(NameStr(con->conname));
-	fk->tmpname = copy_name(fk->oldname, conoid);
+	fk->tmpname = mig_contract_copy_name(fk->oldname, conoid);
 	fk->conrelid = con->conrelid;
 	fk->confrelid = con->confrelid;
 	fk->conrel = quote_qualified_identifier(get_namespace_name(get_rel_namespace(con->conrelid)),
@@ -243,7 +227,7 @@ plan_index(ContractPlan *plan, AttrMap *map, Oid indexoid)
 
 	ci->oldoid = indexoid;
 	ci->oldname = pstrdup(RelationGetRelationName(idx));
-	ci->tmpname = copy_name(ci->oldname, indexoid);
+	ci->tmpname = mig_contract_copy_name(ci->oldname, indexoid);
 	ci->replident = form->indisreplident;
 	ci->clustered = form->indisclustered;
 
@@ -642,7 +626,7 @@ plan_checks(ContractPlan *plan, Relation rel)
 			elog(ERROR, "cache lookup failed for constraint %u", conoid);
 		con = (Form_pg_constraint) GETSTRUCT(tup);
 		ck->oldname = pstrdup(NameStr(con->conname));
-		ck->tmpname = copy_name(ck->oldname, conoid);
+		ck->tmpname = mig_contract_copy_name(ck->oldname, conoid);
 		ck->noinherit = con->connoinherit;
 		d = SysCacheGetAttr(CONSTROID, tup, Anum_pg_constraint_conbin, &isnull);
 		Assert(!isnull);
@@ -761,6 +745,7 @@ mig_contract_plan_build(Relation rel, MigMigration *m)
 	plan_checks(plan, rel);
 	plan_props(plan, rel);
 	mig_contract_plan_views(plan, plan->viewdirect);
+	mig_contract_predict_views(plan);
 	mig_partition_plan(plan);
 	return plan;
 }

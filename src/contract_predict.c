@@ -14,11 +14,12 @@
  * and returned as a named check with a count and examples.
  *
  * The data checks are single statements over the whole table (a GROUP BY,
- * an anti-join), run as the caller under validate.c's pinned search_path;
- * operators are printed schema-qualified.  A partitioned table is read
- * whole, every leaf (contract_partition.c): a unique index of one includes
- * the partition key, so collisions are within a leaf, and a foreign key to
- * one finds its row in whichever leaf holds it.
+ * an anti-join), run through mig_owner_run() as the table's owner: bound
+ * under a pinned search_path, operators printed schema-qualified, the user
+ * code they meet run under validate's caller's search_path.  A partitioned
+ * table is read whole, every leaf (contract_partition.c): a unique index of
+ * one includes the partition key, so collisions are within a leaf, and a
+ * foreign key to one finds its row in whichever leaf holds it.
  *
  *-------------------------------------------------------------------------
  */
@@ -63,6 +64,7 @@ prediction(List **out, const char *name, int64 failing, const char *detail)
 typedef struct CountQuery
 {
 	const char *sql;
+	const char *user_path;		/* for the user code it meets */
 	MemoryContext cxt;			/* where examples is copied */
 	int64		failing;
 	char	   *examples;
@@ -74,21 +76,24 @@ count_query(void *arg)
 	CountQuery *q = (CountQuery *) arg;
 	bool		isnull;
 	char	   *ex;
+	MigRows		rows;
 
 	SPI_connect();
 
 	/*
-	 * Not read_only: a snapshot of its own.  The statement's snapshot may
-	 * no longer protect its xmin (validation released it between its
-	 * chunks, horizon.c), and a row a concurrent UPDATE moved would then
-	 * be pruned under it and be missing from the count.
+	 * A snapshot of its own (mig_owner_run takes one).  The statement's
+	 * snapshot may no longer protect its xmin (validation released it
+	 * between its chunks, horizon.c), and a row a concurrent UPDATE moved
+	 * would then be pruned under it and be missing from the count.  The
+	 * user code it meets (a CHECK's function, an index expression, a
+	 * type's equality) runs under the caller's search_path.
 	 */
-	if (SPI_execute(q->sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (mig_owner_run(q->sql, 0, NULL, NULL, NULL, q->user_path, 0, &rows) != 1)
 		elog(ERROR, "migrate_ext: could not run \"%s\"", q->sql);
-	q->failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	q->failing = DatumGetInt64(SPI_getbinval(rows.vals[0], rows.tupdesc, 1, &isnull));
 	if (isnull)
 		q->failing = 0;
-	ex = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	ex = SPI_getvalue(rows.vals[0], rows.tupdesc, 2);
 	if (ex)
 		q->examples = MemoryContextStrdup(q->cxt, ex);
 	SPI_finish();
@@ -103,9 +108,9 @@ count_query(void *arg)
  */
 static void
 run_count(List **out, const char *name, const char *sql, const char *what,
-		  const char *okdetail)
+		  const char *okdetail, const char *user_path)
 {
-	CountQuery	q = {sql, CurrentMemoryContext, 0, NULL};
+	CountQuery	q = {sql, user_path, CurrentMemoryContext, 0, NULL};
 	char	   *error = NULL;
 	int64		failing;
 	char	   *examples;
@@ -161,7 +166,7 @@ predict_defaults(ContractPlan *plan, Relation rel, List **out)
  * as not checked (the concurrent build would still fail cleanly).
  */
 static void
-predict_unique(ContractPlan *plan, List **out)
+predict_unique(ContractPlan *plan, List **out, const char *user_path)
 {
 	ListCell   *lc;
 
@@ -207,7 +212,8 @@ predict_unique(ContractPlan *plan, List **out)
 						   notnull.data, cols.data),
 				  psprintf("row(s) share a value in the new column%s that unique index %s requires to be unique",
 						   list_length(ci->stmt->indexParams) > 1 ? "s" : "", ci->oldname),
-				  psprintf("no two rows collide in the copy of unique index %s", ci->oldname));
+				  psprintf("no two rows collide in the copy of unique index %s", ci->oldname),
+				  user_path);
 	}
 }
 
@@ -240,7 +246,8 @@ fkey_side(ContractPlan *plan, Oid relid, HeapTuple tup, AttrNumber attno, List *
  * find its row on the new column.
  */
 static void
-predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
+predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out,
+			 const char *user_path)
 {
 	HeapTuple	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(fk->conoid));
 	List	   *ftypes = NIL;
@@ -300,15 +307,18 @@ predict_fkey(ContractPlan *plan, ContractFkey *fk, List **out)
 			  psprintf("row(s) of table %s would violate foreign key %s on the new column",
 					   get_rel_name(fk->conrelid), fk->oldname),
 			  psprintf("every row of table %s matches foreign key %s on the new column",
-					   get_rel_name(fk->conrelid), fk->oldname));
+					   get_rel_name(fk->conrelid), fk->oldname),
+			  user_path);
 }
 
 /*
  * Everything contract would meet, as named checks (failing 0: passed).
- * Runs as the caller in validate.c's transaction and pinned search_path.
+ * Runs as the table's owner in validate.c's transaction; the statements
+ * are bound under its pinned search_path, the user code they meet runs
+ * under user_path (mig_owner_run).
  */
 List *
-mig_contract_predict(Relation rel, MigMigration *m)
+mig_contract_predict(Relation rel, MigMigration *m, const char *user_path)
 {
 	ContractPlan *plan = mig_contract_plan_build(rel, m);
 	List	   *out = NIL;
@@ -342,10 +352,11 @@ mig_contract_predict(Relation rel, MigMigration *m)
 				  psprintf("row(s) would violate CHECK constraint %s re-stated on the new column (by ctid)",
 						   ck->oldname),
 				  psprintf("every row meets CHECK constraint %s re-stated on the new column",
-						   ck->oldname));
+						   ck->oldname),
+				  user_path);
 	}
-	predict_unique(plan, &out);
+	predict_unique(plan, &out, user_path);
 	foreach(lc, plan->fkeys)
-		predict_fkey(plan, lfirst(lc), &out);
+		predict_fkey(plan, lfirst(lc), &out, user_path);
 	return out;
 }

@@ -264,6 +264,7 @@ retype_plan(Relation rel, AttrNumber attnum, Oid typid)
 	ContractPlan *plan = palloc0(sizeof(ContractPlan));
 	ContractColumn *c = palloc0(sizeof(ContractColumn));
 	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	ListCell   *lc;
 
 	plan->relid = RelationGetRelid(rel);
 	plan->nspname = get_namespace_name(RelationGetNamespace(rel));
@@ -277,6 +278,11 @@ retype_plan(Relation rel, AttrNumber attnum, Oid typid)
 	c->new_typid = typid;
 	plan->columns = list_make1(c);
 	mig_contract_plan_views(plan, retype_direct_views(plan, attnum));
+	/* one above the views could only be rebuilt before the change */
+	foreach(lc, plan->views)
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_MATVIEW)
+			plan->blockers = lappend(plan->blockers,
+									 psprintf("materialized view %s", get_rel_name(lfirst_oid(lc))));
 	return plan;
 }
 

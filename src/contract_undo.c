@@ -5,7 +5,9 @@
  *
  * Before its swap, mig_contract adds objects that are enforced on every new
  * write: NOT VALID CHECK constraints and foreign keys (a NOT VALID
- * constraint is checked on new rows), and unique indexes on the new column.
+ * constraint is checked on new rows), and unique indexes on the new column;
+ * and the copies of materialized views (and of the views they read) built
+ * beside the old ones, which would otherwise be left behind.
  * A contract that stops before its swap (a check that fails, a lock it
  * cannot get, a cancel) must leave nothing enforced that was not there
  * before, and mig_abort must be able to remove everything however the
@@ -44,6 +46,26 @@ mig_contract_record(int64 migration_id, Oid classid, Oid objid, Oid relid)
 					 (Datum[]) {Int64GetDatum(migration_id), ObjectIdGetDatum(classid),
 					 ObjectIdGetDatum(objid), ObjectIdGetDatum(relid)},
 					 NULL, -1);
+}
+
+/* Is this object recorded for the migration (one of contract's own)? */
+bool
+mig_contract_recorded(int64 migration_id, Oid classid, Oid objid)
+{
+	bool		found;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT FROM migrate_ext.contract_object "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
+						  "AND classid OPERATOR(pg_catalog.=) $2 AND objid OPERATOR(pg_catalog.=) $3",
+						  3, (Oid[]) {INT8OID, OIDOID, OIDOID},
+						  (Datum[]) {Int64GetDatum(migration_id), ObjectIdGetDatum(classid),
+						  ObjectIdGetDatum(objid)},
+						  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.contract_object");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
 }
 
 /* A recorded object. */
@@ -121,6 +143,17 @@ undo_statement(UndoObject *o, List **rels, int *order)
 			ReleaseSysCache(tup);
 		}
 	}
+	else if (o->classid == RelationRelationId && o->objid == o->relid &&
+			 (get_rel_relkind(o->objid) == RELKIND_MATVIEW ||
+			  get_rel_relkind(o->objid) == RELKIND_VIEW))
+	{
+		/* a (materialized) view's copy, built beside it; copies above go too */
+		*order = 3;
+		*rels = list_append_unique_oid(*rels, o->relid);
+		sql = psprintf("DROP %sVIEW IF EXISTS %s CASCADE;",
+					   get_rel_relkind(o->objid) == RELKIND_MATVIEW ? "MATERIALIZED " : "",
+					   qualified_rel(o->objid));
+	}
 	else if (o->classid == RelationRelationId &&
 			 get_rel_relkind(o->objid) == RELKIND_INDEX &&
 			 IndexGetRelation(o->objid, true) == o->relid)
@@ -143,7 +176,8 @@ mig_contract_undo(int64 migration_id)
 {
 	List	   *objs = read_recorded(migration_id);
 	List	   *rels = NIL;
-	StringInfoData sql[3];		/* foreign keys, other constraints, indexes */
+	StringInfoData sql[4];		/* foreign keys, other constraints, indexes,
+								 * materialized views' copies */
 	ListCell   *lc;
 	int			order;
 	int			n = 0;
@@ -163,7 +197,7 @@ mig_contract_undo(int64 migration_id)
 						"drop what an unfinished mig_contract added");
 	}
 
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		initStringInfo(&sql[i]);
 	foreach(lc, objs)
 	{
@@ -179,6 +213,7 @@ mig_contract_undo(int64 migration_id)
 	}
 	appendStringInfoString(&sql[0], sql[1].data);
 	appendStringInfoString(&sql[0], sql[2].data);
+	appendStringInfoString(&sql[0], sql[3].data);
 	if (sql[0].len > 0)
 	{
 		SPI_connect();

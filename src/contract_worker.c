@@ -442,8 +442,17 @@ validate(Oid relid, const char *name, const char *what)
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											  get_rel_name(relid)),
 				   quote_identifier(name));
-	/* the check expressions and the table's domains run as its owner */
+	/*
+	 * The check expressions and the table's domains run as its owner, in
+	 * the owner's environment: search_path as the owner's role settings
+	 * give it (RESET's value here, mig_worker_apply_role_settings), which
+	 * the statement can take because it names nothing through search_path
+	 * (a qualified table, a constraint of it; a foreign key's query is
+	 * PostgreSQL's own, qualified throughout).
+	 */
 	mig_owner_switch(relid, &owner);
+	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	mig_run_utility(sql);
 	mig_owner_restore(&owner);
 	xact_end();
@@ -900,8 +909,69 @@ swap(ContractPlan *plan, bool force)
 }
 
 /*
+ * The copies of the materialized views on the new column (and of the views
+ * created again that they read), each built beside the old one in a
+ * transaction of its own, shallowest first (contract_views.c); the swap
+ * drops the old ones and gives the copies their names.
+ */
+static void
+build_matviews(ContractPlan *plan)
+{
+	List	   *from = NIL;
+	List	   *to = NIL;
+	List	   *kept = NIL;
+	ListCell   *lc;
+
+	xact_begin();
+	foreach(lc, plan->view_keep)
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_MATVIEW)
+			kept = lappend(kept, MemoryContextStrdup(contract_cxt, get_rel_name(lfirst_oid(lc))));
+	xact_end();
+	foreach(lc, kept)
+		progress("materialized view \"%s\" reads the column through views that keep their shape: it keeps its rows, computed from the old column (REFRESH it after contract if up changed values)",
+				 (char *) lfirst(lc));
+	foreach(lc, plan->views)
+	{
+		Oid			mvoid = lfirst_oid(lc);
+		Oid			copy;
+		char	   *name;
+		MemoryContext oldcxt;
+
+		if (!list_member_oid(plan->matviews, mvoid) &&
+			!list_member_oid(plan->view_copies, mvoid))
+			continue;
+		check_caller();
+		xact_begin();
+		name = MemoryContextStrdup(contract_cxt, get_rel_name(mvoid));
+		xact_end();
+		progress("building a copy of %sview \"%s\" on the new column",
+				 list_member_oid(plan->matviews, mvoid) ? "materialized " : "", name);
+		xact_begin();
+		copy = get_relname_relid(mig_contract_copy_name(get_rel_name(mvoid), mvoid),
+								 get_rel_namespace(mvoid));
+		/* left by a contract that stopped before it could drop it */
+		if (OidIsValid(copy) &&
+			mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
+		{
+			mig_run_utility(psprintf("DROP %sVIEW %s CASCADE",
+									 get_rel_relkind(copy) == RELKIND_MATVIEW ? "MATERIALIZED " : "",
+									 mig_qualified_name(copy)));
+			CommandCounterIncrement();
+		}
+		copy = mig_contract_build_copy(plan, mvoid, from, to);
+		/* a copy is dropped again if contract stops before its swap */
+		mig_contract_record(plan->migration_id, RelationRelationId, copy, copy);
+		xact_end();
+		oldcxt = MemoryContextSwitchTo(contract_cxt);
+		from = lappend_oid(from, mvoid);
+		to = lappend_oid(to, copy);
+		MemoryContextSwitchTo(oldcxt);
+	}
+}
+
+/*
  * The steps: copies of the indexes, the constraints NOT VALID then
- * validated, and the swap.
+ * validated, the copies of the materialized views, and the swap.
  */
 static void
 run_steps(ContractPlan *plan, bool force)
@@ -950,6 +1020,7 @@ run_steps(ContractPlan *plan, bool force)
 			validate(fk->conrelid, fk->tmpname,
 					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
 	}
+	build_matviews(plan);
 	swap(plan, force);
 	/* added NOT VALID in the swap: validated now, writes going through */
 	foreach(lc, plan->fkeys)
@@ -1062,6 +1133,17 @@ mig_contract_worker_main(Datum main_arg)
 	contract_cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext contract",
 										 ALLOCSET_DEFAULT_SIZES);
 
+	/*
+	 * The owner's ALTER ROLE ... SET settings, for the owner's code that the
+	 * steps run (PGC_S_USER: the worker's own settings below, made at
+	 * PGC_S_SESSION, and those of mig_worker_connect, at PGC_S_OVERRIDE,
+	 * win over them).
+	 */
+	xact_begin();
+	if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(sh->relid)))
+		mig_worker_apply_role_settings(mig_table_owner(sh->relid));
+	xact_end();
+
 	/* the caller's ladder; generated SQL is deparsed for this search_path */
 	snprintf(buf, sizeof(buf), "%d", sh->lock_timeout_ms);
 	SetConfigOption("migrate_ext.lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
@@ -1073,6 +1155,8 @@ mig_contract_worker_main(Datum main_arg)
 	SetConfigOption("migrate_ext.lock_retries", buf, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "migrate_ext contract", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
 
 	lock_contract(sh->relid);
 

@@ -15,6 +15,8 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 #include "storage/lockdefs.h"
@@ -126,6 +128,20 @@ typedef struct MigOwnerSave
 extern Oid	mig_table_owner(Oid relid);
 extern void mig_owner_switch(Oid relid, MigOwnerSave *save);
 extern void mig_owner_restore(MigOwnerSave *save);
+
+/* The rows a statement run by mig_owner_run() returned (fields as SPI's). */
+typedef struct MigRows
+{
+	TupleDesc	tupdesc;
+	HeapTuple  *vals;
+	uint64		numvals;
+	uint64		alloced;
+} MigRows;
+
+extern uint64 mig_owner_run(const char *sql, int nargs, Oid *argtypes,
+							Datum *values, const char *nulls,
+							const char *user_path, long tcount, MigRows *rows);
+extern char *mig_user_search_path(void);
 
 /* expr.c */
 extern Node *mig_cook_expr(Relation rel, const char *src, const char *what,

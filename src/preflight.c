@@ -23,9 +23,9 @@
  * that is read back once the scan is done.
  *
  * User code (up, check_expr, domain checks, index expressions) runs as the
- * table's owner in a security-restricted operation, and the statements
- * this file generates run under search_path = pg_catalog, pg_temp, the
- * expressions deparsed for it.
+ * table's owner in a security-restricted operation, under the caller's
+ * search_path; the statements this file generates are deparsed for and
+ * bound under search_path = pg_catalog, pg_temp (mig_owner_run).
  *
  *-------------------------------------------------------------------------
  */
@@ -120,9 +120,11 @@ typedef struct PRun
 	StringInfoData inner;		/* the chunk query's inner select list */
 	StringInfoData outer;		/* and its outer one */
 	int			ncols;			/* columns of the outer select list */
-	SPIPlanPtr	chunk_plan;
-	SPIPlanPtr	rows_plan;
-	SPIPlanPtr	up_plan;
+	char	   *chunk_sql;		/* run by mig_owner_run() */
+	SPIPlanPtr	rows_plan;		/* runs no user code */
+	char	   *up_sql;			/* run by mig_owner_run() */
+	char	   *user_path;		/* the caller's search_path, for user code */
+	MigRows		got;			/* what try_range() read, in rowcxt */
 	int64		rows;
 	MemoryContext cxt;			/* the function's: results live here */
 	MemoryContext rowcxt;		/* one chunk's (or row's) work, then reset */
@@ -471,7 +473,7 @@ row_key(HeapTuple tup, TupleDesc desc, int col)
  * unique index's keys to its sort.
  */
 static void
-consume_rows(PRun *run, SPITupleTable *tt, uint64 nrows)
+consume_rows(PRun *run, MigRows *tt, uint64 nrows)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(run->rowcxt);
 	ListCell   *lc;
@@ -541,12 +543,12 @@ is_row_error(ErrorData *edata)
 }
 
 /*
- * Run a plan over one TID range in a subtransaction.  Returns NULL when it
- * succeeded (its rows are in SPI_tuptable), else the error message;
- * errors about the server rather than a row are rethrown.
+ * Run a statement over one TID range in a subtransaction.  Returns NULL when
+ * it succeeded (its rows are in run->got, in run->rowcxt), else the error
+ * message; errors about the server rather than a row are rethrown.
  */
 static char *
-try_range(PRun *run, SPIPlanPtr plan, ItemPointer lo, ItemPointer hi)
+try_range(PRun *run, const char *sql, ItemPointer lo, ItemPointer hi)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -555,10 +557,12 @@ try_range(PRun *run, SPIPlanPtr plan, ItemPointer lo, ItemPointer hi)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		/* not read-only: a fresh snapshot for this range */
-		if (SPI_execute_plan(plan, (Datum[]) {PointerGetDatum(lo), PointerGetDatum(hi)},
-							 NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "migrate_ext: could not run the preflight query");
+		/* a fresh snapshot for this range; user code in the caller's path */
+		MemoryContextSwitchTo(run->rowcxt);
+		(void) mig_owner_run(sql, 2, (Oid[]) {TIDOID, TIDOID},
+							 (Datum[]) {PointerGetDatum(lo), PointerGetDatum(hi)},
+							 NULL, run->user_path, 0, &run->got);
+		MemoryContextSwitchTo(oldcxt);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
@@ -595,14 +599,13 @@ try_range(PRun *run, SPIPlanPtr plan, ItemPointer lo, ItemPointer hi)
 static void
 blame_row(PRun *run, ItemPointer lo, ItemPointer hi, const char *key, char *message)
 {
-	char	   *up_message = try_range(run, run->up_plan, lo, hi);
+	char	   *up_message = try_range(run, run->up_sql, lo, hi);
 	PCheck	   *c = run->up_check;
 
 	if (up_message != NULL)
 		message = up_message;
 	else
 	{
-		SPI_freetuptable(SPI_tuptable);
 		if (run->check_check)
 			c = run->check_check;
 		else if (run->uniques != NIL)
@@ -641,12 +644,9 @@ scan_block_by_rows(PRun *run, BlockNumber b)
 		lo = *tid;
 		ItemPointerSet(&hi, ItemPointerGetBlockNumber(tid),
 					   ItemPointerGetOffsetNumber(tid) + 1);
-		message = try_range(run, run->chunk_plan, &lo, &hi);
+		message = try_range(run, run->chunk_sql, &lo, &hi);
 		if (message == NULL)
-		{
-			consume_rows(run, SPI_tuptable, SPI_processed);
-			SPI_freetuptable(SPI_tuptable);
-		}
+			consume_rows(run, &run->got, run->got.numvals);
 		else
 			blame_row(run, &lo, &hi, key, message);
 		MemoryContextSwitchTo(oldcxt);
@@ -670,10 +670,9 @@ scan_table(PRun *run)
 		CHECK_FOR_INTERRUPTS();
 		ItemPointerSet(&lo, b, 0);
 		ItemPointerSet(&hi, end, 0);
-		if (try_range(run, run->chunk_plan, &lo, &hi) == NULL)
+		if (try_range(run, run->chunk_sql, &lo, &hi) == NULL)
 		{
-			consume_rows(run, SPI_tuptable, SPI_processed);
-			SPI_freetuptable(SPI_tuptable);
+			consume_rows(run, &run->got, run->got.numvals);
 			MemoryContextReset(run->rowcxt);
 		}
 		else
@@ -683,10 +682,9 @@ scan_table(PRun *run)
 				CHECK_FOR_INTERRUPTS();
 				ItemPointerSet(&lo, bb, 0);
 				ItemPointerSet(&hi, bb + 1, 0);
-				if (try_range(run, run->chunk_plan, &lo, &hi) == NULL)
+				if (try_range(run, run->chunk_sql, &lo, &hi) == NULL)
 				{
-					consume_rows(run, SPI_tuptable, SPI_processed);
-					SPI_freetuptable(SPI_tuptable);
+					consume_rows(run, &run->got, run->got.numvals);
 					MemoryContextReset(run->rowcxt);
 				}
 				else
@@ -796,7 +794,10 @@ find_collisions(PRun *run, PUnique *u)
 	ExecDropSingleTupleTableSlot(slots[1]);
 }
 
-/* Prepare the statements and scan, as the owner, under a pinned search_path. */
+/*
+ * Prepare the statements and scan, as the owner: generated SQL bound under
+ * a pinned search_path, user code run under the caller's (mig_owner_run).
+ */
 static void
 run_scan(PRun *run, const char *sql)
 {
@@ -809,17 +810,17 @@ run_scan(PRun *run, const char *sql)
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 
 	SPI_connect();
-	run->chunk_plan = SPI_prepare(sql, 2, types);
+	run->chunk_sql = pstrdup(sql);
 	run->rows_plan = SPI_prepare(psprintf("SELECT ctid, %s FROM ONLY %s "
 										  "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
 										  "AND ctid OPERATOR(pg_catalog.<) $2",
 										  run->key_expr, run->qname), 2, types);
-	run->up_plan = SPI_prepare(psprintf("SELECT (%s) IS NULL FROM ONLY %s "
-										"WHERE ctid OPERATOR(pg_catalog.>=) $1 "
-										"AND ctid OPERATOR(pg_catalog.<) $2",
-										mig_deparse(run->up, RelationGetRelid(run->rel)),
-										run->qname), 2, types);
-	if (run->chunk_plan == NULL || run->rows_plan == NULL || run->up_plan == NULL)
+	run->up_sql = psprintf("SELECT (%s) IS NULL FROM ONLY %s "
+						   "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
+						   "AND ctid OPERATOR(pg_catalog.<) $2",
+						   mig_deparse(run->up, RelationGetRelid(run->rel)),
+						   run->qname);
+	if (run->rows_plan == NULL)
 		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql,
 			 SPI_result_code_string(SPI_result));
 
@@ -961,6 +962,7 @@ mig_preflight(PG_FUNCTION_ARGS)
 	cook(&run, NameStr(*PG_GETARG_NAME(1)), text_arg(fcinfo, 2), text_arg(fcinfo, 3),
 		 text_arg(fcinfo, 5));
 	run.not_null = (!PG_ARGISNULL(4) && PG_GETARG_BOOL(4)) || run.not_null_inherited;
+	run.user_path = mig_user_search_path();
 
 	/* deparsed for the pinned search_path the scan runs under */
 	{

@@ -51,12 +51,17 @@
 #include "commands/defrem.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
+#include "nodes/params.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_func.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
@@ -99,8 +104,9 @@ mig_table_owner(Oid relid)
 
 /*
  * Become the owner of relid for user code, until mig_owner_restore(save).
- * Settings the code changes (SET LOCAL, a function's SET clause) are undone
- * at the restore through their own GUC nest level.  On error the aborting
+ * Settings the code changes (SET LOCAL, a function's SET clause, a plain
+ * SET or set_config(..., false)) are undone at the restore through their
+ * own GUC nest level, as matview.c undoes them.  On error the aborting
  * (sub)transaction restores identity and settings alike, as it does for
  * VACUUM; a caller that catches errors must roll back a subtransaction.
  */
@@ -126,9 +132,231 @@ mig_owner_restore(MigOwnerSave *save)
 {
 	Assert(save->active);
 	Assert(InSecurityRestrictedOperation());
-	AtEOXact_GUC(true, save->nestlevel);
+	AtEOXact_GUC(false, save->nestlevel);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
 	save->active = false;
+}
+
+/* ----------------------------------------------------------------
+ *		Generated statements that run user code
+ * ----------------------------------------------------------------
+ */
+
+/* A DestReceiver that keeps the rows in a MigRows, in the caller's context. */
+typedef struct MigRowsReceiver
+{
+	DestReceiver pub;
+	MigRows    *rows;
+	MemoryContext cxt;
+} MigRowsReceiver;
+
+static void
+rows_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	MigRowsReceiver *r = (MigRowsReceiver *) self;
+	MemoryContext oldcxt = MemoryContextSwitchTo(r->cxt);
+
+	r->rows->tupdesc = CreateTupleDescCopy(typeinfo);
+	r->rows->alloced = 16;
+	r->rows->numvals = 0;
+	r->rows->vals = palloc(sizeof(HeapTuple) * r->rows->alloced);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static bool
+rows_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	MigRowsReceiver *r = (MigRowsReceiver *) self;
+	MemoryContext oldcxt = MemoryContextSwitchTo(r->cxt);
+
+	if (r->rows->numvals == r->rows->alloced)
+	{
+		r->rows->alloced *= 2;
+		r->rows->vals = repalloc_huge(r->rows->vals,
+									  sizeof(HeapTuple) * r->rows->alloced);
+	}
+	r->rows->vals[r->rows->numvals++] = ExecCopySlotHeapTuple(slot);
+	MemoryContextSwitchTo(oldcxt);
+	return true;
+}
+
+static void
+rows_shutdown(DestReceiver *self)
+{
+}
+
+static void
+rows_destroy(DestReceiver *self)
+{
+	pfree(self);
+}
+
+/* The parameters of a generated statement, bound as constants (as SPI does). */
+static ParamListInfo
+owner_run_params(int nargs, Oid *argtypes, Datum *values, const char *nulls)
+{
+	ParamListInfo params;
+
+	if (nargs == 0)
+		return NULL;
+	params = makeParamList(nargs);
+	for (int i = 0; i < nargs; i++)
+	{
+		ParamExternData *prm = &params->params[i];
+
+		prm->value = values[i];
+		prm->isnull = (nulls && nulls[i] == 'n');
+		prm->pflags = PARAM_FLAG_CONST;
+		prm->ptype = argtypes[i];
+	}
+	return params;
+}
+
+/*
+ * Parse, analyze and rewrite sql with search_path pinned to pg_catalog,
+ * pg_temp: every name migrate_ext's SQL uses (operators, functions, casts,
+ * the deparsed expressions) is bound to an OID here, in a GUC level of its
+ * own that is left before the plans run.
+ */
+static List *
+owner_run_analyze(const char *sql, int nargs, Oid *argtypes)
+{
+	List	   *queries = NIL;
+	int			nestlevel = NewGUCNestLevel();
+	ListCell   *lc;
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	foreach(lc, pg_parse_query(sql))
+		queries = list_concat(queries,
+							  pg_analyze_and_rewrite_fixedparams(lfirst_node(RawStmt, lc),
+																 sql, argtypes, nargs,
+																 NULL));
+	AtEOXact_GUC(false, nestlevel);
+	return queries;
+}
+
+/* Run one planned statement as SPI runs a statement that is not read-only. */
+static uint64
+owner_run_plan(PlannedStmt *stmt, const char *sql, ParamListInfo params,
+			   DestReceiver *dest, long tcount)
+{
+	QueryDesc  *qd;
+	uint64		processed;
+
+	if (stmt->commandType == CMD_UTILITY)
+		elog(ERROR, "migrate_ext: mig_owner_run() runs no utility statement");
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	qd = CreateQueryDesc(stmt, sql, GetActiveSnapshot(), InvalidSnapshot,
+						 dest, params, NULL, 0);
+	ExecutorStart(qd, 0);
+	ExecutorRun(qd, ForwardScanDirection, tcount, true);
+	processed = qd->estate->es_processed;
+	ExecutorFinish(qd);
+	ExecutorEnd(qd);
+	FreeQueryDesc(qd);
+	PopActiveSnapshot();
+	CommandCounterIncrement();
+	return processed;
+}
+
+/*
+ * Run a statement migrate_ext generated (a SELECT or an UPDATE of the
+ * table) whose execution runs user code -- triggers, up/down/check
+ * expressions, domain checks, defaults, index expressions -- in the user's
+ * environment, with migrate_ext's own names pinned.
+ *
+ * Under a pinned search_path the statement would bind its names safely but
+ * run the user's code under that path too (an audit trigger that inserts
+ * into an unqualified table fails); under the user's path a planted "=" in
+ * a schema first in it would be bound by the statement.  So the two steps
+ * are split, as REFRESH MATERIALIZED VIEW splits them (matview.c): the
+ * statement is parsed, analyzed and rewritten with search_path =
+ * pg_catalog, pg_temp, where every operator, function and cast it names is
+ * bound to an OID; then it is planned and run, through the executor
+ * directly (no plan cache, which would analyze it again under another
+ * search_path), with search_path = user_path: the path the application's
+ * own writes would give the code (NULL: what RESET gives, i.e. the owner's
+ * ALTER ROLE ... SET in a worker).  Planning is done there too, so that an
+ * SQL function the planner inlines is parsed under the path it would run
+ * under.  Every other setting is the caller's.  Settings the user's code
+ * changes end with the statement.
+ *
+ * Must be called inside mig_owner_switch(): the code runs as the table's
+ * owner, restricted.  A fresh snapshot, the command counter advanced before
+ * and after (as SPI does for a statement that is not read-only); AFTER
+ * triggers and immediate constraints fire at ExecutorFinish.  Returns the
+ * rows processed; when rows is not NULL, the rows returned (at most tcount,
+ * 0 for all) are left there, in the caller's memory context.
+ */
+uint64
+mig_owner_run(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls, const char *user_path, long tcount, MigRows *rows)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext runcxt;
+	ParamListInfo params;
+	List	   *queries;
+	List	   *stmts;
+	int			nestlevel;
+	uint64		processed = 0;
+	ListCell   *lc;
+
+	Assert(InSecurityRestrictedOperation());
+	/* a session's own path is the caller's, taken before it pinned one */
+	Assert(user_path != NULL || IsBackgroundWorker);
+	runcxt = AllocSetContextCreate(callercxt, "mig_owner_run", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(runcxt);
+	if (rows)
+		memset(rows, 0, sizeof(MigRows));
+	params = owner_run_params(nargs, argtypes, values, nulls);
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	queries = owner_run_analyze(sql, nargs, argtypes);
+
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path",
+							 user_path ? user_path : GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	stmts = pg_plan_queries(queries, sql, CURSOR_OPT_PARALLEL_OK, params);
+	PopActiveSnapshot();
+	foreach(lc, stmts)
+	{
+		PlannedStmt *stmt = lfirst_node(PlannedStmt, lc);
+		DestReceiver *dest = None_Receiver;
+
+		if (stmt->canSetTag && rows)
+		{
+			MigRowsReceiver *r = palloc0(sizeof(MigRowsReceiver));
+
+			r->pub.receiveSlot = rows_receive;
+			r->pub.rStartup = rows_startup;
+			r->pub.rShutdown = rows_shutdown;
+			r->pub.rDestroy = rows_destroy;
+			r->pub.mydest = DestNone;
+			r->rows = rows;
+			r->cxt = callercxt;
+			dest = &r->pub;
+		}
+		CHECK_FOR_INTERRUPTS();
+		if (stmt->canSetTag)
+			processed = owner_run_plan(stmt, sql, params, dest, tcount);
+		else
+			(void) owner_run_plan(stmt, sql, params, dest, 0);
+	}
+	AtEOXact_GUC(false, nestlevel);
+
+	MemoryContextSwitchTo(callercxt);
+	MemoryContextDelete(runcxt);
+	return processed;
+}
+
+/* The session's search_path now, to hand to mig_owner_run() later. */
+char *
+mig_user_search_path(void)
+{
+	return GetConfigOptionByName("search_path", NULL, false);
 }
 
 /*

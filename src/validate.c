@@ -31,8 +31,10 @@
  * parent's to each, and a leaf's clone can be disabled on its own).
  *
  * The SQL is generated from the stored expression trees with mig_deparse()
- * under search_path = pg_catalog, pg_temp, and runs with the caller's
- * privileges (who must own the table).
+ * under search_path = pg_catalog, pg_temp, and bound under it; the
+ * statements that evaluate user code run through mig_owner_run(), as the
+ * table's owner with the caller's own search_path (the one the caller's
+ * writes would give the code).  The caller must own the table.
  *
  *-------------------------------------------------------------------------
  */
@@ -102,6 +104,7 @@ typedef struct VRun
 	int64		rows_checked;
 	int			sample;			/* 0: exact */
 	double		fraction;		/* of rows a sample reads; 1: all */
+	char	   *user_path;		/* the caller's search_path, for user code */
 } VRun;
 
 static VCheck *
@@ -331,20 +334,18 @@ collect_examples(VRun *run, VCheck *c, Datum *params, const char *nulls)
 	char	   *sql;
 	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
 	MemoryContext oldcxt;
+	MigRows		rows;
 
 	sql = psprintf("SELECT k FROM %s WHERE %s LIMIT %d",
 				   chunk_source(run, true), c->cond,
 				   MAX_EXAMPLES - list_length(c->examples));
-	if (SPI_execute_with_args(sql, run->fraction < 1.0 ? 3 : 2, types, params, nulls,
-							  false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "migrate_ext: could not run \"%s\"", sql);
+	(void) mig_owner_run(sql, run->fraction < 1.0 ? 3 : 2, types, params, nulls,
+						 run->user_path, 0, &rows);
 	oldcxt = MemoryContextSwitchTo(run->cxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	for (uint64 i = 0; i < rows.numvals; i++)
 		c->examples = lappend(c->examples,
-							  pstrdup(SPI_getvalue(SPI_tuptable->vals[i],
-												   SPI_tuptable->tupdesc, 1)));
+							  pstrdup(SPI_getvalue(rows.vals[i], rows.tupdesc, 1)));
 	MemoryContextSwitchTo(oldcxt);
-	SPI_freetuptable(SPI_tuptable);
 	pfree(sql);
 }
 
@@ -353,18 +354,19 @@ collect_examples(VRun *run, VCheck *c, Datum *params, const char *nulls)
  * while a check lacks them).  Errors from user code propagate.
  */
 static void
-scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
+scan_range(VRun *run, const char *sql, Datum *params, const char *nulls)
 {
 	ListCell   *lc;
 	int			col = 2;
 	bool		isnull;
+	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
+	MigRows		rows;
 
-	/* not read-only: a fresh snapshot for this range */
-	if (SPI_execute_plan(plan, params, nulls, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	/* a fresh snapshot for this range; user code in the caller's path */
+	if (mig_owner_run(sql, run->fraction < 1.0 ? 3 : 2, types, params, nulls,
+					  run->user_path, 0, &rows) != 1)
 		elog(ERROR, "migrate_ext: could not run the validation query");
-	run->rows_checked += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													 SPI_tuptable->tupdesc, 1,
+	run->rows_checked += DatumGetInt64(SPI_getbinval(rows.vals[0], rows.tupdesc, 1,
 													 &isnull));
 	foreach(lc, run->checks)
 	{
@@ -373,13 +375,11 @@ scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
 
 		if (c->cond == NULL)
 			continue;
-		failing = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, col++, &isnull));
+		failing = DatumGetInt64(SPI_getbinval(rows.vals[0], rows.tupdesc, col++, &isnull));
 		c->failing += failing;
 		if (failing > 0)
 			c->passed = false;
 	}
-	SPI_freetuptable(SPI_tuptable);
 
 	foreach(lc, run->checks)
 	{
@@ -395,7 +395,7 @@ scan_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls)
 typedef struct RangeScan
 {
 	VRun	   *run;
-	SPIPlanPtr	plan;
+	const char *sql;
 	Datum	   *params;
 	const char *nulls;
 } RangeScan;
@@ -405,7 +405,7 @@ range_scan(void *arg)
 {
 	RangeScan  *r = (RangeScan *) arg;
 
-	scan_range(r->run, r->plan, r->params, r->nulls);
+	scan_range(r->run, r->sql, r->params, r->nulls);
 }
 
 /*
@@ -414,13 +414,13 @@ range_scan(void *arg)
  * in *msg) when it was.  The counts of a range that failed are undone.
  */
 static bool
-try_range(VRun *run, SPIPlanPtr plan, Datum *params, const char *nulls, char **msg)
+try_range(VRun *run, const char *sql, Datum *params, const char *nulls, char **msg)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	List	   *saved = NIL;
 	int64		saved_rows = run->rows_checked;
 	ListCell   *lc;
-	RangeScan	r = {run, plan, params, nulls};
+	RangeScan	r = {run, sql, params, nulls};
 	bool		ok;
 
 	MemoryContextSwitchTo(run->cxt);
@@ -470,7 +470,7 @@ row_key(VRun *run, ItemPointer tid)
  * "evaluates" check and every other row is checked as usual.
  */
 static void
-scan_rows(VRun *run, SPIPlanPtr plan, BlockNumber from, BlockNumber to)
+scan_rows(VRun *run, const char *sql, BlockNumber from, BlockNumber to)
 {
 	ItemPointerData lo;
 	ItemPointerData hi;
@@ -510,7 +510,7 @@ scan_rows(VRun *run, SPIPlanPtr plan, BlockNumber from, BlockNumber to)
 		CHECK_FOR_INTERRUPTS();
 		ItemPointerCopy(tid, &lo);
 		ItemPointerSet(&hi, ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid) + 1);
-		if (try_range(run, plan, params, nulls, &msg))
+		if (try_range(run, sql, params, nulls, &msg))
 			continue;
 		run->rows_checked++;
 		run->errors->failing++;
@@ -538,10 +538,7 @@ static void
 scan_leaf(VRun *run, Oid leafid, const char *counts)
 {
 	BlockNumber nblocks;
-	SPIPlanPtr	plan;
 	char	   *sql;
-	Oid			types[3] = {TIDOID, TIDOID, FLOAT8OID};
-	int			nparams = run->fraction < 1.0 ? 3 : 2;
 	ItemPointerData lo;
 	ItemPointerData hi;
 	Datum		params[3];
@@ -554,10 +551,6 @@ scan_leaf(VRun *run, Oid leafid, const char *counts)
 												 RelationGetRelationName(run->scan_rel));
 	nblocks = RelationGetNumberOfBlocks(run->scan_rel);
 	sql = psprintf("%s FROM %s", counts, chunk_source(run, false));
-	plan = SPI_prepare(sql, nparams, types);
-	if (plan == NULL)
-		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
 
 	params[0] = PointerGetDatum(&lo);
 	params[1] = PointerGetDatum(&hi);
@@ -570,13 +563,12 @@ scan_leaf(VRun *run, Oid leafid, const char *counts)
 		CHECK_FOR_INTERRUPTS();
 		ItemPointerSet(&lo, b, 0);
 		ItemPointerSet(&hi, end, 0);
-		if (!try_range(run, plan, params, nulls, &msg))
-			scan_rows(run, plan, b, end);
+		if (!try_range(run, sql, params, nulls, &msg))
+			scan_rows(run, sql, b, end);
 
 		/* this chunk's snapshots are done with: let vacuum move on */
 		mig_release_xmin();
 	}
-	SPI_freeplan(plan);
 	if (run->scan_rel != run->rel)
 		table_close(run->scan_rel, NoLock);
 	run->scan_rel = NULL;
@@ -614,7 +606,7 @@ add_predictions(VRun *run)
 {
 	ListCell   *lc;
 
-	foreach(lc, mig_contract_predict(run->rel, run->m))
+	foreach(lc, mig_contract_predict(run->rel, run->m, run->user_path))
 	{
 		MigPrediction *p = lfirst(lc);
 		VCheck	   *c = add_check(run, p->name, NULL, NULL, NULL);
@@ -809,7 +801,11 @@ mig_validate(PG_FUNCTION_ARGS)
 	}
 	job_state = live_job(&run, &job_id);
 
-	/* the generated SQL names everything outside pg_catalog explicitly */
+	/*
+	 * The generated SQL names everything outside pg_catalog explicitly; the
+	 * user code it runs sees the caller's search_path (mig_owner_run).
+	 */
+	run.user_path = mig_user_search_path();
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);

@@ -15,6 +15,9 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_db_role_setting.h"
@@ -24,7 +27,10 @@
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "migrate_ext_worker.h"
@@ -141,12 +147,56 @@ mig_worker_connect(MigWorkerArgs *args)
 }
 
 /*
+ * ApplySetting() of one (database, role) row at PGC_S_DATABASE_USER, minus
+ * the settings that would change who the worker is: "role" (an owner may
+ * store ALTER ROLE owner SET role = 'postgres' for herself, which her own
+ * logins refuse, but a worker that logged in as a superuser would take)
+ * and "session_authorization".
+ */
+static void
+apply_setting(Snapshot snapshot, Relation relsetting, Oid databaseid, Oid roleid)
+{
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(databaseid));
+	ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(roleid));
+	scan = systable_beginscan(relsetting, DbRoleSettingDatidRolidIndexId, true,
+							  snapshot, 2, keys);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+									 RelationGetDescr(relsetting), &isnull);
+		ArrayType  *a;
+
+		if (isnull)
+			continue;
+		a = GUCArrayDelete(DatumGetArrayTypePCopy(d), "role");
+		if (a)
+			a = GUCArrayDelete(a, "session_authorization");
+		/* at SUSET, as at login: pg_db_role_setting was checked on insert */
+		if (a)
+			ProcessGUCArray(a, PGC_SUSET, PGC_S_DATABASE_USER, GUC_ACTION_SET);
+	}
+	systable_endscan(scan);
+}
+
+/*
  * Give the session the settings that the table owner's own sessions get in
  * this database (ALTER ROLE owner [IN DATABASE db] SET ...), over the login
  * role's, so that the owner's triggers and expressions see the environment
- * the application's writes give them.  Settings the worker made itself
- * (PGC_S_SESSION and above) stay: migrate_ext's own statements do not
- * depend on these.  Call in a transaction.
+ * the application's writes give them.  Both at the source of the login
+ * role's database-specific settings, the owner's general ones first, so
+ * that the owner's win over every setting of the login role (and over
+ * ALTER DATABASE ... SET), and the owner's database-specific ones over its
+ * general ones, as at the owner's own login.  Settings the worker made
+ * itself (PGC_S_OVERRIDE and PGC_S_SESSION, higher sources) stay:
+ * migrate_ext's own statements do not depend on these.  Call in a
+ * transaction.
  */
 void
 mig_worker_apply_role_settings(Oid roleid)
@@ -157,8 +207,8 @@ mig_worker_apply_role_settings(Oid roleid)
 	Assert(IsTransactionState());
 	relsetting = table_open(DbRoleSettingRelationId, AccessShareLock);
 	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
-	ApplySetting(snapshot, MyDatabaseId, roleid, relsetting, PGC_S_DATABASE_USER);
-	ApplySetting(snapshot, InvalidOid, roleid, relsetting, PGC_S_USER);
+	apply_setting(snapshot, relsetting, InvalidOid, roleid);
+	apply_setting(snapshot, relsetting, MyDatabaseId, roleid);
 	UnregisterSnapshot(snapshot);
 	table_close(relsetting, AccessShareLock);
 }

@@ -89,7 +89,7 @@ for my $f (qw(mig_validate mig_cutover mig_contract))
 my ($r0, $o0, $e0) = $node->psql('postgres', "SELECT mig_abort('r')");
 like($e0, qr/table "r" has no migration to abort/, 'mig_abort on a partitioned table without a migration');
 
-# the backfill takes a partitioned table (018_backfill_leaves.pl): without a
+# the backfill takes a partitioned table (074_partition_backfill.pl): without a
 # migration it says so
 refused("SELECT mig_backfill('r')", '42704', 'table "r" has no active migration',
 	'Start one with mig_expand', 'mig_backfill on a partitioned table');
