@@ -38,8 +38,13 @@
  *    its own; SET NOT NULL on the parent then scans no leaf;
  *  - the swap locks the parent and every partition at once, in
  *    find_all_inheritors order, through the lock ladder.
- * A foreign key declared on a partitioned table is still refused at
- * validation (contract_plan.c): PostgreSQL 15 cannot add it NOT VALID there.
+ *  - a foreign key declared on a partitioned table: PostgreSQL 15 cannot
+ *    add it NOT VALID there, so its copy is added NOT VALID on each leaf,
+ *    validated on each, then the parent's ADD FOREIGN KEY attaches them
+ *    without a scan (contract_worker.c); in the swap every level's copy
+ *    takes the old name (mig_partition_fkey_rename_sql).  One that
+ *    references a partitioned table being migrated is refused at validation
+ *    (contract_plan.c): it needs the new key, made only in the swap.
  *
  *-------------------------------------------------------------------------
  */
@@ -450,5 +455,30 @@ mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci, StringInfo sql)
 						 quote_qualified_identifier(get_namespace_name(get_rel_namespace(part->relid)),
 													part->tmpname),
 						 quote_identifier(part->oldname));
+	}
+}
+
+/*
+ * The partitions' copies of a foreign key declared on a partitioned table
+ * (added on each leaf, then attached by the parent's, see contract_worker.c)
+ * take the old key's name too, free once the old key and its clones are
+ * dropped, so that a later migration's copy can take the copy's name again.
+ */
+void
+mig_partition_fkey_rename_sql(ContractFkey *fk, StringInfo sql)
+{
+	ListCell   *lc;
+
+	if (get_rel_relkind(fk->conrelid) != RELKIND_PARTITIONED_TABLE)
+		return;
+	foreach(lc, find_all_inheritors(fk->conrelid, NoLock, NULL))
+	{
+		Oid			part = lfirst_oid(lc);
+
+		if (part == fk->conrelid ||
+			!OidIsValid(get_relation_constraint_oid(part, fk->tmpname, true)))
+			continue;
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", qualified(part),
+						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
 }
