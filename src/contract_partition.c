@@ -43,8 +43,9 @@
  *    validated on each, then the parent's ADD FOREIGN KEY attaches them
  *    without a scan (contract_worker.c); in the swap every level's copy
  *    takes the old name (mig_partition_fkey_rename_sql).  One that
- *    references a partitioned table being migrated is refused at validation
- *    (contract_plan.c): it needs the new key, made only in the swap.
+ *    references a partitioned table being migrated needs the new key, made
+ *    only in the swap: it is added NOT VALID on each leaf in the swap,
+ *    validated on each after it, then attached by the parent's.
  *
  *-------------------------------------------------------------------------
  */
@@ -431,9 +432,36 @@ mig_partition_swap(ContractPlan *plan)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		if (fk->at_swap)
+		if (!fk->at_swap)
+			continue;
+		if (get_rel_relkind(fk->conrelid) != RELKIND_PARTITIONED_TABLE)
 			mig_run_utility(fk->adddef);
+		else
+		{
+			/* on each leaf, NOT VALID; the parent's attaches them after */
+			const char *body = mig_partition_fkey_body(fk);
+			ListCell   *lc2;
+
+			foreach(lc2, mig_partition_leaves(fk->conrelid, NoLock))
+				mig_run_utility(psprintf("ALTER TABLE %s%s", qualified(lfirst_oid(lc2)), body));
+		}
 	}
+}
+
+/*
+ * What follows "ALTER TABLE <the referencing table>" in a foreign key
+ * copy's ADD CONSTRAINT ... NOT VALID: run on a leaf of a partitioned
+ * referencing table as it is, on the parent without its NOT VALID.
+ */
+const char *
+mig_partition_fkey_body(ContractFkey *fk)
+{
+	const char *body = fk->adddef + strlen("ALTER TABLE ") + strlen(fk->conrel);
+
+	Assert(strncmp(fk->adddef, "ALTER TABLE ", 12) == 0);
+	Assert(strlen(body) > strlen(" NOT VALID") &&
+		   strcmp(body + strlen(body) - strlen(" NOT VALID"), " NOT VALID") == 0);
+	return body;
 }
 
 /* The copies of a plain index take the old names (the keys have theirs). */

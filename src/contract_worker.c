@@ -393,6 +393,26 @@ add_checks(ContractPlan *plan)
 static void validate(Oid relid, const char *name, const char *what);
 
 /*
+ * The parent's ADD FOREIGN KEY of a copy added in the swap, from a leaf's
+ * copy as the catalog has it now: the swap renamed the columns it
+ * references, so the statement prepared before it names them wrongly.
+ * Every name qualified (search_path pinned).
+ */
+static char *
+fkey_from_leaf(ContractFkey *fk, Oid leaf, const char *name)
+{
+	int			nestlevel = NewGUCNestLevel();
+	char	   *def;
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	def = TextDatumGetCString(DirectFunctionCall1(pg_get_constraintdef,
+												  ObjectIdGetDatum(get_relation_constraint_oid(leaf, name, false))));
+	AtEOXact_GUC(true, nestlevel);
+	return psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", fk->conrel, quote_identifier(name), def);
+}
+
+/*
  * A foreign key copy declared on a partitioned table, which PostgreSQL 15
  * cannot add NOT VALID there (the route TAP 070 proves): NOT VALID on each
  * leaf, each in a short transaction of its own, each validated in its own
@@ -402,9 +422,9 @@ static void validate(Oid relid, const char *name, const char *what);
  * after the swap: a partition's inherited constraint cannot be renamed.
  */
 static void
-add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk)
+add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 {
-	const char *body = fk->adddef + strlen("ALTER TABLE ") + strlen(fk->conrel);
+	const char *body = mig_partition_fkey_body(fk);
 	MemoryContext cxt = CurrentMemoryContext;	/* outlives the transactions */
 	MemoryContext xcxt;
 	List	   *leaves = NIL;
@@ -414,12 +434,10 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk)
 	char	   *parent;
 	bool		done;
 
-	Assert(strncmp(fk->adddef, "ALTER TABLE ", 12) == 0);
-	Assert(strcmp(body + strlen(body) - strlen(" NOT VALID"), " NOT VALID") == 0);
 	check_caller();
 	xact_begin();
 	xcxt = CurrentMemoryContext;
-	done = constraint_state(fk->conrelid, fk->tmpname) != 0;
+	done = constraint_state(fk->conrelid, name) != 0;
 	foreach(lc, mig_partition_leaves(fk->conrelid, NoLock))
 	{
 		char	   *what = psprintf("foreign key \"%s\" on the new column, on partition %s",
@@ -435,31 +453,44 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk)
 	MemoryContextSwitchTo(cxt);
 	if (done)
 		return;					/* an earlier run attached the leaves' */
+	if (leaves == NIL && fk->at_swap)
+	{
+		/* no leaf to copy it from, nor a row to check */
+		ereport(WARNING,
+				(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
+						fk->oldname, parent),
+				 errhint("Add it again by hand on the new column.")));
+		return;
+	}
 	forboth(lc, leaves, lw, whats)
 	{
 		Oid			leaf = lfirst_oid(lc);
 
 		check_caller();
 		xact_begin();
-		if (constraint_state(leaf, fk->tmpname) == 0)
+		if (constraint_state(leaf, name) == 0)
 		{
 			Oid			rels[2] = {leaf, fk->confrelid};
 
 			mig_lock_tables(2, rels, ShareRowExclusiveLock, "add a foreign key NOT VALID");
 			mig_run_utility(psprintf("ALTER TABLE %s%s", mig_qualified_name(leaf), body));
-			record_constraint(plan, leaf, fk->tmpname);
+			record_constraint(plan, leaf, name);
 		}
 		xact_end();
 		MemoryContextSwitchTo(cxt);
-		validate(leaf, fk->tmpname, lfirst(lw));
+		validate(leaf, name, lfirst(lw));
 	}
 	check_caller();
 	xact_begin();
 	(void) mig_lock_tree(fk->conrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
 	mig_lock_table(fk->confrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
-	mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
-							 (int) (strlen(body) - strlen(" NOT VALID")), body));
-	record_constraint(plan, fk->conrelid, fk->tmpname);
+	if (!fk->at_swap)
+		mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
+								 (int) (strlen(body) - strlen(" NOT VALID")), body));
+	else
+		mig_run_utility(fkey_from_leaf(fk, linitial_oid(leaves), name));
+	if (!fk->at_swap)
+		record_constraint(plan, fk->conrelid, name);
 	xact_end();
 	MemoryContextSwitchTo(cxt);
 	progress("added foreign key \"%s\" on the new column to every partition of %s, validated, and attached",
@@ -481,7 +512,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 	xact_end();
 	if (partitioned)
 	{
-		add_fkey_partitioned(plan, fk);
+		add_fkey_partitioned(plan, fk, fk->tmpname);
 		return;
 	}
 	check_caller();
@@ -994,6 +1025,7 @@ static void
 run_steps(ContractPlan *plan, bool force)
 {
 	ListCell   *lc;
+	bool		partitioned;
 
 	foreach(lc, plan->indexes)
 	{
@@ -1043,7 +1075,15 @@ run_steps(ContractPlan *plan, bool force)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		if (fk->at_swap)
+		if (!fk->at_swap)
+			continue;
+		check_caller();
+		xact_begin();
+		partitioned = get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE;
+		xact_end();
+		if (partitioned)
+			add_fkey_partitioned(plan, fk, fk->oldname);	/* the leaves' are there */
+		else
 			validate(fk->conrelid, fk->oldname,
 					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
 	}

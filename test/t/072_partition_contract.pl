@@ -6,7 +6,9 @@
 #  2. id int -> bigint, the id of a (id, created_at) primary key referenced
 #     by another table: the leaves' unique copies become the leaves'
 #     primary keys and the parent's attaches them without building any
-#     index; the foreign key is moved and validated;
+#     index; the foreign key is moved and validated, and that of a
+#     partitioned table (pref) too: NOT VALID on each of its leaves in the
+#     swap, validated on each after it, then attached by pref's own;
 #  3. a contract that fails (a name in the way) leaves nothing enforced
 #     behind, and the next one succeeds;
 #  4. a rename, note -> remark, with a unique constraint (which includes
@@ -38,6 +40,12 @@ INSERT INTO ev SELECT g, date '2020-01-01' + (g % 1400), g * 3, 'n' || g
 CREATE TABLE ref (rid int PRIMARY KEY, ev_id int, ev_at date,
 	FOREIGN KEY (ev_id, ev_at) REFERENCES ev (id, created_at));
 INSERT INTO ref SELECT g, g, date '2020-01-01' + (g % 1400) FROM generate_series(1, 5000, 7) g;
+CREATE TABLE pref (rid int, at date, ev_id int, ev_at date,
+	FOREIGN KEY (ev_id, ev_at) REFERENCES ev (id, created_at)) PARTITION BY RANGE (at);
+CREATE TABLE pref_1 PARTITION OF pref FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE pref_d PARTITION OF pref DEFAULT;
+INSERT INTO pref SELECT g, date '2020-01-01' + g, g, date '2020-01-01' + (g % 1400)
+	FROM generate_series(1, 5000, 11) g;
 });
 my $checksum_q = "SELECT count(*) || ':' || sum(id) || ':' || sum(v) || ':' || "
   . "md5(string_agg(id || ',' || created_at || ',' || v || ',' || note, ';' ORDER BY id)) FROM ev";
@@ -186,6 +194,28 @@ is($node->safe_psql('postgres', q{
 	SELECT convalidated FROM pg_constraint
 	WHERE conname = 'ref_ev_id_ev_at_fkey' AND conparentid = 0}),
 	't', 'the foreign key of ref is moved and validated');
+# pref, partitioned, references ev: its copy needs ev's new key, made in the
+# swap, and cannot be added NOT VALID on pref: NOT VALID on each of pref's
+# leaves in the swap, validated on each after it, then pref's own attaches
+# them
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(conrelid::regclass || ':' || conname || ':' || convalidated
+	       || ':' || (conparentid <> 0), ',' ORDER BY conrelid::regclass::text)
+	  FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text LIKE 'pref%'
+	   AND conname = 'pref_ev_id_ev_at_fkey'}),
+	'pref:pref_ev_id_ev_at_fkey:true:false,pref_1:pref_ev_id_ev_at_fkey:true:true,'
+	  . 'pref_d:pref_ev_id_ev_at_fkey:true:true',
+	'the foreign key of partitioned pref is moved: validated on each leaf, attached by the parent\'s');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_constraint c
+	 WHERE c.contype = 'f' AND c.conrelid IN ('pref_1'::regclass, 'pref_d'::regclass)
+	   AND c.conname = 'pref_ev_id_ev_at_fkey' AND c.oid::int8 < (SELECT oid::int8 FROM pg_constraint WHERE conname = 'pref_ev_id_ev_at_fkey'
+	                       AND conrelid = 'pref'::regclass)}),
+	'2', 'the leaves\' keys are older than the parent\'s: attached, not built by it');
+my @pref_validations = $err =~ /validating foreign key "pref_ev_id_ev_at_fkey" on the new column, on partition/g;
+is(scalar @pref_validations, 2, 'each leaf\'s copy validated on its own');
+($rc, $out, $err) = $node->psql('postgres', q{INSERT INTO pref VALUES (0, '2020-03-03', 999999, '2020-01-01')});
+like($err, qr/violates foreign key constraint "pref_ev_id_ev_at_fkey"/, 'and enforced');
 ($rc, $out, $err) = $node->psql('postgres',
 	"INSERT INTO ref VALUES (100000, 999999, '2020-01-01')");
 like($err, qr/violates foreign key constraint "ref_ev_id_ev_at_fkey"/, 'and enforced');
