@@ -1,34 +1,38 @@
 #!/usr/bin/env bash
 #
-# bench/backfill.sh: filling the new column of every existing row (issue 3).
+# bench/backfill.sh: filling the new column of every existing row (issues 3
+# and 12), at each table size of bench_sizes (MIG_BENCH_BF_SIZES, default
+# "2000000 5000000").
 #
-# On t(id bigint primary key, email text, created_at timestamptz) with
-# MIG_BENCH_BF_ROWS rows, each method starts from a fresh copy of the same
-# data (vacuumed, analyzed, checkpointed) and fills new := lower(email):
+# On t(id bigint primary key, email text, created_at timestamptz), each
+# method starts from a fresh copy of the same data (vacuumed, analyzed,
+# checkpointed) and fills new := lower(email):
 #   UPDATE, no trigger         ALTER TABLE ADD COLUMN, one UPDATE: the floor
 #   UPDATE, trigger live       after mig_expand, one UPDATE (writer = old,
 #                              so the trigger recomputes and keeps the value):
 #                              what a plain UPDATE costs once dual-write is on
+#   mig_backfill               defaults, timed by its job row from the call
+#                              until done
+# and at the smallest size only:
 #   PL/pgSQL keyset loop       a procedure walking the key, COMMIT every
 #                              MIG_BENCH_BF_BATCH rows, trigger live
-#   mig_backfill               defaults, timed by its job row from the call
-#                              until done (only when the function exists)
 #   mig_backfill, updated_at   the same on t with a PL/pgSQL BEFORE UPDATE
 #   trigger, fire_triggers     updated_at trigger, with fire_triggers off (the
-#   off / on                   default: the trigger does not fire, and
-#                              updated_at stays as it was) and on
-# For each: rows/s, and pg_total_relation_size (table + indexes + TOAST)
-# right after it finished, divided by the size before. Autovacuum runs as
-# shipped, so the methods that commit as they go get what it reclaims.
-# Goals: mig_backfill >= 1.0x the rows/s of the UPDATE with the trigger
-# live, growth <= 1.3x.
+#   off / on                   default: the trigger does not fire) and on
+# For each: rows/s; WAL bytes a row (pg_current_wal_lsn before and after);
+# heap + index pages after it, against the size before ("growth") and
+# against the same table compacted by VACUUM FULL right after ("/compact":
+# the space the method left that the rows do not need).  Autovacuum runs as
+# shipped.
+# Goals (issue 12): mig_backfill >= 0.95x the rows/s of the UPDATE without
+# trigger, and heap + indexes <= 1.1x the compact size.
 
 set -uo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_require_server
 
-ROWS=${MIG_BENCH_BF_ROWS:-5000000}
+read -r -a SIZES <<<"$(bench_sizes)"
 BATCH=${MIG_BENCH_BF_BATCH:-10000}
 MIG_BACKFILL_SIG='mig_backfill(regclass,integer,integer,integer,interval,bigint,integer,boolean)'
 
@@ -50,7 +54,6 @@ BEGIN
 END
 \$\$"
 
-size() { bv "SELECT pg_total_relation_size('t')"; }
 now() { date +%s.%N; }
 
 check() {
@@ -59,8 +62,8 @@ check() {
 	[ "$bad" = 0 ] || { echo "ERROR: $1 left $bad rows wrong" >&2; exit 1; }
 }
 
-declare -A SEC BEFORE AFTER
-METHODS=(update_plain update_trigger plpgsql_loop mig_backfill bf_trig_off bf_trig_on)
+# results, keyed "method,rows"
+declare -A SEC WAL PB PA PC JOB
 declare -A LABEL=(
 	[update_plain]="UPDATE, no trigger"
 	[update_trigger]="UPDATE, migrate_ext trigger live"
@@ -71,8 +74,8 @@ declare -A LABEL=(
 )
 
 run() {
-	local m=$1 t0 t1 ms
-	bench_fresh_table "$ROWS"
+	local m=$1 rows=$2 k="$1,$2" t0 t1 ms lsn
+	bench_fresh_table "$rows"
 	case $m in
 	bf_trig_*)
 		bq "ALTER TABLE t ADD COLUMN updated_at timestamptz NOT NULL DEFAULT '2024-01-01'" \
@@ -84,16 +87,17 @@ run() {
 	update_plain) bq "ALTER TABLE t ADD COLUMN new text" ;;
 	*) bq "SELECT mig_expand('t', 'email', new_col => 'new', up => 'lower(email)')" ;;
 	esac
-	BEFORE[$m]=$(size)
+	PB[$k]=$(bench_pages t)
+	bq "CHECKPOINT"
+	lsn=$(bench_lsn)
 	case $m in
 	update_plain)
-		ms=$(bench_time "CHECKPOINT" -- "UPDATE t SET new = lower(email)") || exit 1 ;;
+		ms=$(bench_time "SELECT 1" -- "UPDATE t SET new = lower(email)") || exit 1 ;;
 	update_trigger)
-		ms=$(bench_time "SET migrate_ext.writer = old" "CHECKPOINT" -- "UPDATE t SET new = lower(email)") || exit 1 ;;
+		ms=$(bench_time "SET migrate_ext.writer = old" -- "UPDATE t SET new = lower(email)") || exit 1 ;;
 	plpgsql_loop)
-		ms=$(bench_time "SET migrate_ext.writer = old" "CHECKPOINT" -- "CALL bench_keyset_backfill($BATCH)") || exit 1 ;;
+		ms=$(bench_time "SET migrate_ext.writer = old" -- "CALL bench_keyset_backfill($BATCH)") || exit 1 ;;
 	mig_backfill | bf_trig_off | bf_trig_on)
-		bq "CHECKPOINT"
 		t0=$(now)
 		bq "SELECT mig_backfill('t', fire_triggers => $([ "$m" = bf_trig_on ] && echo true || echo false))"
 		bench_wait_backfill || exit 1
@@ -101,10 +105,12 @@ run() {
 		# the job row's own clock: mig_wait polls every 500 ms, which the
 		# client's clock would add (the client's is logged beside it)
 		ms="$(bv "SELECT extract(epoch FROM finished_at - started_at) * 1000 FROM migrate_ext.job ORDER BY id DESC LIMIT 1") -"
-		bench_log "  (client clock, with mig_wait's polling: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", (b - a) * 1000 }') ms)" ;;
+		JOB[$k]=$(bv "SELECT batches || ' batches, ' || vacuums || ' VACUUMs' FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
+		bench_log "  (client clock, with mig_wait's polling: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", (b - a) * 1000 }') ms; ${JOB[$k]})" ;;
 	esac
-	SEC[$m]=$(awk -v v="${ms%% *}" 'BEGIN { print v / 1000 }')
-	AFTER[$m]=$(size)
+	WAL[$k]=$(bench_wal_bytes "$lsn")
+	SEC[$k]=$(awk -v v="${ms%% *}" 'BEGIN { print v / 1000 }')
+	PA[$k]=$(bench_pages t)
 	check "$m"
 	case $m in
 	bf_trig_off) [ "$(bv "SELECT count(*) FROM t WHERE updated_at <> '2024-01-01'")" = 0 ] ||
@@ -112,45 +118,60 @@ run() {
 	bf_trig_on) [ "$(bv "SELECT count(*) FROM t WHERE updated_at = '2024-01-01'")" = 0 ] ||
 		{ echo "ERROR: $m did not fire the updated_at trigger on every row" >&2; exit 1; } ;;
 	esac
-	bench_log "${LABEL[$m]}: $(fmt_ms "${ms%% *}") ms"
+	PC[$k]=$(bench_compact t)
+	bench_log "${LABEL[$m]}, $(fmt_int "$rows") rows: $(fmt_ms "${ms%% *}") ms, pages (heap index) before ${PB[$k]}, after ${PA[$k]}, compact ${PC[$k]}"
 }
+
+sum2() { awk -v a="$1" 'BEGIN { split(a, v, " "); print v[1] + v[2] }'; }
+mb() { awk -v p="$1" 'BEGIN { printf "%.0f", p * 8192 / 1048576 }'; }
 
 HAVE_BF=0
 bench_has_function "$MIG_BACKFILL_SIG" && HAVE_BF=1
-for m in "${METHODS[@]}"; do
-	if [[ $m == mig_backfill || $m == bf_trig_* ]] && [ "$HAVE_BF" = 0 ]; then
+SMALLEST=$(printf '%s\n' "${SIZES[@]}" | sort -n | head -n 1)
+for rows in "${SIZES[@]}"; do
+	METHODS=(update_plain update_trigger)
+	[ "$rows" = "$SMALLEST" ] && METHODS+=(plpgsql_loop)
+	if [ "$HAVE_BF" = 1 ]; then
+		METHODS+=(mig_backfill)
+		[ "$rows" = "$SMALLEST" ] && METHODS+=(bf_trig_off bf_trig_on)
+	fi
+	for m in "${METHODS[@]}"; do
+		run "$m" "$rows"
+	done
+
+	echo "Backfill: $(fmt_int "$rows") rows, new := lower(email), one run each"
+	printf '%-36s %8s %10s %8s %8s %8s %7s %9s\n' method seconds rows/s "WAL B/row" "MB before" "MB after" growth "/compact"
+	for m in update_plain update_trigger plpgsql_loop mig_backfill bf_trig_off bf_trig_on; do
+		k="$m,$rows"
+		[ -n "${SEC[$k]:-}" ] || continue
+		bef=$(sum2 "${PB[$k]}")
+		aft=$(sum2 "${PA[$k]}")
+		cmp=$(sum2 "${PC[$k]}")
+		printf '%-36s %8.1f %10s %8s %8s %8s %7s %9s\n' "${LABEL[$m]}" "${SEC[$k]}" \
+			"$(fmt_int "$(awk -v n="$rows" -v s="${SEC[$k]}" 'BEGIN { printf "%.0f", n / s }')")" \
+			"$(awk -v w="${WAL[$k]}" -v n="$rows" 'BEGIN { printf "%.0f", w / n }')" \
+			"$(mb "$bef")" "$(mb "$aft")" "$(ratio "$aft" "$bef")" "$(ratio "$aft" "$cmp")"
+	done
+	if [ "$HAVE_BF" = 0 ]; then
+		echo "mig_backfill: not available (no $MIG_BACKFILL_SIG)"
+		bench_summary "backfill $(fmt_int "$rows"): mig_backfill not available"
 		continue
 	fi
-	run "$m"
-done
-bq "DROP TABLE t"
-
-mb() { awk -v v="$1" 'BEGIN { printf "%.0f", v / 1048576 }'; }
-rps() { awk -v n="$ROWS" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
-
-echo "Backfill: $(fmt_int "$ROWS") rows, new := lower(email), one run each"
-printf '%-36s %8s %10s %10s %10s %-16s\n' method seconds rows/s "MB before" "MB after" "growth"
-for m in "${METHODS[@]}"; do
-	if [ -z "${SEC[$m]:-}" ]; then
-		printf '%-36s %s\n' "${LABEL[$m]}" "not available (no $MIG_BACKFILL_SIG)"
-		continue
+	k="mig_backfill,$rows"
+	r1=$(ratio "${SEC[update_plain,$rows]}" "${SEC[$k]}")
+	r2=$(ratio "${SEC[update_trigger,$rows]}" "${SEC[$k]}")
+	gc=$(ratio "$(sum2 "${PA[$k]}")" "$(sum2 "${PC[$k]}")")
+	read -r ha ia <<<"${PA[$k]}"
+	read -r hc ic <<<"${PC[$k]}"
+	echo "mig_backfill (${JOB[$k]}): rows/s ${r1}x the UPDATE without trigger ($(goal_mark ge "$r1" 0.95), goal >= 0.95), ${r2}x the UPDATE with the trigger live;" \
+		"heap + indexes ${gc}x compact ($(goal_mark le "$gc" 1.1), goal <= 1.1): heap $(ratio "$ha" "$hc")x, indexes $(ratio "$ia" "$ic")x"
+	bench_summary "backfill $(fmt_int "$rows"): mig_backfill rows/s / UPDATE (no trigger) $r1 (goal >= 0.95: $(goal_mark ge "$r1" 0.95)); / UPDATE (trigger live) $r2; heap+indexes / compact $gc (goal <= 1.1: $(goal_mark le "$gc" 1.1)), heap $(ratio "$ha" "$hc"), indexes $(ratio "$ia" "$ic")"
+	if [ -n "${SEC[bf_trig_on,$rows]:-}" ]; then
+		r4=$(ratio "${SEC[bf_trig_on,$rows]}" "${SEC[bf_trig_off,$rows]}")
+		echo "with an updated_at trigger: fire_triggers off is ${r4}x the rows/s of fire_triggers on"
+		bench_summary "backfill $(fmt_int "$rows"): updated_at trigger, fire_triggers off / on $r4"
 	fi
-	g=$(ratio "${AFTER[$m]}" "${BEFORE[$m]}")
-	note=""
-	[ "$m" = mig_backfill ] && note=" $(goal_mark le "$g" 1.3) (goal <= 1.3)"
-	printf '%-36s %8.1f %10s %10s %10s %-16s\n' "${LABEL[$m]}" "${SEC[$m]}" "$(fmt_int "$(rps "${SEC[$m]}")")" \
-		"$(mb "${BEFORE[$m]}")" "$(mb "${AFTER[$m]}")" "$g$note"
+	echo
 done
-if [ "$HAVE_BF" = 1 ]; then
-	r1=$(ratio "${SEC[update_trigger]}" "${SEC[mig_backfill]}")
-	r2=$(ratio "${SEC[update_plain]}" "${SEC[mig_backfill]}")
-	r3=$(ratio "${SEC[plpgsql_loop]}" "${SEC[mig_backfill]}")
-	g=$(ratio "${AFTER[mig_backfill]}" "${BEFORE[mig_backfill]}")
-	echo "mig_backfill rows/s: ${r1}x the UPDATE with the trigger live ($(goal_mark ge "$r1" 1.0), goal >= 1.0), ${r2}x the UPDATE without trigger, ${r3}x the PL/pgSQL loop"
-	r4=$(ratio "${SEC[bf_trig_on]}" "${SEC[bf_trig_off]}")
-	echo "with an updated_at trigger: fire_triggers off is ${r4}x the rows/s of fire_triggers on"
-	bench_summary "backfill: mig_backfill rows/s / UPDATE (trigger live) $r1 (goal >= 1.0: $(goal_mark ge "$r1" 1.0)); / UPDATE (no trigger) $r2; growth $g (goal <= 1.3: $(goal_mark le "$g" 1.3)); updated_at trigger: fire_triggers off / on $r4"
-else
-	bench_summary "backfill: mig_backfill not available; UPDATE (trigger live) $(fmt_int "$(rps "${SEC[update_trigger]}")") rows/s, growth $(ratio "${AFTER[update_trigger]}" "${BEFORE[update_trigger]}"); PL/pgSQL loop $(fmt_int "$(rps "${SEC[plpgsql_loop]}")") rows/s, growth $(ratio "${AFTER[plpgsql_loop]}" "${BEFORE[plpgsql_loop]}")"
-fi
+bq "DROP TABLE IF EXISTS t"
 exit 0

@@ -102,6 +102,46 @@ goal_mark() {
 
 bench_summary() { printf '%s\n' "$*" >>"$BENCH_OUT/summary"; }
 
+# bench_sizes: the table sizes of the backfill and live benchmarks, from
+# MIG_BENCH_BF_SIZES (default "2000000 5000000"), else MIG_BENCH_BF_ROWS.
+bench_sizes() {
+	if [ -n "${MIG_BENCH_BF_SIZES:-}" ]; then
+		echo "$MIG_BENCH_BF_SIZES"
+	elif [ -n "${MIG_BENCH_BF_ROWS:-}" ]; then
+		echo "$MIG_BENCH_BF_ROWS"
+	else
+		echo "2000000 5000000"
+	fi
+}
+
+# bench_pages TABLE: "HEAP INDEX" pages (8 kB) of TABLE, or of every leaf
+# partition of a partitioned TABLE (TOAST included in the heap).
+bench_pages() {
+	bv "SELECT (coalesce(sum(pg_table_size(c.oid)), 0) / 8192)::bigint || ' ' || (coalesce(sum(pg_indexes_size(c.oid)), 0) / 8192)::bigint
+	      FROM pg_class AS c
+	     WHERE c.relkind = 'r'
+	       AND c.oid IN (SELECT '$1'::regclass UNION SELECT relid FROM pg_partition_tree('$1'))"
+}
+
+# bench_compact TABLE: VACUUM FULL TABLE (every leaf of a partitioned one),
+# then its "HEAP INDEX" pages: the compact size of the same rows.
+bench_compact() {
+	bq "VACUUM FULL $1"
+	bench_pages "$1"
+}
+
+# bench_lsn: the current WAL position; bench_wal_bytes FROM: bytes since.
+bench_lsn() { bv "SELECT pg_current_wal_lsn()"; }
+bench_wal_bytes() { bv "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')::bigint"; }
+
+# bench_try SQL: run SQL; on error print the error's first line and fail.
+bench_try() {
+	local out
+	out=$(psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1" 2>&1) && return 0
+	printf '%s\n' "$out" | sed -n 's/^.*ERROR: *//p' | head -n 1
+	return 1
+}
+
 # bench_source TABLE ROWS: the generated source data every benchmark copies
 # from: id 1..ROWS, an e-mail of about 25 characters in mixed case, and a
 # timestamp. Built once per size; deterministic, so every run and variant

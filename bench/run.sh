@@ -14,7 +14,15 @@
 # Settings (environment), sizes first:
 #   MIG_BENCH_REPEAT=3          runs per timed measurement (the median is kept)
 #   MIG_BENCH_DW_ROWS=1000000   dual-write: rows inserted and updated
-#   MIG_BENCH_BF_ROWS=5000000   backfill, live impact and validation: table size
+#   MIG_BENCH_BF_SIZES="2000000 5000000"
+#                               backfill and live impact: the table sizes, each
+#                               measured in the same run
+#   MIG_BENCH_BF_ROWS=5000000   validation: table size (and backfill/live when
+#                               MIG_BENCH_BF_SIZES is unset and this is set)
+#   MIG_BENCH_PAR_ROWS=5000000  parallel: rows of the partitioned table and heap
+#   MIG_BENCH_PAR_PARTS=8       parallel: partitions
+#   MIG_BENCH_PAR_WORKERS="1 2 4"       parallel => values, partitioned table
+#   MIG_BENCH_PAR_HEAP_WORKERS="1 2"    parallel => values, one heap
 #   MIG_BENCH_BF_BATCH=10000    rows per COMMIT of the PL/pgSQL keyset loop
 #   MIG_BENCH_LIVE_SECONDS=30   live impact: length of each pgbench run
 #   MIG_BENCH_LIVE_CLIENTS=4    pgbench -c
@@ -31,7 +39,7 @@
 
 set -uo pipefail
 
-BENCHES_ALL=(dualwrite backfill live validate)
+BENCHES_ALL=(dualwrite backfill live parallel validate)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # The PostgreSQL to build against and run: the pg_config first on PATH.

@@ -145,6 +145,7 @@ typedef struct BfWorker
 	int			pending_vacuums;	/* not yet counted in the job row */
 	int64		written_since_vacuum;
 	int64		vacuum_every;
+	BackgroundWorkerHandle *vacuum_worker;	/* the last VACUUM's, or NULL */
 	double		rows_per_block; /* ctid walk: rows a block holds */
 } BfWorker;
 
@@ -303,12 +304,17 @@ bf_push(BfSample *ring, int *n, TimestampTz at, uint64 value)
 	(*n)++;
 }
 
-/* The next batch size, from how long this one took. */
+/*
+ * The next batch size, from how long this one took; never more rows than
+ * the VACUUM cadence (bf->vacuum_every), so that on a small table the
+ * batches do not outrun the VACUUMs that free the space they reuse.
+ */
 static int
 bf_next_size(int size, long elapsed_ms)
 {
 	int			target = bf->target_batch_ms;
 	double		next = size;
+	double		most = BF_MAX_BATCH;
 
 	if (bf->batch_size_fixed)
 		return bf->batch_size;
@@ -320,7 +326,9 @@ bf_next_size(int size, long elapsed_ms)
 		next = size * 1.5;		/* grow gradually */
 	else if (elapsed_ms < target * 4 / 5)
 		next = size * 1.2;
-	return (int) Min(Max(next, 1), BF_MAX_BATCH);
+	if (bf->vacuum_every > 0)
+		most = Min(most, bf->vacuum_every);
+	return (int) Min(Max(next, 1), most);
 }
 
 static void
@@ -636,11 +644,14 @@ bf_finish(void)
  * VACUUM the table as a top-level statement of our own (as pg_cron's
  * background mode runs SQL), outside any transaction: vacuum() commits and
  * starts transactions itself, so what it reads lives in a context of ours.
- * SKIP_LOCKED: a VACUUM already at it (autovacuum, or our previous one)
- * does the same job.  Only the last one cleans the indexes and may truncate
- * the table: pruning alone frees the heap space that the next batches need
- * (the line pointers stay until then), and scanning every index each time
- * would cost more than it gains.
+ * SKIP_LOCKED: a VACUUM already at it (autovacuum) does the same job.
+ * Only the last one may truncate the table (that takes an ACCESS EXCLUSIVE
+ * lock).  Every one may clean the indexes (INDEX_CLEANUP auto): with index
+ * cleanup off, the dead line pointers pruning leaves stay, the next batches
+ * cannot reuse them, and the pages that hold them never become all-visible,
+ * so every later VACUUM read every page behind the walk again (twenty
+ * VACUUMs read the table ten times over); PostgreSQL itself skips the
+ * indexes when less than 2% of the pages have dead line pointers.
  */
 static void
 bf_run_vacuum(Oid relid, bool last)
@@ -664,7 +675,7 @@ bf_run_vacuum(Oid relid, bool last)
 	MemoryContextSwitchTo(cxt);
 	if (get_rel_name(relid))
 		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
-					   last ? "" : ", TRUNCATE false, INDEX_CLEANUP off, PROCESS_TOAST false",
+					   last ? "" : ", TRUNCATE false, PROCESS_TOAST false",
 					   mig_qualified_name(relid));
 	if (sql)
 	{
@@ -697,12 +708,35 @@ mig_backfill_vacuum_main(Datum main_arg)
 }
 
 /*
+ * Wait until the VACUUM worker we started last has ended.  A VACUUM due
+ * while the previous one still runs waits for it rather than being skipped
+ * (SKIP_LOCKED): the batches must not outrun the VACUUMs that free the space
+ * they reuse, and the last VACUUM must not be skipped.
+ */
+static void
+bf_vacuum_wait(void)
+{
+	pid_t		pid;
+
+	if (bf->vacuum_worker == NULL)
+		return;
+	if (GetBackgroundWorkerPid(bf->vacuum_worker, &pid) != BGWH_STOPPED)
+	{
+		pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill: waiting for its VACUUM");
+		(void) WaitForBackgroundWorkerShutdown(bf->vacuum_worker);
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	pfree(bf->vacuum_worker);
+	bf->vacuum_worker = NULL;
+}
+
+/*
  * Between batches, so that the space of the row versions the batches left
  * dead is reused by the next batches rather than added at the end of the
  * table.  In a worker of its own, so that the batches go on meanwhile (on
  * another core); in this one when no worker slot is free, and for the last
- * VACUUM, which must be over before the job is done.  A failure is logged
- * and the backfill goes on.
+ * VACUUM, which must be over before the job is done.  One at a time
+ * (bf_vacuum_wait).  A failure is logged and the backfill goes on.
  */
 static void
 bf_vacuum(bool last)
@@ -710,6 +744,7 @@ bf_vacuum(bool last)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool started = false;
 
+	bf_vacuum_wait();
 	if (bf->written_since_vacuum == 0 || !OidIsValid(bf->relid))
 		return;
 	bf->written_since_vacuum = 0;
@@ -722,8 +757,16 @@ bf_vacuum(bool last)
 		args.arg = bf->relid;
 		PG_TRY();
 		{
-			(void) mig_worker_start("mig_backfill_vacuum_main",
-									"migrate_ext backfill vacuum", &args);
+			BackgroundWorkerHandle *handle = NULL;
+
+			MemoryContextSwitchTo(TopMemoryContext);
+			if (mig_worker_start_handle("mig_backfill_vacuum_main",
+										"migrate_ext backfill vacuum", &args,
+										&handle) != 0)
+				bf->vacuum_worker = handle;
+			else if (handle)
+				pfree(handle);
+			MemoryContextSwitchTo(oldcxt);
 			started = true;
 		}
 		PG_CATCH();
