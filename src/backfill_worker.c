@@ -1748,7 +1748,7 @@ bf_run(void)
 			bf_sleep(BF_POLL_MS);
 		else if (res == BF_WALKED && bf->sliced)
 		{
-			/* a leaf's last VACUUM cleans its indexes; a range's does not */
+			/* a leaf gets its last VACUUM (which may truncate it); a range does not */
 			bf_vacuum(bf->relid != bf->table_relid);
 			if (bf_try(bf_slice_done) != BF_NEXT)
 				return;
