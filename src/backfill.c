@@ -165,7 +165,7 @@ bf_job_parallel(int64 job_id)
 static MigMigration *
 bf_migration(Oid relid)
 {
-	Relation	rel = mig_partition_open(relid, AccessShareLock);
+	Relation	rel = mig_open_table(relid, AccessShareLock);
 
 	table_close(rel, AccessShareLock);
 	return mig_catalog_active(relid, false);
