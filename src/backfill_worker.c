@@ -128,6 +128,7 @@ typedef struct BfWorker
 	bool		sliced;			/* the job walks slices (job_slice) */
 	int			slice_no;		/* the slice this worker walks; -1: none */
 	bool		slice_detached; /* its leaf left the table */
+	bool		last_vacuumed;	/* ranges of one heap: the job's last VACUUM ran */
 	Oid			table_relid;	/* the migrated table (a leaf's parent) */
 	int			parallel;		/* the job's setting */
 	int			nworkers;		/* workers sharing the pace: parallel, or fewer slices */
@@ -1525,6 +1526,8 @@ bf_new_leaves(MigMigration *m)
 	bf_mark_detached(m->relid, mig_partition_leaves(m->relid, AccessShareLock));
 	table_close(rel, NoLock);
 	if (added > 0)
+		mig_job_add_total(bf->job_id, total, exact);
+	if (added > 0)
 		ereport(LOG,
 				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": %d partition(s) attached to table %s during the backfill, walking them too",
 						bf->job_id, added, bf->table_name ? bf->table_name : m->table_name)));
@@ -1567,6 +1570,12 @@ bf_finish_slices(void)
 	m = mig_catalog_by_id(job.migration_id);
 	if (m && get_rel_relkind(m->relid) == RELKIND_PARTITIONED_TABLE && bf_new_leaves(m) > 0)
 		return bf_commit(BF_NEXT);
+	if (m && get_rel_relkind(m->relid) != RELKIND_PARTITIONED_TABLE && !bf->last_vacuumed)
+	{
+		/* ranges of one heap: the table's last VACUUM first (bf_next_slice) */
+		bf->relid = m->relid;
+		return bf_commit(BF_WALKED);
+	}
 	mig_job_sum_slices(bf->job_id, &(MigJobBatch) {.state = JOB_RUNNING});
 	mig_job_done(bf->job_id, bf_active_delta(), 0, 0);
 	if (m && m->phase == MIG_PHASE_BACKFILLING)
@@ -1700,6 +1709,18 @@ bf_next_slice(void)
 
 	if (res == BF_WALKED)
 		res = bf_try(bf_finish_slices);
+	if (res == BF_WALKED)
+	{
+		/*
+		 * The last worker of ranges of one heap: the table's last VACUUM
+		 * (which may truncate it), over before the job is done, as a serial
+		 * walk's.
+		 */
+		bf->written_since_vacuum = Max(bf->written_since_vacuum, 1);
+		bf_vacuum(true);
+		bf->last_vacuumed = true;
+		res = bf_try(bf_finish_slices);
+	}
 	if (res == BF_PAUSED)
 		bf_sleep(BF_POLL_MS);
 	else if (res == BF_RETRY)
@@ -1750,6 +1771,8 @@ bf_run(void)
 		{
 			/* a leaf gets its last VACUUM (which may truncate it); a range does not */
 			bf_vacuum(bf->relid != bf->table_relid);
+			/* done once its VACUUM is over: the job's last one must not skip it */
+			bf_vacuum_wait();
 			if (bf_try(bf_slice_done) != BF_NEXT)
 				return;
 		}
@@ -1797,6 +1820,7 @@ mig_backfill_main(Datum main_arg)
 	{
 		if (bf_setup())
 			bf_run();
+		bf_vacuum_wait();
 	}
 	PG_CATCH();
 	{

@@ -601,6 +601,23 @@ mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact)
 					 NULL, 1);
 }
 
+/*
+ * Slices added to a running job (partitions attached during the backfill):
+ * their rows count in its total, so that progress and ETA see them.
+ */
+void
+mig_job_add_total(int64 job_id, int64 rows, bool exact)
+{
+	Assert(rows >= 0);
+	mig_catalog_exec("UPDATE migrate_ext.job SET "
+					 "rows_total = coalesce(rows_total, 0) OPERATOR(pg_catalog.+) $2, "
+					 "rows_total_exact = rows_total_exact AND $3 "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
+					 3, (Oid[]) {INT8OID, INT8OID, BOOLOID},
+					 (Datum[]) {Int64GetDatum(job_id), Int64GetDatum(rows), BoolGetDatum(exact)},
+					 NULL, 1);
+}
+
 /* A new slice, pending; lower and upper may be (Datum) 0 for NULL. */
 void
 mig_slice_insert(const MigSlice *s)

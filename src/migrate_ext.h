@@ -302,6 +302,7 @@ extern int	mig_job_workers(int64 job_id, bool *taken);
 extern int	mig_job_start_workers(struct MigWorkerArgs *args, int n, bool only_free);
 extern void mig_job_lock_slices(int64 job_id);
 extern void mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact);
+extern void mig_job_add_total(int64 job_id, int64 rows, bool exact);
 extern void mig_slice_insert(const MigSlice *s);
 extern int	mig_slice_claim(int64 job_id, int pid, int slot);
 extern void mig_slice_set_state(int64 job_id, int slice_no, const char *state);

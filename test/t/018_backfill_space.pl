@@ -45,6 +45,29 @@ is($node->safe_psql('postgres', "SELECT vacuum_count - $vacuumed FROM pg_stat_us
 is($node->safe_psql('postgres', "SELECT count(*) FROM bf WHERE new IS DISTINCT FROM lower(email)"),
 	'0', 'every row filled');
 
+# ranges of one heap walked by two workers: each range's VACUUM is over
+# before its slice is done, and the last worker runs the table's last
+# VACUUM (which may truncate it) before the job is done, as a serial walk
+$node->safe_psql('postgres', qq{
+	CREATE TABLE par (id bigint PRIMARY KEY, email text) WITH (autovacuum_enabled = false);
+	@{[ sprintf($fill, 'par', 60000) ]};
+	VACUUM ANALYZE par;
+	SELECT mig_expand('par', 'email', new_col => 'new', up => 'lower(email)');
+	SELECT mig_backfill('par', batch_size => 2500, parallel => 2);
+});
+is(wait_job_ended($node, 'par'), 'done', 'the parallel backfill of one heap is done');
+my $par = job_row('par');
+is($node->safe_psql('postgres', qq{
+	SELECT ($par).vacuums - count(*) FROM migrate_ext.job_slices WHERE job_id = ($par).id}),
+	'1', 'one VACUUM per range, and one last VACUUM of the table');
+is($node->safe_psql('postgres', qq{
+	SELECT s.last_vacuum >= (SELECT max(updated_at) FROM migrate_ext.job_slice WHERE job_id = ($par).id)
+	   AND s.last_vacuum <= ($par).finished_at
+	  FROM pg_stat_user_tables s WHERE s.relname = 'par'}),
+	't', 'the last VACUUM ran after every range was done, and was over before the job was done');
+is($node->safe_psql('postgres', "SELECT count(*) FROM par WHERE new IS DISTINCT FROM lower(email)"),
+	'0', 'every row of the ranges filled');
+
 # the same rows, one UPDATE
 $node->safe_psql('postgres', q{
 	ALTER TABLE plain ADD COLUMN new text;

@@ -90,7 +90,7 @@ $node->safe_psql('postgres', q{
 CREATE TABLE ev_new (junk int, id int NOT NULL, created_at date NOT NULL, v int, _mig_new_v bigint);
 ALTER TABLE ev_new DROP COLUMN junk;	-- its columns numbered otherwise than the parent's
 ALTER TABLE ev_new ADD PRIMARY KEY (id, created_at);
-INSERT INTO ev_new SELECT g, date '2030-01-01' + (g % 100), g FROM generate_series(5001, 5200) g;
+INSERT INTO ev_new SELECT g, date '2030-01-01' + (g % 100), g FROM generate_series(5001, 6000) g;
 });
 $node->safe_psql('postgres',
 	"SELECT mig_backfill('ev', batch_size => 20, parallel => 2, max_rows_per_sec => 400)");
@@ -117,6 +117,17 @@ $node->poll_query_until('postgres', 'SELECT workers = 1 FROM mig_status')
 $node->safe_psql('postgres', "SELECT mig_set('ev', 'parallel', '2')");
 $node->poll_query_until('postgres', "SELECT workers = 2 OR state <> 'running' FROM mig_status")
   or die 'no second worker came';
+# the attached partition's slice, added by the last worker's re-listing, counts
+# in the job's total while it is walked (1,000 rows at the cap: seconds)
+$node->poll_query_until('postgres', qq{
+	SELECT ($job).state NOT IN ('running', 'throttled')
+	    OR EXISTS (SELECT FROM migrate_ext.job_slices WHERE job_id = ($job).id AND relname = 'public.ev_new')})
+  or die 'the attached partition got no slice';
+is($node->safe_psql('postgres', qq{
+	SELECT ($job).state IN ('running', 'throttled')
+	   AND ($job).rows_total = (SELECT sum(rows_total) FROM migrate_ext.job_slices WHERE job_id = ($job).id)
+	   AND (SELECT rows_total FROM mig_status) >= $rows + 1000}),
+	't', 'while it runs, the job\'s total (and mig_status\') counts the rows of the partition attached meanwhile');
 $node->safe_psql('postgres', "SELECT mig_set('ev', 'max_rows_per_sec', NULL)");
 is(wait_job_ended($node, 'ev'), 'done', 'two workers: done');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ev_new WHERE _mig_new_v IS DISTINCT FROM v'),
