@@ -43,6 +43,7 @@
 #include "pgstat.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -731,6 +732,53 @@ mig_expand(PG_FUNCTION_ARGS)
  * column the user dropped and created again under the same name is not
  * ours and is left alone).
  */
+/*
+ * Partitions detached during the migration that still have its new columns:
+ * the abort does not reach them.  Named, with the statement the guard wrote
+ * in the history when each was detached (guard_partitions_end).
+ */
+static void
+abort_detached_notice(MigMigration *m)
+{
+	Datum	   *names = palloc0(sizeof(Datum) * Max(list_length(m->pairs), 1));
+	int			n = 0;
+	ListCell   *lc;
+	char	   *stmts;
+
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+
+		if (p->new_col != NULL)
+			names[n++] = CStringGetTextDatum(p->new_col);
+	}
+	if (n == 0)
+		return;
+	SPI_connect();
+	if (mig_catalog_query("SELECT pg_catalog.string_agg(DISTINCT d.stmt, '; ') FROM "
+						  "(SELECT pg_catalog.substring(l.detail, 'drop them with: (ALTER TABLE .*)$') AS stmt, "
+						  "pg_catalog.to_regclass(pg_catalog.substring(l.detail, 'drop them with: ALTER TABLE (.*?) DROP COLUMN ')) AS rel "
+						  "FROM migrate_ext.phase_log l WHERE l.migration_id OPERATOR(pg_catalog.=) $1) d "
+						  "WHERE d.rel IS NOT NULL "
+						  "AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree($2) t "
+						  "WHERE t.relid OPERATOR(pg_catalog.=) d.rel) "
+						  "AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) d.rel "
+						  "AND NOT a.attisdropped AND a.attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($3))",
+						  3, (Oid[]) {INT8OID, REGCLASSOID, TEXTARRAYOID},
+						  (Datum[]) {Int64GetDatum(m->id), ObjectIdGetDatum(m->relid),
+							  PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT))},
+						  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.phase_log");
+	stmts = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (stmts != NULL)
+		ereport(NOTICE,
+				(errmsg("partitions detached from table %s during migration " INT64_FORMAT " keep its new columns",
+						m->table_name, m->id),
+				 errdetail("The abort does not reach a table that is no longer a partition."),
+				 errhint("Drop them by hand: %s.", stmts)));
+	SPI_finish();
+}
+
 Datum
 mig_abort(PG_FUNCTION_ARGS)
 {
@@ -820,6 +868,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	(void) mig_contract_undo(m->id);
 	if (ndrop > 0)
 		mig_run_utility(sql.data);
+	abort_detached_notice(m);
 
 	mig_catalog_set_phase(m->id, m->phase, MIG_PHASE_ABORTED, NULL);
 	PG_RETURN_VOID();

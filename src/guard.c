@@ -276,6 +276,35 @@ guard_note(MigMigration *m, const char *detail)
 }
 
 /*
+ * The statement that drops the migration's new columns from a partition
+ * detached during it (mig_abort does not reach it any more); NULL when it
+ * has none of them.
+ */
+static char *
+guard_detached_drop(MigMigration *m, const RangeVar *name)
+{
+	Oid			relid = RangeVarGetRelid(name, NoLock, true);
+	StringInfoData sql;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (!OidIsValid(relid))
+		return NULL;
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER TABLE %s", mig_qualified_name(relid));
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = lfirst(lc);
+
+		if (p->new_col == NULL || get_attnum(relid, p->new_col) == InvalidAttrNumber)
+			continue;
+		appendStringInfo(&sql, "%s DROP COLUMN %s", n++ > 0 ? "," : "",
+						 quote_identifier(p->new_col));
+	}
+	return n > 0 ? sql.data : NULL;
+}
+
+/*
  * After ATTACH or DETACH PARTITION on a table under migration.  A partition
  * attached got the dual-write trigger's clone, but its rows were written
  * without it: they need the backfill, and a validation made before does not
@@ -318,13 +347,18 @@ guard_partitions_end(Relation rel, int64 migration_id, AlterTableStmt *stmt)
 		}
 		else
 		{
-			why = psprintf("partition %s detached from %s: it keeps the new column, without the dual-write trigger",
-						   pc->name->relname, RelationGetRelationName(rel));
+			char	   *drop = guard_detached_drop(m, pc->name);
+
+			why = psprintf("partition %s detached from %s: it keeps the new column, without the dual-write trigger%s%s",
+						   pc->name->relname, RelationGetRelationName(rel),
+						   drop ? "; mig_abort does not reach it, drop them with: " : "",
+						   drop ? drop : "");
 			ereport(NOTICE,
 					(errmsg("partition \"%s\" detached during migration " INT64_FORMAT " of table %s",
 							pc->name->relname, m->id, m->table_name),
-					 errdetail("It lost the dual-write trigger and keeps the new columns, which nothing keeps in step with the old ones any more; the migration no longer covers its rows."),
-					 errhint("Drop the new columns from it, or attach it again before the migration is contracted.")));
+					 errdetail("It lost the dual-write trigger and keeps the new columns, which nothing keeps in step with the old ones any more; the migration no longer covers its rows, and mig_abort does not reach it."),
+					 drop ? errhint("Drop the new columns from it (%s), or attach it again before the migration is contracted.", drop)
+					 : errhint("Attach it again before the migration is contracted if it should be migrated.")));
 		}
 		guard_note(m, why);
 	}

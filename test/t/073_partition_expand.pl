@@ -188,6 +188,9 @@ is($node->safe_psql('postgres',
 # --- a partition detached during the migration ------------------------------
 ($rc, $out, $err) = $node->psql('postgres', 'ALTER TABLE ev DETACH PARTITION ev_1');
 like($err, qr/NOTICE:  partition "ev_1" detached during migration \d+ of table public.ev/, 'a detach is noticed');
+like($err, qr/HINT:  Drop the new columns from it \((ALTER TABLE public\.ev_1 DROP COLUMN \w+(, DROP COLUMN \w+)*)\)/,
+	'its hint gives the exact statement that drops the new columns');
+my ($ev1_drop) = $err =~ /\((ALTER TABLE public\.ev_1 DROP COLUMN [^)]*)\)/;
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ev_1'::regclass AND tgname = 'zz_migrate_ext_dualwrite'}),
 	'0', 'the detached table lost the trigger');
@@ -215,7 +218,16 @@ is($node->safe_psql('postgres', q{
 	 WHERE c.relname LIKE 'ab%' AND t.tgname = 'zz_migrate_ext_dualwrite'}), '0', 'no trigger clone left');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM ab_4 WHERE id = 9001}), '1', 'the rows are there');
 
-$node->safe_psql('postgres', "SELECT mig_abort('ev')");
+like($node->safe_psql('postgres', q{SELECT phases::text FROM mig_history WHERE table_name = 'ev'}),
+	qr/mig_abort does not reach it, drop them with: \Q$ev1_drop\E/, 'and so does mig_history');
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_abort('ev')");
+is($rc, 0, 'mig_abort of ev');
+like($err, qr/NOTICE:  partitions detached from table public.ev during migration \d+ keep its new columns.*HINT:  Drop them by hand: \Q$ev1_drop\E\./s,
+	'mig_abort names the partition detached during the migration, with the statement to run');
+$node->safe_psql('postgres', $ev1_drop);
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_attribute WHERE attrelid = 'ev_1'::regclass AND attname IN ('_mig_new_v', 'note_up') AND NOT attisdropped}),
+	'0', 'the statement drops the new columns of the detached table');
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(p.relid::regclass::text, ',' ORDER BY p.relid::regclass::text)
 	  FROM pg_partition_tree('ev') p JOIN pg_attribute a ON a.attrelid = p.relid
