@@ -372,4 +372,52 @@ like($err, qr/violates foreign key constraint "po_cust_id_fkey"/, 'the key is en
 like($err, qr/violates foreign key constraint "po_cust_id_fkey" on table "po"/, 'and on the referenced table');
 is($node->safe_psql('postgres', $leftovers_q), '0', 'no copy left under a _mig_ name');
 
+# --- 6. that route failing between the leaves' keys and the parent's -------
+# A session holds the parent alone (ROW EXCLUSIVE on ONLY pq): each leaf's
+# copy is added and validated, then the parent's ADD FOREIGN KEY cannot get
+# its lock through the ladder.  The caller gets the lock error; the leaves'
+# copies (enforced on new writes) are removed; the next mig_contract does it.
+$node->safe_psql('postgres', q{
+CREATE TABLE pq (id int NOT NULL, created_at date NOT NULL, cust_id int REFERENCES cust (cid),
+	PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
+CREATE TABLE pq_1 PARTITION OF pq FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE pq_2 PARTITION OF pq FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+INSERT INTO pq SELECT g, date '2020-01-01' + g, g % 50 + 1 FROM generate_series(1, 600) g;
+SELECT mig_expand('pq', 'cust_id', type => 'bigint');
+UPDATE pq SET cust_id = cust_id;
+SET client_min_messages = warning;
+SELECT count(*) FROM mig_validate('pq');
+SELECT mig_cutover('pq');
+});
+my $pq_fk_q = q{
+	SELECT string_agg(conrelid::regclass || ':' || conname || ':' || (conparentid <> 0), ','
+	                  ORDER BY conrelid::regclass::text, conname)
+	  FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text LIKE 'pq%'};
+my $pq_before = $node->safe_psql('postgres', $pq_fk_q);
+my $holder = $node->background_psql('postgres');
+my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->query_safe('BEGIN');
+$holder->query_safe('LOCK TABLE ONLY pq IN ROW EXCLUSIVE MODE');
+{
+	local $ENV{PGOPTIONS} = '-c migrate_ext.lock_timeout=20ms -c migrate_ext.lock_timeout_max=100ms';
+	($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('pq')");
+}
+isnt($rc, 0, 'the parent\'s ADD FOREIGN KEY cannot get its lock: mig_contract fails');
+like($err, qr/could not lock table "pq".*process $holder_pid holds a conflicting lock/s,
+	'the error names the table and the session that holds it');
+like($err, qr/validating foreign key "pq_cust_id_fkey" on the new column, on partition pq_2/,
+	'it failed after the leaves\' keys were added and validated');
+is($node->safe_psql('postgres', $pq_fk_q), $pq_before,
+	'nothing enforced is left behind: no leaf keeps its copy of the key');
+$holder->query_safe('COMMIT');
+$holder->quit;
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('pq')");
+is($rc, 0, 'the next mig_contract completes') or diag $err;
+is($node->safe_psql('postgres', $pq_fk_q),
+	'pq:pq_cust_id_fkey:false,pq_1:pq_cust_id_fkey:true,pq_2:pq_cust_id_fkey:true',
+	'the key is on the new column of the parent, every leaf\'s attached');
+is($node->safe_psql('postgres', q{
+	SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'pq'::regclass AND attname = 'cust_id'}),
+	'bigint', 'pq.cust_id is bigint');
+
 done_testing();
