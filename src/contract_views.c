@@ -1165,6 +1165,44 @@ build_view_copy(ContractPlan *plan, Oid viewoid, List *from, List *to)
 }
 
 /*
+ * SELECT on each new column for every role that may read its old column by
+ * a column grant: a copy is built as its owner (and reads the copies of
+ * views as theirs), who must read the new column as it read the old one.
+ * The swap gives the new column all of the old one's privileges anyway;
+ * this is the part that reading needs, given before, by the caller (the
+ * table's owner).  GRANT is idempotent: each copy's transaction repeats it.
+ */
+static void
+grant_new_columns(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	SPI_connect();
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, false "
+								  "FROM pg_catalog.pg_attribute t, "
+								  "LATERAL pg_catalog.aclexplode(t.attacl) a "
+								  "WHERE t.attrelid OPERATOR(pg_catalog.=) $1 "
+								  "AND t.attnum OPERATOR(pg_catalog.=) $2 "
+								  "AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT' ORDER BY 1",
+								  2, (Oid[]) {OIDOID, INT2OID},
+								  (Datum[]) {ObjectIdGetDatum(plan->relid),
+								  Int16GetDatum(c->pair->old_attnum)},
+								  NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the privileges of column \"%s\"", c->oldname);
+		mig_contract_append_grants(&sql, plan->qname, c->newname);
+	}
+	SPI_finish();
+	if (sql.len > 0)
+		mig_run_utility(sql.data);
+}
+
+/*
  * Build the copy of a materialized view of plan->matviews, or of a view of
  * plan->view_copies, beside it on the new column.  from/to: the copies
  * built before it, which it reads instead of their originals.  In a
@@ -1186,6 +1224,7 @@ mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from, List *to)
 				 errdetail("mig_contract builds the copy of %sview \"%s\" under this name.",
 						   matview ? "materialized " : "", name),
 				 errhint("Rename or drop that relation.")));
+	grant_new_columns(plan);
 	copy = matview ? build_matview(plan, relid, from, to) :
 		build_view_copy(plan, relid, from, to);
 	Assert(OidIsValid(copy));
