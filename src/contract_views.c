@@ -1209,21 +1209,44 @@ grant_new_columns(ContractPlan *plan)
  * transaction of its own before the swap, taking no lock on the table
  * beyond a read's.  Returns the copy's OID, for the caller to record.
  */
+/*
+ * Refuse a copy-name that a relation already has: someone else's (a copy
+ * left by a contract that stopped was dropped before, by its recorded
+ * OID), which is neither dropped nor used.
+ */
+static void
+refuse_taken(const char *copyname, Oid nsp, const char *what, const char *name)
+{
+	if (OidIsValid(get_relname_relid(copyname, nsp)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("relation \"%s\" already exists", copyname),
+				 errdetail("mig_contract builds the copy of %s \"%s\" under this name.",
+						   what, name),
+				 errhint("Rename or drop that relation.")));
+}
+
 Oid
 mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from, List *to)
 {
 	char	   *name = get_rel_name(relid);
-	char	   *copyname = mig_contract_copy_name(name, relid);
+	Oid			nsp = get_rel_namespace(relid);
 	bool		matview = get_rel_relkind(relid) == RELKIND_MATVIEW;
 	Oid			copy;
 
-	if (OidIsValid(get_relname_relid(copyname, get_rel_namespace(relid))))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("relation \"%s\" already exists", copyname),
-				 errdetail("mig_contract builds the copy of %sview \"%s\" under this name.",
-						   matview ? "materialized " : "", name),
-				 errhint("Rename or drop that relation.")));
+	refuse_taken(mig_contract_copy_name(name, relid), nsp,
+				 matview ? "materialized view" : "view", name);
+	if (matview)
+	{
+		Relation	rel = relation_open(relid, AccessShareLock);
+		ListCell   *lc;
+
+		/* and its indexes' copies, in its schema too */
+		foreach(lc, RelationGetIndexList(rel))
+			refuse_taken(mig_contract_copy_name(get_rel_name(lfirst_oid(lc)), lfirst_oid(lc)),
+						 nsp, "index", get_rel_name(lfirst_oid(lc)));
+		relation_close(rel, NoLock);
+	}
 	grant_new_columns(plan);
 	copy = matview ? build_matview(plan, relid, from, to) :
 		build_view_copy(plan, relid, from, to);

@@ -284,7 +284,8 @@ for my $planted ('_mig_mvr', '_mig_mvr_id')
 	$node->safe_psql('postgres', qq{SET ROLE planter; CREATE TABLE "$planted" (x int); INSERT INTO "$planted" VALUES (42)});
 	($ret, $out, $err) = $node->psql('postgres', q{SELECT mig_contract('s')});
 	isnt($ret, 0, "contract refused with $planted planted");
-	like($err, qr/relation "$planted" already exists/, 'it names the relation') or diag($err);
+	like($err, qr/relation "$planted" already exists\nDETAIL:  mig_contract builds the copy of (materialized view "mvr"|index "mvr_id") under this name/,
+		'it names the relation and says why') or diag($err);
 	is($node->safe_psql('postgres', qq{
 SELECT relowner::regrole::text || ':' || relkind::text || ':' || (SELECT x FROM "$planted")
   FROM pg_class WHERE relname = '$planted'}), 'planter:r:42', 'the planted relation is untouched');
