@@ -68,6 +68,7 @@
 #include "tcop/utility.h"
 #include "miscadmin.h"
 #include "rewrite/rewriteSupport.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -548,6 +549,36 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 	List	   *views = NIL;
 
 	ListCell   *lc;
+
+	/* the copies are still those built (by OID): none taken over since */
+	foreach(lc, plan->views)
+	{
+		Oid			v = lfirst_oid(lc);
+		char	   *copyname = mig_contract_copy_name(get_rel_name(v), v);
+		Oid			copy = get_relname_relid(copyname, get_rel_namespace(v));
+
+		if ((!list_member_oid(plan->matviews, v) && !list_member_oid(plan->view_copies, v)) ||
+			list_member_oid(plan->view_keep, v))
+			continue;
+		/* nobody else has a reason to hold a copy: no waiting in the swap */
+		if (OidIsValid(copy) && !ConditionalLockRelationOid(copy, AccessExclusiveLock))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not lock relation \"%s\", the copy of view \"%s\"",
+							copyname, get_rel_name(v)),
+					 errdetail("Another session holds a lock on it; the swap did not wait."),
+					 errhint("Run mig_contract again.")));
+		if (!OidIsValid(copy) || get_relname_relid(copyname, get_rel_namespace(v)) != copy ||
+			!mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("relation \"%s\" is not the copy of %sview \"%s\" that mig_contract built",
+							copyname, get_rel_relkind(v) == RELKIND_MATVIEW ? "materialized " : "",
+							get_rel_name(v)),
+					 errdetail("It was dropped or replaced after mig_contract built it; the swap did not use it."),
+					 errhint("Drop or rename relation \"%s\" if it is there, then run mig_contract again: it builds the copy again.",
+							 copyname)));
+	}
 
 	capture_cxt = CurrentMemoryContext;
 	SPI_connect();

@@ -295,6 +295,30 @@ SELECT relowner::regrole::text || ':' || relkind::text || ':' || (SELECT x FROM 
 		'nothing recorded');
 	$node->safe_psql('postgres', qq{SET ROLE planter; DROP TABLE "$planted"});
 }
+# the copy replaced by its owner (who may drop it) while the swap waits: the
+# swap uses only the copy it built (by its recorded OID), and refuses
+$holder = hold_mvr();
+$contract = start_contract($long);
+$node->safe_psql('postgres', q{
+SET ROLE mv_owner;
+DROP MATERIALIZED VIEW _mig_mvr;
+CREATE MATERIALIZED VIEW _mig_mvr AS SELECT 666 AS id, 'EVIL'::text AS region, 'evil'::text AS built_by;
+CREATE UNIQUE INDEX _mig_mvr_id ON _mig_mvr (id);});
+$holder->query_safe('COMMIT');
+$holder->quit;
+$cerr = finish_contract($contract);
+like($cerr, qr/relation "_mig_mvr" is not the copy of materialized view "mvr" that mig_contract built/,
+	'the swap refused a copy it did not build') or diag($cerr);
+is($node->safe_psql('postgres', q{SELECT count(*), min(built_by), max(built_by) FROM mvr}),
+	'600|mv_owner|mv_owner', 'mvr is untouched');
+is($node->safe_psql('postgres', 'SELECT mv_summary()'), '_mig_mvr:m:mv_owner: _mig_mvr_id:i:mv_owner: ' . $expected_end,
+	'and so are its index and grants');
+is($node->safe_psql('postgres', q{SELECT built_by FROM _mig_mvr}), 'evil',
+	'the relation that took the name is not dropped');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM migrate_ext.contract_object'), '0',
+	'nothing recorded is left');
+$node->safe_psql('postgres', q{SET ROLE mv_owner; DROP MATERIALIZED VIEW _mig_mvr});
+
 $node->safe_psql('postgres', q{SELECT mig_contract('s')});
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT built_by, ',') FROM mvr}), 'mv_owner',
 	'the legitimate contract goes through, built by the owner');
