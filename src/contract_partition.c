@@ -38,8 +38,14 @@
  *    its own; SET NOT NULL on the parent then scans no leaf;
  *  - the swap locks the parent and every partition at once, in
  *    find_all_inheritors order, through the lock ladder.
- * A foreign key declared on a partitioned table is still refused at
- * validation (contract_plan.c): PostgreSQL 15 cannot add it NOT VALID there.
+ *  - a foreign key declared on a partitioned table: PostgreSQL 15 cannot
+ *    add it NOT VALID there, so its copy is added NOT VALID on each leaf,
+ *    validated on each, then the parent's ADD FOREIGN KEY attaches them
+ *    without a scan (contract_worker.c); in the swap every level's copy
+ *    takes the old name (mig_partition_fkey_rename_sql).  One that
+ *    references a partitioned table being migrated needs the new key, made
+ *    only in the swap: it is added NOT VALID on each leaf in the swap,
+ *    validated on each after it, then attached by the parent's.
  *
  *-------------------------------------------------------------------------
  */
@@ -426,9 +432,36 @@ mig_partition_swap(ContractPlan *plan)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		if (fk->at_swap)
+		if (!fk->at_swap)
+			continue;
+		if (get_rel_relkind(fk->conrelid) != RELKIND_PARTITIONED_TABLE)
 			mig_run_utility(fk->adddef);
+		else
+		{
+			/* on each leaf, NOT VALID; the parent's attaches them after */
+			const char *body = mig_partition_fkey_body(fk);
+			ListCell   *lc2;
+
+			foreach(lc2, mig_partition_leaves(fk->conrelid, NoLock))
+				mig_run_utility(psprintf("ALTER TABLE %s%s", qualified(lfirst_oid(lc2)), body));
+		}
 	}
+}
+
+/*
+ * What follows "ALTER TABLE <the referencing table>" in a foreign key
+ * copy's ADD CONSTRAINT ... NOT VALID: run on a leaf of a partitioned
+ * referencing table as it is, on the parent without its NOT VALID.
+ */
+const char *
+mig_partition_fkey_body(ContractFkey *fk)
+{
+	const char *body = fk->adddef + strlen("ALTER TABLE ") + strlen(fk->conrel);
+
+	Assert(strncmp(fk->adddef, "ALTER TABLE ", 12) == 0);
+	Assert(strlen(body) > strlen(" NOT VALID") &&
+		   strcmp(body + strlen(body) - strlen(" NOT VALID"), " NOT VALID") == 0);
+	return body;
 }
 
 /* The copies of a plain index take the old names (the keys have theirs). */
@@ -450,5 +483,30 @@ mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci, StringInfo sql)
 						 quote_qualified_identifier(get_namespace_name(get_rel_namespace(part->relid)),
 													part->tmpname),
 						 quote_identifier(part->oldname));
+	}
+}
+
+/*
+ * The partitions' copies of a foreign key declared on a partitioned table
+ * (added on each leaf, then attached by the parent's, see contract_worker.c)
+ * take the old key's name too, free once the old key and its clones are
+ * dropped, so that a later migration's copy can take the copy's name again.
+ */
+void
+mig_partition_fkey_rename_sql(ContractFkey *fk, StringInfo sql)
+{
+	ListCell   *lc;
+
+	if (get_rel_relkind(fk->conrelid) != RELKIND_PARTITIONED_TABLE)
+		return;
+	foreach(lc, find_all_inheritors(fk->conrelid, NoLock, NULL))
+	{
+		Oid			part = lfirst_oid(lc);
+
+		if (part == fk->conrelid ||
+			!OidIsValid(get_relation_constraint_oid(part, fk->tmpname, true)))
+			continue;
+		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", qualified(part),
+						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
 	}
 }

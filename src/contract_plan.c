@@ -26,6 +26,7 @@
 #include "catalog/pg_attrdef.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_depend.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_index.h"
@@ -557,13 +558,13 @@ plan_objects(ContractPlan *plan, List *indexoids, List *fkoids)
 			plan->blockers = lappend(plan->blockers,
 									 psprintf("foreign key %s of table %s (which mig_contract must move to the new column, and only its owner can)",
 											  fk->oldname, get_rel_name(fk->conrelid)));
-		else if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
-			plan->blockers = lappend(plan->blockers,
-									 psprintf("foreign key %s of partitioned table %s (which cannot be added NOT VALID, as mig_contract would move it)",
-											  fk->oldname, get_rel_name(fk->conrelid)));
 		plan->fkeys = lappend(plan->fkeys, fk);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->conrelid);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->confrelid);
+		/* the swap drops and adds the key on every partition of its table */
+		if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
+			plan->lockrels = list_concat_unique_oid(plan->lockrels,
+													find_all_inheritors(fk->conrelid, NoLock, NULL));
 	}
 }
 

@@ -131,7 +131,8 @@ undo_statement(UndoObject *o, List **rels, int *order)
 		{
 			Form_pg_constraint con = (Form_pg_constraint) GETSTRUCT(tup);
 
-			if (con->conrelid == o->relid)
+			/* a partition's copy attached to its parent's goes with it */
+			if (con->conrelid == o->relid && !OidIsValid(con->conparentid))
 			{
 				*order = con->contype == CONSTRAINT_FOREIGN ? 0 : 1;
 				*rels = list_append_unique_oid(*rels, con->conrelid);

@@ -390,14 +390,131 @@ add_checks(ContractPlan *plan)
 				 list_length(plan->columns) > 1 ? "s" : "");
 }
 
+static void validate(Oid relid, const char *name, const char *what);
+
+/*
+ * The parent's ADD FOREIGN KEY of a copy added in the swap, from a leaf's
+ * copy as the catalog has it now: the swap renamed the columns it
+ * references, so the statement prepared before it names them wrongly.
+ * Every name qualified (search_path pinned).
+ */
+static char *
+fkey_from_leaf(ContractFkey *fk, Oid leaf, const char *name)
+{
+	int			nestlevel = NewGUCNestLevel();
+	char	   *def;
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	def = TextDatumGetCString(DirectFunctionCall1(pg_get_constraintdef,
+												  ObjectIdGetDatum(get_relation_constraint_oid(leaf, name, false))));
+	AtEOXact_GUC(true, nestlevel);
+	return psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", fk->conrel, quote_identifier(name), def);
+}
+
+/*
+ * A foreign key copy declared on a partitioned table, which PostgreSQL 15
+ * cannot add NOT VALID there (the route TAP 070 proves): NOT VALID on each
+ * leaf, each in a short transaction of its own, each validated in its own
+ * (SHARE UPDATE EXCLUSIVE: reads and writes go on), then the parent's ADD
+ * FOREIGN KEY, which finds a matching validated key on every leaf and
+ * attaches it without a scan.  The leaves' copies keep their copy's name
+ * after the swap: a partition's inherited constraint cannot be renamed.
+ */
+static void
+add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
+{
+	const char *body = mig_partition_fkey_body(fk);
+	MemoryContext cxt = CurrentMemoryContext;	/* outlives the transactions */
+	MemoryContext xcxt;
+	List	   *leaves = NIL;
+	List	   *whats = NIL;
+	ListCell   *lc;
+	ListCell   *lw;
+	char	   *parent;
+	bool		done;
+
+	check_caller();
+	xact_begin();
+	xcxt = CurrentMemoryContext;
+	done = constraint_state(fk->conrelid, name) != 0;
+	foreach(lc, mig_partition_leaves(fk->conrelid, NoLock))
+	{
+		char	   *what = psprintf("foreign key \"%s\" on the new column, on partition %s",
+									fk->oldname, get_rel_name(lfirst_oid(lc)));
+
+		MemoryContextSwitchTo(cxt);
+		leaves = lappend_oid(leaves, lfirst_oid(lc));
+		whats = lappend(whats, pstrdup(what));
+		MemoryContextSwitchTo(xcxt);
+	}
+	parent = MemoryContextStrdup(cxt, get_rel_name(fk->conrelid));
+	xact_end();
+	MemoryContextSwitchTo(cxt);
+	if (done)
+		return;					/* an earlier run attached the leaves' */
+	if (leaves == NIL && fk->at_swap)
+	{
+		/* no leaf to copy it from, nor a row to check */
+		ereport(WARNING,
+				(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
+						fk->oldname, parent),
+				 errhint("Add it again by hand on the new column.")));
+		return;
+	}
+	forboth(lc, leaves, lw, whats)
+	{
+		Oid			leaf = lfirst_oid(lc);
+
+		check_caller();
+		xact_begin();
+		if (constraint_state(leaf, name) == 0)
+		{
+			Oid			rels[2] = {leaf, fk->confrelid};
+
+			mig_lock_tables(2, rels, ShareRowExclusiveLock, "add a foreign key NOT VALID");
+			mig_run_utility(psprintf("ALTER TABLE %s%s", mig_qualified_name(leaf), body));
+			record_constraint(plan, leaf, name);
+		}
+		xact_end();
+		MemoryContextSwitchTo(cxt);
+		validate(leaf, name, lfirst(lw));
+	}
+	check_caller();
+	xact_begin();
+	(void) mig_lock_tree(fk->conrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
+	mig_lock_table(fk->confrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
+	if (!fk->at_swap)
+		mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
+								 (int) (strlen(body) - strlen(" NOT VALID")), body));
+	else
+		mig_run_utility(fkey_from_leaf(fk, linitial_oid(leaves), name));
+	if (!fk->at_swap)
+		record_constraint(plan, fk->conrelid, name);
+	xact_end();
+	MemoryContextSwitchTo(cxt);
+	progress("added foreign key \"%s\" on the new column to every partition of %s, validated, and attached",
+			 fk->oldname, parent);
+}
+
 /* A foreign key copy, NOT VALID: a short SHARE ROW EXCLUSIVE on both tables. */
 static void
 add_fkey(ContractPlan *plan, ContractFkey *fk)
 {
 	bool		added = false;
+	bool		partitioned;
 
 	if (fk->at_swap)
 		return;					/* added in the swap (contract_partition.c) */
+	check_caller();
+	xact_begin();
+	partitioned = get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE;
+	xact_end();
+	if (partitioned)
+	{
+		add_fkey_partitioned(plan, fk, fk->tmpname);
+		return;
+	}
 	check_caller();
 	xact_begin();
 	if (constraint_state(fk->conrelid, fk->tmpname) == 0)
@@ -701,6 +818,7 @@ swap_rename_sql(ContractPlan *plan, StringInfo sql)
 			continue;			/* added under its own name */
 		appendStringInfo(sql, "ALTER TABLE %s RENAME CONSTRAINT %s TO %s;", fk->conrel,
 						 quote_identifier(fk->tmpname), quote_identifier(fk->oldname));
+		mig_partition_fkey_rename_sql(fk, sql);
 	}
 	/* the old CHECKs went with the old column: the copies take their names */
 	foreach(lc, plan->checks)
@@ -977,6 +1095,7 @@ static void
 run_steps(ContractPlan *plan, bool force)
 {
 	ListCell   *lc;
+	bool		partitioned;
 
 	foreach(lc, plan->indexes)
 	{
@@ -1027,7 +1146,15 @@ run_steps(ContractPlan *plan, bool force)
 	{
 		ContractFkey *fk = lfirst(lc);
 
-		if (fk->at_swap)
+		if (!fk->at_swap)
+			continue;
+		check_caller();
+		xact_begin();
+		partitioned = get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE;
+		xact_end();
+		if (partitioned)
+			add_fkey_partitioned(plan, fk, fk->oldname);	/* the leaves' are there */
+		else
 			validate(fk->conrelid, fk->oldname,
 					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
 	}

@@ -12,6 +12,11 @@
  * NULL, fails check_expr, or collides with another row's in a unique index
  * or constraint of the old column that contract would rebuild.
  *
+ * A partitioned table is read leaf by leaf (every leaf, whatever its
+ * depth; a foreign leaf is refused), each as a table on its own; the
+ * expressions, keys and unique indexes are the parent's, naming columns,
+ * which every leaf names alike.
+ *
  * The table is read as mig_validate reads it: in chunks of CHUNK_BLOCKS
  * heap blocks (TID Range Scans), each one statement with its own snapshot,
  * the xmin horizon released between chunks (mig_release_xmin), and nothing
@@ -60,6 +65,7 @@
 #include "utils/tuplesort.h"
 #include "utils/typcache.h"
 
+#include "contract.h"
 #include "migrate_ext.h"
 
 PG_FUNCTION_INFO_V1(mig_preflight);
@@ -120,6 +126,7 @@ typedef struct PRun
 	StringInfoData inner;		/* the chunk query's inner select list */
 	StringInfoData outer;		/* and its outer one */
 	int			ncols;			/* columns of the outer select list */
+	Relation	scanrel;		/* the leaf being read: rel, or a partition */
 	char	   *chunk_sql;		/* run by mig_owner_run() */
 	SPIPlanPtr	rows_plan;		/* runs no user code */
 	char	   *up_sql;			/* run by mig_owner_run() */
@@ -235,7 +242,9 @@ choose_key(PRun *run)
 	if (!OidIsValid(indexoid))
 	{
 		run->key_label = "ctid";
-		run->key_expr = "ctid::pg_catalog.text";
+		run->key_expr = (char *) mig_partition_ctid_key(RelationGetRelid(run->rel));
+		if (run->rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+			run->key_label = "partition:ctid";
 		return;
 	}
 
@@ -408,13 +417,23 @@ find_uniques(PRun *run)
 	}
 }
 
+/* The chunk query over one table (a leaf of a partitioned table). */
+static char *
+leaf_chunk_sql(PRun *run, const char *qname)
+{
+	return psprintf("SELECT %s FROM (SELECT %s FROM ONLY %s "
+					"WHERE ctid OPERATOR(pg_catalog.>=) $1 "
+					"AND ctid OPERATOR(pg_catalog.<) $2 OFFSET 0) s",
+					run->outer.data, run->inner.data, qname);
+}
+
 /*
  * The checks and the chunk query.  Its inner select computes each value
  * once (OFFSET 0 keeps it from being flattened into the outer one); the
  * outer one returns, per row: k, its key text; up IS NULL; NOT check;
  * then each unique index's keys and "in" flag.
  */
-static char *
+static void
 build_query(PRun *run)
 {
 	Oid			relid = RelationGetRelid(run->rel);
@@ -437,11 +456,6 @@ build_query(PRun *run)
 	if (run->check)
 		run->check_check = add_check(run, "check_expr", "failing check_expr");
 	find_uniques(run);
-
-	return psprintf("SELECT %s FROM (SELECT %s FROM ONLY %s "
-					"WHERE ctid OPERATOR(pg_catalog.>=) $1 "
-					"AND ctid OPERATOR(pg_catalog.<) $2 OFFSET 0) s",
-					run->outer.data, run->inner.data, run->qname);
 }
 
 /*
@@ -659,7 +673,7 @@ scan_block_by_rows(PRun *run, BlockNumber b)
 static void
 scan_table(PRun *run)
 {
-	BlockNumber nblocks = RelationGetNumberOfBlocks(run->rel);
+	BlockNumber nblocks = RelationGetNumberOfBlocks(run->scanrel);
 	ItemPointerData lo;
 	ItemPointerData hi;
 
@@ -795,14 +809,48 @@ find_collisions(PRun *run, PUnique *u)
 }
 
 /*
- * Prepare the statements and scan, as the owner: generated SQL bound under
- * a pinned search_path, user code run under the caller's (mig_owner_run).
+ * Prepare the statements over one leaf (or the table) and read it: generated
+ * SQL bound under a pinned search_path, user code run under the caller's
+ * (mig_owner_run).
  */
 static void
-run_scan(PRun *run, const char *sql)
+scan_leaf(PRun *run, Oid leaf)
+{
+	Oid			types[2] = {TIDOID, TIDOID};
+	char	   *qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(leaf)),
+												   get_rel_name(leaf));
+
+	run->scanrel = leaf == RelationGetRelid(run->rel) ? run->rel : table_open(leaf, NoLock);
+	run->chunk_sql = leaf_chunk_sql(run, qname);
+	run->rows_plan = SPI_prepare(psprintf("SELECT ctid, %s FROM ONLY %s "
+										  "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
+										  "AND ctid OPERATOR(pg_catalog.<) $2",
+										  run->key_expr, qname), 2, types);
+	run->up_sql = psprintf("SELECT (%s) IS NULL FROM ONLY %s "
+						   "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
+						   "AND ctid OPERATOR(pg_catalog.<) $2",
+						   mig_deparse(run->up, RelationGetRelid(run->rel)),
+						   qname);
+	if (run->rows_plan == NULL)
+		elog(ERROR, "migrate_ext: could not prepare the rows of \"%s\": %s", qname,
+			 SPI_result_code_string(SPI_result));
+
+	scan_table(run);
+	SPI_freeplan(run->rows_plan);
+	if (run->scanrel != run->rel)
+		table_close(run->scanrel, NoLock);
+}
+
+/*
+ * Scan, as the owner, under a pinned search_path: the table, or each leaf of
+ * a partitioned table in turn, each in its own chunks (the expressions and
+ * keys name columns, which every leaf names alike).
+ */
+static void
+run_scan(PRun *run)
 {
 	MigOwnerSave save;
-	Oid			types[2] = {TIDOID, TIDOID};
+	ListCell   *lc;
 
 	/* user code runs as the owner, restricted, row security not forced */
 	mig_owner_switch(RelationGetRelid(run->rel), &save);
@@ -810,21 +858,8 @@ run_scan(PRun *run, const char *sql)
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 
 	SPI_connect();
-	run->chunk_sql = pstrdup(sql);
-	run->rows_plan = SPI_prepare(psprintf("SELECT ctid, %s FROM ONLY %s "
-										  "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
-										  "AND ctid OPERATOR(pg_catalog.<) $2",
-										  run->key_expr, run->qname), 2, types);
-	run->up_sql = psprintf("SELECT (%s) IS NULL FROM ONLY %s "
-						   "WHERE ctid OPERATOR(pg_catalog.>=) $1 "
-						   "AND ctid OPERATOR(pg_catalog.<) $2",
-						   mig_deparse(run->up, RelationGetRelid(run->rel)),
-						   run->qname);
-	if (run->rows_plan == NULL)
-		elog(ERROR, "migrate_ext: could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-
-	scan_table(run);
+	foreach(lc, mig_partition_leaves(RelationGetRelid(run->rel), AccessShareLock))
+		scan_leaf(run, lfirst_oid(lc));
 	SPI_finish();
 
 	mig_owner_restore(&save);
@@ -942,7 +977,6 @@ mig_preflight(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PRun		run;
-	char	   *sql;
 	ListCell   *lc;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -956,7 +990,7 @@ mig_preflight(PG_FUNCTION_ARGS)
 	run.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "mig_preflight rows",
 									   ALLOCSET_DEFAULT_SIZES);
 	/* AccessShareLock, held to the end: the table's shape must not change */
-	run.rel = mig_open_table(PG_GETARG_OID(0), AccessShareLock);
+	run.rel = mig_partition_open(PG_GETARG_OID(0), AccessShareLock);
 	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),
 										   RelationGetRelationName(run.rel));
 	cook(&run, NameStr(*PG_GETARG_NAME(1)), text_arg(fcinfo, 2), text_arg(fcinfo, 3),
@@ -971,10 +1005,10 @@ mig_preflight(PG_FUNCTION_ARGS)
 		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		choose_key(&run);
-		sql = build_query(&run);
+		build_query(&run);
 		AtEOXact_GUC(true, save_nestlevel);
 	}
-	run_scan(&run, sql);
+	run_scan(&run);
 
 	foreach(lc, run.uniques)
 	{

@@ -669,6 +669,23 @@ mig_lock_tree(Oid relid, LOCKMODE lockmode, const char *why)
 				 errdetail("The parent and every partition are locked together; the shared lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) locks, and a transaction that finds it full fails with \"out of shared memory\"."),
 				 errhint("Raise max_locks_per_transaction (a restart) well above the number of partitions.")));
 	lock_ladder(nrels, relids, lockmode, why, false);
+
+	/*
+	 * A partition attached after the list was read and before the parent's
+	 * lock was held: locked the same way, so that no statement of ours
+	 * queues for it outside the ladder.  With the parent's lock held (any
+	 * mode the callers take conflicts with ATTACH and DETACH) the tree
+	 * holds still.
+	 */
+	foreach(lc, find_all_inheritors(relid, NoLock, NULL))
+	{
+		Oid			late = lfirst_oid(lc);
+
+		if (list_member_oid(tree, late))
+			continue;
+		lock_ladder(1, &late, lockmode, why, false);
+		tree = lappend_oid(tree, late);
+	}
 	pfree(relids);
 	return tree;
 }

@@ -15,6 +15,7 @@
 #    rows until they are filled; one detached loses the trigger, keeps the
 #    column, and both are noticed and written in mig_history;
 #  - DDL on a leaf's migrated columns is refused, naming the parent to abort;
+#  - mig_preflight reads every leaf;
 #  - mig_abort leaves the table exactly as before (pg_dump -s).
 use strict;
 use warnings;
@@ -54,6 +55,25 @@ sub dump_schema
 	$dump =~ s/^\\(un)?restrict .*$//mg;	# a random key, new in every dump
 	return $dump;
 }
+
+# --- mig_preflight reads every leaf ----------------------------------------
+# note -> int: every note but those of ids divisible by 100 fails up, in
+# every leaf (ev_4, numbered otherwise, included); nothing is changed
+$node->safe_psql('postgres', q{UPDATE ev SET note = id::text WHERE id % 100 = 0});
+my $pf = $node->safe_psql('postgres', q{
+	SELECT check_name || '|' || passed || '|' || failing || '|' || detail
+	  FROM mig_preflight('ev', 'note', 'int')});
+like($pf, qr/^up\|false\|1980\|1980 rows where up raises an error/m,
+	'preflight of a partitioned table finds the failing rows of every leaf') or diag $pf;
+like($pf, qr/\(1,2020-01-02\)/, 'named by the parent\'s primary key');
+is($node->safe_psql('postgres', q{
+	SELECT count(DISTINCT tableoid) FROM ev WHERE note !~ '^[0-9]+$'}), '7',
+	'(the failing rows are spread over all seven leaves)');
+$pf = $node->safe_psql('postgres', q{
+	SELECT string_agg(check_name || ':' || passed, ',') FROM mig_preflight('ev', 'v', 'bigint', not_null => true)});
+is($pf, 'up:true,not_null:true', 'v -> bigint NOT NULL passes over every leaf');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_attribute WHERE attname LIKE '\_mig%'}), '0',
+	'preflight changed nothing');
 
 # --- the lock ladder over the whole tree ----------------------------------
 my $holder = $node->background_psql('postgres');
