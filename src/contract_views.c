@@ -540,6 +540,29 @@ capture_copied(Oid mvoid)
 }
 
 /*
+ * Is this relation a copy this migration's contract built and recorded?
+ * (contract_undo.c's mig_contract_recorded, which sits above this file.)
+ */
+static bool
+copy_recorded(ContractPlan *plan, Oid copy)
+{
+	bool		found;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT FROM migrate_ext.contract_object "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
+						  "AND classid OPERATOR(pg_catalog.=) $2 AND objid OPERATOR(pg_catalog.=) $3",
+						  3, (Oid[]) {INT8OID, OIDOID, OIDOID},
+						  (Datum[]) {Int64GetDatum(plan->migration_id),
+						  ObjectIdGetDatum(RelationRelationId), ObjectIdGetDatum(copy)},
+						  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.contract_object");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
+}
+
+/*
  * Capture every view of the plan and return the DROP statements, deepest
  * first.  In the swap transaction, under the views' locks.
  */
@@ -569,7 +592,7 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 					 errdetail("Another session holds a lock on it; the swap did not wait."),
 					 errhint("Run mig_contract again.")));
 		if (!OidIsValid(copy) || get_relname_relid(copyname, get_rel_namespace(v)) != copy ||
-			!mig_contract_recorded(plan->migration_id, RelationRelationId, copy))
+			!copy_recorded(plan, copy))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("relation \"%s\" is not the copy of %sview \"%s\" that mig_contract built",
