@@ -138,12 +138,18 @@ locked_by_me(Oid relid)
 }
 
 /*
- * Re-raise the worker's NOTICEs and its error here until it detaches,
- * waiting on the latch between messages (cancellable).
+ * Re-raise the worker's NOTICEs here as they come, and its error once it has
+ * detached, waiting on the latch between messages (cancellable).  The error
+ * waits for the detach because the worker releases its locks on the way out,
+ * before it detaches: a caller that runs mig_contract again right after the
+ * error must not find the exiting worker still holding them.
  */
 static void
 relay_worker(shm_mq_handle *mqh, Oid relid)
 {
+	ErrorData	error;
+	bool		failed = false;
+
 	for (;;)
 	{
 		Size		nbytes;
@@ -154,26 +160,23 @@ relay_worker(shm_mq_handle *mqh, Oid relid)
 		{
 			StringInfoData msg;
 			char		msgtype;
+			ErrorData	edata;
 
 			initStringInfo(&msg);
 			appendBinaryStringInfo(&msg, data, nbytes);
 			msgtype = pq_getmsgbyte(&msg);
 			if (msgtype == 'E' || msgtype == 'N')
 			{
-				ErrorData	edata;
-
 				pq_parse_errornotice(&msg, &edata);
 				/* the worker's FATAL (it was terminated) is our ERROR */
 				edata.elevel = Min(edata.elevel, ERROR);
-				/* a statement's bare lock timeout: the ladder's error */
-				if (edata.elevel == ERROR &&
-					edata.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
-					strncmp(edata.message, "could not lock table", 20) != 0)
-					mig_lock_error(relid, AccessExclusiveLock, "contract it",
-								   psprintf("A statement of the contract gave up (%s)",
-											edata.message),
-								   "The steps done so far are kept: run mig_contract again once it has ended.");
-				ThrowErrorData(&edata);
+				if (edata.elevel < ERROR)
+					ThrowErrorData(&edata);
+				else if (!failed)
+				{
+					error = edata;
+					failed = true;
+				}
 			}
 			pfree(msg.data);
 			continue;
@@ -184,6 +187,16 @@ relay_worker(shm_mq_handle *mqh, Oid relid)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+	if (!failed)
+		return;
+	/* a statement's bare lock timeout: the ladder's error */
+	if (error.sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE &&
+		strncmp(error.message, "could not lock table", 20) != 0)
+		mig_lock_error(relid, AccessExclusiveLock, "contract it",
+					   psprintf("A statement of the contract gave up (%s)",
+								error.message),
+					   "The steps done so far are kept: run mig_contract again once it has ended.");
+	ThrowErrorData(&error);
 }
 
 /*

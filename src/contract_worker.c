@@ -1219,11 +1219,14 @@ lock_contract(Oid relid)
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, 3);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("mig_contract is already running on table \"%s\"", get_rel_name(relid)),
-				 errhint("Wait for it to finish.")));
+	if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+		return;
+	/* the table's name is read from the catalog: in a transaction */
+	xact_begin();
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("mig_contract is already running on table \"%s\"", get_rel_name(relid)),
+			 errhint("Wait for it to finish.")));
 }
 
 /*
