@@ -131,10 +131,14 @@ SELECT q, bf_sqlstate(q) FROM (VALUES
 	($$SELECT mig_backfill('bf_plain', sleep_ms => 2147483647)$$),
 	($$SELECT mig_backfill('bf_plain', parallel => 0)$$),
 	($$SELECT mig_set('bf_users', 'parallel', '-1')$$)) v(q);
--- parallel: one worker so far; more is refused, not run as one
-SELECT mig_backfill('bf_plain', parallel => 2);
+-- parallel: 1 to 64 workers; a job that walks one key keeps its one worker
+SELECT mig_backfill('bf_users', parallel => 65);
+SELECT mig_set('bf_users', 'parallel', '65');
+SET client_min_messages = warning;	-- the NOTICE depends on whether the job has started its walk
 SELECT mig_set('bf_users', 'Parallel', '4');
+SELECT parallel FROM migrate_ext.jobs WHERE relid = 'bf_users'::regclass ORDER BY id DESC LIMIT 1;
 SELECT mig_set('bf_users', 'parallel', '1');
+RESET client_min_messages;
 -- names are case-insensitive
 SELECT mig_set('bf_users', 'Max_Rows_Per_Sec', '1000000000000');
 SELECT mig_set('bf_users', 'SLEEP_MS', '20');

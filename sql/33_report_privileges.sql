@@ -37,7 +37,7 @@ DECLARE
 	r record;
 BEGIN
 	-- the catalog tables and the unmasked view: nobody but the extension owner
-	FOREACH t IN ARRAY ARRAY['migration', 'column_pair', 'phase_log', 'job', 'validation',
+	FOREACH t IN ARRAY ARRAY['migration', 'column_pair', 'phase_log', 'job', 'job_slice', 'validation',
 							 'progress'] LOOP
 		BEGIN
 			EXECUTE format('SELECT count(*) FROM migrate_ext.%I', t);

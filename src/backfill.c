@@ -8,8 +8,10 @@
  *	  backfill_worker.c, and the walk over the table it follows is in
  *	  backfill_walk.c.
  *
- * One dynamic background worker per job, connected as the role that called
- * mig_backfill (worker.c).  The job row in migrate_ext.job is the whole
+ * Up to parallel dynamic background workers per job (one per slot; a job
+ * that walks one key has one), connected as the role that called
+ * mig_backfill (worker.c); a partitioned table, or a plain one with
+ * parallel > 1, is walked in slices (backfill_worker.c).  The job row in migrate_ext.job is the whole
  * truth about a job: settings, state, checkpoint and counters.  The worker
  * re-reads it at every batch, so mig_pause, mig_cancel and mig_set only
  * change that row and the worker notices at its next batch.
@@ -49,6 +51,7 @@
 #include "utils/timestamp.h"
 
 #include "backfill.h"
+#include "contract.h"
 #include "migrate_ext.h"
 #include "migrate_ext_worker.h"
 
@@ -105,20 +108,52 @@ bf_check_range(int64 value, int64 min, int64 max, const char *what)
 						what, max, value)));
 }
 
-/*
- * parallel: one worker is all there is so far; more is refused rather than
- * quietly run as one.
- */
+/* parallel: workers of one job, 1 to MIG_JOB_MAX_WORKERS. */
 static void
 bf_check_parallel(int64 n)
 {
-	bf_check_range(n, 1, BF_MAX_SETTING, "parallel");
-	if (n > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a parallel backfill is not built yet"),
-				 errdetail("Each job runs one worker."),
-				 errhint("Leave parallel at 1, its default.")));
+	bf_check_range(n, 1, MIG_JOB_MAX_WORKERS, "parallel");
+}
+
+/*
+ * Does the job walk slices, or has its walk not started (so that it may)?
+ * A job that walks one key in its own row has one worker.
+ */
+static bool
+bf_job_sliced(int64 job_id)
+{
+	bool		sliced = false;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT key_kind IS NULL OR key_kind OPERATOR(pg_catalog.=) 'slices' "
+						  "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, true,
+						  1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job");
+	if (SPI_processed == 1)
+		sliced = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+	SPI_finish();
+	return sliced;
+}
+
+/* The job's parallel setting (1 under a catalog without it). */
+static int
+bf_job_parallel(int64 job_id)
+{
+	int			n = 1;
+	bool		isnull;
+
+	if (!mig_job_has_column("parallel"))
+		return 1;
+	SPI_connect();
+	if (mig_catalog_query("SELECT parallel FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, true,
+						  1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job");
+	if (SPI_processed == 1)
+		n = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return n;
 }
 
 /* ----------------------------------------------------------------
@@ -165,6 +200,8 @@ bf_lock_latest_job(int64 migration_id, JobState *state)
 	v = Int64GetDatum(job_id);
 	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, &type, &v, NULL, 1);
+	/* the batches of a sliced job lock their slice only */
+	mig_job_lock_slices(job_id);
 
 	SPI_connect();
 	if (mig_catalog_query("SELECT state FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
@@ -293,11 +330,12 @@ mig_backfill(PG_FUNCTION_ARGS)
 	settings.max_replica_lag = PG_ARGISNULL(4) ? NULL : PG_GETARG_INTERVAL_P(4);
 	settings.max_rows_per_sec = PG_ARGISNULL(5) ? 0 : PG_GETARG_INT64(5);
 	settings.fire_triggers = PG_NARGS() > 7 && !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
+	settings.parallel = PG_NARGS() > 6 ? PG_GETARG_INT32(6) : 1;
 	job_id = mig_job_insert(m->id, &args, &settings);
 
 	mig_job_hold_gate(job_id);
 	args.arg = job_id;
-	mig_job_start_worker(&args);
+	(void) mig_job_start_workers(&args, settings.parallel, false);
 	PG_RETURN_INT64(job_id);
 }
 
@@ -357,13 +395,14 @@ mig_resume(PG_FUNCTION_ARGS)
 	}
 
 	/*
-	 * No worker: start one, as the caller (who owns the table), from the
-	 * checkpoint.
+	 * No worker: start them, as the caller (who owns the table), from the
+	 * checkpoints; the slices a worker held are claimed again.
 	 */
 	mig_worker_args_for_caller(&args, job_id);
 	mig_job_restart(job_id, &args);
+	mig_slice_release_all(job_id);
 	mig_job_hold_gate(job_id);
-	mig_job_start_worker(&args);
+	(void) mig_job_start_workers(&args, bf_job_parallel(job_id), false);
 	ereport(NOTICE,
 			(errmsg("the backfill of table \"%s\" continues from its checkpoint",
 					relname)));
@@ -466,7 +505,7 @@ bf_parse_setting(const char *setting, const char *value, Datum *v)
 	if (pg_strcasecmp(setting, "parallel") == 0)
 	{
 		bf_not_null(value, "parallel");
-		bf_check_parallel(bf_parse_int(value, 1, BF_MAX_SETTING, "parallel"));
+		*v = Int32GetDatum(bf_parse_int(value, 1, MIG_JOB_MAX_WORKERS, "parallel"));
 		return MIG_JOB_PARALLEL;
 	}
 	if (pg_strcasecmp(setting, "fire_triggers") == 0)
@@ -514,8 +553,29 @@ mig_set(PG_FUNCTION_ARGS)
 	job_id = bf_lock_table_job(relid, &relname, &state);
 	if (job_id == 0 || state == JOB_DONE)
 		bf_no_job(relname, "change");
-	if (which != MIG_JOB_PARALLEL)	/* 1, as it is */
-		mig_job_set_setting(job_id, which, v, value == NULL);
+	mig_job_set_setting(job_id, which, v, value == NULL);
+
+	/*
+	 * More workers for a job that runs: started now, for the free slots (a
+	 * job that walks one key, not slices, leaves them nothing to do, and
+	 * they go).  Fewer: the workers in slots past the new number give their
+	 * slice back after their batch in flight, and go.
+	 */
+	if (which == MIG_JOB_PARALLEL && mig_job_state_live(state) && mig_job_alive(job_id))
+	{
+		MigWorkerArgs args;
+
+		if (!bf_job_sliced(job_id))
+			ereport(NOTICE,
+					(errmsg("the running backfill of table \"%s\" walks one key with one worker; parallel applies to its next job",
+							relname)));
+		else
+		{
+			mig_worker_args_for_caller(&args, job_id);
+			mig_job_hold_gate(job_id);
+			(void) mig_job_start_workers(&args, DatumGetInt32(v), true);
+		}
+	}
 	PG_RETURN_VOID();
 }
 

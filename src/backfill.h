@@ -36,11 +36,19 @@ typedef struct BfJob
 	bool		fire_triggers;	/* the table's other triggers fire too */
 	Oid			walk_relfilenode;	/* the table's file the walk started on */
 	bool		walk_known;		/* the catalog records it (0.2 on) */
+	Oid			relid;			/* what the batch walks: the table, or a leaf */
+	int			slice_no;		/* -1: the job walks one key, no slices */
+	bool		detached;		/* the slice's leaf left the table */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */
 extern Datum bf_text_array(List *l);
 extern bool bf_is_ctid(BfJob *job);
+extern void bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact);
+extern int	bf_plan_leaves(Relation parent, int64 job_id, List *known, int *next_no,
+						   int64 *total, bool *exact);
+extern int	bf_plan_ranges(Relation rel, int64 job_id, int n, int64 *total, bool *exact);
+extern MigMigration *bf_leaf_migration(MigMigration *m, Relation parent, Relation leaf);
 extern void bf_start_walk(Relation rel, MigMigration *m, BfJob *job,
 						  int64 job_id, double *rows_per_block,
 						  int64 *vacuum_every);

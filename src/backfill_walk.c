@@ -31,7 +31,9 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/partition.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_index.h"
@@ -57,6 +59,7 @@
 #include "utils/typcache.h"
 
 #include "backfill.h"
+#include "contract.h"
 #include "migrate_ext.h"
 
 #define BF_SMALL_TABLE_BLOCKS	1280	/* count rows_total exactly below this */
@@ -130,20 +133,20 @@ bf_block_text(BlockNumber blk)
 }
 
 /*
- * First batch of a job: choose the key, freeze the upper bound, estimate
- * the rows, and move the migration to backfilling.  Sets the worker's
- * *rows_per_block and *vacuum_every from the estimate.
+ * The walk of one table (or leaf): choose the key, freeze the upper bound,
+ * and count the rows (exactly for a small table, else the planner's
+ * estimate; -1: unknown).  Sets job's key_kind, key_cols, lower_key (NIL),
+ * upper_key and walk_relfilenode.
  */
 void
-bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
-			  double *rows_per_block, int64 *vacuum_every)
+bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact)
 {
 	const char *qname = mig_qualified_name(RelationGetRelid(rel));
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	int64		total = -1;
-	bool		exact = false;
 	ListCell   *lc;
 
+	*total = -1;
+	*exact = false;
 	job->key_kind = (char *) mig_choose_key(rel, &job->key_cols);
 	job->lower_key = NIL;
 	job->upper_key = NIL;
@@ -175,11 +178,10 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 													  SPI_tuptable->tupdesc, i));
 	}
 
-	/* rows_total: exact for a small table, else the planner's estimate */
 	if (nblocks == 0)
 	{
-		total = 0;
-		exact = true;
+		*total = 0;
+		*exact = true;
 	}
 	else if (nblocks <= BF_SMALL_TABLE_BLOCKS)
 	{
@@ -187,16 +189,31 @@ bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
 
 		if (SPI_execute(psprintf("SELECT count(*) FROM ONLY %s", qname), false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not count the rows to backfill");
-		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		exact = true;
+		*total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*exact = true;
 	}
 	else if (rel->rd_rel->reltuples >= 0 && rel->rd_rel->relpages > 0)
-		total = (int64) (rel->rd_rel->reltuples / rel->rd_rel->relpages * nblocks);
+		*total = (int64) (rel->rd_rel->reltuples / rel->rd_rel->relpages * nblocks);
+	job->walk_relfilenode = rel->rd_rel->relfilenode;
+}
 
+/*
+ * First batch of a job: choose the key, freeze the upper bound, estimate
+ * the rows, and move the migration to backfilling.  Sets the worker's
+ * *rows_per_block and *vacuum_every from the estimate.
+ */
+void
+bf_start_walk(Relation rel, MigMigration *m, BfJob *job, int64 job_id,
+			  double *rows_per_block, int64 *vacuum_every)
+{
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	int64		total;
+	bool		exact;
+
+	bf_walk_bounds(rel, job, &total, &exact);
 	*rows_per_block = (total > 0 && nblocks > 0) ? (double) total / nblocks : 100;
 	*vacuum_every = Max(BF_VACUUM_MIN_ROWS, (int64) (BF_VACUUM_FRACTION * Max(total, 0)));
 
-	job->walk_relfilenode = rel->rd_rel->relfilenode;
 	mig_job_start_walk(job_id, job->key_kind, bf_text_array(job->key_cols),
 					   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
 					   job->upper_key == NIL, total, exact, job->walk_relfilenode);
@@ -798,4 +815,166 @@ bf_walk_complete(BfJob *job)
 	if (bf_is_ctid(job))
 		return bf_block_of(linitial(job->lower_key)) >= bf_block_of(linitial(job->upper_key));
 	return bf_lists_equal(job->lower_key, job->upper_key);
+}
+
+/* ----------------------------------------------------------------
+ *		Slices: the leaves of a partitioned table, or ranges of one heap
+ * ----------------------------------------------------------------
+ */
+
+/* Record one slice of a job, walked from lower (NIL: the start) to upper. */
+static void
+bf_insert_slice(int64 job_id, int slice_no, Relation rel, BfJob *walk, List *lower,
+				List *upper, int64 rows)
+{
+	MigSlice	s;
+
+	s.job_id = job_id;
+	s.slice_no = slice_no;
+	s.relid = RelationGetRelid(rel);
+	s.relname = mig_qualified_name(s.relid);
+	s.key_kind = walk->key_kind;
+	s.key_cols = bf_text_array(walk->key_cols);
+	s.lower_key = lower ? bf_text_array(lower) : (Datum) 0;
+	s.upper_key = upper ? bf_text_array(upper) : (Datum) 0;
+	s.rows_total = rows;
+	s.relfilenode = walk->walk_relfilenode;
+	mig_slice_insert(&s);
+}
+
+/*
+ * The leaf partitions of parent that are not in known (relids already
+ * sliced): one slice each, numbered from *next_no on, with the leaf's own
+ * key (its primary key includes the partition key) or ctid walk and bound.
+ * Adds their rows to *total (unless unknown, then *exact is false).
+ * Returns how many slices it added.
+ */
+int
+bf_plan_leaves(Relation parent, int64 job_id, List *known, int *next_no,
+			   int64 *total, bool *exact)
+{
+	int			added = 0;
+	ListCell   *lc;
+
+	foreach(lc, mig_partition_leaves(RelationGetRelid(parent), AccessShareLock))
+	{
+		Oid			leafid = lfirst_oid(lc);
+		Relation	leaf;
+		BfJob		walk = {0};
+		int64		rows;
+		bool		rows_exact;
+
+		if (list_member_oid(known, leafid))
+			continue;
+		leaf = table_open(leafid, NoLock);
+		bf_walk_bounds(leaf, &walk, &rows, &rows_exact);
+		bf_insert_slice(job_id, (*next_no)++, leaf, &walk, NIL, walk.upper_key, rows);
+		table_close(leaf, NoLock);
+		if (rows >= 0)
+			*total += rows;
+		*exact = *exact && rows_exact;
+		added++;
+	}
+	return added;
+}
+
+/* The key that has n keys before it, or NIL when there are not that many. */
+static List *
+bf_nth_key(Relation rel, BfJob *walk, int64 n)
+{
+	StringInfoData cols;
+	List	   *key = NIL;
+	ListCell   *lc;
+
+	initStringInfo(&cols);
+	foreach(lc, walk->key_cols)
+		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	if (SPI_execute(psprintf("SELECT %s FROM ONLY %s ORDER BY %s OFFSET " INT64_FORMAT " LIMIT 1",
+							 cols.data, mig_qualified_name(RelationGetRelid(rel)), cols.data,
+							 Max(n, 0)),
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not split the backfill into ranges");
+	if (SPI_processed == 1)
+		for (int i = 1; i <= list_length(walk->key_cols); i++)
+			key = lappend(key, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i));
+	return key;
+}
+
+/*
+ * One heap split for parallel workers into n disjoint ranges, numbered
+ * from 0: key ranges (lower, upper] cut at every total/n-th key, or block
+ * ranges [lower, upper) of a ctid walk.  Returns how many it made (fewer
+ * when the table holds fewer rows).
+ */
+int
+bf_plan_ranges(Relation rel, int64 job_id, int n, int64 *total, bool *exact)
+{
+	BfJob		walk = {0};
+	List	   *lower = NIL;
+	int			made = 0;
+
+	bf_walk_bounds(rel, &walk, total, exact);
+	if (walk.upper_key == NIL || *total < 2L * n)
+		n = 1;
+	if (bf_is_ctid(&walk))
+	{
+		BlockNumber nblocks = walk.upper_key ? bf_block_of(linitial(walk.upper_key)) : 0;
+
+		n = Min(n, (int) Max(nblocks, 1));
+		for (int i = 0; i < n; i++)
+		{
+			BlockNumber hi = (BlockNumber) ((uint64) nblocks * (i + 1) / n);
+			List	   *upper = walk.upper_key ? list_make1(bf_block_text(hi)) : NIL;
+
+			bf_insert_slice(job_id, made++, rel, &walk, lower, upper,
+							*total >= 0 ? *total / n : -1);
+			lower = upper;
+		}
+		return made;
+	}
+	for (int i = 1; i <= n; i++)
+	{
+		List	   *upper = i == n ? walk.upper_key : bf_nth_key(rel, &walk, *total * i / n - 1);
+
+		if (upper == NIL || (lower && bf_lists_equal(lower, upper)))
+			continue;
+		bf_insert_slice(job_id, made++, rel, &walk, lower, upper,
+						*total >= 0 ? *total / n : -1);
+		lower = upper;
+		if (bf_lists_equal(upper, walk.upper_key))
+			break;
+	}
+	return made;
+}
+
+/*
+ * The migration as seen from a leaf partition: the attribute numbers of
+ * its pairs and the Vars of its expressions mapped from the parent's
+ * columns to the leaf's (a partition attached from a table of its own may
+ * number its columns differently, or have dropped ones).
+ */
+MigMigration *
+bf_leaf_migration(MigMigration *m, Relation parent, Relation leaf)
+{
+	MigMigration *lm = palloc(sizeof(MigMigration));
+	ListCell   *lc;
+
+	*lm = *m;
+	lm->pairs = NIL;
+	foreach(lc, m->pairs)
+	{
+		MigPair    *p = palloc(sizeof(MigPair));
+
+		*p = *(MigPair *) lfirst(lc);
+		p->old_attnum = get_attnum(RelationGetRelid(leaf), p->old_col);
+		p->new_attnum = get_attnum(RelationGetRelid(leaf), p->new_col);
+		p->up = linitial(map_partition_varattnos(list_make1(p->up), 1, leaf, parent));
+		if (p->down)
+			p->down = linitial(map_partition_varattnos(list_make1(p->down), 1, leaf, parent));
+		if (p->check)
+			p->check = linitial(map_partition_varattnos(list_make1(p->check), 1, leaf, parent));
+		lm->pairs = lappend(lm->pairs, p);
+	}
+	return lm;
 }

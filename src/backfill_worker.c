@@ -27,6 +27,19 @@
  *	 5. write the checkpoint and the counters into the job row, and commit.
  * A kill or a crash therefore loses at most the batch in flight.
  *
+ * Slices.  A partitioned table is walked leaf by leaf, and a plain table
+ * with parallel > 1 in disjoint key or block ranges: one row each in
+ * migrate_ext.job_slice, planned by the first worker (bf_plan), each with
+ * its own key, bound and checkpoint.  Up to parallel workers (one per slot,
+ * see job.c) claim slices (bf_claim); a batch then locks its slice's row
+ * only, not the job row (bf_lock_slice), and writes its checkpoint there,
+ * so the workers never wait for each other; each one brings the job row's sums up
+ * to date at most once a second (bf_sum).  The last worker re-lists the
+ * leaves before it finishes (bf_finish_slices): partitions attached since
+ * get slices, detached ones are marked so.  The workers share one pace:
+ * max_rows_per_sec is divided among them, and the load yield stretches
+ * each one's cycle n times (bf_pace).
+ *
  * Growth.  A table-long UPDATE leaves every old row version dead at once,
  * and the table doubles.  The worker runs a VACUUM of the table every few
  * percent of the rows written, between batches and outside any transaction,
@@ -46,6 +59,7 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/partition.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
@@ -75,6 +89,7 @@
 #include "utils/timestamp.h"
 
 #include "backfill.h"
+#include "contract.h"
 #include "migrate_ext.h"
 #include "migrate_ext_worker.h"
 
@@ -109,6 +124,19 @@ typedef struct BfSample
 typedef struct BfWorker
 {
 	int64		job_id;
+	int			slot;			/* among the job's parallel workers, from 0 */
+	bool		sliced;			/* the job walks slices (job_slice) */
+	int			slice_no;		/* the slice this worker walks; -1: none */
+	bool		slice_detached; /* its leaf left the table */
+	Oid			table_relid;	/* the migrated table (a leaf's parent) */
+	int			parallel;		/* the job's setting */
+	int			nworkers;		/* workers sharing the pace: parallel, or fewer slices */
+	int64		rate_share;		/* this worker's share of max_rows_per_sec; 0: no cap */
+	double		pending_active; /* sliced: seconds not yet added to the job row */
+	int			own_size;		/* sliced: this worker's adaptive batch size; 0: none yet */
+	JobState	sum_state;		/* sliced: running or throttled, for the job row */
+	const char *sum_reason;
+	TimestampTz summed_at;
 	MigWorkerArgs args;			/* how we were started: for our VACUUM workers */
 	Oid			relid;			/* InvalidOid until the first batch */
 	char	   *table_name;		/* for messages; NULL until the first batch */
@@ -194,10 +222,11 @@ bf_read_job(BfJob *job)
 	if (mig_catalog_query(psprintf("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 								   "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 								   "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-								   "upper_key, migration_id, %s, %s "
+								   "upper_key, migration_id, %s, %s, %s "
 								   "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "true",
-								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid"),
+								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid",
+								   mig_job_has_column("parallel") ? "parallel" : "1"),
 						  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	/* a job row that is gone is as good as cancelled */
@@ -227,15 +256,98 @@ bf_read_job(BfJob *job)
 	job->fire_triggers = DatumGetBool(SPI_getbinval(tup, desc, 13, &isnull));
 	d = SPI_getbinval(tup, desc, 14, &isnull);
 	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
+	bf->parallel = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+	/* each worker of a sliced job adapts its own batch size */
+	if (bf->sliced && !bf->batch_size_fixed && bf->own_size > 0)
+		bf->batch_size = bf->own_size;
+	job->relid = InvalidOid;
+	job->slice_no = -1;
+	job->detached = false;
+	bf->nworkers = 1;
+	bf->rate_share = bf->max_rows_per_sec;
 	return true;
 }
 
-/* Lock the job row for the rest of the transaction, without a timeout. */
+/*
+ * Read the worker's slice into *job (locked for the batch): the leaf or
+ * table, key, checkpoint and bound; and the pace's share: the job's
+ * max_rows_per_sec divided among the workers that walk it (parallel, or
+ * fewer when fewer slices are left).  Returns false when the slice is no
+ * longer this worker's (a restart gave it back).
+ */
+static bool
+bf_read_slice(BfJob *job)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	Datum		d;
+	bool		isnull;
+	int			left;
+
+	Assert(bf->slice_no >= 0);
+	if (mig_catalog_query("SELECT relid, key_kind, key_cols::text[], lower_key, upper_key, "
+						  "walk_relfilenode, state, worker_pid, "
+						  "(SELECT pg_catalog.count(*) FROM migrate_ext.job_slice o "
+						  "WHERE o.job_id OPERATOR(pg_catalog.=) s.job_id "
+						  "AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']))::int4 "
+						  "FROM migrate_ext.job_slice s WHERE job_id OPERATOR(pg_catalog.=) $1 "
+						  "AND slice_no OPERATOR(pg_catalog.=) $2 FOR NO KEY UPDATE",
+						  2, (Oid[]) {INT8OID, INT4OID},
+						  (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(bf->slice_no)},
+						  NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job_slice");
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	if (strcmp(SPI_getvalue(tup, desc, 7), "running") != 0 ||
+		DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull)) != MyProcPid)
+		return false;
+	job->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+	job->key_kind = SPI_getvalue(tup, desc, 2);
+	job->key_cols = bf_text_list(SPI_getbinval(tup, desc, 3, &isnull));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	job->lower_key = isnull ? NIL : bf_text_list(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	job->upper_key = isnull ? NIL : bf_text_list(d);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
+	job->walk_known = true;
+	job->slice_no = bf->slice_no;
+	left = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+	bf->nworkers = Max(1, Min(bf->parallel, left));
+	bf->rate_share = bf->max_rows_per_sec > 0 ?
+		Max(1, bf->max_rows_per_sec / bf->nworkers) : 0;
+	return true;
+}
+
+/*
+ * Lock the job row for the rest of the transaction, without a timeout, so
+ * that mig_pause, mig_cancel and mig_set wait for the batch in flight and
+ * no batch commits after them.
+ */
 static void
 bf_lock_job(void)
 {
 	mig_catalog_exec("SELECT 1 FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)}, NULL, 1);
+}
+
+/*
+ * The same for a batch of a sliced job, which locks only its slice's row:
+ * the controls lock every slice of the job after its row (job.c,
+ * mig_job_lock_slices), so they still wait for the batches in flight, and
+ * a batch that starts after them reads their change (the job row is read
+ * by a statement after the lock).  The workers never wait for each other,
+ * and the job row is no lock point for them (bf_sum updates it apart).
+ */
+static void
+bf_lock_slice(void)
+{
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "AND slice_no OPERATOR(pg_catalog.=) $2 FOR NO KEY UPDATE",
+					 2, (Oid[]) {INT8OID, INT4OID},
+					 (Datum[]) {Int64GetDatum(bf->job_id), Int32GetDatum(bf->slice_no)}, NULL, -1);
 }
 
 /* Seconds of activity since the last call; 0 while paused. */
@@ -391,9 +503,9 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 	int			wait_ms = bf->sleep_ms;
 
 	*reason = NULL;
-	if (bf->max_rows_per_sec > 0 && seen > 0)
+	if (bf->rate_share > 0 && seen > 0)
 	{
-		int64		need = seen * 1000 / bf->max_rows_per_sec - elapsed_ms;
+		int64		need = seen * 1000 / bf->rate_share - elapsed_ms;
 
 		if (need > wait_ms)
 		{
@@ -407,6 +519,13 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 
 		bf->busy = (bf->busy + mig_busy_sessions_count()) / 2;
 		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
+
+		/*
+		 * N workers yield so that together they take the share of the CPU
+		 * that one would: each one's cycle (batch and wait) N times as long.
+		 */
+		if (yield_ms > 0 && bf->nworkers > 1)
+			yield_ms = bf->nworkers * (elapsed_ms + yield_ms) - elapsed_ms;
 		if (yield_ms > wait_ms)
 		{
 			wait_ms = (int) Min(yield_ms, INT_MAX);
@@ -414,6 +533,16 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 		}
 	}
 	return wait_ms;
+}
+
+/* Is relid a partition, at any depth, of parent (still)? */
+static bool
+bf_leaf_of(Oid relid, Oid parent)
+{
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)) ||
+		!get_rel_relispartition(relid))
+		return false;
+	return list_member_oid(get_partition_ancestors(relid), parent);
 }
 
 /*
@@ -446,7 +575,16 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 	}
 
 	/* the table, then the checks: DDL cannot change it under the lock */
-	LockRelationOid(m->relid, RowExclusiveLock);
+	if (!OidIsValid(job->relid))
+		job->relid = m->relid;
+	LockRelationOid(job->relid, RowExclusiveLock);
+	if (job->relid != m->relid && !bf_leaf_of(job->relid, m->relid))
+	{
+		/* the slice's leaf was detached or dropped: it is over */
+		job->detached = true;
+		*res = BF_WALKED;
+		return NULL;
+	}
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
 	{
 		bf_record_end(JOB_FAILED,
@@ -454,11 +592,21 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 							   m->table_name), NULL);
 		return NULL;
 	}
-	rel = table_open(m->relid, NoLock);
+	rel = table_open(job->relid, NoLock);
 	if (bf->table_name == NULL)
 		bf->table_name = MemoryContextStrdup(TopMemoryContext,
 											 mig_qualified_name(m->relid));
-	bf->relid = m->relid;
+	bf->relid = job->relid;
+	bf->table_relid = m->relid;
+	if (job->relid != m->relid)
+	{
+		Relation	parent;
+
+		LockRelationOid(m->relid, AccessShareLock);
+		parent = table_open(m->relid, NoLock);
+		m = bf_leaf_migration(m, parent, rel);
+		table_close(parent, NoLock);
+	}
 	moved = bf_ground_moved(rel, m, job, &hint);
 	if (moved)
 	{
@@ -473,7 +621,20 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 						bf->job_id, bf->table_name)));
 		job->key_kind = NULL;
 	}
-	if (job->key_kind == NULL)
+	if (job->key_kind == NULL && job->slice_no >= 0)
+	{
+		int64		total;
+		bool		exact;
+
+		/* a ctid slice's table was rewritten: its walk starts again */
+		mig_owner_switch(m->relid, &owner);
+		bf_walk_bounds(rel, job, &total, &exact);
+		mig_owner_restore(&owner);
+		mig_slice_restart_walk(bf->job_id, job->slice_no,
+							   job->upper_key ? bf_text_array(job->upper_key) : (Datum) 0,
+							   job->walk_relfilenode);
+	}
+	else if (job->key_kind == NULL)
 	{
 		/* the walk's bounds must see every row: as the owner, RLS not forced */
 		mig_owner_switch(m->relid, &owner);
@@ -501,6 +662,42 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
 }
 
 /*
+ * The batch's checkpoint and counters, in its transaction: into the job
+ * row, or for a sliced job into the slice's row only (the job row catches
+ * up in bf_sum()).  Sets the pace before the next batch.
+ */
+static void
+bf_checkpoint(List *end, int size, int64 seen, int64 written, long elapsed_ms)
+{
+	MigJobBatch batch;
+	const char *throttle_reason;
+
+	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
+	batch.lower_key = bf_text_array(end);
+	batch.written = written;
+	batch.seen = seen;
+	batch.next_batch_size = bf_next_size(size, elapsed_ms);
+	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
+	batch.active_seconds = bf_active_delta();
+	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
+	batch.throttle_reason = throttle_reason;
+	batch.retries = bf->pending_retries;
+	batch.error = bf->pending_error;
+	batch.sqlstate = bf->pending_sqlstate;
+	batch.vacuums = bf->pending_vacuums;
+	if (bf->sliced)
+	{
+		mig_slice_checkpoint(bf->job_id, bf->slice_no, &batch, bf->rate_share);
+		bf->own_size = batch.next_batch_size;
+		bf->pending_active += batch.active_seconds;
+		bf->sum_state = batch.state;
+		bf->sum_reason = throttle_reason;
+	}
+	else
+		mig_job_checkpoint(bf->job_id, &batch);
+}
+
+/*
  * One batch, in one transaction that commits its rows together with the
  * job's checkpoint: a kill loses at most this batch.
  */
@@ -517,8 +714,6 @@ bf_batch(void)
 	int64		written;
 	List	   *end;
 	long		elapsed_ms;
-	const char *throttle_reason;
-	MigJobBatch batch;
 	MigOwnerSave owner;
 
 	SetCurrentStatementStartTimestamp();
@@ -527,15 +722,32 @@ bf_batch(void)
 	SPI_connect();
 	bf_set_local("synchronous_commit", "off");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bf_lock_job();
+	if (bf->sliced)
+		bf_lock_slice();
+	else
+		bf_lock_job();
 	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
 		return bf_commit(BF_STOP);
 	if (job.state == JOB_PAUSED)
 	{
-		if (bf->active_since != 0)
+		if (bf->active_since != 0 && bf->sliced)
+			bf->pending_active += bf_active_delta();
+		else if (bf->active_since != 0)
 			mig_job_add_active(bf->job_id, bf_active_delta());
 		bf->active_since = 0;
 		return bf_commit(BF_PAUSED);
+	}
+	if (bf->sliced && bf->slot >= bf->parallel)
+	{
+		/* mig_set lowered parallel: give the slice back, and go */
+		mig_slice_set_state(bf->job_id, bf->slice_no, "pending");
+		bf->slice_no = -1;
+		return bf_commit(BF_STOP);
+	}
+	if (bf->sliced && !bf_read_slice(&job))
+	{
+		bf->slice_no = -1;
+		return bf_commit(BF_NEXT);
 	}
 	if (bf->active_since == 0)
 		bf->active_since = GetCurrentTimestamp();
@@ -546,14 +758,15 @@ bf_batch(void)
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 
 	m = bf_batch_target(&job, &rel, &res);
+	bf->slice_detached = job.detached;
 	if (m == NULL)
 		return bf_commit(res);
 
 	size = bf->batch_size;
 	if (bf->attempt > 0 && bf->retry_size < size)
 		size = bf->retry_size;
-	if (bf->max_rows_per_sec > 0)
-		size = (int) Min(size, Max(1.0, (double) bf->max_rows_per_sec * bf->target_batch_ms / 1000));
+	if (bf->rate_share > 0)
+		size = (int) Min(size, Max(1.0, (double) bf->rate_share * bf->target_batch_ms / 1000));
 	bf->retry_size = Max(1, size / 2);
 	Assert(size >= 1);
 
@@ -581,28 +794,18 @@ bf_batch(void)
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
-	batch.lower_key = bf_text_array(end);
-	batch.written = written;
-	batch.seen = seen;
-	batch.next_batch_size = bf_next_size(size, elapsed_ms);
-	batch.rate = bf_rate_recent(GetCurrentTimestamp(), bf->seen_total + seen);
-	batch.active_seconds = bf_active_delta();
-	batch.state = throttle_reason ? JOB_THROTTLED : JOB_RUNNING;
-	batch.throttle_reason = throttle_reason;
-	batch.retries = bf->pending_retries;
-	batch.error = bf->pending_error;
-	batch.sqlstate = bf->pending_sqlstate;
-	batch.vacuums = bf->pending_vacuums;
-	mig_job_checkpoint(bf->job_id, &batch);
+	bf_checkpoint(end, size, seen, written, elapsed_ms);
 	(void) bf_commit(BF_NEXT);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	bf->attempt = 0;
-	bf->pending_vacuums = 0;
-	bf->pending_retries = 0;
-	bf->pending_error = NULL;
-	bf->pending_sqlstate = NULL;
+	if (!bf->sliced)
+	{
+		bf->pending_vacuums = 0;
+		bf->pending_retries = 0;
+		bf->pending_error = NULL;
+		bf->pending_sqlstate = NULL;
+	}
 	bf->seen_total += seen;
 	bf->written_since_vacuum += written;
 	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), bf->seen_total);
@@ -815,6 +1018,7 @@ bf_locate_step(void)
 	bf_set_local("statement_timeout", psprintf("%d", Max(5000, 10 * bf->target_batch_ms)));
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 	if (bf_read_job(&job) && mig_job_state_live(job.state) &&
+		(!bf->sliced || bf_read_slice(&job)) &&
 		(m = bf_batch_target(&job, &rel, &res)) != NULL)
 	{
 		if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) != SPI_OK_UTILITY)
@@ -1117,6 +1321,259 @@ bf_wait_for_replicas(void)
 	}
 }
 
+
+/* ----------------------------------------------------------------
+ *		The worker: slices (leaf partitions, or ranges of one heap)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Before the first batch: does the job walk slices?  A partitioned table
+ * does, one per leaf; so does a plain table with parallel > 1, in ranges.
+ * The first worker plans them under the job row's lock; a plain table with
+ * parallel = 1 walks its one key in the job row, as it always did, and
+ * needs no more than one worker.
+ */
+static BfResult
+bf_plan(void)
+{
+	BfJob		job;
+	MigMigration *m;
+	bool		partitioned;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_lock_job();
+	if (!bf_read_job(&job) || !mig_job_state_live(job.state))
+		return bf_commit(BF_STOP);
+	m = mig_catalog_by_id(job.migration_id);
+	partitioned = m != NULL && get_rel_relkind(m->relid) == RELKIND_PARTITIONED_TABLE;
+	if (job.key_kind == NULL && m != NULL && (partitioned || bf->parallel > 1) &&
+		mig_job_has_column("parallel") && m->phase <= MIG_PHASE_VALIDATED &&
+		SearchSysCacheExists1(RELOID, ObjectIdGetDatum(m->relid)))
+	{
+		Relation	rel;
+		MigOwnerSave owner;
+		int64		total = 0;
+		bool		exact = true;
+		int			next_no = 0;
+
+		LockRelationOid(m->relid, AccessShareLock);
+		rel = table_open(m->relid, NoLock);
+		bf_set_local("search_path", "pg_catalog, pg_temp");
+		mig_owner_switch(m->relid, &owner);
+		if (partitioned)
+			(void) bf_plan_leaves(rel, bf->job_id, NIL, &next_no, &total, &exact);
+		else
+			(void) bf_plan_ranges(rel, bf->job_id, Min(4 * bf->parallel, MIG_JOB_MAX_WORKERS),
+								  &total, &exact);
+		mig_owner_restore(&owner);
+		table_close(rel, NoLock);
+		mig_job_set_sliced(bf->job_id, total, exact);
+		if (m->phase == MIG_PHASE_EXPANDED)
+			mig_catalog_set_phase(m->id, MIG_PHASE_EXPANDED, MIG_PHASE_BACKFILLING, NULL);
+		job.key_kind = "slices";
+	}
+	bf->sliced = job.key_kind != NULL && strcmp(job.key_kind, "slices") == 0;
+	(void) bf_commit(BF_NEXT);
+	/* one key walk: one worker */
+	return (!bf->sliced && bf->slot > 0) ? BF_STOP : BF_NEXT;
+}
+
+/* Claim a slice to walk: BF_WALKED when none is left to claim. */
+static BfResult
+bf_claim(void)
+{
+	BfJob		job;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!bf_read_job(&job) || !mig_job_state_live(job.state) || bf->slot >= bf->parallel)
+		return bf_commit(BF_STOP);
+	if (job.state == JOB_PAUSED)
+		return bf_commit(BF_PAUSED);
+	bf->slice_no = mig_slice_claim(bf->job_id, MyProcPid, bf->slot);
+	bf->vacuum_every = 0;		/* from the slice's own size, at its first batch */
+	bf->written_since_vacuum = 0;
+	return bf_commit(bf->slice_no >= 0 ? BF_NEXT : BF_WALKED);
+}
+
+/* The worker's slice is walked (or its leaf left the table). */
+static BfResult
+bf_slice_done(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	mig_slice_set_state(bf->job_id, bf->slice_no, bf->slice_detached ? "detached" : "done");
+	if (bf->slice_detached)
+		ereport(LOG,
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": partition %s left table %s during the backfill; its slice %d is marked detached",
+						bf->job_id, get_rel_name(bf->relid) ? get_rel_name(bf->relid) : "(dropped)",
+						bf->table_name ? bf->table_name : "?", bf->slice_no)));
+	bf->slice_no = -1;
+	return bf_commit(BF_NEXT);
+}
+
+/*
+ * The job row catches up with the slices: at most once a second, in a
+ * transaction of its own (the batches do not lock the job row, see
+ * bf_lock_slice), or at once when force.
+ */
+static void
+bf_sum(bool force)
+{
+	MigJobBatch b = {0};
+
+	if (!force && !TimestampDifferenceExceeds(bf->summed_at, GetCurrentTimestamp(), 1000))
+		return;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	b.state = bf->sum_state == JOB_THROTTLED ? JOB_THROTTLED : JOB_RUNNING;
+	b.throttle_reason = b.state == JOB_THROTTLED ? bf->sum_reason : NULL;
+	b.retries = bf->pending_retries;
+	b.vacuums = bf->pending_vacuums;
+	b.active_seconds = bf->pending_active + bf_active_delta();
+	b.next_batch_size = bf->own_size > 0 ? bf->own_size : bf->batch_size;
+	b.error = bf->pending_error;
+	b.sqlstate = bf->pending_sqlstate;
+	mig_job_sum_slices(bf->job_id, &b);
+	(void) bf_commit(BF_NEXT);
+	bf->pending_retries = 0;
+	bf->pending_vacuums = 0;
+	bf->pending_active = 0;
+	bf->pending_error = NULL;
+	bf->pending_sqlstate = NULL;
+	bf->summed_at = GetCurrentTimestamp();
+}
+
+/*
+ * Slices of a partitioned table's leaves that are no longer its leaves:
+ * detached (or dropped).  Marked so, and logged: reported, not an error.
+ */
+static void
+bf_mark_detached(Oid parent, List *leaves)
+{
+	if (mig_catalog_query("SELECT slice_no, relid, relname FROM migrate_ext.job_slice "
+						  "WHERE job_id OPERATOR(pg_catalog.=) $1 "
+						  "AND state OPERATOR(pg_catalog.<>) 'detached'",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
+						  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job_slice");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		SPITupleTable *rows = SPI_tuptable;
+		HeapTuple	tup = rows->vals[i];
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, rows->tupdesc, 2, &isnull));
+
+		if (relid == parent || list_member_oid(leaves, relid))
+			continue;
+		ereport(LOG,
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": partition %s is no longer a partition of table %s; its slice is marked detached",
+						bf->job_id, SPI_getvalue(tup, rows->tupdesc, 3),
+						bf->table_name ? bf->table_name : "?")));
+		mig_slice_set_state(bf->job_id,
+							DatumGetInt32(SPI_getbinval(tup, rows->tupdesc, 1, &isnull)),
+							"detached");
+		SPI_tuptable = rows;
+	}
+}
+
+/*
+ * The leaves attached since the slices were planned: a slice each.
+ * Returns how many.
+ */
+static int
+bf_new_leaves(MigMigration *m)
+{
+	List	   *known = NIL;
+	int			next_no = 0;
+	int64		total = 0;
+	bool		exact = true;
+	Relation	rel;
+	MigOwnerSave owner;
+	int			added;
+
+	if (mig_catalog_query("SELECT relid, slice_no FROM migrate_ext.job_slice "
+						  "WHERE job_id OPERATOR(pg_catalog.=) $1",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
+						  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job_slice");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		known = lappend_oid(known, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																   SPI_tuptable->tupdesc, 1, &isnull)));
+		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 2, &isnull)) + 1);
+	}
+	LockRelationOid(m->relid, AccessShareLock);
+	rel = table_open(m->relid, NoLock);
+	bf_set_local("search_path", "pg_catalog, pg_temp");
+	mig_owner_switch(m->relid, &owner);
+	added = bf_plan_leaves(rel, bf->job_id, known, &next_no, &total, &exact);
+	mig_owner_restore(&owner);
+	bf_mark_detached(m->relid, mig_partition_leaves(m->relid, AccessShareLock));
+	table_close(rel, NoLock);
+	if (added > 0)
+		ereport(LOG,
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT ": %d partition(s) attached to table %s during the backfill, walking them too",
+						bf->job_id, added, bf->table_name ? bf->table_name : m->table_name)));
+	return added;
+}
+
+/*
+ * No slice left to claim.  While other workers still walk theirs, this one
+ * goes (the last one finishes).  Otherwise, for a partitioned table, the
+ * leaves attached meanwhile get slices (BF_NEXT: walk them) and the ones
+ * detached are marked; then the job is done, as bf_finish does it.
+ */
+static BfResult
+bf_finish_slices(void)
+{
+	BfJob		job;
+	MigMigration *m;
+	int64		left;
+	bool		isnull;
+
+	bf_sum(true);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bf_lock_job();
+	if (!bf_read_job(&job) || !(job.state == JOB_RUNNING || job.state == JOB_THROTTLED))
+		return bf_commit(job.state == JOB_PAUSED ? BF_PAUSED : BF_STOP);
+	if (mig_catalog_query("SELECT pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending'), "
+						  "pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'running') "
+						  "FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
+						  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.job_slice");
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
+		return bf_commit(BF_NEXT);
+	left = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (left > 0)
+		return bf_commit(BF_STOP);
+	m = mig_catalog_by_id(job.migration_id);
+	if (m && get_rel_relkind(m->relid) == RELKIND_PARTITIONED_TABLE && bf_new_leaves(m) > 0)
+		return bf_commit(BF_NEXT);
+	mig_job_sum_slices(bf->job_id, &(MigJobBatch) {.state = JOB_RUNNING});
+	mig_job_done(bf->job_id, bf_active_delta(), 0, 0);
+	if (m && m->phase == MIG_PHASE_BACKFILLING)
+		(void) mig_catalog_move_phase(m->id, MIG_PHASE_BACKFILLING, MIG_PHASE_BACKFILLED, NULL);
+	return bf_commit(BF_STOP);
+}
+
 /* ----------------------------------------------------------------
  *		The worker: main
  * ----------------------------------------------------------------
@@ -1132,11 +1589,15 @@ bf_take_job_lock(void)
 {
 	LOCKTAG		tag;
 
-	mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, bf->job_id);
 	for (int i = 0; i < 20; i++)
 	{
-		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+		if (mig_job_take_slot(bf->job_id, bf->slot))
+		{
+			/* shared by the job's workers: alive while one holds it */
+			mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, bf->job_id);
+			(void) LockAcquire(&tag, ShareLock, true, false);
 			return true;
+		}
 		bf_sleep(100);
 	}
 	return false;
@@ -1175,8 +1636,8 @@ bf_setup(void)
 	if (!bf_take_job_lock())
 	{
 		ereport(LOG,
-				(errmsg("migrate_ext: backfill job " INT64_FORMAT " already has a worker",
-						bf->job_id)));
+				(errmsg("migrate_ext: backfill job " INT64_FORMAT " already has a worker in slot %d",
+						bf->job_id, bf->slot)));
 		CommitTransactionCommand();
 		return false;
 	}
@@ -1231,12 +1692,31 @@ bf_record_death(void)
 	(void) bf_commit(BF_STOP);
 }
 
+/* Claim a slice, or finish the job when none is left; false: stop. */
+static bool
+bf_next_slice(void)
+{
+	BfResult	res = bf_try(bf_claim);
+
+	if (res == BF_WALKED)
+		res = bf_try(bf_finish_slices);
+	if (res == BF_PAUSED)
+		bf_sleep(BF_POLL_MS);
+	else if (res == BF_RETRY)
+		bf_wait(bf->backoff_ms);
+	return res == BF_NEXT || res == BF_PAUSED || res == BF_RETRY;
+}
+
 /* Batches until the job ends, is cancelled, or fails. */
 static void
 bf_run(void)
 {
 	BfResult	res;
 
+	while ((res = bf_try(bf_plan)) == BF_RETRY)
+		bf_wait(bf->backoff_ms);
+	if (res != BF_NEXT)
+		return;
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
@@ -1245,12 +1725,20 @@ bf_run(void)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		if (bf->sliced && bf->slice_no < 0)
+		{
+			if (!bf_next_slice())
+				return;
+			continue;
+		}
 		bf_wait_for_replicas();
 		res = bf_try(bf_batch);
 		if (res == BF_NEXT)
 		{
 			if (bf->written_since_vacuum >= bf->vacuum_every)
 				bf_vacuum(false);
+			if (bf->sliced)
+				bf_sum(false);
 			if (bf->next_wait_ms > 0)
 				bf_wait(bf->next_wait_ms);
 		}
@@ -1258,6 +1746,13 @@ bf_run(void)
 			bf_wait(bf->backoff_ms);
 		else if (res == BF_PAUSED)
 			bf_sleep(BF_POLL_MS);
+		else if (res == BF_WALKED && bf->sliced)
+		{
+			/* a leaf gets its last VACUUM (which may truncate it); a range does not */
+			bf_vacuum(bf->relid != bf->table_relid);
+			if (bf_try(bf_slice_done) != BF_NEXT)
+				return;
+		}
 		else if (res == BF_WALKED)
 		{
 			bf_vacuum(true);
@@ -1270,7 +1765,11 @@ bf_run(void)
 				return;
 		}
 		else
+		{
+			if (bf->sliced)
+				bf_sum(true);
 			return;
+		}
 	}
 }
 
@@ -1285,7 +1784,11 @@ mig_backfill_main(Datum main_arg)
 	bf->args = args;
 	bf->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext backfill",
 									ALLOCSET_DEFAULT_SIZES);
-	bf->job_id = args.arg;
+	bf->job_id = args.arg & MIG_JOB_ID_MASK;
+	bf->slot = (int) (args.arg >> MIG_JOB_SLOT_SHIFT);
+	bf->slice_no = -1;
+	bf->parallel = 1;
+	bf->nworkers = 1;
 	bf->max_lag_ms = -1;
 	bf->rows_per_block = 100;
 	bf_push(bf->rate, &bf->nrate, GetCurrentTimestamp(), 0);

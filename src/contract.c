@@ -90,7 +90,7 @@ mig_cutover(PG_FUNCTION_ARGS)
 	MigMigration *m;
 
 	/* held until commit, so that mig_abort (ACCESS EXCLUSIVE) cannot cross */
-	rel = mig_partition_open(relid, AccessShareLock);
+	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, false);
 	if (m->phase == MIG_PHASE_CUTOVER)
 	{
@@ -244,7 +244,7 @@ mig_contract(PG_FUNCTION_ARGS)
 				 errdetail("Its concurrent index builds wait for every older snapshot, and this transaction's would be one of them."),
 				 errhint("SET default_transaction_isolation = 'read committed' first.")));
 
-	rel = mig_partition_open(relid, AccessShareLock);
+	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, true);
 	if (m == NULL)
 	{

@@ -184,7 +184,6 @@ extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 extern bool mig_contract_recorded(int64 migration_id, Oid classid, Oid objid);
 
 /* contract_partition.c */
-extern Relation mig_partition_open(Oid relid, LOCKMODE lockmode);
 extern List *mig_partition_leaves(Oid relid, LOCKMODE lockmode);
 extern char *mig_partition_from(Oid relid);
 extern const char *mig_partition_ctid_key(Oid relid);

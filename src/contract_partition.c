@@ -72,22 +72,6 @@
 #include "migrate_ext.h"
 
 /*
- * Open the table of a migration step that reads a partitioned table as a
- * whole (validation): an ordinary table as mig_open_table does, a
- * partitioned one with the same owner check.  Its partitions are locked by
- * mig_partition_leaves.
- */
-Relation
-mig_partition_open(Oid relid, LOCKMODE lockmode)
-{
-	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
-		return mig_open_table(relid, lockmode);
-	if (!pg_class_ownercheck(relid, GetUserId()))
-		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
-	return table_open(relid, lockmode);
-}
-
-/*
  * The leaf partitions of a partitioned table, each locked in lockmode, in
  * the order PostgreSQL locks them (find_all_inheritors: breadth first, by
  * OID within a level, so that two sessions never lock them in opposite

@@ -685,7 +685,7 @@ swap_recheck(ContractPlan *plan, bool force)
 	Relation	rel;
 	ListCell   *lc;
 
-	rel = mig_partition_open(plan->relid, NoLock);
+	rel = mig_open_table(plan->relid, NoLock);
 	m = mig_catalog_by_id(plan->migration_id);
 	if (m == NULL || m->phase >= MIG_PHASE_CONTRACTED)
 		ereport(ERROR,
@@ -1293,7 +1293,7 @@ mig_contract_worker_main(Datum main_arg)
 	xact_begin();
 	/* the plan, and the migration it points into, outlive the transaction */
 	MemoryContextSwitchTo(contract_cxt);
-	rel = mig_partition_open(sh->relid, AccessShareLock);
+	rel = mig_open_table(sh->relid, AccessShareLock);
 	m = mig_catalog_active(sh->relid, false);
 	if (m->id != sh->migration_id)
 		ereport(ERROR,

@@ -663,7 +663,7 @@ mig_expand(PG_FUNCTION_ARGS)
 
 	/* Everything that can be checked without a strong lock, first. */
 	expand_check_partitioning(a.relid, NameStr(*PG_GETARG_NAME(1)));
-	rel = mig_partition_open(a.relid, AccessShareLock);
+	rel = mig_open_table(a.relid, AccessShareLock);
 	expand_args(fcinfo, rel, &a);
 	m = expand_active(rel);
 	expand_check_keep_old(rel, m, &a);
@@ -743,7 +743,7 @@ mig_abort(PG_FUNCTION_ARGS)
 	int64		tg_migration;
 	int			ndrop = 0;
 
-	rel = mig_partition_open(relid, AccessShareLock);
+	rel = mig_open_table(relid, AccessShareLock);
 	m = mig_catalog_active(relid, true);
 	if (m == NULL)
 	{

@@ -115,6 +115,94 @@ mig_job_alive(int64 job_id)
 	return alive;
 }
 
+/*
+ * A worker's slot among the job's parallel workers: the advisory lock
+ * (MIG_JOB_LOCK_KEY, job id) with the fourth field MIG_SLOT_FIELD + slot,
+ * held exclusively by the worker in that slot for its life (the liveness
+ * lock, objsubid 2, is held in share mode by each of them).
+ */
+#define MIG_SLOT_FIELD			100
+
+static void
+job_slot_locktag(LOCKTAG *tag, int64 job_id, int slot)
+{
+	Assert(slot >= 0 && slot < MIG_JOB_MAX_WORKERS);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) MIG_JOB_LOCK_KEY, (uint32) job_id,
+						 MIG_SLOT_FIELD + slot);
+}
+
+/* Take the slot's lock for the session, without waiting; false: taken. */
+bool
+mig_job_take_slot(int64 job_id, int slot)
+{
+	LOCKTAG		tag;
+
+	job_slot_locktag(&tag, job_id, slot);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * The job's live workers: how many processes hold its liveness lock, and
+ * (when taken is not NULL) which slots are held.
+ */
+int
+mig_job_workers(int64 job_id, bool *taken)
+{
+	LOCKTAG		tag;
+	LockData   *locks = GetLockStatusData();
+	int			n = 0;
+
+	mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, job_id);
+	for (int i = 0; i < locks->nelements; i++)
+	{
+		LOCKTAG    *lt = &locks->locks[i].locktag;
+
+		if (locks->locks[i].holdMask == 0 || lt->locktag_type != LOCKTAG_ADVISORY ||
+			lt->locktag_field1 != tag.locktag_field1 ||
+			lt->locktag_field2 != tag.locktag_field2 ||
+			lt->locktag_field3 != tag.locktag_field3)
+			continue;
+		if (lt->locktag_field4 == tag.locktag_field4)
+			n++;
+		else if (taken && lt->locktag_field4 >= MIG_SLOT_FIELD &&
+				 lt->locktag_field4 < MIG_SLOT_FIELD + MIG_JOB_MAX_WORKERS)
+			taken[lt->locktag_field4 - MIG_SLOT_FIELD] = true;
+	}
+	pfree(locks->locks);
+	pfree(locks);
+	return n;
+}
+
+/*
+ * Start workers for the slots below n (at most MIG_JOB_MAX_WORKERS), each
+ * with its slot in the argument's high bits (MIG_JOB_SLOT_SHIFT); with
+ * only_free, for the slots no live worker holds (more workers for a running
+ * job).  Otherwise every slot gets one: a worker of the job's previous run
+ * still on its way out holds its slot a moment, and the new one waits for
+ * it (bf_take_job_lock).  Returns how many were started.
+ */
+int
+mig_job_start_workers(MigWorkerArgs *args, int n, bool only_free)
+{
+	bool		taken[MIG_JOB_MAX_WORKERS] = {0};
+	int64		job_id = args->arg;
+	int			started = 0;
+
+	if (only_free)
+		(void) mig_job_workers(job_id, taken);
+	for (int slot = 0; slot < Min(n, MIG_JOB_MAX_WORKERS); slot++)
+	{
+		MigWorkerArgs a = *args;
+
+		if (taken[slot])
+			continue;
+		a.arg = job_id | ((int64) slot << MIG_JOB_SLOT_SHIFT);
+		mig_job_start_worker(&a);
+		started++;
+	}
+	return started;
+}
+
 /* Hold the gate until the current transaction ends. */
 void
 mig_job_hold_gate(int64 job_id)
@@ -134,9 +222,11 @@ mig_job_start_worker(MigWorkerArgs *args)
 {
 	char		name[BGW_MAXLEN];
 
-	snprintf(name, sizeof(name), "migrate_ext backfill job " INT64_FORMAT, args->arg);
+	int64		job_id = args->arg & MIG_JOB_ID_MASK;
+
+	snprintf(name, sizeof(name), "migrate_ext backfill job " INT64_FORMAT, job_id);
 	(void) mig_worker_start("mig_backfill_main", name, args);
-	for (int i = 0; i < 500 && !mig_job_alive(args->arg); i++)
+	for (int i = 0; i < 500 && !mig_job_alive(job_id); i++)
 	{
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 10, PG_WAIT_EXTENSION);
@@ -179,10 +269,10 @@ job_needs_update(const char *what)
 int64
 mig_job_insert(int64 migration_id, const MigWorkerArgs *args, const MigJobSettings *s)
 {
-	Oid			types[11] = {INT8OID, OIDOID, OIDOID, OIDOID, INT4OID, BOOLOID, INT4OID,
-		INT4OID, INTERVALOID, INT8OID, BOOLOID};
-	Datum		v[11];
-	char		n[12] = "           ";
+	Oid			types[12] = {INT8OID, OIDOID, OIDOID, OIDOID, INT4OID, BOOLOID, INT4OID,
+		INT4OID, INTERVALOID, INT8OID, BOOLOID, INT4OID};
+	Datum		v[12];
+	char		n[13] = "            ";
 
 	v[0] = Int64GetDatum(migration_id);
 	v[1] = ObjectIdGetDatum(args->dboid);
@@ -208,13 +298,26 @@ mig_job_insert(int64 migration_id, const MigWorkerArgs *args, const MigJobSettin
 									 "RETURNING id",
 									 10, types, v, n);
 	}
+	if (!mig_job_has_column("parallel"))
+	{
+		if (s->parallel > 1)
+			job_needs_update("parallel");
+		return mig_catalog_exec_int8("INSERT INTO migrate_ext.job (migration_id, state, dboid, "
+									 "role_oid, login_oid, batch_size, batch_size_fixed, "
+									 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, "
+									 "fire_triggers) "
+									 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+									 "RETURNING id",
+									 11, types, v, n);
+	}
+	v[11] = Int32GetDatum(s->parallel);
 	return mig_catalog_exec_int8("INSERT INTO migrate_ext.job (migration_id, state, dboid, "
 								 "role_oid, login_oid, batch_size, batch_size_fixed, "
 								 "target_batch_ms, sleep_ms, max_replica_lag, max_rows_per_sec, "
-								 "fire_triggers) "
-								 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+								 "fire_triggers, parallel) "
+								 "VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
 								 "RETURNING id",
-								 11, types, v, n);
+								 12, types, v, n);
 }
 
 /* Set a job's state (pause, resume, cancel); finished stamps finished_at. */
@@ -272,6 +375,8 @@ mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
 		"WHERE id OPERATOR(pg_catalog.=) $1", INT8OID},
 		[MIG_JOB_FIRE_TRIGGERS] = {"UPDATE migrate_ext.job SET fire_triggers = $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1", BOOLOID},
+		[MIG_JOB_PARALLEL] = {"UPDATE migrate_ext.job SET parallel = $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1", INT4OID},
 	};
 	Oid			types[2];
 	Datum		v[2];
@@ -280,6 +385,8 @@ mig_job_set_setting(int64 job_id, MigJobSetting which, Datum value, bool isnull)
 	Assert(which >= 0 && which < lengthof(settings));
 	if (which == MIG_JOB_FIRE_TRIGGERS && !mig_job_has_column("fire_triggers"))
 		job_needs_update("fire_triggers");
+	if (which == MIG_JOB_PARALLEL && !mig_job_has_column("parallel"))
+		job_needs_update("parallel");
 	types[0] = INT8OID;
 	types[1] = settings[which].type;
 	v[0] = Int64GetDatum(job_id);
@@ -374,6 +481,13 @@ mig_job_end(int64 job_id, JobState state, const char *error, const char *sqlstat
 void
 mig_job_cancel_for_migration(int64 migration_id)
 {
+	if (mig_job_has_column("parallel"))
+		mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice s JOIN migrate_ext.job j "
+						 "ON j.id OPERATOR(pg_catalog.=) s.job_id "
+						 "WHERE j.migration_id OPERATOR(pg_catalog.=) $1 "
+						 "AND j.state IN ('running', 'throttled', 'paused', 'interrupted') "
+						 "ORDER BY s.job_id, s.slice_no FOR NO KEY UPDATE OF s",
+						 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)}, NULL, -1);
 	mig_catalog_exec("UPDATE migrate_ext.job SET state = 'cancelled', "
 					 "throttle_reason = NULL, updated_at = pg_catalog.now(), "
 					 "finished_at = pg_catalog.now() "
@@ -453,4 +567,183 @@ mig_job_done(int64 job_id, double active_seconds, int64 retries, int vacuums)
 					 (Datum[]) {Int64GetDatum(job_id), Float8GetDatum(active_seconds),
 						 Int64GetDatum(retries), Int32GetDatum(vacuums)},
 					 NULL, 1);
+}
+
+/* ----------------------------------------------------------------
+ *		The slices of a job (migrate_ext.job_slice)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Lock every slice of the job (after its row): a control (pause, cancel,
+ * set, abort) then waits for the batches in flight of a sliced job, which
+ * lock their slice's row only.
+ */
+void
+mig_job_lock_slices(int64 job_id)
+{
+	if (!mig_job_has_column("parallel"))
+		return;
+	mig_catalog_exec("SELECT 1 FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "ORDER BY slice_no FOR NO KEY UPDATE",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, -1);
+}
+
+/* The job walks slices: its own key, bounds and counters start again. */
+void
+mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = 'slices', key_cols = NULL, "
+					 "lower_key = NULL, upper_key = NULL, rows_total = $2, "
+					 "rows_total_exact = $3, rows_seen = 0 WHERE id OPERATOR(pg_catalog.=) $1",
+					 3, (Oid[]) {INT8OID, INT8OID, BOOLOID},
+					 (Datum[]) {Int64GetDatum(job_id), Int64GetDatum(rows_total), BoolGetDatum(exact)},
+					 NULL, 1);
+}
+
+/* A new slice, pending; lower and upper may be (Datum) 0 for NULL. */
+void
+mig_slice_insert(const MigSlice *s)
+{
+	Oid			types[10] = {INT8OID, INT4OID, OIDOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT8OID, OIDOID};
+	Datum		v[10];
+	char		n[11] = "          ";
+
+	v[0] = Int64GetDatum(s->job_id);
+	v[1] = Int32GetDatum(s->slice_no);
+	v[2] = ObjectIdGetDatum(s->relid);
+	v[3] = CStringGetTextDatum(s->relname);
+	v[4] = CStringGetTextDatum(s->key_kind);
+	v[5] = s->key_cols;
+	v[6] = s->lower_key;
+	n[6] = s->lower_key ? ' ' : 'n';
+	v[7] = s->upper_key;
+	n[7] = s->upper_key ? ' ' : 'n';
+	v[8] = Int64GetDatum(s->rows_total);
+	n[8] = s->rows_total >= 0 ? ' ' : 'n';
+	v[9] = ObjectIdGetDatum(s->relfilenode);
+	mig_catalog_exec("INSERT INTO migrate_ext.job_slice (job_id, slice_no, relid, relname, "
+					 "key_kind, key_cols, lower_key, upper_key, rows_total, walk_relfilenode) "
+					 "VALUES ($1, $2, $3, $4, $5, $6::name[], $7, $8, $9, $10)",
+					 10, types, v, n, 1);
+}
+
+/*
+ * A worker claims a pending slice (or the one its slot held before a
+ * restart), skipping those another worker is claiming.  Returns its number,
+ * or -1 when none is left to claim.
+ */
+int
+mig_slice_claim(int64 job_id, int pid, int slot)
+{
+	return (int) mig_catalog_exec_int8("WITH c AS (SELECT slice_no FROM migrate_ext.job_slice "
+									   "WHERE job_id OPERATOR(pg_catalog.=) $1 AND (state OPERATOR(pg_catalog.=) 'pending' "
+									   "OR (state OPERATOR(pg_catalog.=) 'running' AND worker_slot OPERATOR(pg_catalog.=) $3)) "
+									   "ORDER BY state OPERATOR(pg_catalog.=) 'running' DESC, slice_no "
+									   "LIMIT 1 FOR UPDATE SKIP LOCKED), "
+									   "u AS (UPDATE migrate_ext.job_slice s SET state = 'running', worker_pid = $2, "
+									   "worker_slot = $3, updated_at = pg_catalog.now() FROM c "
+									   "WHERE s.job_id OPERATOR(pg_catalog.=) $1 AND s.slice_no OPERATOR(pg_catalog.=) c.slice_no "
+									   "RETURNING s.slice_no) "
+									   "SELECT coalesce((SELECT slice_no FROM u), -1)::pg_catalog.int8",
+									   3, (Oid[]) {INT8OID, INT4OID, INT4OID},
+									   (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(pid), Int32GetDatum(slot)},
+									   NULL);
+}
+
+/* A slice's state: done, detached, or pending again (given back). */
+void
+mig_slice_set_state(int64 job_id, int slice_no, const char *state)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job_slice SET state = $3, rate_recent = NULL, "
+					 "updated_at = pg_catalog.now() WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "AND slice_no OPERATOR(pg_catalog.=) $2",
+					 3, (Oid[]) {INT8OID, INT4OID, TEXTOID},
+					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(slice_no),
+						 CStringGetTextDatum(state)}, NULL, 1);
+}
+
+/* Nobody works on the job: its running slices are pending again. */
+void
+mig_slice_release_all(int64 job_id)
+{
+	if (!mig_job_has_column("parallel"))
+		return;
+	mig_catalog_exec("UPDATE migrate_ext.job_slice SET state = 'pending', rate_recent = NULL "
+					 "WHERE job_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'running'",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, -1);
+}
+
+/* A ctid slice's table was rewritten: its walk starts again. */
+void
+mig_slice_restart_walk(int64 job_id, int slice_no, Datum upper_key, Oid relfilenode)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job_slice SET lower_key = NULL, upper_key = $3, "
+					 "rows_seen = 0, walk_relfilenode = $4 WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "AND slice_no OPERATOR(pg_catalog.=) $2",
+					 4, (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, OIDOID},
+					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(slice_no), upper_key,
+						 ObjectIdGetDatum(relfilenode)},
+					 (char[]) {' ', ' ', upper_key ? ' ' : 'n', ' '}, 1);
+}
+
+/* One batch of a slice committed: its checkpoint and counters. */
+void
+mig_slice_checkpoint(int64 job_id, int slice_no, const MigJobBatch *b, int64 rate_cap)
+{
+	mig_catalog_exec("UPDATE migrate_ext.job_slice SET lower_key = $3, rows_done = rows_done + $4, "
+					 "rows_seen = rows_seen + $5, batches = batches + 1, rate_recent = $6, "
+					 "rate_cap = $7, updated_at = pg_catalog.now() "
+					 "WHERE job_id OPERATOR(pg_catalog.=) $1 AND slice_no OPERATOR(pg_catalog.=) $2",
+					 7, (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, INT8OID, INT8OID, FLOAT8OID, INT8OID},
+					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(slice_no), b->lower_key,
+						 Int64GetDatum(b->written), Int64GetDatum(b->seen), Float8GetDatum(b->rate),
+						 Int64GetDatum(rate_cap)},
+					 (char[]) {' ', ' ', ' ', ' ', ' ', ' ', rate_cap > 0 ? ' ' : 'n'}, 1);
+}
+
+/*
+ * A sliced job's row catches up with its slices, outside the batches (so
+ * that the job row is no lock point for them): the sums of the counters,
+ * and what this worker adds (state, retries, vacuums, time).  A job paused
+ * or ended meanwhile keeps its state.
+ */
+void
+mig_job_sum_slices(int64 job_id, const MigJobBatch *b)
+{
+	Oid			types[9] = {INT8OID, TEXTOID, TEXTOID, INT8OID, INT4OID, FLOAT8OID,
+		INT4OID, TEXTOID, TEXTOID};
+	Datum		v[9];
+	char		n[10] = "         ";
+
+	v[0] = Int64GetDatum(job_id);
+	v[1] = CStringGetTextDatum(mig_job_state_name(b->state));
+	v[2] = b->throttle_reason ? CStringGetTextDatum(b->throttle_reason) : (Datum) 0;
+	n[2] = b->throttle_reason ? ' ' : 'n';
+	v[3] = Int64GetDatum(b->retries);
+	v[4] = Int32GetDatum(b->vacuums);
+	v[5] = Float8GetDatum(b->active_seconds);
+	v[6] = Int32GetDatum(b->next_batch_size);
+	v[7] = b->error ? CStringGetTextDatum(b->error) : (Datum) 0;
+	n[7] = b->error ? ' ' : 'n';
+	v[8] = b->sqlstate ? CStringGetTextDatum(b->sqlstate) : (Datum) 0;
+	n[8] = b->sqlstate ? ' ' : 'n';
+	mig_catalog_exec("UPDATE migrate_ext.job j SET rows_done = s.done, rows_seen = s.seen, "
+					 "batches = s.batches, rate_recent = s.rate, "
+					 "state = CASE WHEN j.state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'throttled']) "
+					 "THEN $2 ELSE j.state END, "
+					 "throttle_reason = CASE WHEN j.state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'throttled']) "
+					 "THEN $3 ELSE j.throttle_reason END, "
+					 "retries = j.retries OPERATOR(pg_catalog.+) $4, vacuums = j.vacuums OPERATOR(pg_catalog.+) $5, "
+					 "active_seconds = j.active_seconds OPERATOR(pg_catalog.+) $6, batch_size = $7, "
+					 "last_error = coalesce($8, j.last_error), last_sqlstate = coalesce($9, j.last_sqlstate), "
+					 "updated_at = pg_catalog.now() "
+					 "FROM (SELECT coalesce(pg_catalog.sum(rows_done), 0)::int8 AS done, "
+					 "coalesce(pg_catalog.sum(rows_seen), 0)::int8 AS seen, "
+					 "coalesce(pg_catalog.sum(batches), 0)::int8 AS batches, "
+					 "pg_catalog.sum(rate_recent) FILTER (WHERE state OPERATOR(pg_catalog.=) 'running') AS rate "
+					 "FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1) s "
+					 "WHERE j.id OPERATOR(pg_catalog.=) $1",
+					 9, types, v, n, 1);
 }

@@ -90,9 +90,11 @@ resume_interrupted_jobs(void)
 		AbortCurrentTransaction();
 		proc_exit(1);
 	}
-	if (mig_catalog_query("SELECT id, role_oid, login_oid FROM migrate_ext.job "
-					"WHERE state IN ('running', 'throttled', 'paused', 'interrupted') "
-					"ORDER BY id", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (mig_catalog_query(psprintf("SELECT id, role_oid, login_oid, %s FROM migrate_ext.job "
+								   "WHERE state IN ('running', 'throttled', 'paused', 'interrupted') "
+								   "ORDER BY id",
+								   mig_job_has_column("parallel") ? "parallel" : "1"),
+						  0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -105,6 +107,8 @@ resume_interrupted_jobs(void)
 		args->arg = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		args->role_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		args->login_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		/* the job's workers, in the argument's slot bits until started */
+		args->arg |= (int64) DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull)) << MIG_JOB_SLOT_SHIFT;
 		/* the list must outlive SPI_finish(), which frees SPI's context */
 		spicxt = MemoryContextSwitchTo(oldcxt);
 		jobs = lappend(jobs, args);
@@ -115,9 +119,11 @@ resume_interrupted_jobs(void)
 	foreach(lc, jobs)
 	{
 		MigWorkerArgs *args = lfirst(lc);
+		int			parallel = (int) (args->arg >> MIG_JOB_SLOT_SHIFT);
 		HeapTuple	tup;
 		bool		can_login = false;
 
+		args->arg &= MIG_JOB_ID_MASK;
 		if (mig_job_alive(args->arg))
 			continue;
 
@@ -141,11 +147,13 @@ resume_interrupted_jobs(void)
 		/* mig_status shows it interrupted until the worker takes over */
 		mig_job_hold_gate(args->arg);
 		mig_job_mark_interrupted(args->arg);
+		/* every slice a worker held is claimed again, by all its workers */
+		mig_slice_release_all(args->arg);
 		/* no free slot: leave it interrupted, say so, go on with the next */
 		BeginInternalSubTransaction(NULL);
 		PG_TRY();
 		{
-			mig_job_start_worker(args);
+			(void) mig_job_start_workers(args, Max(parallel, 1), false);
 			ReleaseCurrentSubTransaction();
 			ereport(LOG,
 					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",

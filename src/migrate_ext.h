@@ -208,7 +208,7 @@ typedef enum MigJobSetting
 	MIG_JOB_MAX_REPLICA_LAG,
 	MIG_JOB_MAX_ROWS_PER_SEC,
 	MIG_JOB_FIRE_TRIGGERS,
-	MIG_JOB_PARALLEL			/* always 1 so far: nothing to store */
+	MIG_JOB_PARALLEL			/* workers of the job */
 } MigJobSetting;
 
 /* A new job's settings, as mig_backfill was given them. */
@@ -221,6 +221,7 @@ typedef struct MigJobSettings
 	Interval   *max_replica_lag;	/* NULL: none */
 	int64		max_rows_per_sec;	/* 0: none */
 	bool		fire_triggers;	/* the table's other triggers fire too */
+	int32		parallel;		/* workers */
 } MigJobSettings;
 
 /* What one committed batch adds to its job row. */
@@ -272,6 +273,44 @@ extern void mig_job_throttle_for_lag(int64 job_id, double active_seconds);
 extern void mig_job_checkpoint(int64 job_id, const MigJobBatch *batch);
 extern void mig_job_done(int64 job_id, double active_seconds, int64 retries,
 						 int vacuums);
+
+/*
+ * Parallel workers of one job: a worker's argument is the job id with its
+ * slot in the bits from MIG_JOB_SLOT_SHIFT on.
+ */
+#define MIG_JOB_MAX_WORKERS		64
+#define MIG_JOB_SLOT_SHIFT		48
+#define MIG_JOB_ID_MASK			((INT64CONST(1) << MIG_JOB_SLOT_SHIFT) - 1)
+
+/* A slice of a job (migrate_ext.job_slice), as it is planned. */
+typedef struct MigSlice
+{
+	int64		job_id;
+	int			slice_no;
+	Oid			relid;
+	const char *relname;
+	const char *key_kind;
+	Datum		key_cols;		/* text[] */
+	Datum		lower_key;		/* text[], or 0 for NULL */
+	Datum		upper_key;		/* text[], or 0 for NULL */
+	int64		rows_total;		/* -1: unknown */
+	Oid			relfilenode;
+} MigSlice;
+
+extern bool mig_job_take_slot(int64 job_id, int slot);
+extern int	mig_job_workers(int64 job_id, bool *taken);
+extern int	mig_job_start_workers(struct MigWorkerArgs *args, int n, bool only_free);
+extern void mig_job_lock_slices(int64 job_id);
+extern void mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact);
+extern void mig_slice_insert(const MigSlice *s);
+extern int	mig_slice_claim(int64 job_id, int pid, int slot);
+extern void mig_slice_set_state(int64 job_id, int slice_no, const char *state);
+extern void mig_slice_release_all(int64 job_id);
+extern void mig_slice_restart_walk(int64 job_id, int slice_no, Datum upper_key,
+								   Oid relfilenode);
+extern void mig_slice_checkpoint(int64 job_id, int slice_no, const MigJobBatch *b,
+								 int64 rate_cap);
+extern void mig_job_sum_slices(int64 job_id, const MigJobBatch *b);
 
 
 /* contract_undo.c: drop what an unfinished mig_contract added */

@@ -990,7 +990,7 @@ mig_preflight(PG_FUNCTION_ARGS)
 	run.rowcxt = AllocSetContextCreate(CurrentMemoryContext, "mig_preflight rows",
 									   ALLOCSET_DEFAULT_SIZES);
 	/* AccessShareLock, held to the end: the table's shape must not change */
-	run.rel = mig_partition_open(PG_GETARG_OID(0), AccessShareLock);
+	run.rel = mig_open_table(PG_GETARG_OID(0), AccessShareLock);
 	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),
 										   RelationGetRelationName(run.rel));
 	cook(&run, NameStr(*PG_GETARG_NAME(1)), text_arg(fcinfo, 2), text_arg(fcinfo, 3),

@@ -361,7 +361,8 @@ mig_user_search_path(void)
 
 /*
  * Open the table a migration function was given, after checking that it is
- * an ordinary table the caller owns.
+ * an ordinary or a partitioned table the caller owns.  A partitioned table's
+ * partitions are locked by mig_partition_leaves (or mig_lock_tree).
  */
 Relation
 mig_open_table(Oid relid, LOCKMODE lockmode)
@@ -374,22 +375,14 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", relid)));
-	if (relkind == RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("migrate_ext does not backfill partitioned tables yet; \"%s\" is one",
-						get_rel_name(relid)),
-				 errdetail("mig_expand, mig_abort, mig_preflight, validation and contract take a partitioned table; the per-leaf backfill is not built yet."),
-				 errhint("Fill the new column with UPDATE ... SET old = old in batches (the dual-write trigger computes it), then call mig_validate.")));
-	if (relkind != RELKIND_RELATION)
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not an ordinary table", get_rel_name(relid)),
-				 errdetail("migrate_ext migrates columns of ordinary tables; this is a %s.",
+				 errdetail("migrate_ext migrates columns of ordinary and partitioned tables; this is a %s.",
 						   relkind == RELKIND_VIEW ? "view" :
 						   relkind == RELKIND_MATVIEW ? "materialized view" :
 						   relkind == RELKIND_FOREIGN_TABLE ? "foreign table" :
-						   relkind == RELKIND_PARTITIONED_TABLE ? "partitioned table" :
 						   "relation of another kind")));
 	if (!pg_class_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));

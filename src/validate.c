@@ -776,7 +776,7 @@ mig_validate(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 
 	/* AccessShareLock, held to the end: the table's shape must not change */
-	run.rel = mig_partition_open(relid, AccessShareLock);
+	run.rel = mig_open_table(relid, AccessShareLock);
 	run.leaves = mig_partition_leaves(relid, AccessShareLock);
 	run.m = mig_catalog_active(relid, false);
 	run.qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(run.rel)),

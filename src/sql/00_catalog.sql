@@ -118,8 +118,9 @@ CREATE TABLE migrate_ext.job (
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	finished_at	timestamptz,
 	fire_triggers boolean NOT NULL DEFAULT false,	/* the other triggers of the table fire */
-	walk_relfilenode oid		/* the file of the table when the walk started: a ctid
+	walk_relfilenode oid,		/* the file of the table when the walk started: a ctid
 								 * walk starts again after a rewrite */
+	parallel	int NOT NULL DEFAULT 1	/* workers; key_kind 'slices': see job_slice */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */

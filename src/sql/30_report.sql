@@ -128,7 +128,12 @@ SELECT m.id AS migration_id,
 	   j.finished_at,
 	   GREATEST(m.updated_at, j.updated_at) AS updated_at,
 	   m.created_at,
-	   m.created_by
+	   m.created_by,
+	   w.workers,
+	   sl.slices_total,
+	   sl.slices_done,
+	   sl.slices_detached,
+	   sl.worker_progress
   FROM migrate_ext.migration m
   LEFT JOIN LATERAL (SELECT * FROM migrate_ext.job j
 					  WHERE j.migration_id OPERATOR(pg_catalog.=) m.id
@@ -174,7 +179,30 @@ SELECT m.id AS migration_id,
 									   OPERATOR(pg_catalog./) j.active_seconds)::numeric)
 		   END AS rate_avg) r
  CROSS JOIN LATERAL (
-	SELECT coalesce(j.rate_recent, r.rate_avg::float8) AS rate) e;
+	SELECT coalesce(j.rate_recent, r.rate_avg::float8) AS rate) e
+ CROSS JOIN LATERAL (
+	SELECT pg_catalog.count(*)::int AS workers
+	  FROM pg_catalog.pg_locks l
+	 WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'::pg_catalog.text
+	   AND l.database OPERATOR(pg_catalog.=) j.dboid
+	   AND l.classid OPERATOR(pg_catalog.=) migrate_ext.lock_key('job')::pg_catalog.oid
+	   AND l.objid::bigint OPERATOR(pg_catalog.=) j.id
+	   AND l.objsubid OPERATOR(pg_catalog.=) 2::smallint
+	   AND l.granted) w
+ CROSS JOIN LATERAL (
+	SELECT pg_catalog.count(*)::int AS slices_total,
+		   (pg_catalog.count(*) FILTER (
+				WHERE s.state OPERATOR(pg_catalog.=) 'done'::pg_catalog.text))::int AS slices_done,
+		   (pg_catalog.count(*) FILTER (
+				WHERE s.state OPERATOR(pg_catalog.=) 'detached'::pg_catalog.text))::int
+			   AS slices_detached,
+		   pg_catalog.string_agg(pg_catalog.format('%s %s/%s', s.relname, s.rows_seen,
+												   coalesce(s.rows_total::pg_catalog.text, '?')),
+								 ', '::pg_catalog.text ORDER BY s.slice_no)
+			   FILTER (WHERE s.state OPERATOR(pg_catalog.=) 'running'::pg_catalog.text
+					   AND d.running) AS worker_progress
+	  FROM migrate_ext.job_slice s
+	 WHERE s.job_id OPERATOR(pg_catalog.=) j.id) sl;
 
 /*
  * The status columns, written once: mig_status, mig_history and
@@ -189,7 +217,8 @@ SELECT g.table_name, g.columns, g.phase, g.state, g.throttle_reason, g.rows_done
 	   g.batches, g.retries,
 	   CASE WHEN migrate_ext.can_read(g.relid) THEN g.last_error END AS last_error,
 	   g.last_sqlstate, g.started_at, g.updated_at,
-	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact
+	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact,
+	   g.workers, g.slices_total, g.slices_done, g.slices_detached, g.worker_progress
   FROM migrate_ext.progress g;
 
 CREATE VIEW @extschema@.mig_status WITH (security_barrier) AS
@@ -229,12 +258,26 @@ SELECT j.id, j.migration_id, m.relid, j.state, j.throttle_reason, j.dboid, j.rol
 	   j.max_rows_per_sec, j.batches, j.retries,
 	   CASE WHEN v.ok THEN j.last_error END AS last_error,
 	   j.last_sqlstate, j.rate_recent, j.active_seconds, j.vacuums, j.started_at,
-	   j.updated_at, j.finished_at, j.fire_triggers
+	   j.updated_at, j.finished_at, j.fire_triggers, j.parallel
   FROM migrate_ext.job j
   JOIN migrate_ext.migration m ON m.id OPERATOR(pg_catalog.=) j.migration_id
  CROSS JOIN LATERAL (SELECT migrate_ext.can_read(m.relid) AS ok) v;
 COMMENT ON VIEW migrate_ext.jobs IS
 	'every backfill job; keys and errors only for roles that can read the table';
+
+CREATE VIEW migrate_ext.job_slices WITH (security_barrier) AS
+SELECT s.job_id, s.slice_no, j.migration_id, m.relid AS table_relid, s.relid, s.relname,
+	   s.state, s.key_kind, s.key_cols,
+	   CASE WHEN v.ok THEN s.lower_key END AS lower_key,
+	   CASE WHEN v.ok THEN s.upper_key END AS upper_key,
+	   s.rows_total, s.rows_done, s.rows_seen, s.batches, s.worker_pid, s.worker_slot,
+	   s.rate_cap, s.rate_recent, s.updated_at
+  FROM migrate_ext.job_slice s
+  JOIN migrate_ext.job j ON j.id OPERATOR(pg_catalog.=) s.job_id
+  JOIN migrate_ext.migration m ON m.id OPERATOR(pg_catalog.=) j.migration_id
+ CROSS JOIN LATERAL (SELECT migrate_ext.can_read(m.relid) AS ok) v;
+COMMENT ON VIEW migrate_ext.job_slices IS
+	'the slices of every backfill job (leaf partitions, or ranges of one table); keys only for roles that can read the table';
 
 CREATE VIEW migrate_ext.validations WITH (security_barrier) AS
 SELECT x.run, x.migration_id, m.relid, x.at, x.by_role, x.sample, x.rows_checked, x.ord,
@@ -257,7 +300,7 @@ SELECT p.migration_id, m.relid, p.ord, p.old_col, p.old_attnum, p.new_col, p.new
 COMMENT ON VIEW migrate_ext.column_pairs IS
 	'every old -> new column pair; expressions only for roles that can read the table';
 
-GRANT SELECT ON migrate_ext.status, migrate_ext.jobs, migrate_ext.validations,
+GRANT SELECT ON migrate_ext.status, migrate_ext.jobs, migrate_ext.job_slices, migrate_ext.validations,
 	migrate_ext.column_pairs, @extschema@.mig_status, @extschema@.mig_history TO PUBLIC;
 
 /* SQL-standard body: bound when the script runs, not under a caller's search_path. */

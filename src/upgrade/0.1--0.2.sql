@@ -71,3 +71,37 @@ UPDATE migrate_ext.column_pair SET keep_old = false;
 ALTER TABLE migrate_ext.column_pair
 	ALTER COLUMN keep_old SET DEFAULT false,
 	ALTER COLUMN keep_old SET NOT NULL;
+
+-- the per-leaf and parallel backfill (backfill_worker.c): job.parallel,
+-- added without a default, then filled, as job.fire_triggers above; and the
+-- slices of a job
+ALTER TABLE migrate_ext.job ADD COLUMN parallel int;
+UPDATE migrate_ext.job SET parallel = 1;
+ALTER TABLE migrate_ext.job
+	ALTER COLUMN parallel SET DEFAULT 1,
+	ALTER COLUMN parallel SET NOT NULL;
+CREATE TABLE migrate_ext.job_slice (
+	job_id		bigint NOT NULL REFERENCES migrate_ext.job,
+	slice_no	int NOT NULL,
+	relid		oid NOT NULL,
+	relname		text NOT NULL,
+	state		text NOT NULL DEFAULT 'pending'
+		CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running', 'done',
+			'detached']::pg_catalog.text[])),
+	key_kind	text NOT NULL,
+	key_cols	name[] NOT NULL,
+	lower_key	text[],
+	upper_key	text[],
+	rows_total	bigint,
+	rows_done	bigint NOT NULL DEFAULT 0,
+	rows_seen	bigint NOT NULL DEFAULT 0,
+	batches		bigint NOT NULL DEFAULT 0,
+	worker_pid	int,
+	worker_slot	int,
+	rate_cap	bigint,
+	rate_recent	float8,
+	walk_relfilenode oid,
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (job_id, slice_no)
+);
+SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');
