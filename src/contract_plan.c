@@ -561,10 +561,16 @@ plan_objects(ContractPlan *plan, List *indexoids, List *fkoids)
 		plan->fkeys = lappend(plan->fkeys, fk);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->conrelid);
 		plan->lockrels = list_append_unique_oid(plan->lockrels, fk->confrelid);
-		/* the swap drops and adds the key on every partition of its table */
+		/*
+		 * the swap drops and adds the key on every partition of its table,
+		 * and its triggers on every partition of the referenced one
+		 */
 		if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
 			plan->lockrels = list_concat_unique_oid(plan->lockrels,
 													find_all_inheritors(fk->conrelid, NoLock, NULL));
+		if (get_rel_relkind(fk->confrelid) == RELKIND_PARTITIONED_TABLE)
+			plan->lockrels = list_concat_unique_oid(plan->lockrels,
+													find_all_inheritors(fk->confrelid, NoLock, NULL));
 	}
 }
 

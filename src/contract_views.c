@@ -68,6 +68,7 @@
 #include "tcop/utility.h"
 #include "miscadmin.h"
 #include "rewrite/rewriteSupport.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -539,6 +540,29 @@ capture_copied(Oid mvoid)
 }
 
 /*
+ * Is this relation a copy this migration's contract built and recorded?
+ * (contract_undo.c's mig_contract_recorded, which sits above this file.)
+ */
+static bool
+copy_recorded(ContractPlan *plan, Oid copy)
+{
+	bool		found;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT FROM migrate_ext.contract_object "
+						  "WHERE migration_id OPERATOR(pg_catalog.=) $1 "
+						  "AND classid OPERATOR(pg_catalog.=) $2 AND objid OPERATOR(pg_catalog.=) $3",
+						  3, (Oid[]) {INT8OID, OIDOID, OIDOID},
+						  (Datum[]) {Int64GetDatum(plan->migration_id),
+						  ObjectIdGetDatum(RelationRelationId), ObjectIdGetDatum(copy)},
+						  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.contract_object");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
+}
+
+/*
  * Capture every view of the plan and return the DROP statements, deepest
  * first.  In the swap transaction, under the views' locks.
  */
@@ -548,6 +572,36 @@ mig_contract_capture_views(ContractPlan *plan, StringInfo drop_sql)
 	List	   *views = NIL;
 
 	ListCell   *lc;
+
+	/* the copies are still those built (by OID): none taken over since */
+	foreach(lc, plan->views)
+	{
+		Oid			v = lfirst_oid(lc);
+		char	   *copyname = mig_contract_copy_name(get_rel_name(v), v);
+		Oid			copy = get_relname_relid(copyname, get_rel_namespace(v));
+
+		if ((!list_member_oid(plan->matviews, v) && !list_member_oid(plan->view_copies, v)) ||
+			list_member_oid(plan->view_keep, v))
+			continue;
+		/* nobody else has a reason to hold a copy: no waiting in the swap */
+		if (OidIsValid(copy) && !ConditionalLockRelationOid(copy, AccessExclusiveLock))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not lock relation \"%s\", the copy of view \"%s\"",
+							copyname, get_rel_name(v)),
+					 errdetail("Another session holds a lock on it; the swap did not wait."),
+					 errhint("Run mig_contract again.")));
+		if (!OidIsValid(copy) || get_relname_relid(copyname, get_rel_namespace(v)) != copy ||
+			!copy_recorded(plan, copy))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("relation \"%s\" is not the copy of %sview \"%s\" that mig_contract built",
+							copyname, get_rel_relkind(v) == RELKIND_MATVIEW ? "materialized " : "",
+							get_rel_name(v)),
+					 errdetail("It was dropped or replaced after mig_contract built it; the swap did not use it."),
+					 errhint("Drop or rename relation \"%s\" if it is there, then run mig_contract again: it builds the copy again.",
+							 copyname)));
+	}
 
 	capture_cxt = CurrentMemoryContext;
 	SPI_connect();
@@ -1165,27 +1219,89 @@ build_view_copy(ContractPlan *plan, Oid viewoid, List *from, List *to)
 }
 
 /*
+ * SELECT on each new column for every role that may read its old column by
+ * a column grant: a copy is built as its owner (and reads the copies of
+ * views as theirs), who must read the new column as it read the old one.
+ * The swap gives the new column all of the old one's privileges anyway;
+ * this is the part that reading needs, given before, by the caller (the
+ * table's owner).  GRANT is idempotent: each copy's transaction repeats it.
+ */
+static void
+grant_new_columns(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	SPI_connect();
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (SPI_execute_with_args("SELECT a.grantee, a.privilege_type, false "
+								  "FROM pg_catalog.pg_attribute t, "
+								  "LATERAL pg_catalog.aclexplode(t.attacl) a "
+								  "WHERE t.attrelid OPERATOR(pg_catalog.=) $1 "
+								  "AND t.attnum OPERATOR(pg_catalog.=) $2 "
+								  "AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT' ORDER BY 1",
+								  2, (Oid[]) {OIDOID, INT2OID},
+								  (Datum[]) {ObjectIdGetDatum(plan->relid),
+								  Int16GetDatum(c->pair->old_attnum)},
+								  NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the privileges of column \"%s\"", c->oldname);
+		mig_contract_append_grants(&sql, plan->qname, c->newname);
+	}
+	SPI_finish();
+	if (sql.len > 0)
+		mig_run_utility(sql.data);
+}
+
+/*
  * Build the copy of a materialized view of plan->matviews, or of a view of
  * plan->view_copies, beside it on the new column.  from/to: the copies
  * built before it, which it reads instead of their originals.  In a
  * transaction of its own before the swap, taking no lock on the table
  * beyond a read's.  Returns the copy's OID, for the caller to record.
  */
+/*
+ * Refuse a copy-name that a relation already has: someone else's (a copy
+ * left by a contract that stopped was dropped before, by its recorded
+ * OID), which is neither dropped nor used.
+ */
+static void
+refuse_taken(const char *copyname, Oid nsp, const char *what, const char *name)
+{
+	if (OidIsValid(get_relname_relid(copyname, nsp)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("relation \"%s\" already exists", copyname),
+				 errdetail("mig_contract builds the copy of %s \"%s\" under this name.",
+						   what, name),
+				 errhint("Rename or drop that relation.")));
+}
+
 Oid
 mig_contract_build_copy(ContractPlan *plan, Oid relid, List *from, List *to)
 {
 	char	   *name = get_rel_name(relid);
-	char	   *copyname = mig_contract_copy_name(name, relid);
+	Oid			nsp = get_rel_namespace(relid);
 	bool		matview = get_rel_relkind(relid) == RELKIND_MATVIEW;
 	Oid			copy;
 
-	if (OidIsValid(get_relname_relid(copyname, get_rel_namespace(relid))))
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("relation \"%s\" already exists", copyname),
-				 errdetail("mig_contract builds the copy of %sview \"%s\" under this name.",
-						   matview ? "materialized " : "", name),
-				 errhint("Rename or drop that relation.")));
+	refuse_taken(mig_contract_copy_name(name, relid), nsp,
+				 matview ? "materialized view" : "view", name);
+	if (matview)
+	{
+		Relation	rel = relation_open(relid, AccessShareLock);
+		ListCell   *lc;
+
+		/* and its indexes' copies, in its schema too */
+		foreach(lc, RelationGetIndexList(rel))
+			refuse_taken(mig_contract_copy_name(get_rel_name(lfirst_oid(lc)), lfirst_oid(lc)),
+						 nsp, "index", get_rel_name(lfirst_oid(lc)));
+		relation_close(rel, NoLock);
+	}
+	grant_new_columns(plan);
 	copy = matview ? build_matview(plan, relid, from, to) :
 		build_view_copy(plan, relid, from, to);
 	Assert(OidIsValid(copy));

@@ -34,6 +34,7 @@
 #include "catalog/index.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -413,6 +414,27 @@ fkey_from_leaf(ContractFkey *fk, Oid leaf, const char *name)
 }
 
 /*
+ * Lock, under the ladder, every relation a foreign key statement on relid
+ * (a table, a leaf or a partitioned table) referencing confrelid will lock:
+ * both, and every partition below either.  Adding a key to or from a
+ * partitioned table locks each partition of it inside the statement; taken
+ * there, outside the ladder, such a lock would queue behind a writer that
+ * holds a partition and waits for a table we hold, a deadlock.
+ */
+static void
+lock_fkey_tables(Oid relid, Oid confrelid, const char *why)
+{
+	List	   *rels = list_concat_unique_oid(find_all_inheritors(relid, NoLock, NULL),
+											  find_all_inheritors(confrelid, NoLock, NULL));
+	Oid		   *relids = palloc(sizeof(Oid) * list_length(rels));
+	ListCell   *lc;
+
+	foreach(lc, rels)
+		relids[foreach_current_index(lc)] = lfirst_oid(lc);
+	mig_lock_tables(list_length(rels), relids, ShareRowExclusiveLock, why);
+}
+
+/*
  * A foreign key copy declared on a partitioned table, which PostgreSQL 15
  * cannot add NOT VALID there (the route TAP 070 proves): NOT VALID on each
  * leaf, each in a short transaction of its own, each validated in its own
@@ -470,9 +492,7 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 		xact_begin();
 		if (constraint_state(leaf, name) == 0)
 		{
-			Oid			rels[2] = {leaf, fk->confrelid};
-
-			mig_lock_tables(2, rels, ShareRowExclusiveLock, "add a foreign key NOT VALID");
+			lock_fkey_tables(leaf, fk->confrelid, "add a foreign key NOT VALID");
 			mig_run_utility(psprintf("ALTER TABLE %s%s", mig_qualified_name(leaf), body));
 			record_constraint(plan, leaf, name);
 		}
@@ -482,8 +502,7 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 	}
 	check_caller();
 	xact_begin();
-	(void) mig_lock_tree(fk->conrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
-	mig_lock_table(fk->confrelid, ShareRowExclusiveLock, "attach the partitions' foreign keys");
+	lock_fkey_tables(fk->conrelid, fk->confrelid, "attach the partitions' foreign keys");
 	if (!fk->at_swap)
 		mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
 								 (int) (strlen(body) - strlen(" NOT VALID")), body));
@@ -519,10 +538,7 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 	xact_begin();
 	if (constraint_state(fk->conrelid, fk->tmpname) == 0)
 	{
-		Oid			rels[2] = {fk->conrelid, fk->confrelid};
-
-		mig_lock_tables(fk->conrelid == fk->confrelid ? 1 : 2, rels,
-						ShareRowExclusiveLock, "add a foreign key NOT VALID");
+		lock_fkey_tables(fk->conrelid, fk->confrelid, "add a foreign key NOT VALID");
 		mig_run_utility(fk->adddef);
 		record_constraint(plan, fk->conrelid, fk->tmpname);
 		added = true;

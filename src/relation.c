@@ -393,8 +393,8 @@ mig_open_table(Oid relid, LOCKMODE lockmode)
 
 /*
  * Try once to take the locks, in order, each with the given lock_timeout.
- * Returns -1 when all are held, or the index of the one that timed out (and
- * then none is held); rethrows anything else.  The subtransaction's locks
+ * Returns -1 when all are held, or the index of the one that timed out or
+ * whose wait deadlocked (and then none is held); rethrows anything else.  The subtransaction's locks
  * pass to the caller's transaction when it commits.
  */
 static int
@@ -426,7 +426,9 @@ try_lock(int nrels, const Oid *relids, LOCKMODE lockmode, int timeout_ms)
 
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		/* a deadlock while we wait: this try lost, like a timeout */
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+			edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
 		{
 			FreeErrorData(edata);
 			PG_RE_THROW();

@@ -26,14 +26,24 @@
 #                                  default ev_d. Options: name => another
 #                                  name than ev (its partitions named alike),
 #                                  db. Returns its leaves, in order.
+#   mig_pgbench($node, $script, %opt)
+#                                  start pgbench in the background on database
+#                                  postgres with $script (pgbench's own
+#                                  language) as its only transaction;
+#                                  options clients (default 3), threads (1),
+#                                  seconds (10). Returns the IPC::Run handle
+#                                  ($h->finish, then $h->result(0) is 0 when
+#                                  every transaction ran) and references to
+#                                  pgbench's stderr and stdout.
 package MigTest;
 
 use strict;
 use warnings;
 use Exporter 'import';
+use IPC::Run;
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree);
+our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree mig_pgbench);
 
 sub job_row
 {
@@ -70,6 +80,22 @@ sub mig_node
 	$node->start;
 	$node->safe_psql('postgres', "CREATE EXTENSION migrate_ext;\n" . ($opt{setup} // ''));
 	return $node;
+}
+
+sub mig_pgbench
+{
+	my ($node, $script, %opt) = @_;
+	my $file = $node->basedir . '/mix.sql';
+	open my $fh, '>', $file or die "could not write $file: $!";
+	print $fh $script;
+	close $fh;
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'pgbench', '-n', '-c', $opt{clients} // 3, '-j', $opt{threads} // 1,
+		  '-T', $opt{seconds} // 10, '-f', $file,
+		  '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \$out, '2>', \$err);
+	return ($h, \$err, \$out);
 }
 
 sub mig_partition_tree

@@ -20,9 +20,7 @@ VACUUM ANALYZE t;
 SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n::text');
 ));
 
-my $script = $node->basedir . '/mix.sql';
-open my $fh, '>', $script or die;
-print $fh q{
+my ($pgbench, $err, $out) = mig_pgbench($node, q{
 \set id random(1, 200000)
 \set r random(1, 10)
 BEGIN;
@@ -31,20 +29,13 @@ UPDATE t SET n = n + 1 WHERE id = :id + 1;
 INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '@X.COM' WHERE :r <= 3;
 DELETE FROM t WHERE id = :id + 2 AND :r = 1;
 COMMIT;
-};
-close $fh;
-
-my ($out, $err) = ('', '');
-my $pgbench = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '20', '-f', $script,
-	  '-h', $node->host, '-p', $node->port, 'postgres' ],
-	'>', \$out, '2>', \$err);
+}, clients => 4, threads => 2, seconds => 20);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', max_rows_per_sec => 25000)");
 my $job = latest_job();
 $pgbench->finish;
-is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($err);
-like($out, qr/number of transactions actually processed: [1-9]/, 'pgbench did work');
+is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($$err);
+like($$out, qr/number of transactions actually processed: [1-9]/, 'pgbench did work');
 
 # the traffic ran during the whole backfill
 my ($state, $done, $retries) =

@@ -143,9 +143,7 @@ is($node->safe_psql('postgres',
 
 # 3. a pgbench mix during a parallel backfill: nothing diverged
 clear_t();
-my $script = $node->basedir . '/mix.sql';
-open my $fh, '>', $script or die;
-print $fh qq{
+my ($pgbench, $err) = mig_pgbench($node, qq{
 \\set id random(1, $rows)
 \\set r random(1, 10)
 BEGIN;
@@ -154,17 +152,11 @@ UPDATE t SET n = n + 1 WHERE id = :id + 1;
 INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '\@X.COM' WHERE :r <= 3;
 DELETE FROM t WHERE id = :id + 2 AND :r = 1;
 COMMIT;
-};
-close $fh;
-my ($out, $err) = ('', '');
-my $pgbench = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '3', '-j', '1', '-T', '10', '-f', $script,
-	  '-h', $node->host, '-p', $node->port, 'postgres' ],
-	'>', \$out, '2>', \$err);
+}, clients => 3, threads => 1, seconds => 10);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', batch_size => 200, parallel => 2, max_rows_per_sec => 4000)");
 $pgbench->finish;
-is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($err);
+is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($$err);
 is(wait_job_ended($node, 't'), 'done', 'the parallel backfill finished under the mix');
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(check_name || ': ' || failing, ', ') FROM mig_validate('t') WHERE NOT passed}),

@@ -181,9 +181,7 @@ for my $how ('kill -9 of one worker', 'an immediate shutdown')
 # 4. a pgbench write mix through the parent and straight into leaves during a
 # parallel backfill: mig_validate finds every row right
 clear();
-my $script = $node->basedir . '/mix.sql';
-open my $fh, '>', $script or die;
-print $fh q{
+my ($pgbench, $err) = mig_pgbench($node, q{
 \set id random(1, 3000)
 \set r random(1, 10)
 BEGIN;
@@ -193,17 +191,11 @@ INSERT INTO ev (id, created_at, v) SELECT 100000 + :id * 10 + :r, date '2020-01-
 	WHERE :r <= 3 ON CONFLICT DO NOTHING;
 UPDATE ev SET created_at = date '2021-06-01' WHERE id = :id + 2 AND :r = 1 AND created_at < '2021-01-01';
 COMMIT;
-};
-close $fh;
-my ($out, $err) = ('', '');
-my $pgbench = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '3', '-j', '1', '-T', '8', '-f', $script,
-	  '-h', $node->host, '-p', $node->port, 'postgres' ],
-	'>', \$out, '2>', \$err);
+}, clients => 3, threads => 1, seconds => 8);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('ev', batch_size => 50, parallel => 2, max_rows_per_sec => 1000)");
 $pgbench->finish;
-is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($err);
+is($pgbench->result(0), 0, 'pgbench ran without errors') or diag($$err);
 is(wait_job_ended($node, 'ev'), 'done', 'the parallel backfill finished under the mix');
 is($node->safe_psql('postgres', q{
 	SELECT coalesce(string_agg(check_name || ': ' || failing, ', '), 'clean')
