@@ -1214,7 +1214,7 @@ undo_after_failure(ContractPlan *plan)
 	PG_END_TRY();
 	MemoryContextSwitchTo(contract_cxt);
 	if (dropped > 0)
-		edata->detail = psprintf("%s%sWhat mig_contract had added that writes would meet (%d NOT VALID constraints or unique index copies) was dropped: the table enforces nothing it did not before.",
+		edata->detail = psprintf("%s%sWhat mig_contract had added that writes would meet (%d constraints or unique index copies) was dropped: the table enforces nothing it did not before.",
 								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
 								 dropped);
 	else if (dropped < 0)

@@ -403,8 +403,8 @@ $holder->query_safe('LOCK TABLE ONLY pq IN ROW EXCLUSIVE MODE');
 	($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('pq')");
 }
 isnt($rc, 0, 'the parent\'s ADD FOREIGN KEY cannot get its lock: mig_contract fails');
-like($err, qr/could not lock table "pq".*process $holder_pid holds a conflicting lock/s,
-	'the error names the table and the session that holds it');
+like($err, qr/could not lock table "pq".*process $holder_pid holds a conflicting lock.*\(2 constraints or unique index copies\) was dropped/s,
+	'the error names the table, the session that holds it, and the two leaf copies it dropped');
 like($err, qr/validating foreign key "pq_cust_id_fkey" on the new column, on partition pq_2/,
 	'it failed after the leaves\' keys were added and validated');
 is($node->safe_psql('postgres', $pq_fk_q), $pq_before,
