@@ -518,7 +518,7 @@ bf_pace(int64 seen, long elapsed_ms, const char **reason)
 	{
 		long		yield_ms;
 
-		bf->busy = (bf->busy + mig_busy_sessions_count()) / 2;
+		bf->busy = (bf->busy + mig_busy_sessions_cpu()) / 2;
 		yield_ms = (long) (elapsed_ms * Min(bf->busy * mig_backfill_yield, BF_MAX_YIELD));
 
 		/*

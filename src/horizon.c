@@ -36,6 +36,8 @@
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -129,4 +131,94 @@ mig_busy_sessions_count(void)
 			n++;
 	}
 	return n;
+}
+
+/*
+ * A session's CPU time so far, in clock ticks, from /proc/<pid>/stat
+ * (utime + stime); -1 where it cannot be read (not Linux, or gone).
+ */
+static int64
+session_cpu_ticks(int pid)
+{
+	char		path[64];
+	char		buf[1024];
+	FILE	   *f;
+	size_t		n;
+	char	   *p;
+	unsigned long utime;
+	unsigned long stime;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* "pid (comm) state ppid ...": comm may hold anything, even ')' */
+	p = strrchr(buf, ')');
+	if (p == NULL ||
+		sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+			   &utime, &stime) != 2)
+		return -1;
+	return (int64) utime + (int64) stime;
+}
+
+#define MAX_TRACKED 256
+
+/*
+ * How many of this database's client sessions were busy on a CPU, on
+ * average, since the last call (a worker calls it once per batch, so the
+ * measure covers the batch and the pause after it): the CPU time they used,
+ * read from /proc, over the time gone by.  An instantaneous count of
+ * sessions running a statement (mig_busy_sessions_count) rarely catches a
+ * workload of 50-microsecond statements however busy it keeps the CPUs;
+ * their CPU time does not miss them.  Where /proc cannot be read, or on the
+ * first call, the instantaneous count.
+ */
+double
+mig_busy_sessions_cpu(void)
+{
+	static int	prev_pid[MAX_TRACKED];
+	static int64 prev_ticks[MAX_TRACKED];
+	static int	nprev = 0;
+	static TimestampTz prev_at = 0;
+	int			cur_pid[MAX_TRACKED];
+	int64		cur_ticks[MAX_TRACKED];
+	int			ncur = 0;
+	int64		used = 0;
+	bool		readable = true;
+	TimestampTz now = GetCurrentTimestamp();
+	long		elapsed_ms = prev_at ? (long) ((now - prev_at) / 1000) : 0;
+	int			nbackends;
+
+	pgstat_clear_backend_activity_snapshot();
+	nbackends = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= nbackends && ncur < MAX_TRACKED; i++)
+	{
+		PgBackendStatus *be = &pgstat_fetch_stat_local_beentry(i)->backendStatus;
+		int64		ticks;
+
+		if (be->st_backendType != B_BACKEND || be->st_databaseid != MyDatabaseId ||
+			be->st_procpid == MyProcPid)
+			continue;
+		ticks = session_cpu_ticks(be->st_procpid);
+		if (ticks < 0)
+		{
+			readable = false;
+			break;
+		}
+		cur_pid[ncur] = be->st_procpid;
+		cur_ticks[ncur++] = ticks;
+		for (int j = 0; j < nprev; j++)
+			if (prev_pid[j] == be->st_procpid && ticks >= prev_ticks[j])
+				used += ticks - prev_ticks[j];
+	}
+	memcpy(prev_pid, cur_pid, sizeof(int) * ncur);
+	memcpy(prev_ticks, cur_ticks, sizeof(int64) * ncur);
+	nprev = readable ? ncur : 0;
+	prev_at = now;
+	if (!readable || elapsed_ms <= 0)
+		return mig_busy_sessions_count();
+	return (double) used * 1000.0 / sysconf(_SC_CLK_TCK) / elapsed_ms;
 }

@@ -327,6 +327,7 @@ extern void mig_retouch_trigger_functions(Oid relid);
 /* horizon.c */
 extern bool mig_release_xmin(void);
 extern int	mig_busy_sessions_count(void);
+extern double mig_busy_sessions_cpu(void);
 
 /* dualwrite.c */
 extern void mig_dualwrite_init(void);
