@@ -68,16 +68,11 @@ mig_contract_recorded(int64 migration_id, Oid classid, Oid objid)
 	return found;
 }
 
-/* A recorded object. */
-typedef struct UndoObject
-{
-	Oid			classid;
-	Oid			objid;
-	Oid			relid;
-} UndoObject;
+typedef ContractObject UndoObject;
 
-static List *
-read_recorded(int64 migration_id)
+/* Every object recorded for the migration, in the current memory context. */
+List *
+mig_contract_recorded_list(int64 migration_id)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	List	   *result = NIL;
@@ -175,7 +170,7 @@ undo_statement(UndoObject *o, List **rels, int *order)
 int
 mig_contract_undo(int64 migration_id)
 {
-	List	   *objs = read_recorded(migration_id);
+	List	   *objs = mig_contract_recorded_list(migration_id);
 	List	   *rels = NIL;
 	StringInfoData sql[4];		/* foreign keys, other constraints, indexes,
 								 * materialized views' copies */
