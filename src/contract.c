@@ -267,10 +267,11 @@ mig_contract(PG_FUNCTION_ARGS)
 			table_close(rel, AccessShareLock);
 			PG_RETURN_VOID();
 		}
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("table \"%s\" has no active migration", RelationGetRelationName(rel)),
-				 errhint("Start one with mig_expand().")));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("table \"%s\" has no active migration", RelationGetRelationName(rel)),
+					 errhint("Start one with mig_expand().")));
 	}
 	if (finish)
 		plan = NULL;
