@@ -202,7 +202,6 @@ extern char *mig_partition_from(Oid relid);
 extern const char *mig_partition_ctid_key(Oid relid);
 extern void mig_partition_plan(ContractPlan *plan);
 extern void mig_partition_swap(ContractPlan *plan);
-extern void mig_partition_record_finish(ContractPlan *plan);
 extern void mig_partition_fkey_rename_sql(ContractFkey *fk, StringInfo sql);
 extern const char *mig_partition_fkey_body(ContractFkey *fk);
 extern void mig_partition_rename_sql(ContractPlan *plan, ContractIndex *ci,

@@ -433,50 +433,6 @@ mig_partition_swap(ContractPlan *plan)
 }
 
 /*
- * In the swap, once the rows of what contract added before it are deleted:
- * record what is left to finish after it, the foreign keys that reference
- * the table added NOT VALID by mig_partition_swap.  Each copy by OID on its
- * table (a plain referencing table's, or each leaf's of a partitioned one)
- * and a partitioned referencing table itself (classid pg_class, objid and
- * relid its OID): its ADD FOREIGN KEY attaches its leaves' copies.  The
- * worker validates and attaches from these rows alone and deletes them once
- * done, so a worker that died after the swap leaves them for the next
- * mig_contract to finish (contract_worker.c, finish_fkeys).
- */
-void
-mig_partition_record_finish(ContractPlan *plan)
-{
-	ListCell   *lc;
-
-	foreach(lc, plan->fkeys)
-	{
-		ContractFkey *fk = lfirst(lc);
-		List	   *leaves;
-		ListCell   *lc2;
-
-		if (!fk->at_swap)
-			continue;
-		leaves = mig_partition_leaves(fk->conrelid, NoLock);
-		if (leaves == NIL)
-		{
-			/* no leaf to copy it from, nor a row to check */
-			ereport(WARNING,
-					(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
-							fk->oldname, fk->conrel),
-					 errhint("Add it again by hand on the new column.")));
-			continue;
-		}
-		if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
-			mig_contract_record(plan->migration_id, RelationRelationId, fk->conrelid,
-								fk->conrelid);
-		foreach(lc2, leaves)
-			mig_contract_record(plan->migration_id, ConstraintRelationId,
-								get_relation_constraint_oid(lfirst_oid(lc2), fk->oldname, false),
-								lfirst_oid(lc2));
-	}
-}
-
-/*
  * What follows "ALTER TABLE <the referencing table>" in a foreign key
  * copy's ADD CONSTRAINT ... NOT VALID: run on a leaf of a partitioned
  * referencing table as it is, on the parent without its NOT VALID.

@@ -545,7 +545,7 @@ typedef struct FinishKey
 } FinishKey;
 
 /*
- * Read what the swap recorded (mig_partition_record_finish): the copies
+ * Read what the swap recorded (record_finish): the copies
  * still there, on the tables they were added to, and the partitioned
  * referencing tables whose ADD FOREIGN KEY attaches their leaves' copies.
  */
@@ -1189,6 +1189,50 @@ swap_views(ContractPlan *plan, List *views)
 }
 
 /*
+ * In the swap, once the rows of what contract added before it are deleted:
+ * record what is left to finish after it, the foreign keys that reference
+ * the table added NOT VALID by mig_partition_swap.  Each copy by OID on its
+ * table (a plain referencing table's, or each leaf's of a partitioned one)
+ * and a partitioned referencing table itself (classid pg_class, objid and
+ * relid its OID): its ADD FOREIGN KEY attaches its leaves' copies.  The
+ * worker validates and attaches from these rows alone and deletes them once
+ * done, so a worker that died after the swap leaves them for the next
+ * mig_contract to finish (finish_fkeys, below).
+ */
+static void
+record_finish(ContractPlan *plan)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+		List	   *leaves;
+		ListCell   *lc2;
+
+		if (!fk->at_swap)
+			continue;
+		leaves = mig_partition_leaves(fk->conrelid, NoLock);
+		if (leaves == NIL)
+		{
+			/* no leaf to copy it from, nor a row to check */
+			ereport(WARNING,
+					(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
+							fk->oldname, fk->conrel),
+					 errhint("Add it again by hand on the new column.")));
+			continue;
+		}
+		if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
+			mig_contract_record(plan->migration_id, RelationRelationId, fk->conrelid,
+								fk->conrelid);
+		foreach(lc2, leaves)
+			mig_contract_record(plan->migration_id, ConstraintRelationId,
+								get_relation_constraint_oid(lfirst_oid(lc2), fk->oldname, false),
+								lfirst_oid(lc2));
+	}
+}
+
+/*
  * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
  * taken all at once through the lock ladder.  Only catalog changes: NOT
  * NULL is set (proved by the validated CHECK), the constraints move to the
@@ -1263,7 +1307,7 @@ swap(ContractPlan *plan, bool force)
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(plan->migration_id)},
 					 NULL, -1);
 	/* but for what is left to finish after the swap, recorded now */
-	mig_partition_record_finish(plan);
+	record_finish(plan);
 	mig_catalog_set_phase(plan->migration_id, phase, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();

@@ -224,11 +224,12 @@ is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE r
 	'contracted', 'dirty row: the migration is contracted (the error came after the swap)');
 enforced_everywhere($i, 'dirty row, before the fix');
 $node->safe_psql('postgres', qq{
-	INSERT INTO ev$i (id, created_at) VALUES (5000000000, '2020-05-05');
-	INSERT INTO pref$i VALUES (1, '2020-02-02', 5000000000, '2020-05-05');
+	INSERT INTO ev$i (id, created_at) VALUES (5000000000, '2020-05-05'), (3000000, '2020-05-05');
+	INSERT INTO pref$i VALUES (1, '2020-02-02', 3000000, '2020-05-05');
 	UPDATE ev$i SET created_at = created_at WHERE id < 10;});
-is($node->safe_psql('postgres', "SELECT count(*) FROM pref$i WHERE ev_id = 5000000000"),
-	'1', 'dirty row: the tables are usable (a bigint key written and referenced)');
+is($node->safe_psql('postgres', "SELECT count(*) FROM ev$i WHERE id = 5000000000")
+	. $node->safe_psql('postgres', "SELECT count(*) FROM pref$i WHERE ev_id = 3000000"),
+	'11', 'dirty row: the tables are usable (a bigint key written, a new row referenced)');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
 like($err, qr/violates foreign key constraint "pref${i}_ev_id_ev_at_fkey"/,
 	'dirty row: a second mig_contract fails alike');
