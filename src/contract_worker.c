@@ -76,7 +76,6 @@ static bool contract_swapped = false;	/* the swap has committed */
 /* The advisory lock a test holds to stop the worker (migrate_ext.test_pause). */
 #define MIG_TEST_PAUSE_KEY	7387
 
-
 /*
  * Stop at a step boundary once the caller has stopped waiting (cancelled,
  * or gone): what the steps so far built is consistent and kept for the next
@@ -545,19 +544,21 @@ typedef struct FinishKey
 } FinishKey;
 
 /*
- * Read what the swap recorded (record_finish): the copies
- * still there, on the tables they were added to, and the partitioned
- * referencing tables whose ADD FOREIGN KEY attaches their leaves' copies.
+ * Read what the swap recorded (record_finish): the copies still there, on
+ * the tables they were added to, and the partitioned referencing tables
+ * whose ADD FOREIGN KEY attaches their leaves' copies.
  */
 static List *
 finish_read(int64 migration_id, List **parents)
 {
 	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext xcxt;
 	List	   *objs;
 	List	   *keys = NIL;
 	ListCell   *lc;
 
 	xact_begin();
+	xcxt = CurrentMemoryContext;
 	objs = mig_contract_recorded_list(migration_id);
 	foreach(lc, objs)
 	{
@@ -604,7 +605,7 @@ finish_read(int64 migration_id, List **parents)
 			MemoryContextStrdup(cxt, psprintf("foreign key \"%s\" on the new column", k->name));
 		MemoryContextSwitchTo(cxt);
 		keys = lappend(keys, k);
-		MemoryContextSwitchTo(TopTransactionContext);
+		MemoryContextSwitchTo(xcxt);
 	}
 	MemoryContextSwitchTo(cxt);
 	*parents = list_copy(*parents);
@@ -1197,7 +1198,7 @@ swap_views(ContractPlan *plan, List *views)
  * relid its OID): its ADD FOREIGN KEY attaches its leaves' copies.  The
  * worker validates and attaches from these rows alone and deletes them once
  * done, so a worker that died after the swap leaves them for the next
- * mig_contract to finish (finish_fkeys, below).
+ * mig_contract to finish (finish_fkeys).
  */
 static void
 record_finish(ContractPlan *plan)
