@@ -183,7 +183,8 @@ bf_apply_estate(Relation rel, MigMigration *m, ResultRelInfo **rrip)
  */
 static bool
 bf_apply_row(Relation rel, int64 migration_id, ItemPointer tid, EState *estate,
-			 ResultRelInfo *rri, TupleTableSlot *oldslot, TupleTableSlot *newslot)
+			 ResultRelInfo *rri, TupleTableSlot *oldslot, TupleTableSlot *newslot,
+			 void **dwcache)
 {
 	HeapTuple	tuple;
 	TM_Result	result;
@@ -195,7 +196,7 @@ bf_apply_row(Relation rel, int64 migration_id, ItemPointer tid, EState *estate,
 	/* a version the snapshot no longer sees: a client moved the row since */
 	if (!table_tuple_fetch_row_version(rel, tid, estate->es_snapshot, oldslot))
 		return false;
-	tuple = mig_dualwrite_backfill_row(migration_id, rel, oldslot);
+	tuple = mig_dualwrite_backfill_row(migration_id, rel, oldslot, dwcache);
 	ExecClearTuple(oldslot);
 	if (tuple == NULL)
 		return false;			/* right already, as the trigger would skip it */
@@ -251,6 +252,7 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
 	int			nestlevel;
+	void	   *dwcache = NULL;
 
 	for (uint64 r = 0; r < rows->numvals; r++)
 	{
@@ -280,7 +282,7 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
 		CHECK_FOR_INTERRUPTS();
 		ResetPerTupleExprContext(estate);
 		oldcxt = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
-		if (bf_apply_row(rel, m->id, &tids[i], estate, rri, oldslot, newslot))
+		if (bf_apply_row(rel, m->id, &tids[i], estate, rri, oldslot, newslot, &dwcache))
 			written++;
 		MemoryContextSwitchTo(oldcxt);
 	}
