@@ -103,7 +103,7 @@ during() {
 	pgbench_window "$name" "$from" "$to"
 	TPS[$name]=$(awk -v n="${NTX[$name]}" -v w="${WIN[$name]}" 'BEGIN { if (w > 0) printf "%.0f", n / w; else print 0 }')
 	BF_RPS[$name]=$(awk -v n="$seen" -v a="$job_from" -v b="$to" 'BEGIN { if (b > a) printf "%.0f", n / (b - a); else print "-" }')
-	bench_wait_backfill || exit 1
+	bench_wait_backfill t || exit 1
 }
 
 set_yield() {

@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+#
+# bench/lifecycle.sh: the whole lifecycle of an in-place int -> bigint change
+# of the id of a partitioned table under a write load, with the lock
+# guarantee (issue 12: "no session waits behind migrate_ext for more than
+# about a second").
+#
+# The table: orders, range-partitioned by month on created_at into 8
+# partitions and a default one, MIG_BENCH_LIFE_ROWS (4000000) rows, primary
+# key (id, created_at) with id serial (int), a secondary index on
+# (customer_id, id), a BEFORE UPDATE trigger setting updated_at, a view
+# order_summary over it, and order_lines (a line for every other order)
+# whose foreign key (order_id, order_created_at) references orders (id,
+# created_at).
+#
+# The load: pgbench (-M prepared, MIG_BENCH_LIFE_CLIENTS clients) for the
+# whole lifecycle, in runs of MIG_BENCH_LIFE_CHUNK seconds one after the
+# other (each ends cleanly, so its per-transaction log is complete): 70%
+# point SELECT through the view, 20% point UPDATE of a random order through
+# the parent (the updated_at trigger and the dual-write trigger fire), 10%
+# INSERT of a new order (id from its sequence, created_at now(): the default
+# partition) and its line, in one statement.
+#
+# The lifecycle, each step timed from the client: MIG_BENCH_LIFE_QUIET
+# seconds of load alone, mig_expand('orders', 'id', type => 'bigint'),
+# mig_backfill(parallel => MIG_BENCH_LIFE_PARALLEL) and mig_wait,
+# mig_validate, mig_cutover, mig_contract, MIG_BENCH_LIFE_QUIET seconds of
+# load after.  Each phase's window runs from the end of the step before to
+# the end of its own step (so the windows are contiguous); a transaction
+# belongs to the phase in which it ended.  Per phase: TPS, p50, p99 and max
+# latency (pgbench's per-transaction logs, bench_latencies), and the
+# longest lock wait of a pgbench session that ended in it.
+#
+# Lock waits come from the server's own log (log_lock_waits = on,
+# deadlock_timeout = 200ms, set for this benchmark and reset after): the
+# server times each wait from its start to the lock's grant ("process N
+# acquired ... after X ms"), whereas sampling pg_locks every 100 ms would
+# see a wait late, end it late and miss the short ones, and its own queries
+# would add to the load.  Every wait of 200 ms or more is logged; shorter
+# ones are far below the goal.  The log line prefix names the waiter's
+# application (pgbench); the "still waiting" line's detail names the
+# processes holding the lock and those queued ahead, each classified as a
+# pgbench client (log_connections names its application) or not (migrate_ext:
+# the lifecycle's session or a worker).  Goal: the longest wait of a client
+# session <= 1 s, whatever blocked it (a client queued behind another client
+# that waits for migrate_ext counts too).
+#
+# Checks: mig_validate shows 0 rows diverged (and every check passed), no
+# pgbench client failed, id is bigint after contract, and the foreign key
+# still refuses a line without its order (23503).
+
+set -uo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_require_server
+
+ROWS=${MIG_BENCH_LIFE_ROWS:-4000000}
+CLIENTS=${MIG_BENCH_LIFE_CLIENTS:-4}
+THREADS=${MIG_BENCH_LIFE_THREADS:-2}
+QUIET=${MIG_BENCH_LIFE_QUIET:-10}
+CHUNK=${MIG_BENCH_LIFE_CHUNK:-5}
+PARALLEL=${MIG_BENCH_LIFE_PARALLEL:-2}
+# 2024-01-01 to 2024-09-01 in seconds: the 8 monthly partitions' span
+SPAN=21081600
+EPOCH0="timestamptz '2024-01-01 00:00+00'"
+DIR=$BENCH_OUT/lifecycle
+SERVER_LOG=$PGHOST/server.log
+rm -rf "$DIR"
+mkdir -p "$DIR"
+
+# ----------------------------------------------------------------------
+# The tables
+
+setup() {
+	local sql=() m
+	sql+=("DROP VIEW IF EXISTS order_summary" "DROP TABLE IF EXISTS order_lines, orders"
+		"DROP FUNCTION IF EXISTS orders_touch()"
+		"CREATE TABLE orders (
+		   id serial NOT NULL,
+		   created_at timestamptz NOT NULL DEFAULT now(),
+		   customer_id int NOT NULL,
+		   status text NOT NULL DEFAULT 'new',
+		   amount numeric(12, 2) NOT NULL,
+		   updated_at timestamptz NOT NULL DEFAULT now(),
+		   PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at)")
+	for m in 1 2 3 4 5 6 7 8; do
+		sql+=("CREATE TABLE orders_2024_0$m PARTITION OF orders
+		         FOR VALUES FROM ('2024-0$m-01 00:00+00') TO ('$([ $m = 8 ] && echo 2024-09 || echo 2024-0$((m + 1)))-01 00:00+00')")
+	done
+	sql+=("CREATE TABLE orders_default PARTITION OF orders DEFAULT"
+		"INSERT INTO orders (id, created_at, customer_id, status, amount, updated_at)
+		 SELECT i, $EPOCH0 + make_interval(secs => (i - 1) * $SPAN / $ROWS),
+		        1 + i % 100000, (ARRAY['new', 'paid', 'shipped', 'delivered'])[1 + i % 4],
+		        (i % 10000) / 100.0, $EPOCH0
+		   FROM generate_series(1::bigint, $ROWS) AS i"
+		"SELECT setval('orders_id_seq', $ROWS)"
+		"CREATE INDEX orders_customer_idx ON orders (customer_id, id)"
+		"CREATE TABLE order_lines (
+		   order_id int NOT NULL,
+		   order_created_at timestamptz NOT NULL,
+		   line_no int NOT NULL,
+		   sku text NOT NULL,
+		   qty int NOT NULL,
+		   PRIMARY KEY (order_id, order_created_at, line_no))"
+		"INSERT INTO order_lines
+		 SELECT id, created_at, 1, 'SKU-' || id % 5000, 1 + id % 5 FROM orders WHERE id % 2 = 0"
+		"ALTER TABLE order_lines ADD CONSTRAINT order_lines_order_fkey
+		   FOREIGN KEY (order_id, order_created_at) REFERENCES orders (id, created_at)"
+		"CREATE FUNCTION orders_touch() RETURNS trigger LANGUAGE plpgsql
+		   AS \$\$BEGIN NEW.updated_at := now(); RETURN NEW; END\$\$"
+		"CREATE TRIGGER orders_touch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION orders_touch()"
+		"CREATE VIEW order_summary AS SELECT id, created_at, customer_id, status, amount FROM orders"
+		"VACUUM ANALYZE orders" "VACUUM ANALYZE order_lines" "CHECKPOINT")
+	bench_log "generating orders ($(fmt_int "$ROWS") rows) and order_lines"
+	bq "${sql[@]}"
+}
+
+# The mix.  No statement returns the column that changes type: a prepared
+# statement whose result type changes fails ("cached plan must not change
+# result type"), which is PostgreSQL's and the application's business, not
+# the migration's.  The created_at of order :id is computed as at setup, so
+# the point statements name the whole key and touch one partition.
+SCRIPT=$DIR/lifecycle.pgbench
+cat >"$SCRIPT" <<EOF
+\\set id random(1, :nrows)
+\\set ts (:id - 1) * $SPAN / :nrows
+\\set r random(1, 100)
+\\if :r <= 70
+SELECT customer_id, status, amount FROM order_summary
+ WHERE id = :id AND created_at = $EPOCH0 + make_interval(secs => :ts);
+\\elif :r <= 90
+UPDATE orders SET status = 'paid', amount = amount + 1
+ WHERE id = :id AND created_at = $EPOCH0 + make_interval(secs => :ts);
+\\else
+WITH o AS (INSERT INTO orders (customer_id, amount) VALUES (:r, :r) RETURNING id, created_at)
+INSERT INTO order_lines SELECT id, created_at, 1, 'SKU-' || :r, :r FROM o;
+\\endif
+EOF
+
+# ----------------------------------------------------------------------
+# The load: pgbench runs of CHUNK seconds until $DIR/stop exists.  Each
+# run's status goes to $DIR/run_N.rc, its output to run_N.out.
+
+load_loop() {
+	local n=0
+	while [ ! -e "$DIR/stop" ]; do
+		n=$((n + 1))
+		pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$CHUNK" -f "$SCRIPT" -D "nrows=$ROWS" \
+			--log --log-prefix="$DIR/tx_$n" >"$DIR/run_$n.out" 2>&1
+		echo $? >"$DIR/run_$n.rc"
+	done
+}
+
+now() { date +%s.%N; }
+
+# The server's settings for the lock-wait log, and back.
+LOG_SETTINGS=(log_lock_waits deadlock_timeout log_connections log_line_prefix)
+lock_log_on() {
+	bq "ALTER SYSTEM SET log_lock_waits = on" "ALTER SYSTEM SET deadlock_timeout = '200ms'" \
+		"ALTER SYSTEM SET log_connections = on" "ALTER SYSTEM SET log_line_prefix = '%n [%p] %a: '" \
+		"SELECT pg_reload_conf()"
+	sleep 0.5
+}
+lock_log_off() {
+	local s
+	for s in "${LOG_SETTINGS[@]}"; do bq "ALTER SYSTEM RESET $s"; done
+	bq "SELECT pg_reload_conf()"
+}
+
+LOAD_PID=
+# shellcheck disable=SC2317
+finish() {
+	touch "$DIR/stop"
+	[ -n "$LOAD_PID" ] && wait "$LOAD_PID" 2>/dev/null
+	lock_log_off 2>/dev/null
+}
+trap finish EXIT
+
+# step NAME SQL...: run SQL (one psql each), timed from the client; sets
+# CUT[NAME] (its end, epoch seconds) and STEP[NAME] (seconds); the output
+# of the last statement goes to $DIR/NAME.out.  On error, says so with the
+# error and the server log's lines since the step began, and exits.
+declare -A CUT STEP
+PHASES=(before)
+step() {
+	local name=$1 t0 t1 off a=()
+	shift
+	for s in "$@"; do a+=(-c "$s"); done
+	off=$(stat -c %s "$SERVER_LOG" 2>/dev/null || echo 0)
+	t0=$(now)
+	if ! PGAPPNAME="migrate_ext lifecycle" psql -X -q -A -t -v ON_ERROR_STOP=1 "${a[@]}" >"$DIR/$name.out" 2>"$DIR/$name.err"; then
+		echo "ERROR: the lifecycle failed at $name: $(grep -m 1 ERROR "$DIR/$name.err")"
+		sed -n '2,$p' "$DIR/$name.err" | head -n 5
+		echo "server log since the step began:"
+		tail -c +"$((off + 1))" "$SERVER_LOG" 2>/dev/null | grep -E 'ERROR|WARNING|FATAL|DETAIL|CONTEXT|STATEMENT' | head -n 20
+		bench_summary "lifecycle $(fmt_int "$ROWS"): FAILED at $name: $(grep -m 1 ERROR "$DIR/$name.err")"
+		exit 1
+	fi
+	t1=$(now)
+	CUT[$name]=$t1
+	STEP[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+	PHASES+=("$name")
+	bench_log "$name: ${STEP[$name]} s"
+}
+
+# ----------------------------------------------------------------------
+# The run
+
+setup
+lock_log_on
+LOG_FROM=$(stat -c %s "$SERVER_LOG" 2>/dev/null || echo 0)
+load_loop &
+LOAD_PID=$!
+sleep 1
+START=$(now)
+sleep "$QUIET"
+CUT[before]=$(now)
+STEP[before]=-
+
+step expand "SELECT mig_expand('orders', 'id', type => 'bigint')"
+step backfill "SELECT mig_backfill('orders', parallel => $PARALLEL)" \
+	"SET client_min_messages = warning" "SELECT mig_wait('orders')"
+[ "$(tail -n 1 "$DIR/backfill.out")" = "done" ] || {
+	echo "ERROR: the backfill ended $(tail -n 1 "$DIR/backfill.out"): $(bv "SELECT last_error FROM migrate_ext.job ORDER BY id DESC LIMIT 1")"
+	bench_summary "lifecycle $(fmt_int "$ROWS"): FAILED: the backfill did not end done"
+	exit 1
+}
+step validate "SELECT check_name, passed, coalesce(failing, 0) FROM mig_validate('orders')"
+step cutover "SELECT mig_cutover('orders')"
+step contract "SELECT mig_contract('orders')"
+sleep "$QUIET"
+CUT[after]=$(now)
+STEP[after]=-
+PHASES+=(after)
+touch "$DIR/stop"
+wait "$LOAD_PID"
+LOAD_PID=
+
+# ----------------------------------------------------------------------
+# Checks after the run
+
+# rows diverged: the failing rows of the checks that compare the columns
+DIVERGED=$(awk -F '|' '$1 ~ /^(backfilled|new_equals_up|old_matches_down)/ { n += $3 } END { print n + 0 }' "$DIR/validate.out")
+CHECKS_FAILED=$(awk -F '|' '$2 != "t" { printf "%s%s", (n++ ? ", " : ""), $1 }' "$DIR/validate.out")
+ID_TYPE=$(bv "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'id'")
+FK_STATE=$(psql -X -q -A -t -v VERBOSITY=verbose \
+	-c "INSERT INTO order_lines VALUES (-1, $EPOCH0, 1, 'none', 1)" 2>&1 |
+	sed -n -E 's/^ERROR: +([0-9A-Z]{5}):.*/\1/p' | head -n 1)
+FK_STATE=${FK_STATE:-"none (the line was accepted)"}
+FAILED_RUNS=$(grep -L '^0$' "$DIR"/run_*.rc 2>/dev/null | wc -l)
+ABORTS=$(cat "$DIR"/run_*.out 2>/dev/null | grep -E 'aborted|ERROR' | sort | uniq -c | sort -rn | head -n 3)
+
+# ----------------------------------------------------------------------
+# Lock waits, from the server log since the load began: one line per wait
+# of a pgbench session, "END_EPOCH MS STATE LOCK | BLOCKERS", where STATE
+# is acquired, or open (still waiting when the log ends: MS is then at
+# least the wait) and BLOCKERS the holders and those queued ahead, each
+# pid:app (app "-" when it is not a pgbench client).
+tail -c +"$((LOG_FROM + 1))" "$SERVER_LOG" >"$DIR/server.log" 2>/dev/null
+awk -v end="$(now)" '
+	function app(p) { return (p in pgb) ? "pgbench" : "migrate_ext/other" }
+	# the prefix: "%n [%p] %a: "
+	{ ts = $1; pid = $2; gsub(/[][]/, "", pid) }
+	/connection authorized: .*application_name=pgbench/ { pgb[pid] = 1 }
+	$3 == "pgbench:" && / still waiting for / {
+		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
+		lk = $0; sub(/.* still waiting for /, "", lk); sub(/ after .*/, "", lk)
+		wstart[pid] = ts - ms / 1000; wlock[pid] = lk; wpid = pid; next
+	}
+	/DETAIL: +Process(es)? holding the lock: / && pid == wpid {
+		d = $0; sub(/.*holding the lock: /, "", d)
+		h = d; sub(/\. Wait queue: .*/, "", h)
+		q = d; sub(/.*Wait queue: /, "", q); sub(/\.$/, "", q)
+		nb = split(h, hs, /, */); b = ""
+		for (i = 1; i <= nb; i++) b = b " " hs[i]
+		nq = split(q, qs, /, */)
+		for (i = 1; i <= nq && qs[i] != wpid; i++) b = b " " qs[i]
+		wblock[wpid] = b; wpid = ""; next
+	}
+	$3 == "pgbench:" && / acquired .* after / {
+		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
+		out(pid, ts, ms, "acquired"); next
+	}
+	{ wpid = "" }
+	function out(p, t, ms, st,   n, bs, i, s) {
+		s = ""
+		n = split(wblock[p], bs, " ")
+		for (i = 1; i <= n; i++) s = s " " bs[i] ":" app(bs[i])
+		printf "%.3f %.1f %s %s |%s\n", t, ms, st, wlock[p], s
+		delete wstart[p]
+	}
+	END { for (p in wstart) out(p, end, (end - wstart[p]) * 1000, "open") }
+' "$DIR/server.log" | sort -n >"$DIR/waits"
+
+# longest_wait FROM TO: "MS STATE LOCK | BLOCKERS" of the longest wait that
+# ended between FROM and TO ("-" when none).
+longest_wait() {
+	awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 + 0 > m + 0 { m = $2; l = $0 }
+		END { if (l == "") print "-"; else { sub(/^[^ ]+ /, "", l); print l } }' "$DIR/waits"
+}
+
+# ----------------------------------------------------------------------
+# Report
+
+echo "Lifecycle: orders, $(fmt_int "$ROWS") rows in 8 monthly range partitions + default, id int -> bigint in place,"
+echo "PK (id, created_at), an index on (customer_id, id), a foreign key from order_lines, a view, an updated_at trigger;"
+echo "pgbench -c $CLIENTS -j $THREADS -M prepared: 70% SELECT through the view, 20% UPDATE, 10% INSERT of an order and its line;"
+echo "mig_backfill parallel => $PARALLEL; lock waits of 200 ms or more from log_lock_waits"
+printf '%-10s %8s %9s %9s %9s %10s %12s  %s\n' phase "step s" TPS "p50 ms" "p99 ms" "max ms" transactions "longest client lock wait (ms, lock, blocked by)"
+prev=$START
+MAXWAIT=0
+MAXWAIT_AT=-
+for ph in "${PHASES[@]}"; do
+	to=${CUT[$ph]}
+	read -r n p50 p99 mx <<<"$(bench_latencies "$prev" "$to" "$DIR"/tx_*)"
+	secs=$(awk -v a="$prev" -v b="$to" 'BEGIN { print b - a }')
+	w=$(longest_wait "$prev" "$to")
+	printf '%-10s %8s %9.0f %9s %9s %10s %12s  %s\n' "$ph" "${STEP[$ph]}" \
+		"$(awk -v n="$n" -v s="$secs" 'BEGIN { print (s > 0 ? n / s : 0) }')" "$p50" "$p99" "$mx" "$n" "$w"
+	if [ "$w" != - ] && awk -v a="${w%% *}" -v b="$MAXWAIT" 'BEGIN { exit !(a > b) }'; then
+		MAXWAIT=${w%% *}
+		MAXWAIT_AT=$ph
+	fi
+	prev=$to
+done
+NWAITS=$(wc -l <"$DIR/waits")
+OWN=$(awk '/ still waiting for / && $3 != "pgbench:" { n++ } END { print n + 0 }' "$DIR/server.log")
+echo "client lock waits >= 200 ms: $NWAITS; migrate_ext's own (and other non-client) waits >= 200 ms: $OWN"
+r=$(goal_mark le "$(awk -v m="$MAXWAIT" 'BEGIN { printf "%.3f", m / 1000 }')" 1.0)
+echo "longest client wait behind migrate_ext: $MAXWAIT ms (phase $MAXWAIT_AT; goal <= ~1 s: $r);" \
+	"mig_validate: $DIVERGED rows diverged (goal 0: $([ "$DIVERGED" = 0 ] && echo ok || echo MISSED))${CHECKS_FAILED:+, checks not passed: $CHECKS_FAILED};" \
+	"id after contract: $ID_TYPE; a line without its order after contract: $FK_STATE (goal 23503: $([ "$FK_STATE" = 23503 ] && echo ok || echo MISSED));" \
+	"pgbench runs failed: $FAILED_RUNS"
+[ -n "$ABORTS" ] && printf 'pgbench errors (count, message):\n%s\n' "$ABORTS"
+bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT ms (goal <= ~1000: $r, phase $MAXWAIT_AT); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS; steps s: expand ${STEP[expand]}, backfill ${STEP[backfill]}, validate ${STEP[validate]}, cutover ${STEP[cutover]}, contract ${STEP[contract]}"
+[ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FAILED_RUNS" = 0 ] && [ "$ID_TYPE" = bigint ]
