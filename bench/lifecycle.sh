@@ -60,6 +60,7 @@ THREADS=${MIG_BENCH_LIFE_THREADS:-2}
 QUIET=${MIG_BENCH_LIFE_QUIET:-10}
 CHUNK=${MIG_BENCH_LIFE_CHUNK:-5}
 PARALLEL=${MIG_BENCH_LIFE_PARALLEL:-2}
+PROBE_MS=${MIG_BENCH_LIFE_PROBE_MS:-400}
 # 2024-01-01 to 2024-09-01 in seconds: the 8 monthly partitions' span
 SPAN=21081600
 EPOCH0="timestamptz '2024-01-01 00:00+00'"
@@ -216,6 +217,14 @@ START=$(now)
 sleep "$QUIET"
 CUT[before]=$(now)
 STEP[before]=-
+# The probe: a lock that makes the writers wait PROBE_MS, before the
+# lifecycle begins, so that every run shows that its measurement sees a
+# wait (its phase is left out of the goal).
+if [ "$PROBE_MS" -gt 0 ]; then
+	step probe "BEGIN" "LOCK TABLE orders IN SHARE MODE" "SELECT pg_sleep($PROBE_MS / 1000.0)" "COMMIT"
+	sleep 1
+	CUT[probe]=$(now)
+fi
 
 step expand "SELECT mig_expand('orders', 'id', type => 'bigint')"
 step backfill "SELECT mig_backfill('orders', parallel => $PARALLEL)" \
@@ -290,7 +299,13 @@ awk -v end="$(now)" '
 		delete wstart[p]
 	}
 	END { for (p in wstart) out(p, end, (end - wstart[p]) * 1000, "open") }
-' "$DIR/server.log" | sort -n >"$DIR/waits"
+' "$DIR/server.log" | sort -n >"$DIR/waits.raw"
+# name the relations (those dropped since keep their number)
+RELS=$(grep -o 'relation [0-9]*' "$DIR/waits.raw" | awk '{ print $2 }' | sort -u | paste -sd, -)
+SUBST=
+[ -n "$RELS" ] && SUBST=$(bv "SELECT string_agg(format('s/relation %s of database [0-9]*/relation %s/g', c.oid, c.oid::regclass), ';')
+                                FROM pg_class AS c WHERE c.oid IN ($RELS)")
+sed -E "${SUBST:-p;d}" "$DIR/waits.raw" >"$DIR/waits"
 
 # longest_wait FROM TO: "MS STATE LOCK | BLOCKERS" of the longest wait that
 # ended between FROM and TO ("-" when none).
@@ -308,6 +323,7 @@ echo "pgbench -c $CLIENTS -j $THREADS -M prepared: 70% SELECT through the view, 
 echo "mig_backfill parallel => $PARALLEL; lock waits of 200 ms or more from log_lock_waits"
 printf '%-10s %8s %9s %9s %9s %10s %12s  %s\n' phase "step s" TPS "p50 ms" "p99 ms" "max ms" transactions "longest client lock wait (ms, lock, blocked by)"
 prev=$START
+PROBE_SEEN=-
 MAXWAIT=0
 MAXWAIT_AT=-
 for ph in "${PHASES[@]}"; do
@@ -317,7 +333,9 @@ for ph in "${PHASES[@]}"; do
 	w=$(longest_wait "$prev" "$to")
 	printf '%-10s %8s %9.0f %9s %9s %10s %12s  %s\n' "$ph" "${STEP[$ph]}" \
 		"$(awk -v n="$n" -v s="$secs" 'BEGIN { print (s > 0 ? n / s : 0) }')" "$p50" "$p99" "$mx" "$n" "$w"
-	if [ "$w" != - ] && awk -v a="${w%% *}" -v b="$MAXWAIT" 'BEGIN { exit !(a > b) }'; then
+	if [ "$ph" = probe ]; then
+		PROBE_SEEN=${w%% *}
+	elif [ "$w" != - ] && awk -v a="${w%% *}" -v b="$MAXWAIT" 'BEGIN { exit !(a > b) }'; then
 		MAXWAIT=${w%% *}
 		MAXWAIT_AT=$ph
 	fi
@@ -327,10 +345,20 @@ NWAITS=$(wc -l <"$DIR/waits")
 OWN=$(awk '/ still waiting for / && $3 != "pgbench:" { n++ } END { print n + 0 }' "$DIR/server.log")
 echo "client lock waits >= 200 ms: $NWAITS; migrate_ext's own (and other non-client) waits >= 200 ms: $OWN"
 r=$(goal_mark le "$(awk -v m="$MAXWAIT" 'BEGIN { printf "%.3f", m / 1000 }')" 1.0)
-echo "longest client wait behind migrate_ext: $MAXWAIT ms (phase $MAXWAIT_AT; goal <= ~1 s: $r);" \
+if [ "$PROBE_MS" -gt 0 ]; then
+	if [ "$PROBE_SEEN" = - ]; then
+		r="UNMEASURED: the probe's wait was not seen in the server log"
+		echo "probe: a lock held $PROBE_MS ms made no client wait that the log shows: the lock-wait measurement does not work here"
+	else
+		echo "probe: a lock held $PROBE_MS ms before expand was seen as a client wait of $PROBE_SEEN ms (the measurement sees waits; the probe is left out of the goal)"
+	fi
+fi
+MAXWAIT_TXT="$MAXWAIT ms (phase $MAXWAIT_AT)"
+[ "$MAXWAIT_AT" = - ] && MAXWAIT_TXT="under 200 ms (no client wait logged)"
+echo "longest client wait behind migrate_ext: $MAXWAIT_TXT (goal <= ~1 s: $r);" \
 	"mig_validate: $DIVERGED rows diverged (goal 0: $([ "$DIVERGED" = 0 ] && echo ok || echo MISSED))${CHECKS_FAILED:+, checks not passed: $CHECKS_FAILED};" \
 	"id after contract: $ID_TYPE; a line without its order after contract: $FK_STATE (goal 23503: $([ "$FK_STATE" = 23503 ] && echo ok || echo MISSED));" \
 	"pgbench runs failed: $FAILED_RUNS"
 [ -n "$ABORTS" ] && printf 'pgbench errors (count, message):\n%s\n' "$ABORTS"
-bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT ms (goal <= ~1000: $r, phase $MAXWAIT_AT); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS; steps s: expand ${STEP[expand]}, backfill ${STEP[backfill]}, validate ${STEP[validate]}, cutover ${STEP[cutover]}, contract ${STEP[contract]}"
+bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; probe $PROBE_MS ms seen as $PROBE_SEEN); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS; steps s: expand ${STEP[expand]}, backfill ${STEP[backfill]}, validate ${STEP[validate]}, cutover ${STEP[cutover]}, contract ${STEP[contract]}"
 [ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FAILED_RUNS" = 0 ] && [ "$ID_TYPE" = bigint ]
