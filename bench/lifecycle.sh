@@ -46,8 +46,9 @@
 # that waits for migrate_ext counts too).
 #
 # Checks: mig_validate shows 0 rows diverged (and every check passed), no
-# pgbench client failed, id is bigint after contract, and the foreign key
-# still refuses a line without its order (23503).
+# pgbench client failed, id is bigint after contract (and in the view), and
+# the foreign key is validated and still refuses a line without its order
+# (23503).
 
 set -uo pipefail
 # shellcheck source=bench/lib.sh
@@ -256,6 +257,8 @@ FK_STATE=$(psql -X -q -A -t -v VERBOSITY=verbose \
 	-c "INSERT INTO order_lines VALUES (-1, $EPOCH0, 1, 'none', 1)" 2>&1 |
 	sed -n -E 's/^ERROR: +([0-9A-Z]{5}):.*/\1/p' | head -n 1)
 FK_STATE=${FK_STATE:-"none (the line was accepted)"}
+FK_VALID=$(bv "SELECT convalidated FROM pg_constraint WHERE conrelid = 'order_lines'::regclass AND conname = 'order_lines_order_fkey'")
+VIEW_TYPE=$(bv "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'order_summary'::regclass AND attname = 'id'")
 FAILED_RUNS=$(grep -L '^0$' "$DIR"/run_*.rc 2>/dev/null | wc -l)
 ABORTS=$(cat "$DIR"/run_*.out 2>/dev/null | grep -E 'aborted|ERROR' | sort | uniq -c | sort -rn | head -n 3)
 
@@ -357,8 +360,8 @@ MAXWAIT_TXT="$MAXWAIT ms (phase $MAXWAIT_AT)"
 [ "$MAXWAIT_AT" = - ] && MAXWAIT_TXT="under 200 ms (no client wait logged)"
 echo "longest client wait behind migrate_ext: $MAXWAIT_TXT (goal <= ~1 s: $r);" \
 	"mig_validate: $DIVERGED rows diverged (goal 0: $([ "$DIVERGED" = 0 ] && echo ok || echo MISSED))${CHECKS_FAILED:+, checks not passed: $CHECKS_FAILED};" \
-	"id after contract: $ID_TYPE; a line without its order after contract: $FK_STATE (goal 23503: $([ "$FK_STATE" = 23503 ] && echo ok || echo MISSED));" \
+	"id after contract: $ID_TYPE (the view's: $VIEW_TYPE); a line without its order after contract: $FK_STATE (goal 23503: $([ "$FK_STATE" = 23503 ] && echo ok || echo MISSED)), the key validated: ${FK_VALID:-missing};" \
 	"pgbench runs failed: $FAILED_RUNS"
 [ -n "$ABORTS" ] && printf 'pgbench errors (count, message):\n%s\n' "$ABORTS"
 bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; probe $PROBE_MS ms seen as $PROBE_SEEN); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS; steps s: expand ${STEP[expand]}, backfill ${STEP[backfill]}, validate ${STEP[validate]}, cutover ${STEP[cutover]}, contract ${STEP[contract]}"
-[ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FAILED_RUNS" = 0 ] && [ "$ID_TYPE" = bigint ]
+[ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FK_VALID" = t ] && [ "$FAILED_RUNS" = 0 ] && [ "$ID_TYPE" = bigint ]
