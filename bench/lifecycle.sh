@@ -232,6 +232,8 @@ step backfill "SELECT mig_backfill('orders', parallel => $PARALLEL)" \
 	"SET client_min_messages = warning" "SELECT mig_wait('orders')"
 [ "$(tail -n 1 "$DIR/backfill.out")" = "done" ] || {
 	echo "ERROR: the backfill ended $(tail -n 1 "$DIR/backfill.out"): $(bv "SELECT last_error FROM migrate_ext.job ORDER BY id DESC LIMIT 1")"
+	echo "server log since the load began:"
+	tail -c +"$((LOG_FROM + 1))" "$SERVER_LOG" 2>/dev/null | grep -E 'ERROR|WARNING|FATAL|DETAIL|CONTEXT' | head -n 20
 	bench_summary "lifecycle $(fmt_int "$ROWS"): FAILED: the backfill did not end done"
 	exit 1
 }
