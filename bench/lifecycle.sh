@@ -62,6 +62,8 @@ QUIET=${MIG_BENCH_LIFE_QUIET:-10}
 CHUNK=${MIG_BENCH_LIFE_CHUNK:-5}
 PARALLEL=${MIG_BENCH_LIFE_PARALLEL:-2}
 PROBE_MS=${MIG_BENCH_LIFE_PROBE_MS:-400}
+STEP_RETRIES=${MIG_BENCH_LIFE_STEP_RETRIES:-5}
+read -r READ_HOLD READ_GAP <<<"${MIG_BENCH_LIFE_READER-2 3}"
 # 2024-01-01 to 2024-09-01 in seconds: the 8 monthly partitions' span
 SPAN=21081600
 EPOCH0="timestamptz '2024-01-01 00:00+00'"
@@ -153,6 +155,24 @@ load_loop() {
 	done
 }
 
+# The reader: from the end of the probe on, one session that reads orders
+# through the view in a transaction held READ_HOLD seconds, every READ_GAP
+# seconds: it holds ACCESS SHARE on orders and every partition, so each
+# ACCESS EXCLUSIVE lock migrate_ext takes meets it, as on a production
+# server with reports.  Its tries and failures go to $DIR/reader.out.
+reader_loop() {
+	while [ ! -e "$DIR/stop" ]; do
+		if PGAPPNAME="lifecycle reader" psql -X -q -A -t -v ON_ERROR_STOP=1 -c "BEGIN" \
+			-c "SELECT count(*) FROM order_summary WHERE customer_id = 42" \
+			-c "SELECT pg_sleep($READ_HOLD)" -c "COMMIT" >/dev/null 2>>"$DIR/reader.err"; then
+			echo ok >>"$DIR/reader.out"
+		else
+			echo failed >>"$DIR/reader.out"
+		fi
+		sleep "$READ_GAP"
+	done
+}
+
 now() { date +%s.%N; }
 
 # The server's settings for the lock-wait log, and back.
@@ -170,39 +190,55 @@ lock_log_off() {
 }
 
 LOAD_PID=
+READER_PID=
 # shellcheck disable=SC2317
 finish() {
 	touch "$DIR/stop"
 	[ -n "$LOAD_PID" ] && wait "$LOAD_PID" 2>/dev/null
+	[ -n "$READER_PID" ] && wait "$READER_PID" 2>/dev/null
 	lock_log_off 2>/dev/null
 }
 trap finish EXIT
 
 # step NAME SQL...: run SQL (one psql each), timed from the client; sets
-# CUT[NAME] (its end, epoch seconds) and STEP[NAME] (seconds); the output
-# of the last statement goes to $DIR/NAME.out.  On error, says so with the
-# error and the server log's lines since the step began, and exits.
-declare -A CUT STEP
+# CUT[NAME] (its end, epoch seconds), STEP[NAME] (seconds, every try) and
+# TRIES[NAME]; the output of the last statement goes to $DIR/NAME.out.  A
+# try that fails with 55P03 (the lock ladder gave up: nothing was changed,
+# and the error says to retry) is retried after a second, as an operator
+# would, up to STEP_RETRIES times.  Any other error, or the last 55P03,
+# ends the benchmark with the step, its error and the server log's lines
+# since the step began.
+declare -A CUT STEP TRIES
 PHASES=(before)
 step() {
-	local name=$1 t0 t1 off a=()
+	local name=$1 t0 t1 off a=() n=0
 	shift
 	for s in "$@"; do a+=(-c "$s"); done
 	off=$(stat -c %s "$SERVER_LOG" 2>/dev/null || echo 0)
 	t0=$(now)
-	if ! PGAPPNAME="migrate_ext lifecycle" psql -X -q -A -t -v ON_ERROR_STOP=1 "${a[@]}" >"$DIR/$name.out" 2>"$DIR/$name.err"; then
-		echo "ERROR: the lifecycle failed at $name: $(grep -m 1 ERROR "$DIR/$name.err")"
-		sed -n '2,$p' "$DIR/$name.err" | head -n 5
+	while :; do
+		n=$((n + 1))
+		PGAPPNAME="${STEP_APP:-migrate_ext lifecycle}" psql -X -q -A -t -v ON_ERROR_STOP=1 -v VERBOSITY=verbose \
+			"${a[@]}" >"$DIR/$name.out" 2>"$DIR/$name.err" && break
+		if [ "$n" -le "$STEP_RETRIES" ] && grep -q '^ERROR: *55P03:' "$DIR/$name.err"; then
+			bench_log "$name: try $n: $(grep -m 1 '^ERROR' "$DIR/$name.err" | cut -c 1-160); retrying"
+			cp "$DIR/$name.err" "$DIR/$name.err.$n"
+			sleep 1
+			continue
+		fi
+		echo "ERROR: the lifecycle failed at $name (try $n): $(grep -m 1 ERROR "$DIR/$name.err")"
+		sed -n '2,$p' "$DIR/$name.err" | grep -v '^LOCATION' | head -n 5
 		echo "server log since the step began:"
 		tail -c +"$((off + 1))" "$SERVER_LOG" 2>/dev/null | grep -E 'ERROR|WARNING|FATAL|DETAIL|CONTEXT|STATEMENT' | head -n 20
-		bench_summary "lifecycle $(fmt_int "$ROWS"): FAILED at $name: $(grep -m 1 ERROR "$DIR/$name.err")"
+		bench_summary "lifecycle $(fmt_int "$ROWS"): FAILED at $name (try $n): $(grep -m 1 ERROR "$DIR/$name.err")"
 		exit 1
-	fi
+	done
 	t1=$(now)
 	CUT[$name]=$t1
+	TRIES[$name]=$n
 	STEP[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 	PHASES+=("$name")
-	bench_log "$name: ${STEP[$name]} s"
+	bench_log "$name: ${STEP[$name]} s, $n tries"
 }
 
 # ----------------------------------------------------------------------
@@ -222,9 +258,13 @@ STEP[before]=-
 # lifecycle begins, so that every run shows that its measurement sees a
 # wait (its phase is left out of the goal).
 if [ "$PROBE_MS" -gt 0 ]; then
-	step probe "BEGIN" "LOCK TABLE orders IN SHARE MODE" "SELECT pg_sleep($PROBE_MS / 1000.0)" "COMMIT"
+	STEP_APP="lifecycle probe" step probe "BEGIN" "LOCK TABLE orders IN SHARE MODE" "SELECT pg_sleep($PROBE_MS / 1000.0)" "COMMIT"
 	sleep 1
 	CUT[probe]=$(now)
+fi
+if [ -n "$READ_HOLD" ] && [ "$READ_HOLD" != 0 ]; then
+	reader_loop &
+	READER_PID=$!
 fi
 
 step expand "SELECT mig_expand('orders', 'id', type => 'bigint')"
@@ -247,6 +287,10 @@ PHASES+=(after)
 touch "$DIR/stop"
 wait "$LOAD_PID"
 LOAD_PID=
+[ -n "$READER_PID" ] && wait "$READER_PID"
+READER_PID=
+READS=$(grep -c '^ok' "$DIR/reader.out" 2>/dev/null)
+READS_FAILED=$(grep -c '^failed' "$DIR/reader.out" 2>/dev/null)
 
 # ----------------------------------------------------------------------
 # Checks after the run
@@ -272,11 +316,23 @@ ABORTS=$(cat "$DIR"/run_*.out 2>/dev/null | grep -E 'aborted|ERROR' | sort | uni
 # pid:app (app "-" when it is not a pgbench client).
 tail -c +"$((LOG_FROM + 1))" "$SERVER_LOG" >"$DIR/server.log" 2>/dev/null
 awk -v end="$(now)" '
-	function app(p) { return (p in pgb) ? "pgbench" : "migrate_ext/other" }
+	# a process by its application_name (its "connection authorized" line)
+	function who(p, a) {
+		a = (p in appof) ? appof[p] : ""
+		if (a == "migrate_ext lifecycle") return "migrate_ext"
+		if (a == "lifecycle reader") return "reader"
+		if (a == "lifecycle probe") return "probe"
+		if (a == "pgbench") return "pgbench"
+		return (a == "") ? "migrate_ext-worker/other" : a
+	}
 	# the prefix: "%n [%p] %a: "
-	{ ts = $1; pid = $2; gsub(/[][]/, "", pid) }
-	/connection authorized: .*application_name=pgbench/ { pgb[pid] = 1 }
-	$3 == "pgbench:" && / still waiting for / {
+	{
+		ts = $1; pid = $2; gsub(/[][]/, "", pid)
+		a = $0; sub(/^[^ ]+ [^ ]+ /, "", a); sub(/: +(LOG|DETAIL|ERROR|WARNING|STATEMENT|FATAL|CONTEXT|HINT): .*/, "", a)
+		client = (a == "pgbench" || a == "lifecycle reader")
+	}
+	/connection authorized: .*application_name=/ { n = $0; sub(/.*application_name=/, "", n); appof[pid] = n }
+	client && / still waiting for / {
 		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
 		lk = $0; sub(/.* still waiting for /, "", lk); sub(/ after .*/, "", lk)
 		wstart[pid] = ts - ms / 1000; wlock[pid] = lk; wpid = pid; next
@@ -291,7 +347,7 @@ awk -v end="$(now)" '
 		for (i = 1; i <= nq && qs[i] != wpid; i++) b = b " " qs[i]
 		wblock[wpid] = b; wpid = ""; next
 	}
-	$3 == "pgbench:" && / acquired .* after / {
+	client && / acquired .* after / {
 		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
 		out(pid, ts, ms, "acquired"); next
 	}
@@ -299,8 +355,8 @@ awk -v end="$(now)" '
 	function out(p, t, ms, st,   n, bs, i, s) {
 		s = ""
 		n = split(wblock[p], bs, " ")
-		for (i = 1; i <= n; i++) s = s " " bs[i] ":" app(bs[i])
-		printf "%.3f %.1f %s %s |%s\n", t, ms, st, wlock[p], s
+		for (i = 1; i <= n; i++) s = s " " bs[i] ":" who(bs[i])
+		printf "%.3f %.1f %s, %s %s: %s |%s\n", t, ms, st, who(p), p, wlock[p], s
 		delete wstart[p]
 	}
 	END { for (p in wstart) out(p, end, (end - wstart[p]) * 1000, "open") }
@@ -326,7 +382,7 @@ echo "Lifecycle: orders, $(fmt_int "$ROWS") rows in 8 monthly range partitions +
 echo "PK (id, created_at), an index on (customer_id, id), a foreign key from order_lines, a view, an updated_at trigger;"
 echo "pgbench -c $CLIENTS -j $THREADS -M prepared: 70% SELECT through the view, 20% UPDATE, 10% INSERT of an order and its line;"
 echo "mig_backfill parallel => $PARALLEL; lock waits of 200 ms or more from log_lock_waits"
-printf '%-10s %8s %9s %9s %9s %10s %12s  %s\n' phase "step s" TPS "p50 ms" "p99 ms" "max ms" transactions "longest client lock wait (ms, lock, blocked by)"
+printf '%-10s %8s %5s %9s %9s %9s %10s %12s  %s\n' phase "step s" tries TPS "p50 ms" "p99 ms" "max ms" transactions "longest client lock wait (ms, lock, blocked by)"
 prev=$START
 PROBE_SEEN=-
 MAXWAIT=0
@@ -336,7 +392,7 @@ for ph in "${PHASES[@]}"; do
 	read -r n p50 p99 mx <<<"$(bench_latencies "$prev" "$to" "$DIR"/tx_*)"
 	secs=$(awk -v a="$prev" -v b="$to" 'BEGIN { print b - a }')
 	w=$(longest_wait "$prev" "$to")
-	printf '%-10s %8s %9.0f %9s %9s %10s %12s  %s\n' "$ph" "${STEP[$ph]}" \
+	printf '%-10s %8s %5s %9.0f %9s %9s %10s %12s  %s\n' "$ph" "${STEP[$ph]}" "${TRIES[$ph]:--}" \
 		"$(awk -v n="$n" -v s="$secs" 'BEGIN { print (s > 0 ? n / s : 0) }')" "$p50" "$p99" "$mx" "$n" "$w"
 	if [ "$ph" = probe ]; then
 		PROBE_SEEN=${w%% *}
@@ -347,8 +403,10 @@ for ph in "${PHASES[@]}"; do
 	prev=$to
 done
 NWAITS=$(wc -l <"$DIR/waits")
-OWN=$(awk '/ still waiting for / && $3 != "pgbench:" { n++ } END { print n + 0 }' "$DIR/server.log")
+OWN=$(grep ' still waiting for ' "$DIR/server.log" | grep -c -v -E '^[^ ]+ [^ ]+ (pgbench|lifecycle reader): ')
 echo "client lock waits >= 200 ms: $NWAITS; migrate_ext's own (and other non-client) waits >= 200 ms: $OWN"
+[ -n "$READER_PID$READ_HOLD" ] && [ "$READ_HOLD" != 0 ] &&
+	echo "reader: ${READS:-0} transactions of ${READ_HOLD} s every ${READ_GAP} s, ${READS_FAILED:-0} failed$([ "${READS_FAILED:-0}" != 0 ] && echo ": $(grep -m 1 ERROR "$DIR/reader.err")")"
 r=$(goal_mark le "$(awk -v m="$MAXWAIT" 'BEGIN { printf "%.3f", m / 1000 }')" 1.0)
 if [ "$PROBE_MS" -gt 0 ]; then
 	if [ "$PROBE_SEEN" = - ]; then
@@ -365,5 +423,9 @@ echo "longest client wait behind migrate_ext: $MAXWAIT_TXT (goal <= ~1 s: $r);" 
 	"id after contract: $ID_TYPE (the view's: $VIEW_TYPE); a line without its order after contract: $FK_STATE (goal 23503: $([ "$FK_STATE" = 23503 ] && echo ok || echo MISSED)), the key validated: ${FK_VALID:-missing};" \
 	"pgbench runs failed: $FAILED_RUNS"
 [ -n "$ABORTS" ] && printf 'pgbench errors (count, message):\n%s\n' "$ABORTS"
-bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; probe $PROBE_MS ms seen as $PROBE_SEEN); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS; steps s: expand ${STEP[expand]}, backfill ${STEP[backfill]}, validate ${STEP[validate]}, cutover ${STEP[cutover]}, contract ${STEP[contract]}"
-[ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FK_VALID" = t ] && [ "$FAILED_RUNS" = 0 ] && [ "$ID_TYPE" = bigint ]
+STEPS_TXT=
+for ph in expand backfill validate cutover contract; do
+	STEPS_TXT+="${STEPS_TXT:+, }$ph ${STEP[$ph]} (${TRIES[$ph]})"
+done
+bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; probe $PROBE_MS ms seen as $PROBE_SEEN); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS, reader transactions failed ${READS_FAILED:-0}; steps s (tries): $STEPS_TXT"
+[ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FK_VALID" = t ] && [ "$FAILED_RUNS" = 0 ] && [ "${READS_FAILED:-0}" = 0 ] && [ "$ID_TYPE" = bigint ]
