@@ -38,6 +38,10 @@
 #   MIG_BENCH_LIFE_QUIET=10     lifecycle: seconds of load before expand and
 #                               after contract
 #   MIG_BENCH_LIFE_CHUNK=5      lifecycle: length of each pgbench run of the load
+#   MIG_BENCH_LIFE_READER="2 3" lifecycle: a reader's transaction held 2 s, every
+#                               2 + 3 s (0: none)
+#   MIG_BENCH_LIFE_PROBE_MS=400 lifecycle: the probe's lock (0: none)
+#   MIG_BENCH_LIFE_STEP_RETRIES=5  lifecycle: retries of a step failing with 55P03
 #   MIG_BENCH_PROFILE=auto      dual-write: perf profile of the C trigger when it
 #                               misses a goal (auto), always (on), never (off)
 # and the server:
