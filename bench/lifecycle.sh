@@ -434,5 +434,5 @@ STEPS_TXT=
 for ph in expand backfill validate cutover contract; do
 	STEPS_TXT+="${STEPS_TXT:+, }$ph ${STEP[$ph]} (${TRIES[$ph]})"
 done
-bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; probe $PROBE_MS ms seen as $PROBE_SEEN); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS, reader transactions failed ${READS_FAILED:-0}; steps s (tries): $STEPS_TXT"
+bench_summary "lifecycle $(fmt_int "$ROWS") (8 partitions, parallel $PARALLEL, under load): longest client lock wait $MAXWAIT_TXT (goal <= ~1 s: $r; $([ "$PROBE_MS" -gt 0 ] && echo "probe $PROBE_MS ms seen as $PROBE_SEEN" || echo "no probe")); $DIVERGED rows diverged; FK after contract $FK_STATE; id $ID_TYPE; pgbench runs failed $FAILED_RUNS, reader transactions failed ${READS_FAILED:-0}; steps s (tries): $STEPS_TXT"
 [ "$DIVERGED" = 0 ] && [ "$FK_STATE" = 23503 ] && [ "$FK_VALID" = t ] && [ "$FAILED_RUNS" = 0 ] && [ "${READS_FAILED:-0}" = 0 ] && [ "$ID_TYPE" = bigint ]
