@@ -317,10 +317,10 @@ ABORTS=$(cat "$DIR"/run_*.out 2>/dev/null | grep -E 'aborted|ERROR' | sort | uni
 
 # ----------------------------------------------------------------------
 # Lock waits, from the server log since the load began: one line per wait
-# of a pgbench session, "END_EPOCH MS STATE LOCK | BLOCKERS", where STATE
-# is acquired, or open (still waiting when the log ends: MS is then at
-# least the wait) and BLOCKERS the holders and those queued ahead, each
-# pid:app (app "-" when it is not a pgbench client).
+# of a client session, "END_EPOCH MS STATE, WAITER PID: LOCK | BLOCKERS",
+# where STATE is acquired, deadlock (the waiter was the deadlock's victim),
+# or open (still waiting when the log was read: MS is then at least the
+# wait), and BLOCKERS the holders and those queued ahead, each pid:who.
 tail -c +"$((LOG_FROM + 1))" "$SERVER_LOG" >"$DIR/server.log" 2>/dev/null
 awk -v end="$(now)" '
 	# a process by its application_name (its "connection authorized" line)
@@ -342,7 +342,7 @@ awk -v end="$(now)" '
 	client && / still waiting for / {
 		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
 		lk = $0; sub(/.* still waiting for /, "", lk); sub(/ after .*/, "", lk)
-		wstart[pid] = ts - ms / 1000; wlock[pid] = lk; wpid = pid; next
+		wstart[pid] = ts - ms / 1000; wlock[pid] = lk; wapp[pid] = a; wpid = pid; next
 	}
 	/DETAIL: +Process(es)? holding the lock: / && pid == wpid {
 		d = $0; sub(/.*holding the lock: /, "", d)
@@ -354,16 +354,16 @@ awk -v end="$(now)" '
 		for (i = 1; i <= nq && qs[i] != wpid; i++) b = b " " qs[i]
 		wblock[wpid] = b; wpid = ""; next
 	}
-	client && / acquired .* after / {
+	client && / (acquired|detected deadlock while waiting for) .* after / {
 		ms = $0; sub(/.* after /, "", ms); sub(/ ms.*/, "", ms)
-		out(pid, ts, ms, "acquired"); next
+		wapp[pid] = a; out(pid, ts, ms, / acquired / ? "acquired" : "deadlock"); next
 	}
 	{ wpid = "" }
 	function out(p, t, ms, st,   n, bs, i, s) {
 		s = ""
 		n = split(wblock[p], bs, " ")
 		for (i = 1; i <= n; i++) s = s " " bs[i] ":" who(bs[i])
-		printf "%.3f %.1f %s, %s %s: %s |%s\n", t, ms, st, who(p), p, wlock[p], s
+		printf "%.3f %.1f %s, %s %s: %s |%s\n", t, ms, st, (wapp[p] == "pgbench" ? "pgbench" : "reader"), p, wlock[p], s
 		delete wstart[p]
 	}
 	END { for (p in wstart) out(p, end, (end - wstart[p]) * 1000, "open") }
