@@ -413,7 +413,7 @@ NWAITS=$(wc -l <"$DIR/waits")
 OWN=$(grep ' still waiting for ' "$DIR/server.log" | grep -c -v -E '^[^ ]+ [^ ]+ (pgbench|lifecycle reader): ')
 echo "client lock waits >= 200 ms: $NWAITS; migrate_ext's own (and other non-client) waits >= 200 ms: $OWN"
 [ -n "$READER_PID$READ_HOLD" ] && [ "$READ_HOLD" != 0 ] &&
-	echo "reader: ${READS:-0} transactions of ${READ_HOLD} s every ${READ_GAP} s, ${READS_FAILED:-0} failed$([ "${READS_FAILED:-0}" != 0 ] && echo ": $(grep -m 1 ERROR "$DIR/reader.err")")"
+	echo "reader: ${READS:-0} transactions, each held ${READ_HOLD} s with ${READ_GAP} s between, ${READS_FAILED:-0} failed$([ "${READS_FAILED:-0}" != 0 ] && echo ": $(grep -m 1 ERROR "$DIR/reader.err")")"
 r=$(goal_mark le "$(awk -v m="$MAXWAIT" 'BEGIN { printf "%.3f", m / 1000 }')" 1.0)
 if [ "$PROBE_MS" -gt 0 ]; then
 	if [ "$PROBE_SEEN" = - ]; then
