@@ -59,8 +59,16 @@ extern List *bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 extern List *bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 						   double *rows_per_block, int64 *seen,
 						   int64 *written);
+extern List *bf_key_rows(Relation rel, MigMigration *m, BfJob *job, int size,
+						 int64 *seen, MigRows *rows);
+extern List *bf_ctid_rows(Relation rel, MigMigration *m, BfJob *job, int size,
+						  double *rows_per_block, int64 *seen, MigRows *rows);
 extern bool bf_walk_complete(BfJob *job);
 extern bool bf_rewritten(Relation rel, BfJob *job);
 extern char *bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit);
+
+/* backfill_apply.c: one batch, written directly or by the walk's UPDATE */
+extern List *bf_apply_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+							double *rows_per_block, int64 *seen, int64 *written);
 
 #endif							/* MIGRATE_EXT_BACKFILL_H */

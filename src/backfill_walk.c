@@ -5,12 +5,15 @@
  *	  primary key, else a unique NOT NULL key, else physical ctid ranges),
  *	  the upper bound frozen when it starts, the checks that the ground did
  *	  not move under it, and the SQL of one batch: where the batch ends, and
- *	  the UPDATE that makes the dual-write trigger compute the new values.
+ *	  the UPDATE that makes the dual-write trigger compute the new values,
+ *	  or, for the direct batch (backfill_apply.c), the one query that lists
+ *	  the batch's rows and which of them need writing.
  *	  The worker (backfill_worker.c) runs these in its batch transactions;
  *	  nothing here commits or sleeps, and what the walk needs of the
  *	  worker's state comes in as arguments.
  *
- * Concurrent client writes.  The UPDATE runs in READ COMMITTED with
+ * Concurrent client writes (backfill_apply.c says how the direct batch
+ * meets them).  The UPDATE runs in READ COMMITTED with
  * mig_backfill_writes set, so the dual-write trigger computes new := up(row)
  * from the row version that is actually being written (a BEFORE ROW trigger
  * fires on the version the UPDATE locked).  When a client updated a row
@@ -497,6 +500,30 @@ bf_update_clauses(Relation rel, MigMigration *m, StringInfo set, StringInfo filt
 }
 
 /*
+ * The key range (lower, upper] of a key walk's next batch, as a condition
+ * on parameters $1...: appends it to range, fills types and values, and
+ * returns how many parameters it took.
+ */
+static int
+bf_key_range(Relation rel, BfJob *job, StringInfo range, Oid *types, Datum *values)
+{
+	int			nk = list_length(job->key_cols);
+	int			np = 0;
+
+	if (job->lower_key)
+	{
+		bf_key_params(rel, job->key_cols, job->lower_key, types, values);
+		appendStringInfo(range, "%s > %s AND ", bf_key_row(job->key_cols, false),
+						 bf_param_row(1, nk));
+		np = nk;
+	}
+	bf_key_params(rel, job->key_cols, job->upper_key, types + np, values + np);
+	appendStringInfo(range, "%s <= %s", bf_key_row(job->key_cols, false),
+					 bf_param_row(np + 1, nk));
+	return np + nk;
+}
+
+/*
  * One batch along a key: the rows of (lower, end], end being the size-th
  * key after lower or, near the end, the frozen upper bound.  Returns the
  * new checkpoint; *seen and *written count the rows covered and written.
@@ -523,17 +550,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	Assert(job->upper_key != NIL && list_length(job->upper_key) == nk);
 	/* (lower, upper] and the batch size */
 	initStringInfo(&range);
-	if (job->lower_key)
-	{
-		bf_key_params(rel, job->key_cols, job->lower_key, types, values);
-		appendStringInfo(&range, "%s > %s AND ", bf_key_row(job->key_cols, false),
-						 bf_param_row(1, nk));
-		np = nk;
-	}
-	bf_key_params(rel, job->key_cols, job->upper_key, types + np, values + np);
-	appendStringInfo(&range, "%s <= %s", bf_key_row(job->key_cols, false),
-					 bf_param_row(np + 1, nk));
-	np += nk;
+	np = bf_key_range(rel, job, &range, types, values);
 
 	/* the size-th key after lower; none: the last batch, up to upper */
 	initStringInfo(&cols);
@@ -615,6 +632,90 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	*written = mig_owner_run(psprintf("UPDATE ONLY %s SET %s WHERE ctid >= $1 AND ctid < $2 AND (%s)",
 									  qname, set.data, filter.data),
 							 2, types, values, NULL, NULL, 0, NULL);
+	return list_make1(bf_block_text(end));
+}
+
+/*
+ * The direct batch's rows along a key (backfill_apply.c writes them): the
+ * first size rows of (lower, upper] in key order, each with its ctid and
+ * whether it needs writing, by the filter the batch's UPDATE would use
+ * (bf_update_clauses), in one ordered query instead of the end key, the
+ * count and the UPDATE's scan.  Fewer than size rows: the last batch, which
+ * ends at upper, as bf_key_batch's does.  Rows are left in *rows: ctid,
+ * needs writing, then the key columns.  Returns the new checkpoint.
+ */
+List *
+bf_key_rows(Relation rel, MigMigration *m, BfJob *job, int size, int64 *seen,
+			MigRows *rows)
+{
+	int			nk = list_length(job->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * (2 * nk + 1));
+	Datum	   *values = palloc(sizeof(Datum) * (2 * nk + 1));
+	StringInfoData range;
+	StringInfoData set;
+	StringInfoData filter;
+	StringInfoData cols;
+	ListCell   *lc;
+	List	   *end = NIL;
+	int			np;
+
+	Assert(nk > 0 && size > 0);
+	Assert(job->upper_key != NIL && list_length(job->upper_key) == nk);
+	initStringInfo(&range);
+	np = bf_key_range(rel, job, &range, types, values);
+	types[np] = INT8OID;
+	values[np] = Int64GetDatum(size);
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	initStringInfo(&cols);
+	foreach(lc, job->key_cols)
+		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+	(void) mig_owner_run(psprintf("SELECT ctid, (%s), %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT $%d",
+								  filter.data, cols.data,
+								  mig_qualified_name(RelationGetRelid(rel)), range.data,
+								  cols.data, np + 1),
+						 np + 1, types, values, NULL, NULL, 0, rows);
+	*seen = (int64) rows->numvals;
+	if (rows->numvals < (uint64) size)
+		return job->upper_key;
+	for (int i = 3; i <= nk + 2; i++)
+		end = lappend(end, SPI_getvalue(rows->vals[rows->numvals - 1], rows->tupdesc, i));
+	return end;
+}
+
+/*
+ * The direct batch's rows over physical ctid ranges: the blocks that
+ * bf_ctid_batch would cover, each row with its ctid and whether it needs
+ * writing (bf_update_clauses's filter), in one scan instead of the count
+ * and the UPDATE's.  Returns the new checkpoint.
+ */
+List *
+bf_ctid_rows(Relation rel, MigMigration *m, BfJob *job, int size,
+			 double *rows_per_block, int64 *seen, MigRows *rows)
+{
+	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
+	BlockNumber hi = bf_block_of(linitial(job->upper_key));
+	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
+	BlockNumber end = (hi - lo <= nblocks) ? hi : lo + nblocks;
+	Oid			types[2] = {TIDOID, TIDOID};
+	Datum		values[2];
+	StringInfoData set;
+	StringInfoData filter;
+
+	Assert(lo <= end && end <= hi);
+	values[0] = bf_block_tid(lo);
+	values[1] = bf_block_tid(end);
+	initStringInfo(&set);
+	initStringInfo(&filter);
+	bf_update_clauses(rel, m, &set, &filter);
+	(void) mig_owner_run(psprintf("SELECT ctid, (%s) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",
+								  filter.data, mig_qualified_name(RelationGetRelid(rel))),
+						 2, types, values, NULL, NULL, 0, rows);
+	*seen = (int64) rows->numvals;
+	if (*seen > 0)
+		*rows_per_block = (double) *seen / (end - lo);
 	return list_make1(bf_block_text(end));
 }
 

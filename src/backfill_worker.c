@@ -785,11 +785,7 @@ bf_batch(void)
 		elog(ERROR, "could not make the batch's constraints immediate");
 	mig_owner_switch(m->relid, &owner);
 	bf_skip_triggers(!job.fire_triggers);
-	if (bf_is_ctid(&job))
-		end = bf_ctid_batch(rel, m, &job, size, &bf->rows_per_block,
-							&seen, &written);
-	else
-		end = bf_key_batch(rel, m, &job, size, &seen, &written);
+	end = bf_apply_batch(rel, m, &job, size, &bf->rows_per_block, &seen, &written);
 	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
 	table_close(rel, NoLock);

@@ -683,9 +683,9 @@ dw_replaced(DwEntry *e, int nrepl, AttrNumber attnum)
  */
 static DwDirection
 dw_direction(DwEntry *e, DwPair *dp, TriggerData *td, TupleTableSlot *newslot,
-			 Relation rel, bool backfill)
+			 Relation rel)
 {
-	MigWriter	writer = backfill ? MIG_WRITER_OLD : (MigWriter) mig_writer;
+	MigWriter	writer = (MigWriter) mig_writer;
 	TupleDesc	desc = RelationGetDescr(rel);
 
 	if (writer == MIG_WRITER_OLD)
@@ -864,15 +864,14 @@ dw_fill_siblings(DwEntry *e, TriggerData *td, TupleTableSlot *newslot,
  * siblings and the old columns the downs compute, and returns how many.
  */
 static int
-dw_downs(DwEntry *e, TriggerData *td, TupleTableSlot *newslot, bool backfill,
-		 DwErrorContext *ectx)
+dw_downs(DwEntry *e, TriggerData *td, TupleTableSlot *newslot, DwErrorContext *ectx)
 {
 	ExprContext *econtext = e->econtext;
 	Relation	rel = td->tg_relation;
 	int			nrepl;
 
 	for (int i = 0; i < e->npairs; i++)
-		e->pairs[i].dir = dw_direction(e, &e->pairs[i], td, newslot, rel, backfill);
+		e->pairs[i].dir = dw_direction(e, &e->pairs[i], td, newslot, rel);
 
 	nrepl = dw_fill_siblings(e, td, newslot, ectx);
 	econtext->ecxt_scantuple = newslot;
@@ -951,6 +950,62 @@ dw_ups(DwEntry *e, Relation rel, TupleTableSlot *evalslot, DwErrorContext *ectx)
 	return nrepl;
 }
 
+/*
+ * The backfill's write of one row, as the row in slot: every pair goes up
+ * (the backfill never propagates down), and the row as the ups leave it
+ * comes back, or NULL when every new value is right already (so no new row
+ * version is written, and the row is not counted).  One function for the
+ * trigger, when it fires on the backfill's own UPDATE, and for the
+ * backfill's direct batch (backfill_apply.c), which writes without the
+ * UPDATE: both compute alike, with the same error context.
+ */
+static HeapTuple
+dw_backfill_row(DwEntry *e, Relation rel, TupleTableSlot *slot)
+{
+	DwErrorContext ectx;
+	ErrorContextCallback errcallback;
+	int			nrepl;
+
+	ectx.rel = rel;
+	ectx.column = NULL;
+	errcallback.callback = dw_error_callback;
+	errcallback.arg = &ectx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	for (int i = 0; i < e->npairs; i++)
+		e->pairs[i].dir = DW_UP;
+	nrepl = dw_ups(e, rel, slot, &ectx);
+
+	error_context_stack = errcallback.previous;
+	return nrepl > 0 ? dw_form(e, slot, nrepl) : NULL;
+}
+
+/*
+ * mig_dualwrite_backfill_row: the direct batch's entry to dw_backfill_row,
+ * for migration_id's pairs as rel (the table, or one of its leaves) numbers
+ * them.  *cache (NULL at the batch's first row) remembers the entry for the
+ * next rows of the same table, as the trigger's fn_extra does: no lookup
+ * per row; an invalidated entry is looked up, and rebuilt, again.  The
+ * result is allocated in the caller's memory context; the expressions'
+ * scratch memory lives until the next call.
+ */
+HeapTuple
+mig_dualwrite_backfill_row(int64 migration_id, Relation rel, TupleTableSlot *slot,
+						   void **cache)
+{
+	DwEntry    *e = (DwEntry *) *cache;
+
+	if (e == NULL || !e->valid)
+		*cache = e = dw_lookup(migration_id, rel);
+	Assert(e->relid == RelationGetRelid(rel));
+
+	if (unlikely(e->checked_user != GetUserId()))
+		dw_check_execute(e);
+	ResetExprContext(e->econtext);
+	return dw_backfill_row(e, rel, slot);
+}
+
 Datum
 mig_dualwrite(PG_FUNCTION_ARGS)
 {
@@ -1002,6 +1057,8 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	}
 
 	ResetExprContext(e->econtext);
+	if (backfill)
+		return PointerGetDatum(dw_backfill_row(e, rel, newslot));
 
 	ectx.rel = rel;
 	ectx.column = NULL;
@@ -1010,7 +1067,7 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
-	nrepl = dw_downs(e, td, newslot, backfill, &ectx);
+	nrepl = dw_downs(e, td, newslot, &ectx);
 	any_down = nrepl > 0;
 	evalslot = newslot;
 	if (any_down)
@@ -1022,15 +1079,6 @@ mig_dualwrite(PG_FUNCTION_ARGS)
 	nrepl = dw_ups(e, rel, evalslot, &ectx);
 
 	error_context_stack = errcallback.previous;
-
-	/*
-	 * The backfill's UPDATE sets each new column to itself and leaves the
-	 * value to us: when every new value is already right (a client may just
-	 * have written the row), skip the row, so that no new row version is
-	 * written and the backfill does not count it.
-	 */
-	if (backfill && nrepl == 0 && !any_down)
-		return PointerGetDatum(NULL);
 
 	if (nrepl > 0)
 		tuple = dw_form(e, evalslot, nrepl);

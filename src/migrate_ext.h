@@ -18,6 +18,7 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
+#include "executor/tuptable.h"
 #include "nodes/pg_list.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
@@ -139,6 +140,7 @@ typedef struct MigRows
 	uint64		alloced;
 } MigRows;
 
+extern int	mig_owner_user_path(const char *user_path);
 extern uint64 mig_owner_run(const char *sql, int nargs, Oid *argtypes,
 							Datum *values, const char *nulls,
 							const char *user_path, long tcount, MigRows *rows);
@@ -343,6 +345,14 @@ extern void mig_dualwrite_init(void);
  * already right.
  */
 extern void mig_dualwrite_backfill_scope(int64 migration_id);
+
+/*
+ * The backfill's new version of the row in slot (every pair up), or NULL
+ * when its new columns are right already: what the trigger computes for the
+ * backfill's UPDATE, for the direct batch that writes without one.
+ */
+extern HeapTuple mig_dualwrite_backfill_row(int64 migration_id, Relation rel,
+											TupleTableSlot *slot, void **cache);
 
 extern void mig_launcher_register(void);
 

@@ -262,6 +262,22 @@ owner_run_plan(PlannedStmt *stmt, const char *sql, ParamListInfo params,
 }
 
 /*
+ * The search_path user code runs under (see mig_owner_run): user_path, or
+ * NULL for what RESET gives, in a GUC nest level of its own, which the
+ * caller leaves with AtEOXact_GUC(false, level) on the level returned.
+ */
+int
+mig_owner_user_path(const char *user_path)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path",
+							 user_path ? user_path : GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
  * Run a statement migrate_ext generated (a SELECT or an UPDATE of the
  * table) whose execution runs user code -- triggers, up/down/check
  * expressions, domain checks, defaults, index expressions -- in the user's
@@ -315,10 +331,7 @@ mig_owner_run(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	queries = owner_run_analyze(sql, nargs, argtypes);
 
-	nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path",
-							 user_path ? user_path : GetConfigOptionResetString("search_path"),
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	nestlevel = mig_owner_user_path(user_path);
 	stmts = pg_plan_queries(queries, sql, CURSOR_OPT_PARALLEL_OK, params);
 	PopActiveSnapshot();
 	foreach(lc, stmts)

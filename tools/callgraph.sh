@@ -10,7 +10,10 @@
 # header declares.  Layers, bottom first; an arrow may only point to the
 # same file or a lower layer (the SQL face may call the middle, processes,
 # bottom; processes call middle and bottom; middle calls bottom; bottom
-# files call only other bottom files).  migrate_ext.c (_PG_init) sits on
+# files call only other bottom files).  backfill_apply.c, the backfill's
+# direct batch, sits between the middle and the processes: it writes the
+# rows that the walk (middle) finds with values the dual-write trigger's
+# code (middle) computes, for the worker (processes).  migrate_ext.c (_PG_init) sits on
 # top: it registers everything.  contract_predict.c sits with the
 # processes: it runs contract's plan (middle) for validate.c (SQL face).
 
@@ -21,14 +24,15 @@ layer() {
 	case "$1" in
 	catalog.c | job.c | relation.c | expr.c | worker.c | horizon.c | contract_gate.c | contract_views.c | contract_partition.c) echo 0 ;;
 	dualwrite.c | backfill_walk.c | contract_plan.c | contract_undo.c | contract_retype.c) echo 1 ;;
-	backfill_worker.c | contract_worker.c | launcher.c | contract_predict.c) echo 2 ;;
-	ddl.c | backfill.c | contract.c | validate.c | report.c | guard.c | preflight.c) echo 3 ;;
-	migrate_ext.c) echo 4 ;;
+	backfill_apply.c) echo 2 ;;
+	backfill_worker.c | contract_worker.c | launcher.c | contract_predict.c) echo 3 ;;
+	ddl.c | backfill.c | contract.c | validate.c | report.c | guard.c | preflight.c) echo 4 ;;
+	migrate_ext.c) echo 5 ;;
 	*) echo 9 ;;
 	esac
 }
 layer_name() {
-	case "$1" in 0) echo bottom ;; 1) echo middle ;; 2) echo processes ;; 3) echo "SQL face" ;; 4) echo "_PG_init" ;; *) echo "?" ;; esac
+	case "$1" in 0) echo bottom ;; 1) echo middle ;; 2) echo batch ;; 3) echo processes ;; 4) echo "SQL face" ;; 5) echo "_PG_init" ;; *) echo "?" ;; esac
 }
 
 # function name -> defining file, for every function a header declares
@@ -68,7 +72,7 @@ for e in $(printf '%s\n' "${!edges[@]}" | sed 's/ -> /->/' | sort); do
 	mark=
 	lf=$(layer "$from")
 	lt=$(layer "$to")
-	if [ "$lt" -gt "$lf" ] || { [ "$lt" -eq "$lf" ] && [ "$lf" -ne 0 ] && [ "$lf" -ne 4 ]; }; then
+	if [ "$lt" -gt "$lf" ] || { [ "$lt" -eq "$lf" ] && [ "$lf" -ne 0 ] && [ "$lf" -ne 5 ]; }; then
 		mark="   <-- $(layer_name "$lf") calls $(layer_name "$lt")"
 		bad=1
 	fi
@@ -77,7 +81,7 @@ done
 
 echo
 echo "== layers"
-for l in 4 3 2 1 0; do
+for l in 5 4 3 2 1 0; do
 	files=
 	for c in src/*.c; do
 		b=$(basename "$c")
@@ -91,7 +95,7 @@ echo "== PG_FUNCTION_INFO_V1 outside the SQL face (the trigger function excepted
 for c in src/*.c; do
 	b=$(basename "$c")
 	fns=$(grep -oE 'PG_FUNCTION_INFO_V1\([a-z_]+\)' "$c" | grep -v 'mig_dualwrite)' | tr '\n' ' ' || true)
-	if [ "$(layer "$b")" != 3 ] && [ -n "$fns" ]; then
+	if [ "$(layer "$b")" != 4 ] && [ -n "$fns" ]; then
 		echo "$b: $fns"
 		bad=1
 	fi
