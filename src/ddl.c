@@ -333,6 +333,21 @@ expand_active(Relation rel)
 						RelationGetRelationName(rel), mig_phase_name(m->phase)),
 				 errdetail("Column pairs can be added to a migration only before its backfill starts."),
 				 errhint("Finish it with mig_contract() or roll it back with mig_abort() first.")));
+	if (m == NULL)
+	{
+		MigMigration *last = mig_catalog_latest(RelationGetRelid(rel));
+
+		/* swapped, but the foreign keys on its new column not yet finished */
+		if (last != NULL && last->phase == MIG_PHASE_CONTRACTED &&
+			mig_contract_recorded_list(last->id) != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the last migration of table \"%s\" is contracted but not finished",
+							RelationGetRelationName(rel)),
+					 errdetail("The foreign keys moved to its new column are not all validated and attached yet."),
+					 errhint("Run mig_contract('%s') to finish them, then expand again.",
+							 RelationGetRelationName(rel))));
+	}
 	return m;
 }
 

@@ -183,6 +183,14 @@ foreach my $case (
 		"SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),
 		'contracted', "$what: the swap had committed");
 	enforced_everywhere($i, "$what, before the next mig_contract");
+	if ($step ne 'fkey_attached')
+	{
+		my ($erc, $eout, $eerr) = $node->psql('postgres',
+			"\\set VERBOSITY verbose\nSELECT mig_expand('ev${i}', 'id', type => 'numeric')");
+		like($eerr, qr/ERROR:  55000: the last migration of table "ev$i" is contracted but not finished/,
+			"$what: a new mig_expand is refused until the keys are finished");
+		like($eerr, qr/HINT:  Run mig_contract\('ev$i'\) to finish them/, "$what: and says how to finish");
+	}
 	my ($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
 	is($rc, 0, "$what: the next mig_contract succeeds") or diag $cerr;
 	like($cerr, qr/finishing the foreign keys that reference table "ev$i"/,
