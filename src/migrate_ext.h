@@ -37,6 +37,7 @@ extern int	mig_lock_timeout_ms;
 extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
+extern int	mig_backfill_stripes;
 
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
 typedef struct MigPair
@@ -241,6 +242,8 @@ typedef struct MigJobBatch
 	const char *error;			/* of a retried attempt, or NULL */
 	const char *sqlstate;
 	int32		vacuums;
+	Datum		stripe_end;		/* text[]: a striped window's bound; 0: none */
+	int32		stripe_next;	/* its next stripe */
 } MigJobBatch;
 
 struct MigWorkerArgs;
