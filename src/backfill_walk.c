@@ -5,12 +5,15 @@
  *	  primary key, else a unique NOT NULL key, else physical ctid ranges),
  *	  the upper bound frozen when it starts, the checks that the ground did
  *	  not move under it, and the SQL of one batch: where the batch ends, and
- *	  the UPDATE that makes the dual-write trigger compute the new values.
+ *	  the UPDATE that makes the dual-write trigger compute the new values,
+ *	  or, for the direct batch (backfill_apply.c), the one query that lists
+ *	  the batch's rows and which of them need writing.
  *	  The worker (backfill_worker.c) runs these in its batch transactions;
  *	  nothing here commits or sleeps, and what the walk needs of the
  *	  worker's state comes in as arguments.
  *
- * Concurrent client writes.  The UPDATE runs in READ COMMITTED with
+ * Concurrent client writes (backfill_apply.c says how the direct batch
+ * meets them).  The UPDATE runs in READ COMMITTED with
  * mig_backfill_writes set, so the dual-write trigger computes new := up(row)
  * from the row version that is actually being written (a BEFORE ROW trigger
  * fires on the version the UPDATE locked).  When a client updated a row

@@ -85,7 +85,7 @@ is(wait_job_ended($node, 'd_heap'), 'done', 'the backfill of d_heap (ctid walk) 
 my $log = slurp_file($node->logfile);
 like($log, qr/the backfill of table public\.d_plain writes its rows directly/, 'd_plain is written directly');
 like($log, qr/the backfill of table public\.d_heap writes its rows directly/, 'd_heap is written directly');
-unlike($log, qr/ran as/, 'no index expression or predicate ran as another role than the owner');
+unlike($log, qr/ERROR: .*index (predicate|expression) ran as/, 'no index expression or predicate ran as another role than the owner');
 
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE _mig_new_email IS NOT DISTINCT FROM lower(email)) || '/' || count(*)
@@ -107,11 +107,11 @@ is($node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(check_name || '=' || passed, ' ' ORDER BY check_name) FROM mig_validate('d_plain')
 	WHERE check_name IN ('backfilled', 'new_equals_up')}),
-	'backfilled=t new_equals_up=t', 'validation of d_plain passes');
+	'backfilled=true new_equals_up=true', 'validation of d_plain passes');
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(check_name || '=' || passed, ' ' ORDER BY check_name) FROM mig_validate('d_heap')
 	WHERE check_name IN ('backfilled', 'new_equals_up')}),
-	'backfilled=t new_equals_up=t', 'validation of d_heap passes');
+	'backfilled=true new_equals_up=true', 'validation of d_heap passes');
 
 # a client's write still fires the triggers, and the pair stays in step
 as_owner(q{UPDATE d_plain SET email = 'Client@X' WHERE id = 7});
