@@ -10,9 +10,10 @@
 # clients, MIG_BENCH_LIVE_THREADS threads, MIG_BENCH_LIVE_SECONDS seconds;
 # first alone (baseline), then right after SELECT mig_backfill('t') with
 # default settings (the load yield on), then on a fresh copy with
-# migrate_ext.backfill_yield = 0.  TPS from pgbench; p50/p99 latency from
-# pgbench's per-transaction logs; the backfill's own rows/s while pgbench
-# ran from its job row.  Goal: p99 during the default backfill <= 2x the
+# migrate_ext.backfill_yield = 0.  p50/p99 latency and TPS from pgbench's
+# per-transaction logs, during a backfill over the window in which the job
+# ran (its started_at and finished_at); the backfill's own rows/s over that
+# window from its job row.  Goal: p99 during the default backfill <= 2x the
 # baseline p99.  The run without the yield says what the yield costs the
 # backfill and buys the application.
 
@@ -39,43 +40,78 @@ UPDATE t SET email = 'User' || :id || '.' || :r || '@Example.COM' WHERE id = :id
 \endif
 EOF
 
-# pgbench_run NAME: run the mix; sets TPS[NAME], P50[NAME], P99[NAME] (ms).
-declare -A TPS P50 P99 NTX
+# pgbench_run NAME [SQL]: run the mix, with a per-transaction log; with SQL,
+# run it one second into the run (past pgbench's connections and first
+# statements, so that they are not counted as the backfill's impact).  Sets
+# TPS[NAME] (pgbench's), RUN_FROM[NAME] and RUN_TO[NAME] (epoch seconds
+# around the run), and the latencies over the whole run (pgbench_window).
+declare -A TPS P50 P99 NTX WIN RUN_FROM RUN_TO
 pgbench_run() {
-	local name=$1 out pct
+	local name=$1 sql=${2:-} out pid
 	local args=(-n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECS" -f "$SCRIPT" -D "nrows=$ROWS"
 		--log --log-prefix="$BENCH_OUT/live_$name")
 	[ -n "$RATE" ] && args+=(-R "$RATE")
 	rm -f "$BENCH_OUT/live_$name".*
-	out=$(pgbench "${args[@]}" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
-	TPS[$name]=$(printf '%s\n' "$out" | sed -n -E 's/^tps = ([0-9.]+) .*/\1/p' | head -n 1)
-	# the third field of a per-transaction log line is its latency in us
-	pct=$(cat "$BENCH_OUT/live_$name".* | awk '{ print $3 }' | sort -n |
+	out=$BENCH_OUT/pgbench_$name.out
+	RUN_FROM[$name]=$(date +%s.%N)
+	pgbench "${args[@]}" >"$out" 2>&1 &
+	pid=$!
+	if [ -n "$sql" ]; then
+		sleep 1
+		bq "$sql" || { kill "$pid"; return 1; }
+	fi
+	wait "$pid" || { cat "$out" >&2; return 1; }
+	RUN_TO[$name]=$(date +%s.%N)
+	TPS[$name]=$(sed -n -E 's/^tps = ([0-9.]+) .*/\1/p' "$out" | head -n 1)
+	pgbench_window "$name" "${RUN_FROM[$name]}" "${RUN_TO[$name]}"
+}
+
+# pgbench_window NAME FROM TO: p50/p99 (ms) of the transactions of NAME's run
+# that ended between FROM and TO (epoch seconds), from pgbench's
+# per-transaction log (fields: client, transaction, latency in us, script,
+# end time in s and us); sets P50, P99, NTX (transactions) and WIN (the
+# window's length, s).
+pgbench_window() {
+	local name=$1 from=$2 to=$3 pct
+	pct=$(cat "$BENCH_OUT/live_$name".* |
+		awk -v from="$from" -v to="$to" '{ t = $5 + $6 / 1000000; if (t >= from && t <= to) print $3 }' |
+		sort -n |
 		awk '{ v[NR] = $1 } END {
+			if (NR == 0) { print "0 - -"; exit }
 			i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
 			i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
 			printf "%d %.2f %.2f\n", NR, v[i50] / 1000, v[i99] / 1000 }')
 	read -r "NTX[$name]" "P50[$name]" "P99[$name]" <<<"$pct"
-	bench_log "$name: tps ${TPS[$name]}, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms (${NTX[$name]} transactions)"
+	WIN[$name]=$(awk -v a="$from" -v b="$to" 'BEGIN { printf "%.1f", b - a }')
+	bench_log "$name: p50 ${P50[$name]} ms, p99 ${P99[$name]} ms over ${WIN[$name]} s (${NTX[$name]} transactions)"
 }
 
-# during NAME: pgbench right after a default mig_backfill('t') started;
-# sets NOTE[NAME] and BF_RPS[NAME] (the backfill's rows/s while pgbench ran).
+# during NAME: a default mig_backfill('t') started one second into pgbench.  The
+# latencies and TPS are those of the window in which both ran: from the
+# later of the job's started_at and pgbench's start to the earlier of its
+# finished_at and pgbench's end, so that a pgbench run longer than the
+# backfill does not dilute them.  Sets NOTE[NAME] and BF_RPS[NAME] (the
+# backfill's rows/s over that window).
 declare -A NOTE BF_RPS
 during() {
-	local name=$1 start state seen
-	bq "VACUUM ANALYZE t" "CHECKPOINT" "SELECT mig_backfill('t')"
-	start=$(bv "SELECT extract(epoch FROM clock_timestamp())")
-	pgbench_run "$name" || exit 1
-	state=$(bv "SELECT state || ' ' || coalesce(extract(epoch FROM finished_at)::text, '') FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
-	seen=$(bv "SELECT rows_seen FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
-	BF_RPS[$name]=$(awk -v n="$seen" -v s="$SECS" 'BEGIN { printf "%.0f", n / s }')
-	if [ "${state%% *}" = "done" ] || [ "${state%% *}" = "failed" ]; then
-		NOTE[$name]="the backfill ended (${state%% *}) $(awk -v a="$start" -v b="${state#* }" 'BEGIN { d = b - a; if (d < 0.5) print "before pgbench started"; else printf "%.0f s into the run", d }'): the rest of the run had no backfill to compete with"
-		BF_RPS[$name]="${BF_RPS[$name]} (ended early)"
+	local name=$1 row job_from job_to seen from to
+	bq "VACUUM ANALYZE t" "CHECKPOINT"
+	pgbench_run "$name" "SELECT mig_backfill('t')" || exit 1
+	# the job row when pgbench ended: its start, its end (if any), rows covered
+	row=$(bv "SELECT extract(epoch FROM started_at) || ' ' || coalesce(extract(epoch FROM finished_at)::text, '-') || ' ' || rows_seen
+	            FROM migrate_ext.job ORDER BY id DESC LIMIT 1")
+	read -r job_from job_to seen <<<"$row"
+	from=$(awk -v a="$job_from" -v b="${RUN_FROM[$name]}" 'BEGIN { x = (a > b ? a : b); printf "%.6f", x }')
+	to=${RUN_TO[$name]}
+	if [ "$job_to" != "-" ]; then
+		to=$(awk -v a="$job_to" -v b="$to" 'BEGIN { x = (a < b ? a : b); printf "%.6f", x }')
+		NOTE[$name]="the backfill ended $(awk -v a="${RUN_FROM[$name]}" -v b="$job_to" 'BEGIN { printf "%.0f", b - a }') s into pgbench's ${SECS} s run: latencies over its window only"
 	else
 		NOTE[$name]="the backfill was still running when pgbench ended"
 	fi
+	pgbench_window "$name" "$from" "$to"
+	TPS[$name]=$(awk -v n="${NTX[$name]}" -v w="${WIN[$name]}" 'BEGIN { if (w > 0) printf "%.0f", n / w; else print 0 }')
+	BF_RPS[$name]=$(awk -v n="$seen" -v a="$job_from" -v b="$to" 'BEGIN { if (b > a) printf "%.0f", n / (b - a); else print "-" }')
 	bench_wait_backfill || exit 1
 }
 
@@ -100,8 +136,8 @@ for ROWS in "${SIZES[@]}"; do
 	bq "DROP TABLE t"
 
 	echo "Live impact: pgbench, 80% SELECT / 20% UPDATE by id on $(fmt_int "$ROWS") rows, -c $CLIENTS -j $THREADS, ${SECS} s each${RATE:+, -R $RATE}"
-	printf '%-40s %10s %10s %10s %12s %14s\n' run TPS "p50 ms" "p99 ms" transactions "backfill rows/s"
-	printf '%-40s %10.0f %10s %10s %12s\n' "baseline (trigger live)" "${TPS[base_$ROWS]}" "${P50[base_$ROWS]}" "${P99[base_$ROWS]}" "${NTX[base_$ROWS]}"
+	printf '%-40s %10s %10s %10s %12s %9s %14s\n' run TPS "p50 ms" "p99 ms" transactions "window s" "backfill rows/s"
+	printf '%-40s %10.0f %10s %10s %12s %9s\n' "baseline (trigger live)" "${TPS[base_$ROWS]}" "${P50[base_$ROWS]}" "${P99[base_$ROWS]}" "${NTX[base_$ROWS]}" "${WIN[base_$ROWS]}"
 	if [ "$HAVE_BF" = 0 ]; then
 		printf '%-40s %s\n' "during mig_backfill" "not available (no $MIG_BACKFILL_SIG)"
 		bench_summary "live $(fmt_int "$ROWS"): mig_backfill not available; baseline $(printf '%.0f' "${TPS[base_$ROWS]}") TPS, p99 ${P99[base_$ROWS]} ms"
@@ -109,17 +145,17 @@ for ROWS in "${SIZES[@]}"; do
 	fi
 	for n in yield noyield; do
 		k="${n}_$ROWS"
-		printf '%-40s %10.0f %10s %10s %12s %14s\n' \
+		printf '%-40s %10.0f %10s %10s %12s %9s %14s\n' \
 			"during mig_backfill ($([ $n = yield ] && echo defaults || echo 'backfill_yield = 0'))" \
-			"${TPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${NTX[$k]}" "${BF_RPS[$k]}"
+			"${TPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${NTX[$k]}" "${WIN[$k]}" "${BF_RPS[$k]}"
 	done
 	r=$(ratio "${P99[yield_$ROWS]}" "${P99[base_$ROWS]}")
 	r0=$(ratio "${P99[noyield_$ROWS]}" "${P99[base_$ROWS]}")
 	t=$(ratio "${TPS[yield_$ROWS]}" "${TPS[base_$ROWS]}")
 	t0=$(ratio "${TPS[noyield_$ROWS]}" "${TPS[base_$ROWS]}")
 	echo "p99 during the default backfill / baseline: $r ($(goal_mark le "$r" 2.0), goal <= 2.0), TPS ${t}x; without the yield: p99 ${r0}x, TPS ${t0}x;" \
-		"the yield costs the backfill $(ratio "${BF_RPS[yield_$ROWS]%% *}" "${BF_RPS[noyield_$ROWS]%% *}")x of its rows/s. ${NOTE[yield_$ROWS]}"
-	bench_summary "live $(fmt_int "$ROWS"): p99 during backfill / baseline $r (goal <= 2.0: $(goal_mark le "$r" 2.0)), TPS ${t}x; backfill_yield = 0: p99 ${r0}x, TPS ${t0}x; backfill rows/s with / without the yield $(ratio "${BF_RPS[yield_$ROWS]%% *}" "${BF_RPS[noyield_$ROWS]%% *}")"
+		"the yield costs the backfill $(ratio "${BF_RPS[yield_$ROWS]}" "${BF_RPS[noyield_$ROWS]}")x of its rows/s. During the backfill: latencies and TPS over the window in which it ran (${WIN[yield_$ROWS]} s; without the yield ${WIN[noyield_$ROWS]} s); ${NOTE[yield_$ROWS]}"
+	bench_summary "live $(fmt_int "$ROWS"): p99 during backfill / baseline $r (goal <= 2.0: $(goal_mark le "$r" 2.0)), TPS ${t}x; backfill_yield = 0: p99 ${r0}x, TPS ${t0}x; backfill rows/s with / without the yield $(ratio "${BF_RPS[yield_$ROWS]}" "${BF_RPS[noyield_$ROWS]}"); windows ${WIN[yield_$ROWS]} s / ${WIN[noyield_$ROWS]} s"
 	echo
 done
 exit 0

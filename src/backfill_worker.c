@@ -856,20 +856,72 @@ bf_finish(void)
 }
 
 /*
+ * A VACUUM under the application's load runs with a cost-based delay, as
+ * autovacuum does, so that it takes the CPU share the load yield leaves the
+ * batches (bf_pace) instead of a whole core: the batches wait in their
+ * pauses, the VACUUM (in a worker of its own, on another core) used to run
+ * through them at full speed, and the yield does not see it (its CPU is not a
+ * client session's).  It sleeps delay after every vacuum_cost_limit (200)
+ * units of work; 200 units take a VACUUM of cached pages about
+ * BF_VACUUM_COST_MS of CPU (2.4 us a unit, measured), so a delay of load
+ * times that gives it the batches' duty cycle, 1 / (1 + load).
+ */
+#define BF_VACUUM_COST_MS		0.5
+#define BF_VACUUM_MIN_LOAD		0.1 /* below: idle, no delay */
+#define BF_VACUUM_DELAY_SHIFT	32	/* the delay, in us, above the relid */
+
+static double
+bf_vacuum_delay_ms(void)
+{
+	double		load = bf->busy * mig_backfill_yield;
+
+	if (load < BF_VACUUM_MIN_LOAD)
+		return 0;
+	return Min(load, BF_MAX_YIELD) * BF_VACUUM_COST_MS;
+}
+
+/*
+ * Wait, without queueing, until we hold the table's SHARE UPDATE EXCLUSIVE
+ * lock (for the session): the last VACUUM must not be skipped because an
+ * autovacuum or someone's ANALYZE holds it, and a VACUUM waiting in the
+ * lock queue would make every later conflicting request wait behind it.
+ * VACUUM takes the lock again itself; a backend's own locks never conflict.
+ */
+static void
+bf_wait_relation_lock(Oid relid, LOCKTAG *tag)
+{
+	SET_LOCKTAG_RELATION(*tag, MyDatabaseId, relid);
+	while (LockAcquire(tag, ShareUpdateExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		pgstat_report_activity(STATE_RUNNING,
+							   "migrate_ext backfill: its last VACUUM waits for the table's SHARE UPDATE EXCLUSIVE lock");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 BF_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * VACUUM the table as a top-level statement of our own (as pg_cron's
  * background mode runs SQL), outside any transaction: vacuum() commits and
  * starts transactions itself, so what it reads lives in a context of ours.
- * SKIP_LOCKED: a VACUUM already at it (autovacuum) does the same job.
- * Only the last one may truncate the table (that takes an ACCESS EXCLUSIVE
- * lock).  Every one may clean the indexes (INDEX_CLEANUP auto): with index
- * cleanup off, the dead line pointers pruning leaves stay, the next batches
- * cannot reuse them, and the pages that hold them never become all-visible,
- * so every later VACUUM read every page behind the walk again (twenty
- * VACUUMs read the table ten times over); PostgreSQL itself skips the
- * indexes when less than 2% of the pages have dead line pointers.
+ * One at a time per table, across the job's workers (mig_job_vacuum_lock):
+ * it waits for the one running.  SKIP_LOCKED for the others: a VACUUM
+ * already at it (autovacuum) does the same job; the last one waits for it
+ * instead (bf_wait_relation_lock; SKIP_LOCKED then never skips, the lock being
+ * ours), and only the last one may truncate the table (that takes an
+ * ACCESS EXCLUSIVE lock).  Every one may clean the indexes (INDEX_CLEANUP
+ * auto): with index cleanup off, the dead line pointers pruning leaves stay,
+ * the next batches cannot reuse them, and the pages that hold them never
+ * become all-visible, so every later VACUUM read every page behind the walk
+ * again (twenty VACUUMs read the table ten times over); PostgreSQL itself
+ * skips the indexes when less than 2% of the pages have dead line pointers.
+ * delay_ms > 0: with that vacuum_cost_delay (bf_vacuum_delay_ms), shown in
+ * the statement pg_stat_activity shows and logged at DEBUG1.
  */
 static void
-bf_run_vacuum(Oid relid, bool last)
+bf_run_vacuum(Oid relid, bool last, double delay_ms)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext vacuum",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -877,6 +929,8 @@ bf_run_vacuum(Oid relid, bool last)
 	char	   *sql = NULL;
 	RawStmt    *raw;
 	PlannedStmt *pstmt;
+	LOCKTAG		reltag;
+	volatile bool relheld = false;
 
 	/*
 	 * oldcxt is taken before the transaction starts: VACUUM commits its own
@@ -884,41 +938,78 @@ bf_run_vacuum(Oid relid, bool last)
 	 * the time we get back.
 	 */
 	Assert(!IsTransactionState());
+	Assert(delay_ms >= 0 && delay_ms <= 100);
 	SetCurrentStatementStartTimestamp();
 
-	StartTransactionCommand();
-	MemoryContextSwitchTo(cxt);
-	if (get_rel_name(relid))
-		sql = psprintf("VACUUM (SKIP_LOCKED%s) %s",
-					   last ? "" : ", TRUNCATE false, PROCESS_TOAST false",
-					   mig_qualified_name(relid));
-	if (sql)
+	pgstat_report_activity(STATE_RUNNING, "migrate_ext backfill: waiting for the table's VACUUM lock");
+	mig_job_vacuum_lock(relid);
+	/* session locks: an abort would not release them */
+	PG_TRY();
 	{
-		pgstat_report_activity(STATE_RUNNING, sql);
-		raw = linitial_node(RawStmt, pg_parse_query(sql));
-		pstmt = makeNode(PlannedStmt);
-		pstmt->commandType = CMD_UTILITY;
-		pstmt->canSetTag = true;
-		pstmt->utilityStmt = raw->stmt;
-		pstmt->stmt_location = raw->stmt_location;
-		pstmt->stmt_len = raw->stmt_len;
-		ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL,
-					   None_Receiver, NULL);
+		if (last)
+		{
+			bf_wait_relation_lock(relid, &reltag);
+			relheld = true;
+		}
+		StartTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+		if (get_rel_name(relid))
+			sql = psprintf("VACUUM (SKIP_LOCKED%s) %s%s",
+						   last ? "" : ", TRUNCATE false, PROCESS_TOAST false",
+						   mig_qualified_name(relid),
+						   delay_ms > 0 ?
+						   psprintf(" /* vacuum_cost_delay = %.2f ms: the client sessions are busy */",
+									delay_ms) : "");
+		if (sql && delay_ms > 0)
+		{
+			SetConfigOption("vacuum_cost_delay", psprintf("%.2f", delay_ms),
+							PGC_USERSET, PGC_S_SESSION);
+			SetConfigOption("vacuum_cost_limit", "200", PGC_USERSET, PGC_S_SESSION);
+			ereport(DEBUG1,
+					(errmsg("migrate_ext: VACUUM of %s with vacuum_cost_delay = %.2f ms, vacuum_cost_limit = 200: the client sessions are busy",
+							mig_qualified_name(relid), delay_ms)));
+		}
+		if (sql)
+		{
+			pgstat_report_activity(STATE_RUNNING, sql);
+			raw = linitial_node(RawStmt, pg_parse_query(sql));
+			pstmt = makeNode(PlannedStmt);
+			pstmt->commandType = CMD_UTILITY;
+			pstmt->canSetTag = true;
+			pstmt->utilityStmt = raw->stmt;
+			pstmt->stmt_location = raw->stmt_location;
+			pstmt->stmt_len = raw->stmt_len;
+			ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL,
+						   None_Receiver, NULL);
+		}
+		CommitTransactionCommand();
 	}
-	CommitTransactionCommand();
+	PG_FINALLY();
+	{
+		if (delay_ms > 0)
+			SetConfigOption("vacuum_cost_delay", "0", PGC_USERSET, PGC_S_SESSION);
+		if (relheld)
+			(void) LockRelease(&reltag, ShareUpdateExclusiveLock, true);
+		mig_job_vacuum_unlock(relid);
+	}
+	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* A worker that runs one VACUUM for a backfill, as the backfill's role. */
+/*
+ * A worker that runs one VACUUM for a backfill, as the backfill's role: the
+ * table's relid in the argument's low bits, the cost delay (us) above.
+ */
 void
 mig_backfill_vacuum_main(Datum main_arg)
 {
 	MigWorkerArgs args;
 
 	mig_worker_connect(&args);
-	bf_run_vacuum((Oid) args.arg, false);
+	bf_run_vacuum((Oid) (args.arg & 0xFFFFFFFF),
+				  false, (double) (args.arg >> BF_VACUUM_DELAY_SHIFT) / 1000.0);
 	proc_exit(0);
 }
 
@@ -960,7 +1051,13 @@ bf_vacuum(bool last)
 	volatile bool started = false;
 
 	bf_vacuum_wait();
-	if (bf->written_since_vacuum == 0 || !OidIsValid(bf->relid))
+
+	/*
+	 * The last one runs even when the one before covered every row written:
+	 * that one may have been skipped (SKIP_LOCKED, autovacuum at it), and
+	 * only the last one truncates.
+	 */
+	if (!OidIsValid(bf->relid) || (bf->written_since_vacuum == 0 && !last))
 		return;
 	bf->written_since_vacuum = 0;
 	bf->pending_vacuums++;
@@ -969,7 +1066,8 @@ bf_vacuum(bool last)
 	{
 		MigWorkerArgs args = bf->args;
 
-		args.arg = bf->relid;
+		args.arg = (int64) bf->relid |
+			((int64) (bf_vacuum_delay_ms() * 1000) << BF_VACUUM_DELAY_SHIFT);
 		PG_TRY();
 		{
 			BackgroundWorkerHandle *handle = NULL;
@@ -996,7 +1094,7 @@ bf_vacuum(bool last)
 
 	PG_TRY();
 	{
-		bf_run_vacuum(bf->relid, last);
+		bf_run_vacuum(bf->relid, last, last ? 0 : bf_vacuum_delay_ms());
 	}
 	PG_CATCH();
 	{

@@ -32,9 +32,10 @@
 #include "migrate_ext.h"
 #include "migrate_ext_worker.h"
 
-/* The advisory-lock keys, 'migr' and one more; nowhere else in C. */
+/* The advisory-lock keys, 'migr' and two more; nowhere else in C. */
 #define MIG_JOB_LOCK_KEY		1835624306
 #define MIG_GATE_LOCK_KEY		1835624307
+#define MIG_VACUUM_LOCK_KEY		1835624308
 
 /* The one mapping between JobState and the text stored in the job row. */
 static const char *const job_state_names[] = {
@@ -89,12 +90,45 @@ mig_job_liveness_key(void)
 	return MIG_JOB_LOCK_KEY;
 }
 
+/*
+ * The lock's tag: (key, job id) for a job's liveness and gate locks,
+ * (key, relid) for the VACUUM lock of one heap.  The fourth field is 2, as
+ * pg_advisory_lock(int4, int4) makes it, so that SQL can name them.
+ */
 void
-mig_job_locktag(LOCKTAG *tag, MigJobLock which, int64 job_id)
+mig_job_locktag(LOCKTAG *tag, MigJobLock which, int64 id)
 {
-	int32		key = which == MIG_JOB_LOCK_LIVENESS ? MIG_JOB_LOCK_KEY : MIG_GATE_LOCK_KEY;
+	int32		key = which == MIG_JOB_LOCK_LIVENESS ? MIG_JOB_LOCK_KEY :
+		which == MIG_JOB_LOCK_GATE ? MIG_GATE_LOCK_KEY : MIG_VACUUM_LOCK_KEY;
 
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) key, (uint32) job_id, 2);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) key, (uint32) id, 2);
+}
+
+/*
+ * The VACUUMs a backfill runs of one heap, one at a time: each one holds
+ * (MIG_VACUUM_LOCK_KEY, relid) while it runs, and the next one waits for
+ * it.  Several workers walk ranges of one heap, each with its own VACUUM
+ * cadence; a VACUUM of theirs that found the heap's VACUUM lock taken by
+ * another used to be skipped (SKIP_LOCKED), and the space its batches left
+ * dead was not freed before the next ones.  A session lock: VACUUM commits
+ * transactions of its own.
+ */
+void
+mig_job_vacuum_lock(Oid relid)
+{
+	LOCKTAG		tag;
+
+	mig_job_locktag(&tag, MIG_JOB_LOCK_VACUUM, relid);
+	(void) LockAcquire(&tag, ExclusiveLock, true, false);
+}
+
+void
+mig_job_vacuum_unlock(Oid relid)
+{
+	LOCKTAG		tag;
+
+	mig_job_locktag(&tag, MIG_JOB_LOCK_VACUUM, relid);
+	(void) LockRelease(&tag, ExclusiveLock, true);
 }
 
 /* Does some process hold the job's liveness lock? */

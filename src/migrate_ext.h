@@ -199,7 +199,8 @@ typedef enum JobState
 typedef enum MigJobLock
 {
 	MIG_JOB_LOCK_LIVENESS,		/* held by the job's worker for its life */
-	MIG_JOB_LOCK_GATE			/* held by its starter until commit */
+	MIG_JOB_LOCK_GATE,			/* held by its starter until commit */
+	MIG_JOB_LOCK_VACUUM			/* per heap (relid): one backfill VACUUM at a time */
 } MigJobLock;
 
 typedef enum MigJobSetting
@@ -255,7 +256,9 @@ extern bool mig_job_has_column(const char *name);
 extern bool mig_job_state_live(JobState state);
 extern bool mig_job_state_ended(JobState state);
 extern int32 mig_job_liveness_key(void);
-extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 job_id);
+extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 id);
+extern void mig_job_vacuum_lock(Oid relid);
+extern void mig_job_vacuum_unlock(Oid relid);
 extern bool mig_job_alive(int64 job_id);
 extern void mig_job_hold_gate(int64 job_id);
 extern void mig_job_start_worker(struct MigWorkerArgs *args);

@@ -129,7 +129,8 @@ mig_migration_of(PG_FUNCTION_ARGS)
  * extension takes, so that SQL (the status view, tests, a DBA's query on
  * pg_locks) never spells the number.  'job': a worker holds (key, job id)
  * for its whole life; 'gate': whoever starts a worker holds (key, job id)
- * until its transaction ends.
+ * until its transaction ends; 'vacuum': a backfill's VACUUM of a heap holds
+ * (key, relid) while it runs.
  */
 Datum
 mig_lock_key(PG_FUNCTION_ARGS)
@@ -141,11 +142,13 @@ mig_lock_key(PG_FUNCTION_ARGS)
 		mig_job_locktag(&tag, MIG_JOB_LOCK_LIVENESS, 0);
 	else if (strcmp(kind, "gate") == 0)
 		mig_job_locktag(&tag, MIG_JOB_LOCK_GATE, 0);
+	else if (strcmp(kind, "vacuum") == 0)
+		mig_job_locktag(&tag, MIG_JOB_LOCK_VACUUM, 0);
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown migrate_ext lock \"%s\"", kind),
-				 errhint("Use \"job\" (a worker's liveness) or \"gate\" (a worker's start).")));
+				 errhint("Use \"job\" (a worker's liveness), \"gate\" (a worker's start) or \"vacuum\" (a backfill's VACUUM of a table).")));
 	/* job.c defines the keys; the first int4 key is the tag's second field */
 	PG_RETURN_INT32((int32) tag.locktag_field2);
 }

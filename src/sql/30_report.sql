@@ -62,7 +62,7 @@ CREATE FUNCTION migrate_ext.migration_of(tbl regclass) RETURNS bigint
 CREATE FUNCTION migrate_ext.lock_key(kind text) RETURNS int
 	AS 'MODULE_PATHNAME', 'mig_lock_key' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION migrate_ext.lock_key(text) IS
-	'first int4 key of migrate_ext''s advisory locks: ''job'' (a worker is alive) or ''gate'' (a worker is starting)';
+	'first int4 key of migrate_ext''s advisory locks: ''job'' (a worker is alive), ''gate'' (a worker is starting) or ''vacuum'' (a backfill''s VACUUM of a table runs)';
 
 /*
  * May the current role see a migration's row data (key values, failing
