@@ -74,5 +74,6 @@ extern char *bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit
 /* backfill_apply.c: one batch, written directly or by the walk's UPDATE */
 extern List *bf_apply_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 							double *rows_per_block, int64 *seen, int64 *written);
+extern void bf_stripe_settle(int max_ms);
 
 #endif							/* MIGRATE_EXT_BACKFILL_H */

@@ -730,6 +730,8 @@ bf_batch(void)
 	long		elapsed_ms;
 	MigOwnerSave owner;
 
+	/* the last stripe's dead versions removable first (backfill_apply.c) */
+	bf_stripe_settle(bf->target_batch_ms);
 	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
@@ -1681,7 +1683,14 @@ bf_finish_slices(void)
 		return bf_commit(BF_NEXT);
 	if (m && get_rel_relkind(m->relid) != RELKIND_PARTITIONED_TABLE && !bf->last_vacuumed)
 	{
-		/* ranges of one heap: the table's last VACUUM first (bf_next_slice) */
+		/*
+		 * ranges of one heap: the table's last VACUUM first (bf_next_slice),
+		 * by one worker: two whose last slices ended together would both
+		 * get here (the job row's lock orders them, it does not exclude the
+		 * second); the other leaves the job to the one that claimed it
+		 */
+		if (!mig_job_claim_last_vacuum(bf->job_id))
+			return bf_commit(BF_STOP);
 		bf->relid = m->relid;
 		return bf_commit(BF_WALKED);
 	}

@@ -165,6 +165,22 @@ job_slot_locktag(LOCKTAG *tag, int64 job_id, int slot)
 						 MIG_SLOT_FIELD + slot);
 }
 
+/*
+ * The job's last VACUUM of a heap walked in ranges is one worker's: the
+ * advisory lock (MIG_JOB_LOCK_KEY, job id) with the fourth field
+ * MIG_SLOT_FIELD - 1, taken for the session without waiting, kept by the
+ * worker that runs it until it exits.  false: another worker has it.
+ */
+bool
+mig_job_claim_last_vacuum(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) MIG_JOB_LOCK_KEY, (uint32) job_id,
+						 MIG_SLOT_FIELD - 1);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
 /* Take the slot's lock for the session, without waiting; false: taken. */
 bool
 mig_job_take_slot(int64 job_id, int slot)

@@ -260,6 +260,7 @@ extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 id);
 extern void mig_job_vacuum_lock(Oid relid);
 extern void mig_job_vacuum_unlock(Oid relid);
 extern bool mig_job_alive(int64 job_id);
+extern bool mig_job_claim_last_vacuum(int64 job_id);
 extern void mig_job_hold_gate(int64 job_id);
 extern void mig_job_start_worker(struct MigWorkerArgs *args);
 extern int64 mig_job_insert(int64 migration_id, const struct MigWorkerArgs *args,
