@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 #
 # bench/lib.sh: helpers shared by bench/run.sh and the benchmarks it drives
-# (bench/dualwrite.sh, backfill.sh, live.sh, validate.sh). Source it; it
+# (bench/dualwrite.sh, backfill.sh, live.sh, parallel.sh, validate.sh,
+# lifecycle.sh). Source it; it
 # defines functions and runs nothing by itself.
 #
 # Server (used by run.sh only; needs test/lib.sh sourced first):
@@ -18,6 +19,12 @@
 #                        true when to_regprocedure(SIGNATURE) exists
 #   median N...          the median of the numbers
 #   bench_summary LINE   add a line to run.sh's final summary
+#   bench_latencies FROM TO LOG...
+#                        count, p50, p99, max of the pgbench transactions
+#                        (per-transaction logs) that ended between FROM and TO
+#   bench_wait_backfill [TABLE]
+#                        mig_wait for TABLE's backfill (default t); fails
+#                        unless it ends done
 #   ratio A B, fmt_ms MS, fmt_int N, goal_mark OP VALUE GOAL
 #
 # Settings: see bench/run.sh.
@@ -44,13 +51,13 @@ bq() {
 
 bv() { psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
 
-# bench_wait_backfill: wait for the table t's backfill job with mig_wait(),
-# which holds no snapshot between its polls; a waiting loop in one
-# transaction would hold back the xmin horizon, so the backfill's VACUUMs
-# could reclaim nothing. Fails unless the job ends done.
+# bench_wait_backfill [TABLE]: wait for the backfill job of TABLE (default t)
+# with mig_wait(), which holds no snapshot between its polls; a waiting loop
+# in one transaction would hold back the xmin horizon, so the backfill's
+# VACUUMs could reclaim nothing. Fails unless the job ends done.
 bench_wait_backfill() {
 	local s
-	s=$(psql -X -q -A -t -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "SELECT mig_wait('t')") || return 1
+	s=$(psql -X -q -A -t -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "SELECT mig_wait('${1:-t}')") || return 1
 	[ "$s" = done ] && return 0
 	echo "ERROR: the backfill job ended $s: $(bv "SELECT last_error FROM migrate_ext.job ORDER BY id DESC LIMIT 1")" >&2
 	return 1
@@ -101,6 +108,24 @@ goal_mark() {
 }
 
 bench_summary() { printf '%s\n' "$*" >>"$BENCH_OUT/summary"; }
+
+# bench_latencies FROM TO LOG...: the transactions of pgbench's
+# per-transaction logs LOG... (--log; fields: client, transaction, latency
+# in us, script, end time in s and us) that ended between FROM and TO (epoch
+# seconds). Prints "N P50 P99 MAX": their number and latencies in ms ("0 - -
+# -" when none). Lines cut short (a log still being written) are skipped.
+bench_latencies() {
+	local from=$1 to=$2
+	shift 2
+	cat "$@" |
+		awk -v from="$from" -v to="$to" 'NF >= 6 && $3 ~ /^[0-9]+$/ { t = $5 + $6 / 1000000; if (t >= from && t <= to) print $3 }' |
+		sort -n |
+		awk '{ v[NR] = $1 } END {
+			if (NR == 0) { print "0 - - -"; exit }
+			i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
+			i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
+			printf "%d %.2f %.2f %.2f\n", NR, v[i50] / 1000, v[i99] / 1000, v[NR] / 1000 }'
+}
 
 # bench_sizes: the table sizes of the backfill and live benchmarks, from
 # MIG_BENCH_BF_SIZES (default "2000000 5000000"), else MIG_BENCH_BF_ROWS.

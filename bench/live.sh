@@ -68,20 +68,11 @@ pgbench_run() {
 
 # pgbench_window NAME FROM TO: p50/p99 (ms) of the transactions of NAME's run
 # that ended between FROM and TO (epoch seconds), from pgbench's
-# per-transaction log (fields: client, transaction, latency in us, script,
-# end time in s and us); sets P50, P99, NTX (transactions) and WIN (the
-# window's length, s).
+# per-transaction log (bench_latencies); sets P50, P99, NTX (transactions)
+# and WIN (the window's length, s).
 pgbench_window() {
-	local name=$1 from=$2 to=$3 pct
-	pct=$(cat "$BENCH_OUT/live_$name".* |
-		awk -v from="$from" -v to="$to" '{ t = $5 + $6 / 1000000; if (t >= from && t <= to) print $3 }' |
-		sort -n |
-		awk '{ v[NR] = $1 } END {
-			if (NR == 0) { print "0 - -"; exit }
-			i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
-			i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
-			printf "%d %.2f %.2f\n", NR, v[i50] / 1000, v[i99] / 1000 }')
-	read -r "NTX[$name]" "P50[$name]" "P99[$name]" <<<"$pct"
+	local name=$1 from=$2 to=$3
+	read -r "NTX[$name]" "P50[$name]" "P99[$name]" _ <<<"$(bench_latencies "$from" "$to" "$BENCH_OUT/live_$name".*)"
 	WIN[$name]=$(awk -v a="$from" -v b="$to" 'BEGIN { printf "%.1f", b - a }')
 	bench_log "$name: p50 ${P50[$name]} ms, p99 ${P99[$name]} ms over ${WIN[$name]} s (${NTX[$name]} transactions)"
 }
@@ -112,7 +103,7 @@ during() {
 	pgbench_window "$name" "$from" "$to"
 	TPS[$name]=$(awk -v n="${NTX[$name]}" -v w="${WIN[$name]}" 'BEGIN { if (w > 0) printf "%.0f", n / w; else print 0 }')
 	BF_RPS[$name]=$(awk -v n="$seen" -v a="$job_from" -v b="$to" 'BEGIN { if (b > a) printf "%.0f", n / (b - a); else print "-" }')
-	bench_wait_backfill || exit 1
+	bench_wait_backfill t || exit 1
 }
 
 set_yield() {

@@ -5,6 +5,10 @@
 #   bash bench/run.sh                     all of them
 #   bash bench/run.sh dualwrite validate  some of them
 #
+# The benchmarks: dualwrite, backfill, live, parallel, validate, and
+# lifecycle (expand to contract of a partitioned table's key under a
+# pgbench write load: latencies and client lock waits per phase).
+#
 # It builds and installs the extension into the PostgreSQL whose pg_config
 # is first on PATH (as root; otherwise it checks the installed files are
 # current), starts a throwaway server as an unprivileged user with
@@ -28,6 +32,16 @@
 #   MIG_BENCH_LIVE_CLIENTS=4    pgbench -c
 #   MIG_BENCH_LIVE_THREADS=2    pgbench -j
 #   MIG_BENCH_LIVE_RATE=        pgbench -R (transactions/s); empty: as fast as it goes
+#   MIG_BENCH_LIFE_ROWS=4000000 lifecycle: orders in the partitioned table
+#   MIG_BENCH_LIFE_PARALLEL=2   lifecycle: mig_backfill parallel =>
+#   MIG_BENCH_LIFE_CLIENTS=4    lifecycle: pgbench -c (and _THREADS=2: -j)
+#   MIG_BENCH_LIFE_QUIET=10     lifecycle: seconds of load before expand and
+#                               after contract
+#   MIG_BENCH_LIFE_CHUNK=5      lifecycle: length of each pgbench run of the load
+#   MIG_BENCH_LIFE_READER="2 3" lifecycle: a reader's transaction held 2 s, every
+#                               2 + 3 s (0: none)
+#   MIG_BENCH_LIFE_PROBE_MS=400 lifecycle: the probe's lock (0: none)
+#   MIG_BENCH_LIFE_STEP_RETRIES=5  lifecycle: retries of a step failing with 55P03
 #   MIG_BENCH_PROFILE=auto      dual-write: perf profile of the C trigger when it
 #                               misses a goal (auto), always (on), never (off)
 # and the server:
@@ -39,7 +53,7 @@
 
 set -uo pipefail
 
-BENCHES_ALL=(dualwrite backfill live parallel validate)
+BENCHES_ALL=(dualwrite backfill live parallel validate lifecycle)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # The PostgreSQL to build against and run: the pg_config first on PATH.
