@@ -188,7 +188,8 @@ bf_apply_estate(Relation rel, MigMigration *m, ResultRelInfo **rrip)
  */
 static bool
 bf_apply_row(Relation rel, int64 migration_id, ItemPointer tid, EState *estate,
-			 ResultRelInfo *rri, TupleTableSlot *oldslot, TupleTableSlot *newslot)
+			 ResultRelInfo *rri, TupleTableSlot *oldslot, TupleTableSlot *newslot,
+			 void **dwcache)
 {
 	HeapTuple	tuple;
 	TM_Result	result;
@@ -200,7 +201,7 @@ bf_apply_row(Relation rel, int64 migration_id, ItemPointer tid, EState *estate,
 	/* a version the snapshot no longer sees: a client moved the row since */
 	if (!table_tuple_fetch_row_version(rel, tid, estate->es_snapshot, oldslot))
 		return false;
-	tuple = mig_dualwrite_backfill_row(migration_id, rel, oldslot);
+	tuple = mig_dualwrite_backfill_row(migration_id, rel, oldslot, dwcache);
 	ExecClearTuple(oldslot);
 	if (tuple == NULL)
 		return false;			/* right already, as the trigger would skip it */
@@ -262,6 +263,7 @@ bf_write_tids(Relation rel, MigMigration *m, ItemPointerData *tids, int ntids, b
 	int			nestlevel;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
 	BlockNumber pruned = InvalidBlockNumber;
+	void	   *dwcache = NULL;
 
 	if (ntids == 0)
 		return 0;
@@ -292,7 +294,7 @@ bf_write_tids(Relation rel, MigMigration *m, ItemPointerData *tids, int ntids, b
 		}
 		ResetPerTupleExprContext(estate);
 		oldcxt = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
-		if (bf_apply_row(rel, m->id, &tids[i], estate, rri, oldslot, newslot))
+		if (bf_apply_row(rel, m->id, &tids[i], estate, rri, oldslot, newslot, &dwcache))
 			written++;
 		MemoryContextSwitchTo(oldcxt);
 	}

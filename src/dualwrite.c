@@ -984,13 +984,21 @@ dw_backfill_row(DwEntry *e, Relation rel, TupleTableSlot *slot)
 /*
  * mig_dualwrite_backfill_row: the direct batch's entry to dw_backfill_row,
  * for migration_id's pairs as rel (the table, or one of its leaves) numbers
- * them.  The result is allocated in the caller's memory context; the
- * expressions' scratch memory lives until the next call.
+ * them.  *cache (NULL at the batch's first row) remembers the entry for the
+ * next rows of the same table, as the trigger's fn_extra does: no lookup
+ * per row; an invalidated entry is looked up, and rebuilt, again.  The
+ * result is allocated in the caller's memory context; the expressions'
+ * scratch memory lives until the next call.
  */
 HeapTuple
-mig_dualwrite_backfill_row(int64 migration_id, Relation rel, TupleTableSlot *slot)
+mig_dualwrite_backfill_row(int64 migration_id, Relation rel, TupleTableSlot *slot,
+						   void **cache)
 {
-	DwEntry    *e = dw_lookup(migration_id, rel);
+	DwEntry    *e = (DwEntry *) *cache;
+
+	if (e == NULL || !e->valid)
+		*cache = e = dw_lookup(migration_id, rel);
+	Assert(e->relid == RelationGetRelid(rel));
 
 	if (unlikely(e->checked_user != GetUserId()))
 		dw_check_execute(e);

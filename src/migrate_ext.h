@@ -355,7 +355,7 @@ extern void mig_dualwrite_backfill_scope(int64 migration_id);
  * backfill's UPDATE, for the direct batch that writes without one.
  */
 extern HeapTuple mig_dualwrite_backfill_row(int64 migration_id, Relation rel,
-											TupleTableSlot *slot);
+											TupleTableSlot *slot, void **cache);
 
 extern void mig_launcher_register(void);
 
