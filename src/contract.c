@@ -223,6 +223,8 @@ mig_contract(PG_FUNCTION_ARGS)
 	MigWorkerArgs args;
 	BackgroundWorkerHandle *handle;
 	bool		done;
+	bool		finish = false;
+	char	   *relname;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -250,7 +252,14 @@ mig_contract(PG_FUNCTION_ARGS)
 	{
 		MigMigration *last = mig_catalog_latest(relid);
 
-		if (last != NULL && last->phase == MIG_PHASE_CONTRACTED)
+		/* swapped, but what is left after the swap is not finished */
+		if (last != NULL && last->phase == MIG_PHASE_CONTRACTED &&
+			mig_contract_recorded_list(last->id) != NIL)
+		{
+			m = last;
+			finish = true;
+		}
+		else if (last != NULL && last->phase == MIG_PHASE_CONTRACTED)
 		{
 			ereport(NOTICE,
 					(errmsg("the migration of table \"%s\" is already contracted",
@@ -258,15 +267,20 @@ mig_contract(PG_FUNCTION_ARGS)
 			table_close(rel, AccessShareLock);
 			PG_RETURN_VOID();
 		}
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("table \"%s\" has no active migration", RelationGetRelationName(rel)),
-				 errhint("Start one with mig_expand().")));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("table \"%s\" has no active migration", RelationGetRelationName(rel)),
+					 errhint("Start one with mig_expand().")));
 	}
-	plan = mig_contract_plan(rel, m, force);
+	if (finish)
+		plan = NULL;
+	else
+		plan = mig_contract_plan(rel, m, force);
+	relname = pstrdup(RelationGetRelationName(rel));
 	table_close(rel, AccessShareLock);
 
-	foreach(lc, plan->lockrels)
+	foreach(lc, plan ? plan->lockrels : NIL)
 		if (locked_by_me(lfirst_oid(lc)))
 			ereport(ERROR,
 					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
@@ -288,6 +302,7 @@ mig_contract(PG_FUNCTION_ARGS)
 	sh->relid = relid;
 	sh->migration_id = m->id;
 	sh->force = force;
+	sh->finish = finish;
 	sh->lock_timeout_ms = mig_lock_timeout_ms;
 	sh->lock_timeout_max_ms = mig_lock_timeout_max_ms;
 	sh->lock_retries = mig_lock_retries;
@@ -297,7 +312,7 @@ mig_contract(PG_FUNCTION_ARGS)
 
 	mig_worker_args_for_caller(&args, (int64) dsm_segment_handle(seg));
 	mig_worker_start_handle("mig_contract_worker_main",
-							psprintf("migrate_ext contract of %s", plan->relname),
+							psprintf("migrate_ext contract of %s", relname),
 							&args, &handle);
 	mqh = shm_mq_attach(mq, seg, handle);
 
@@ -311,7 +326,7 @@ mig_contract(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the background worker of mig_contract on table \"%s\" exited before finishing",
-						plan->relname),
+						relname),
 				 errhint("See the server log, then run mig_contract again: it picks up where it stopped.")));
 	PG_RETURN_VOID();
 }

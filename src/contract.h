@@ -37,6 +37,9 @@ typedef struct ContractShared
 	Oid			relid;
 	int64		migration_id;
 	bool		force;
+	bool		finish;			/* contracted already: only finish what the
+								 * swap left recorded (the foreign keys that
+								 * reference the table, see contract_undo.c) */
 	/* the caller's lock ladder settings, which the worker adopts */
 	int			lock_timeout_ms;
 	int			lock_timeout_max_ms;
@@ -182,6 +185,16 @@ extern void mig_contract_append_grants(StringInfo out, const char *qname,
 extern void mig_contract_record(int64 migration_id, Oid classid, Oid objid,
 								Oid relid);
 extern bool mig_contract_recorded(int64 migration_id, Oid classid, Oid objid);
+
+/* An object recorded in migrate_ext.contract_object. */
+typedef struct ContractObject
+{
+	Oid			classid;
+	Oid			objid;
+	Oid			relid;
+} ContractObject;
+
+extern List *mig_contract_recorded_list(int64 migration_id);
 
 /* contract_partition.c */
 extern List *mig_partition_leaves(Oid relid, LOCKMODE lockmode);

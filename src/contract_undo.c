@@ -17,6 +17,14 @@
  * have taken since.  Copies of plain indexes are not recorded: they enforce
  * nothing, a new mig_contract reuses them, and they go with the new column.
  *
+ * The swap deletes those rows and, in the same transaction, records what is
+ * left to finish after it: the foreign keys that reference a partitioned
+ * table, added NOT VALID in the swap (each copy by OID on its table, and a
+ * partitioned referencing table itself as a pg_class row whose objid is its
+ * relid; contract_worker.c).  Rows of a contracted migration are never
+ * undone (the copies are the only keys then): the next mig_contract
+ * validates and attaches them and deletes the rows.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -68,16 +76,11 @@ mig_contract_recorded(int64 migration_id, Oid classid, Oid objid)
 	return found;
 }
 
-/* A recorded object. */
-typedef struct UndoObject
-{
-	Oid			classid;
-	Oid			objid;
-	Oid			relid;
-} UndoObject;
+typedef ContractObject UndoObject;
 
-static List *
-read_recorded(int64 migration_id)
+/* Every object recorded for the migration, in the current memory context. */
+List *
+mig_contract_recorded_list(int64 migration_id)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	List	   *result = NIL;
@@ -175,7 +178,8 @@ undo_statement(UndoObject *o, List **rels, int *order)
 int
 mig_contract_undo(int64 migration_id)
 {
-	List	   *objs = read_recorded(migration_id);
+	MigMigration *m = mig_catalog_by_id(migration_id);
+	List	   *objs;
 	List	   *rels = NIL;
 	StringInfoData sql[4];		/* foreign keys, other constraints, indexes,
 								 * materialized views' copies */
@@ -183,6 +187,10 @@ mig_contract_undo(int64 migration_id)
 	int			order;
 	int			n = 0;
 
+	/* after the swap what is recorded is to be finished, not undone */
+	if (m == NULL || m->phase == MIG_PHASE_CONTRACTED)
+		return 0;
+	objs = mig_contract_recorded_list(migration_id);
 	if (objs == NIL)
 		return 0;
 	/* the tables first, locked; then what is there under the lock */

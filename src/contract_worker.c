@@ -32,6 +32,7 @@
 #include "commands/defrem.h"
 #include "access/xact.h"
 #include "catalog/index.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_inherits.h"
@@ -70,6 +71,10 @@
 
 static ContractShared *worker_shared = NULL;
 static MemoryContext contract_cxt = NULL;
+static bool contract_swapped = false;	/* the swap has committed */
+
+/* The advisory lock a test holds to stop the worker (migrate_ext.test_pause). */
+#define MIG_TEST_PAUSE_KEY	7387
 
 /*
  * Stop at a step boundary once the caller has stopped waiting (cancelled,
@@ -139,6 +144,24 @@ xact_end(void)
 	if (ActiveSnapshotSet())
 		PopActiveSnapshot();
 	CommitTransactionCommand();
+}
+
+/*
+ * For tests only: after a step named by migrate_ext.test_pause, wait for
+ * advisory lock 7387, which the test holds, so that it can kill the worker
+ * or make another session's move exactly there.  Holds nothing else.
+ */
+static void
+test_pause(const char *step)
+{
+	if (mig_test_pause == NULL || strcmp(mig_test_pause, step) != 0)
+		return;
+	xact_begin();
+	(void) set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	elog(LOG, "migrate_ext: mig_contract pauses after step \"%s\"", step);
+	(void) DirectFunctionCall1(pg_advisory_xact_lock_int8, Int64GetDatum(MIG_TEST_PAUSE_KEY));
+	xact_end();
 }
 
 /*
@@ -400,7 +423,7 @@ static void validate(Oid relid, const char *name, const char *what);
  * Every name qualified (search_path pinned).
  */
 static char *
-fkey_from_leaf(ContractFkey *fk, Oid leaf, const char *name)
+fkey_from_leaf(const char *conrel, Oid leaf, const char *name)
 {
 	int			nestlevel = NewGUCNestLevel();
 	char	   *def;
@@ -410,7 +433,7 @@ fkey_from_leaf(ContractFkey *fk, Oid leaf, const char *name)
 	def = TextDatumGetCString(DirectFunctionCall1(pg_get_constraintdef,
 												  ObjectIdGetDatum(get_relation_constraint_oid(leaf, name, false))));
 	AtEOXact_GUC(true, nestlevel);
-	return psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", fk->conrel, quote_identifier(name), def);
+	return psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", conrel, quote_identifier(name), def);
 }
 
 /*
@@ -440,8 +463,11 @@ lock_fkey_tables(Oid relid, Oid confrelid, const char *why)
  * leaf, each in a short transaction of its own, each validated in its own
  * (SHARE UPDATE EXCLUSIVE: reads and writes go on), then the parent's ADD
  * FOREIGN KEY, which finds a matching validated key on every leaf and
- * attaches it without a scan.  The leaves' copies keep their copy's name
- * after the swap: a partition's inherited constraint cannot be renamed.
+ * attaches it without a scan.  Before the swap: every copy is recorded in
+ * the transaction that adds it, so a failure or a crash at any step leaves
+ * copies that the undo drops, or that the next run finds and goes on from.
+ * The leaves' copies keep their copy's name after the swap: a partition's
+ * inherited constraint cannot be renamed.
  */
 static void
 add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
@@ -456,6 +482,7 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 	char	   *parent;
 	bool		done;
 
+	Assert(!fk->at_swap);
 	check_caller();
 	xact_begin();
 	xcxt = CurrentMemoryContext;
@@ -475,15 +502,6 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 	MemoryContextSwitchTo(cxt);
 	if (done)
 		return;					/* an earlier run attached the leaves' */
-	if (leaves == NIL && fk->at_swap)
-	{
-		/* no leaf to copy it from, nor a row to check */
-		ereport(WARNING,
-				(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
-						fk->oldname, parent),
-				 errhint("Add it again by hand on the new column.")));
-		return;
-	}
 	forboth(lc, leaves, lw, whats)
 	{
 		Oid			leaf = lfirst_oid(lc);
@@ -498,22 +516,192 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 		}
 		xact_end();
 		MemoryContextSwitchTo(cxt);
+		test_pause("leaf_fkey_added");
 		validate(leaf, name, lfirst(lw));
+		test_pause("leaf_fkey_validated");
 	}
 	check_caller();
 	xact_begin();
 	lock_fkey_tables(fk->conrelid, fk->confrelid, "attach the partitions' foreign keys");
-	if (!fk->at_swap)
-		mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
-								 (int) (strlen(body) - strlen(" NOT VALID")), body));
-	else
-		mig_run_utility(fkey_from_leaf(fk, linitial_oid(leaves), name));
-	if (!fk->at_swap)
-		record_constraint(plan, fk->conrelid, name);
+	mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
+							 (int) (strlen(body) - strlen(" NOT VALID")), body));
+	record_constraint(plan, fk->conrelid, name);
 	xact_end();
 	MemoryContextSwitchTo(cxt);
 	progress("added foreign key \"%s\" on the new column to every partition of %s, validated, and attached",
 			 fk->oldname, parent);
+	test_pause("leaf_fkey_attached");
+}
+
+/* A foreign key copy the swap left to finish, as contract_object has it. */
+typedef struct FinishKey
+{
+	Oid			relid;			/* its table: a plain one, or a leaf */
+	char	   *name;
+	Oid			confrelid;
+	Oid			parent;			/* the recorded partitioned table above it */
+	char	   *what;			/* for the NOTICE of its validation */
+} FinishKey;
+
+/*
+ * Read what the swap recorded (record_finish): the copies still there, on
+ * the tables they were added to, and the partitioned referencing tables
+ * whose ADD FOREIGN KEY attaches their leaves' copies.
+ */
+static List *
+finish_read(int64 migration_id, List **parents)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext xcxt;
+	List	   *objs;
+	List	   *keys = NIL;
+	ListCell   *lc;
+
+	xact_begin();
+	xcxt = CurrentMemoryContext;
+	objs = mig_contract_recorded_list(migration_id);
+	foreach(lc, objs)
+	{
+		ContractObject *o = lfirst(lc);
+
+		if (o->classid == RelationRelationId && o->objid == o->relid &&
+			get_rel_relkind(o->objid) == RELKIND_PARTITIONED_TABLE)
+			*parents = lappend_oid(*parents, o->objid);
+	}
+	foreach(lc, objs)
+	{
+		ContractObject *o = lfirst(lc);
+		HeapTuple	tup;
+		Form_pg_constraint con;
+		FinishKey  *k;
+		List	   *ancestors;
+		ListCell   *lp;
+
+		if (o->classid != ConstraintRelationId)
+			continue;
+		tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(o->objid));
+		if (!HeapTupleIsValid(tup))
+			continue;			/* dropped since: nothing to finish */
+		con = (Form_pg_constraint) GETSTRUCT(tup);
+		if (con->conrelid != o->relid || con->contype != CONSTRAINT_FOREIGN)
+		{
+			ReleaseSysCache(tup);
+			continue;
+		}
+		k = MemoryContextAllocZero(cxt, sizeof(FinishKey));
+		k->relid = o->relid;
+		k->name = MemoryContextStrdup(cxt, NameStr(con->conname));
+		k->confrelid = con->confrelid;
+		ReleaseSysCache(tup);
+		ancestors = get_rel_relispartition(k->relid) ? get_partition_ancestors(k->relid) : NIL;
+		foreach(lp, *parents)
+		{
+			if (list_member_oid(ancestors, lfirst_oid(lp)))
+				k->parent = lfirst_oid(lp);
+		}
+		k->what = k->parent ?
+			MemoryContextStrdup(cxt, psprintf("foreign key \"%s\" on the new column, on partition %s",
+											  k->name, get_rel_name(k->relid))) :
+			MemoryContextStrdup(cxt, psprintf("foreign key \"%s\" on the new column", k->name));
+		MemoryContextSwitchTo(cxt);
+		keys = lappend(keys, k);
+		MemoryContextSwitchTo(xcxt);
+	}
+	MemoryContextSwitchTo(cxt);
+	*parents = list_copy(*parents);
+	xact_end();
+	MemoryContextSwitchTo(cxt);
+	return keys;
+}
+
+/*
+ * The ADD FOREIGN KEY of a partitioned referencing table, which finds every
+ * leaf's validated copy and attaches it without a scan, unless an earlier
+ * run did.
+ */
+static void
+finish_attach(Oid parent, FinishKey *k)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *parentname;
+	bool		attached = false;
+
+	test_pause("fkey_attach");
+	check_caller();
+	xact_begin();
+	parentname = MemoryContextStrdup(cxt, get_rel_name(parent));
+	if (constraint_state(parent, k->name) == 0)
+	{
+		lock_fkey_tables(parent, k->confrelid, "attach the partitions' foreign keys");
+		mig_run_utility(fkey_from_leaf(mig_qualified_name(parent), k->relid, k->name));
+		attached = true;
+	}
+	xact_end();
+	MemoryContextSwitchTo(cxt);
+	if (attached)
+		progress("added foreign key \"%s\" on the new column to every partition of %s, validated, and attached",
+				 k->name, parentname);
+	test_pause("fkey_attached");
+}
+
+/*
+ * What the swap left to finish, from the rows it recorded alone: the
+ * foreign keys that reference the table, added NOT VALID in the swap on a
+ * plain referencing table or on each leaf of a partitioned one.  Each copy
+ * is validated in a transaction of its own (SHARE UPDATE EXCLUSIVE: reads
+ * and writes go on), then each partitioned referencing table's ADD FOREIGN
+ * KEY attaches its leaves' copies, and the rows go.  Every step looks
+ * first whether an earlier run did it, so a worker that died anywhere
+ * after the swap, or failed (a row that violates the key, a lock not to be
+ * had), leaves a state the next mig_contract finishes; meanwhile every
+ * copy is enforced on new rows.
+ */
+static void
+finish_fkeys(int64 migration_id)
+{
+	List	   *parents = NIL;
+	List	   *keys = finish_read(migration_id, &parents);
+	List	   *names = NIL;
+	ListCell   *lc;
+	ListCell   *lp;
+
+	foreach(lc, keys)
+	{
+		FinishKey  *k = lfirst(lc);
+
+		validate(k->relid, k->name, k->what);
+		test_pause("fkey_validated");
+	}
+	foreach(lp, parents)
+	{
+		Oid			parent = lfirst_oid(lp);
+
+		list_free(names);
+		names = NIL;
+		foreach(lc, keys)
+		{
+			FinishKey  *k = lfirst(lc);
+			bool		seen = false;
+			ListCell   *ln;
+
+			if (k->parent != parent)
+				continue;
+			foreach(ln, names)
+				seen |= strcmp(lfirst(ln), k->name) == 0;
+			if (seen)
+				continue;
+			names = lappend(names, k->name);
+			finish_attach(parent, k);
+		}
+	}
+	check_caller();
+	xact_begin();
+	mig_catalog_exec("DELETE FROM migrate_ext.contract_object "
+					 "WHERE migration_id OPERATOR(pg_catalog.=) $1",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
+					 NULL, -1);
+	xact_end();
+	MemoryContextSwitchTo(contract_cxt);
 }
 
 /* A foreign key copy, NOT VALID: a short SHARE ROW EXCLUSIVE on both tables. */
@@ -549,6 +737,34 @@ add_fkey(ContractPlan *plan, ContractFkey *fk)
 }
 
 /*
+ * A row that violates a constraint being validated: PostgreSQL's error
+ * (23503 or 23514, naming the table and the constraint, and the key in its
+ * detail) with what contract was doing and what to do about it.  Any other
+ * error goes out as it is.
+ */
+static void
+pg_attribute_noreturn()
+validate_failed(const char *relname, const char *name, const char *what)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(contract_cxt);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode != ERRCODE_FOREIGN_KEY_VIOLATION &&
+		edata->sqlerrcode != ERRCODE_CHECK_VIOLATION)
+	{
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	FlushErrorState();
+	edata->detail = psprintf("%s%smig_contract was validating %s: constraint \"%s\" of table \"%s\" (added NOT VALID, so enforced on new rows only) has a row that violates it.",
+							 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+							 what, name, relname);
+	edata->hint = pstrdup("Fix or delete the row (mig_validate names such rows), then run mig_contract again.");
+	ReThrowError(edata);
+}
+
+/*
  * VALIDATE CONSTRAINT in its own transaction: it scans, but under SHARE
  * UPDATE EXCLUSIVE, which lets reads and writes through.
  */
@@ -557,6 +773,7 @@ validate(Oid relid, const char *name, const char *what)
 {
 	int			state;
 	char	   *sql;
+	char	   *relname;
 	MigOwnerSave owner;
 
 	if (name == NULL)
@@ -570,6 +787,7 @@ validate(Oid relid, const char *name, const char *what)
 
 	progress("validating %s", what);
 	xact_begin();
+	relname = get_rel_name(relid);
 	mig_lock_table(relid, ShareUpdateExclusiveLock, "validate a constraint");
 	sql = psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
 				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
@@ -586,7 +804,15 @@ validate(Oid relid, const char *name, const char *what)
 	mig_owner_switch(relid, &owner);
 	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	mig_run_utility(sql);
+	PG_TRY();
+	{
+		mig_run_utility(sql);
+	}
+	PG_CATCH();
+	{
+		validate_failed(relname, name, what);
+	}
+	PG_END_TRY();
 	mig_owner_restore(&owner);
 	xact_end();
 }
@@ -964,6 +1190,50 @@ swap_views(ContractPlan *plan, List *views)
 }
 
 /*
+ * In the swap, once the rows of what contract added before it are deleted:
+ * record what is left to finish after it, the foreign keys that reference
+ * the table added NOT VALID by mig_partition_swap.  Each copy by OID on its
+ * table (a plain referencing table's, or each leaf's of a partitioned one)
+ * and a partitioned referencing table itself (classid pg_class, objid and
+ * relid its OID): its ADD FOREIGN KEY attaches its leaves' copies.  The
+ * worker validates and attaches from these rows alone and deletes them once
+ * done, so a worker that died after the swap leaves them for the next
+ * mig_contract to finish (finish_fkeys).
+ */
+static void
+record_finish(ContractPlan *plan)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->fkeys)
+	{
+		ContractFkey *fk = lfirst(lc);
+		List	   *leaves;
+		ListCell   *lc2;
+
+		if (!fk->at_swap)
+			continue;
+		leaves = mig_partition_leaves(fk->conrelid, NoLock);
+		if (leaves == NIL)
+		{
+			/* no leaf to copy it from, nor a row to check */
+			ereport(WARNING,
+					(errmsg("foreign key \"%s\" of partitioned table %s, which has no partition, was not moved",
+							fk->oldname, fk->conrel),
+					 errhint("Add it again by hand on the new column.")));
+			continue;
+		}
+		if (get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE)
+			mig_contract_record(plan->migration_id, RelationRelationId, fk->conrelid,
+								fk->conrelid);
+		foreach(lc2, leaves)
+			mig_contract_record(plan->migration_id, ConstraintRelationId,
+								get_relation_constraint_oid(lfirst_oid(lc2), fk->oldname, false),
+								lfirst_oid(lc2));
+	}
+}
+
+/*
  * The swap: one transaction under ACCESS EXCLUSIVE on every table involved,
  * taken all at once through the lock ladder.  Only catalog changes: NOT
  * NULL is set (proved by the validated CHECK), the constraints move to the
@@ -1037,6 +1307,8 @@ swap(ContractPlan *plan, bool force)
 					 "WHERE migration_id OPERATOR(pg_catalog.=) $1",
 					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(plan->migration_id)},
 					 NULL, -1);
+	/* but for what is left to finish after the swap, recorded now */
+	record_finish(plan);
 	mig_catalog_set_phase(plan->migration_id, phase, MIG_PHASE_CONTRACTED,
 						  force ? "forced: contracted without a passed validation" : NULL);
 	xact_end();
@@ -1111,7 +1383,6 @@ static void
 run_steps(ContractPlan *plan, bool force)
 {
 	ListCell   *lc;
-	bool		partitioned;
 
 	foreach(lc, plan->indexes)
 	{
@@ -1157,23 +1428,10 @@ run_steps(ContractPlan *plan, bool force)
 	}
 	build_matviews(plan);
 	swap(plan, force);
-	/* added NOT VALID in the swap: validated now, writes going through */
-	foreach(lc, plan->fkeys)
-	{
-		ContractFkey *fk = lfirst(lc);
-
-		if (!fk->at_swap)
-			continue;
-		check_caller();
-		xact_begin();
-		partitioned = get_rel_relkind(fk->conrelid) == RELKIND_PARTITIONED_TABLE;
-		xact_end();
-		if (partitioned)
-			add_fkey_partitioned(plan, fk, fk->oldname);	/* the leaves' are there */
-		else
-			validate(fk->conrelid, fk->oldname,
-					 psprintf("foreign key \"%s\" on the new column", fk->oldname));
-	}
+	contract_swapped = true;
+	test_pause("swapped");
+	/* the foreign keys added NOT VALID in the swap: validated now */
+	finish_fkeys(plan->migration_id);
 }
 
 /*
@@ -1182,11 +1440,13 @@ run_steps(ContractPlan *plan, bool force)
  * VALID constraints, the unique index copies), so that the table enforces
  * nothing it did not before.  Plain index copies stay for the next run.  If
  * that cannot be done either (a lock not to be had), the error says so and
- * mig_abort or the next mig_contract removes them.  Re-throws the error.
+ * mig_abort or the next mig_contract removes them.  After the swap nothing
+ * is dropped: the copies are the only keys now, and what is left to finish
+ * stays recorded for the next mig_contract.  Re-throws the error.
  */
 static void
 pg_attribute_noreturn()
-undo_after_failure(ContractPlan *plan)
+undo_after_failure(int64 migration_id, const char *relname)
 {
 	ErrorData  *edata;
 	volatile int dropped = -1;
@@ -1200,10 +1460,19 @@ undo_after_failure(ContractPlan *plan)
 
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
+	if (contract_swapped)
+	{
+		edata->detail = psprintf("%s%sThe columns of table \"%s\" are swapped (the migration is contracted); the foreign keys that reference it are enforced on new rows of every table and partition that declares them, but not all are validated and attached yet.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 relname);
+		if (edata->hint == NULL)
+			edata->hint = psprintf("Run mig_contract('%s') again to finish them.", relname);
+		ReThrowError(edata);
+	}
 	PG_TRY();
 	{
 		xact_begin();
-		dropped = mig_contract_undo(plan->migration_id);
+		dropped = mig_contract_undo(migration_id);
 		xact_end();
 	}
 	PG_CATCH();
@@ -1220,7 +1489,7 @@ undo_after_failure(ContractPlan *plan)
 	else if (dropped < 0)
 		edata->detail = psprintf("%s%sWhat mig_contract had added could not be dropped: mig_abort('%s') or the next mig_contract removes it.",
 								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
-								 plan->relname);
+								 relname);
 	ReThrowError(edata);
 }
 
@@ -1261,6 +1530,7 @@ mig_contract_worker_main(Datum main_arg)
 	ContractPlan *plan;
 	Relation	rel;
 	MigMigration *m;
+	char	   *relname;
 	char		buf[32];
 
 	mig_worker_connect(&args);
@@ -1310,29 +1580,43 @@ mig_contract_worker_main(Datum main_arg)
 	/* the plan, and the migration it points into, outlive the transaction */
 	MemoryContextSwitchTo(contract_cxt);
 	rel = mig_open_table(sh->relid, AccessShareLock);
-	m = mig_catalog_active(sh->relid, false);
-	if (m->id != sh->migration_id)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the migration of table \"%s\" changed while mig_contract started",
-						RelationGetRelationName(rel))));
-	plan = mig_contract_plan(rel, m, sh->force);
+	relname = pstrdup(RelationGetRelationName(rel));
+	plan = NULL;
+	if (!sh->finish)
+	{
+		m = mig_catalog_active(sh->relid, false);
+		if (m->id != sh->migration_id)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the migration of table \"%s\" changed while mig_contract started",
+							relname)));
+		plan = mig_contract_plan(rel, m, sh->force);
+	}
 	table_close(rel, AccessShareLock);
 	xact_end();
 	MemoryContextSwitchTo(contract_cxt);
 
 	PG_TRY();
 	{
-		run_steps(plan, sh->force);
+		if (plan != NULL)
+			run_steps(plan, sh->force);
+		else
+		{
+			/* contracted by a run that did not finish after its swap */
+			contract_swapped = true;
+			progress("finishing the foreign keys that reference table \"%s\", left by a mig_contract that stopped after its swap",
+					 relname);
+			finish_fkeys(sh->migration_id);
+		}
 	}
 	PG_CATCH();
 	{
-		undo_after_failure(plan);
+		undo_after_failure(sh->migration_id, relname);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(contract_cxt);
 
-	progress("table \"%s\" is contracted", plan->relname);
+	progress("table \"%s\" is contracted", relname);
 	SpinLockAcquire(&sh->mutex);
 	sh->done = true;
 	SpinLockRelease(&sh->mutex);

@@ -28,6 +28,7 @@ int			mig_lock_timeout_max_ms = 1000;
 int			mig_lock_retries = 12;
 double		mig_backfill_yield = 1.0;
 int			mig_backfill_stripes = 10;
+char	   *mig_test_pause = NULL;
 
 static const struct config_enum_entry writer_options[] = {
 	{"auto", MIG_WRITER_AUTO, false},
@@ -99,6 +100,16 @@ _PG_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("migrate_ext.test_pause",
+							   "For tests only: a step of mig_contract after which its worker waits.",
+							   "The worker waits for advisory lock 7387 (pg_advisory_lock(7387)) after each "
+							   "step of this name, so that a test can stop it exactly there. Empty: never.",
+							   &mig_test_pause,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("migrate_ext");
 

@@ -38,6 +38,7 @@ extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
 extern int	mig_backfill_stripes;
+extern char *mig_test_pause;
 
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
 typedef struct MigPair

@@ -1,0 +1,246 @@
+# The foreign keys that reference a partitioned table being contracted
+# (issue 12): their copies need the table's new key, which exists only from
+# the swap on, so they are added NOT VALID in the swap (on a plain
+# referencing table; on each leaf of a partitioned one), validated after it,
+# and a partitioned referencing table's ADD FOREIGN KEY attaches its leaves'
+# copies last.  The swap records that unfinished work in
+# migrate_ext.contract_object; the worker finishes from those rows alone.
+#
+#  1. the worker killed (kill -9, or an immediate shutdown) after each step
+#     of that route, stopped there by the test-only pause point
+#     (migrate_ext.test_pause: the worker waits for advisory lock 7387,
+#     which the test holds): after the restart every leaf enforces the key,
+#     the next mig_contract finishes it, and pg_constraint holds exactly
+#     one parent key and its clones, as a key added by hand would;
+#  2. a row that violates the key, written behind its back (replication
+#     role) after the validation: mig_validate names it; mig_contract fails
+#     after its swap with 23503, the detail naming the partition and the
+#     constraint, the hint what to do; every leaf enforces the key, the
+#     table is usable, a second run fails alike, and once the row is fixed
+#     mig_contract finishes.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use MigTest;
+use IPC::Run;
+
+my $node = mig_node('partition_fkey_crash', conf => "restart_after_crash = on\n");
+
+# ev$i (the shared tree), pref$i partitioned and ref$i plain, both
+# referencing it; ev$i.id int -> bigint expanded, filled, validated, cut over.
+sub setup
+{
+	my ($i) = @_;
+	my @leaves = mig_partition_tree($node,
+		'id int NOT NULL, created_at date NOT NULL, PRIMARY KEY (id, created_at)',
+		name => "ev$i");
+	$node->safe_psql('postgres', qq{
+INSERT INTO ev$i SELECT g, date '2020-01-01' + (g % 1400) FROM generate_series(1, 2000) g;
+CREATE TABLE ref$i (rid int PRIMARY KEY, ev_id int, ev_at date,
+	FOREIGN KEY (ev_id, ev_at) REFERENCES ev$i (id, created_at));
+INSERT INTO ref$i SELECT g, g, date '2020-01-01' + (g % 1400) FROM generate_series(1, 2000, 7) g;
+CREATE TABLE pref$i (rid int, at date, ev_id int, ev_at date,
+	FOREIGN KEY (ev_id, ev_at) REFERENCES ev$i (id, created_at)) PARTITION BY RANGE (at);
+CREATE TABLE pref${i}_1 PARTITION OF pref$i FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE pref${i}_2 PARTITION OF pref$i FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+CREATE TABLE pref${i}_d PARTITION OF pref$i DEFAULT;
+INSERT INTO pref$i SELECT g, date '2020-01-01' + g, g, date '2020-01-01' + (g % 1400)
+	FROM generate_series(1, 2000, 3) g;
+SELECT mig_expand('ev${i}', 'id', type => 'bigint');
+UPDATE ev$i SET id = id;
+SET client_min_messages = warning;
+});
+	is($node->safe_psql('postgres',
+		"SELECT string_agg(check_name || ': ' || detail, '; ') FROM mig_validate('ev${i}') WHERE NOT passed"),
+		'', "ev$i: every check of mig_validate passes");
+	$node->safe_psql('postgres', "SELECT mig_cutover('ev${i}')");
+	return @leaves;
+}
+
+# A violating row into each partition of pref$i, through the parent: each
+# must fail with 23503.
+sub enforced_everywhere
+{
+	my ($i, $what) = @_;
+	foreach my $at ('2020-06-01', '2021-06-01', '2024-06-01')
+	{
+		my ($rc, $out, $err) = $node->psql('postgres',
+			"\\set VERBOSITY verbose\nINSERT INTO pref$i VALUES (0, '$at', 999999, '2020-01-01')");
+		like($err, qr/ERROR:  23503: insert or update on table "pref${i}_\w+" violates foreign key constraint/,
+			"$what: a violating row into pref$i ($at) fails with 23503");
+	}
+	my ($rc, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\nINSERT INTO ref$i VALUES (0, 999999, '2020-01-01')");
+	like($err, qr/ERROR:  23503: insert or update on table "ref$i" violates foreign key constraint/,
+		"$what: and into ref$i");
+}
+
+# The foreign keys of pref$i and ref$i as pg_constraint has them (table,
+# name, attached to a parent, referenced table, validated), the numbers
+# taken out of the names.
+sub keys_of
+{
+	my ($i) = @_;
+	return $node->safe_psql('postgres', qq{
+	SELECT string_agg(k, ',' ORDER BY k COLLATE "C") FROM (
+	  SELECT replace(replace(conrelid::regclass || ':' || conname || ':' || (conparentid <> 0) || ':'
+	         || confrelid::regclass || ':' || convalidated, 'ref${i}', 'ref'), 'ev${i}', 'ev') AS k
+	    FROM pg_constraint
+	   WHERE contype = 'f' AND (conrelid IN (SELECT relid FROM pg_partition_tree('pref${i}'))
+	                            OR conrelid = 'ref${i}'::regclass)) c});
+}
+
+# After a crash and the mig_contract that finishes, pref${i}'s and
+# ref${i}'s keys must be exactly those of a contract that was never
+# interrupted (ev0): one parent key, each leaf's attached to it, and their
+# clones; no duplicate, no leftover.
+my $uninterrupted;
+sub keys_as_uninterrupted
+{
+	my ($i, $what) = @_;
+	is(keys_of($i), $uninterrupted,
+		"$what: pref$i and ref$i have exactly the keys of an uninterrupted contract");
+	is($node->safe_psql('postgres', qq{
+		SELECT count(*) FILTER (WHERE conrelid = 'pref${i}'::regclass AND conparentid = 0) || '/'
+		    || count(*) FILTER (WHERE conrelid <> 'pref${i}'::regclass AND conparentid <> 0
+		                          AND confrelid = 'ev${i}'::regclass)
+		  FROM pg_constraint WHERE contype = 'f'
+		   AND conrelid IN (SELECT relid FROM pg_partition_tree('pref${i}'))}),
+		'1/3', "$what: one parent key on pref$i, each of its three leaves' attached to it");
+}
+
+# Start mig_contract on ev$i in the background with the worker told to stop
+# after $step, and wait until it waits there.  Returns the harness, its
+# output, and the worker's pid.
+sub contract_paused
+{
+	my ($i, $step) = @_;
+	$node->safe_psql('postgres', qq{ALTER SYSTEM SET migrate_ext.test_pause = '$step'; SELECT pg_reload_conf();});
+	# a session-level lock, the session idle: no snapshot for the worker's
+	# concurrent index builds to wait for
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe('SELECT pg_advisory_lock(7387)');
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', "SELECT mig_contract('ev${i}')" ],
+		'>', \$out, '2>', \$err);
+	$node->poll_query_until('postgres', q{
+		SELECT count(*) = 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
+		   AND a.application_name = 'migrate_ext contract'})
+	  or die "the worker did not stop after step $step: $err";
+	my $pid = $node->safe_psql('postgres', q{
+		SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
+		   AND a.application_name = 'migrate_ext contract'});
+	return ($h, $holder, \$err, $pid);
+}
+
+# --- 1. a crash after each step of the route after the swap -----------------
+# The pref keys as a key added by hand on a contracted tree has them: one
+# parent key and its clones, nothing else.
+my $i = 0;
+setup(0);
+my ($rc0, $out0, $err0) = $node->psql('postgres', "SELECT mig_contract('ev0')");
+is($rc0, 0, 'uninterrupted: mig_contract succeeds') or diag $err0;
+$uninterrupted = keys_of(0);
+like($uninterrupted, qr/(^|,)pref:pref_ev_id_ev_at_fkey:false:ev:true(,|$)/,
+	'uninterrupted: pref has its key') or diag $uninterrupted;
+foreach my $case (
+	[ 'swapped', 'kill' ], [ 'fkey_validated', 'immediate' ], [ 'fkey_validated', 'kill' ],
+	[ 'fkey_attach', 'kill' ], [ 'fkey_attached', 'immediate' ])
+{
+	my ($step, $how) = @$case;
+	$i++;
+	setup($i);
+	my ($h, $holder, $err, $pid) = contract_paused($i, $step);
+	if ($how eq 'kill')
+	{
+		my $offset = -s $node->logfile;
+		kill 'KILL', $pid;
+		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+		# the postmaster restarts every backend: wait for it to take connections
+		foreach (1 .. 600)
+		{
+			last if eval { $node->safe_psql('postgres', 'SELECT 1'); 1 };
+			sleep 1;
+		}
+	}
+	else
+	{
+		$node->stop('immediate');
+		$node->start;
+	}
+	$h->finish;
+	eval { $holder->quit };
+	$node->safe_psql('postgres', q{ALTER SYSTEM RESET migrate_ext.test_pause; SELECT pg_reload_conf();});
+	my $what = "crash ($how) after step $step";
+	is($node->safe_psql('postgres',
+		"SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),
+		'contracted', "$what: the swap had committed");
+	enforced_everywhere($i, "$what, before the next mig_contract");
+	my ($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
+	is($rc, 0, "$what: the next mig_contract succeeds") or diag $cerr;
+	like($cerr, qr/finishing the foreign keys that reference table "ev$i"/,
+		"$what: it finishes what the swap left") if $step ne 'fkey_attached';
+	keys_as_uninterrupted($i, $what);
+	is($node->safe_psql('postgres', qq{
+		SELECT string_agg(conrelid::regclass::text, ',' ORDER BY conrelid::regclass::text) FROM pg_constraint
+		 WHERE contype = 'f' AND NOT convalidated AND conparentid = 0
+		   AND (conrelid IN (SELECT relid FROM pg_partition_tree('pref${i}')) OR conrelid = 'ref${i}'::regclass)}),
+		'', "$what: every key of pref$i and its leaves, and ref${i}'s, is validated");
+	is($node->safe_psql('postgres', qq{
+		SELECT count(*) FROM pg_constraint WHERE conrelid = 'pref${i}'::regclass AND contype = 'f'
+		   AND confrelid = 'ev${i}'::regclass}),
+		'1', "$what: pref$i has one key, its own");
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM migrate_ext.contract_object}),
+		'0', "$what: nothing is left recorded");
+	enforced_everywhere($i, "$what, after it");
+	($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
+	like($cerr, qr/is already contracted/, "$what: a third mig_contract has nothing to do");
+}
+
+# --- 2. a row that violates the key, found only at the validation -----------
+$i++;
+setup($i);
+$node->safe_psql('postgres', qq{
+	SET session_replication_role = replica;
+	INSERT INTO pref$i VALUES (-1, '2021-03-03', 777777, '2020-01-01');});
+my $failed = $node->safe_psql('postgres',
+	"SELECT string_agg(check_name || ': ' || detail, '; ') FROM mig_validate('ev${i}') WHERE NOT passed");
+like($failed, qr/777777/, 'mig_validate names the row that has no referenced row') or diag $failed;
+my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_contract('ev${i}', force => true)");
+isnt($rc, 0, 'dirty row: mig_contract fails');
+like($err, qr/ERROR:  23503: insert or update on table "pref${i}_2" violates foreign key constraint "pref${i}_ev_id_ev_at_fkey"/,
+	'dirty row: 23503 naming the partition and the constraint');
+like($err, qr/DETAIL:  .*777777.*mig_contract was validating foreign key "pref${i}_ev_id_ev_at_fkey" on the new column, on partition pref${i}_2.*The columns of table "ev$i" are swapped/s,
+	'dirty row: the detail names the row, what was being validated, and that the swap is done');
+like($err, qr/HINT:  Fix or delete the row/, 'dirty row: the hint says what to do');
+is($node->safe_psql('postgres', "SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),
+	'contracted', 'dirty row: the migration is contracted (the error came after the swap)');
+enforced_everywhere($i, 'dirty row, before the fix');
+$node->safe_psql('postgres', qq{
+	INSERT INTO ev$i (id, created_at) VALUES (5000000000, '2020-05-05'), (3000000, '2020-05-05');
+	INSERT INTO pref$i VALUES (1, '2020-02-02', 3000000, '2020-05-05');
+	UPDATE ev$i SET created_at = created_at WHERE id < 10;});
+is($node->safe_psql('postgres', "SELECT count(*) FROM ev$i WHERE id = 5000000000")
+	. $node->safe_psql('postgres', "SELECT count(*) FROM pref$i WHERE ev_id = 3000000"),
+	'11', 'dirty row: the tables are usable (a bigint key written, a new row referenced)');
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
+like($err, qr/violates foreign key constraint "pref${i}_ev_id_ev_at_fkey"/,
+	'dirty row: a second mig_contract fails alike');
+$node->safe_psql('postgres', "DELETE FROM pref$i WHERE ev_id = 777777");
+($rc, $out, $err) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
+is($rc, 0, 'dirty row fixed: mig_contract finishes') or diag $err;
+keys_as_uninterrupted($i, 'dirty row fixed');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated AND conparentid = 0
+	   AND conrelid IN (SELECT relid FROM pg_partition_tree('pref${i}'))}),
+	'0', 'dirty row fixed: every key validated');
+enforced_everywhere($i, 'dirty row, after the fix');
+
+done_testing();
