@@ -39,10 +39,14 @@ typedef struct BfJob
 	Oid			relid;			/* what the batch walks: the table, or a leaf */
 	int			slice_no;		/* -1: the job walks one key, no slices */
 	bool		detached;		/* the slice's leaf left the table */
+	List	   *stripe_end;		/* of char *: a striped window's bound; NIL: none */
+	int			stripe_next;	/* the window's next stripe */
+	bool		striped;		/* this batch may stripe (backfill_apply.c) */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */
 extern Datum bf_text_array(List *l);
+extern bool bf_lists_equal(List *a, List *b);
 extern bool bf_is_ctid(BfJob *job);
 extern void bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact);
 extern int	bf_plan_leaves(Relation parent, int64 job_id, List *known, int *next_no,
@@ -70,5 +74,6 @@ extern char *bf_failing_row(Relation rel, MigMigration *m, BfJob *job, int limit
 /* backfill_apply.c: one batch, written directly or by the walk's UPDATE */
 extern List *bf_apply_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 							double *rows_per_block, int64 *seen, int64 *written);
+extern void bf_stripe_settle(int max_ms);
 
 #endif							/* MIGRATE_EXT_BACKFILL_H */

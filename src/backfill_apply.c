@@ -57,12 +57,17 @@
 #include "rewrite/prs2lock.h"
 #include "storage/bufmgr.h"
 #include "storage/itemptr.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "backfill.h"
 #include "migrate_ext.h"
@@ -238,35 +243,30 @@ bf_tid_cmp(const void *a, const void *b)
 }
 
 /*
- * Write the rows of a batch that need it (column 2 of rows, column 1 their
- * ctid), in physical order.  Returns how many it wrote.
+ * Write the rows at tids (sorted), in physical order.  With prune, before
+ * the first row of each page, PostgreSQL may prune it (heap_page_prune_opt, as an
+ * index scan does; heap_fetch does not): the versions that the window's
+ * earlier stripes moved off the page are dead and committed by now, and the
+ * space they free lets this stripe's writes stay on the page (HOT, no index
+ * entry).  A page past the end of the table was truncated since the
+ * listing (a VACUUM between stripes): nothing live was on it, so its rows
+ * had moved, right, or gone.  Returns how many rows it wrote.
  */
 static int64
-bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
+bf_write_tids(Relation rel, MigMigration *m, ItemPointerData *tids, int ntids, bool prune)
 {
-	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * Max(rows->numvals, 1));
-	int			ntids = 0;
 	int64		written = 0;
 	ResultRelInfo *rri;
 	EState	   *estate;
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
 	int			nestlevel;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	BlockNumber pruned = InvalidBlockNumber;
 	void	   *dwcache = NULL;
 
-	for (uint64 r = 0; r < rows->numvals; r++)
-	{
-		bool		isnull;
-		Datum		needs = heap_getattr(rows->vals[r], 2, rows->tupdesc, &isnull);
-
-		if (!isnull && DatumGetBool(needs))
-			tids[ntids++] = *(ItemPointer) DatumGetPointer(heap_getattr(rows->vals[r], 1,
-																		rows->tupdesc, &isnull));
-	}
 	if (ntids == 0)
 		return 0;
-	qsort(tids, ntids, sizeof(ItemPointerData), bf_tid_cmp);
-
 	/* as the UPDATE would refuse a table published without a replica identity */
 	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
 	estate = bf_apply_estate(rel, m, &rri);
@@ -277,9 +277,21 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
 	nestlevel = mig_owner_user_path(NULL);
 	for (int i = 0; i < ntids; i++)
 	{
+		BlockNumber blk = ItemPointerGetBlockNumber(&tids[i]);
 		MemoryContext oldcxt;
 
 		CHECK_FOR_INTERRUPTS();
+		Assert(i == 0 || ItemPointerCompare(&tids[i - 1], &tids[i]) <= 0);
+		if (blk >= nblocks)
+			continue;
+		if (prune && blk != pruned)
+		{
+			Buffer		buf = ReadBuffer(rel, blk);
+
+			heap_page_prune_opt(rel, buf);
+			ReleaseBuffer(buf);
+			pruned = blk;
+		}
 		ResetPerTupleExprContext(estate);
 		oldcxt = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		if (bf_apply_row(rel, m->id, &tids[i], estate, rri, oldslot, newslot, &dwcache))
@@ -294,8 +306,335 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
 	FreeExecutorState(estate);
 	/* the batch's next statements see what it wrote, as after an UPDATE */
 	CommandCounterIncrement();
+	return written;
+}
+
+/* Does row r of a listing (ctid, needs writing, ...) need writing? */
+static bool
+bf_row_needs(MigRows *rows, uint64 r, ItemPointer tid)
+{
+	bool		isnull;
+	Datum		needs = heap_getattr(rows->vals[r], 2, rows->tupdesc, &isnull);
+
+	if (isnull || !DatumGetBool(needs))
+		return false;
+	*tid = *(ItemPointer) DatumGetPointer(heap_getattr(rows->vals[r], 1, rows->tupdesc, &isnull));
+	return true;
+}
+
+/*
+ * Write the rows of a batch that need it (column 2 of rows, column 1 their
+ * ctid), in physical order.  Returns how many it wrote.
+ */
+static int64
+bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
+{
+	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * Max(rows->numvals, 1));
+	int			ntids = 0;
+	int64		written;
+
+	for (uint64 r = 0; r < rows->numvals; r++)
+		if (bf_row_needs(rows, r, &tids[ntids]))
+			ntids++;
+	qsort(tids, ntids, sizeof(ItemPointerData), bf_tid_cmp);
+	written = bf_write_tids(rel, m, tids, ntids, false);
 	pfree(tids);
 	return written;
+}
+
+/* ----------------------------------------------------------------
+ *		The striped window
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Why stripes.  A batch that writes every row of a run of consecutive keys
+ * leaves the table's indexes twice their compact size: the rows grow, no
+ * longer fit on their full pages, so every write is a non-HOT update that
+ * adds an entry to every index; the primary key's leaf pages (built with
+ * fillfactor 90: room for one entry in ten more) get a second entry for
+ * each of their keys inside one transaction, and split, because btree's
+ * bottom-up deletion cannot remove entries whose old versions are the
+ * batch's own, not yet dead.  So the worker lists a window of
+ * S batches' worth of rows once (S: migrate_ext.backfill_stripes, 10) and
+ * writes it in S transactions, stripe k writing the rows at positions p (in
+ * walk order) with p % S == k: each transaction adds at most one entry per ten
+ * keys to a leaf, which its free space holds; by the next stripe the
+ * previous one's old versions are dead and committed, so bottom-up deletion
+ * (the "index unchanged" hint of bf_apply_estate) removes their entries
+ * before the leaf would split, and pruning the heap page before writing to
+ * it (bf_write_tids) frees the space they took, so that later stripes'
+ * writes can stay on their page (HOT: no index entry at all).  Ten stripes:
+ * fewer would overfill a leaf's 10% within one transaction; more cost more
+ * transactions and a larger window for nothing.
+ *
+ * Checkpoint.  The job's (or slice's) lower_key stays at the window's start
+ * until its last stripe commits; meanwhile stripe_end holds the window's
+ * bound and stripe_next the next stripe, committed with each stripe's rows.
+ *
+ * No row is missed, none written twice:
+ *  - every row present at the listing is in exactly one stripe, and its
+ *    stripe writes it at its listed TID unless a client moved it since
+ *    (then the client's write fired the dual-write trigger, ENABLE ALWAYS,
+ *    which made it right: see the file's header);
+ *  - a row that reaches the window after the listing (inserted, or its key
+ *    updated into it) came through the trigger, right;
+ *  - a TID reused since the listing (VACUUM, pruning) holds a version made
+ *    after the listing, by the trigger or a batch: right, so
+ *    mig_dualwrite_backfill_row leaves it alone;
+ *  - when the worker's listing is not the one the checkpoint's stripes came
+ *    from (a crash, a restart, pause and resume, another worker taking the
+ *    slice: the listing lives in worker memory only), it lists the window
+ *    (lower, stripe_end] again, keeps only the rows that still need writing
+ *    (the filter: those the committed stripes wrote are right), and spreads
+ *    them over the remaining stripes stripe_next..S-1;
+ *  - a table rewrite between two stripes (VACUUM FULL, CLUSTER: every TID
+ *    changes) gives it a new relfilenode: the listing records the one it
+ *    read, each stripe compares it under its lock on the table (which a
+ *    rewrite's ACCESS EXCLUSIVE lock excludes while the stripe runs) and
+ *    lists the window again when it changed; a ctid walk has restarted
+ *    already (bf_batch_target), which drops the window;
+ *  - a retry after a failed stripe, or a table whose batches now go through
+ *    UPDATE (bf_direct_refusal), writes one plain batch from lower_key and
+ *    drops the window: the filter finds what the window's stripes left.
+ */
+#define BF_MAX_STRIPES			32	/* migrate_ext.backfill_stripes's maximum */
+#define BF_WINDOW_MAX_ROWS		250000	/* worker memory: ctid, flag, key */
+
+typedef struct BfStripeRow
+{
+	ItemPointerData tid;
+	uint8		stripe;
+} BfStripeRow;
+
+/* The listing of the window in progress, in worker memory. */
+typedef struct BfWindow
+{
+	bool		valid;
+	int64		migration_id;
+	Oid			relid;
+	Oid			relfilenode;	/* the table's file the listing read */
+	List	   *lower;			/* the window: (lower, end] (ctid: [lower, end)) */
+	List	   *end;
+	int			nstripes;
+	int			expect;			/* the stripe this listing writes next */
+	TransactionId last_xid;		/* of the last stripe that wrote rows */
+	int			nrows;
+	BfStripeRow *rows;			/* those to write, in TID order */
+	int64		seen[BF_MAX_STRIPES];	/* rows each stripe covers */
+	int			count[BF_MAX_STRIPES];	/* rows each stripe writes */
+	MemoryContext cxt;
+} BfWindow;
+
+static BfWindow bf_window;
+
+static int
+bf_stripe_row_cmp(const void *a, const void *b)
+{
+	return ItemPointerCompare(&((BfStripeRow *) a)->tid, &((BfStripeRow *) b)->tid);
+}
+
+static List *
+bf_copy_strings(List *l)
+{
+	List	   *copy = NIL;
+	ListCell   *lc;
+
+	foreach(lc, l)
+		copy = lappend(copy, pstrdup(lfirst(lc)));
+	return copy;
+}
+
+/* Is the worker's listing the one the checkpoint's window came from? */
+static bool
+bf_window_current(Relation rel, MigMigration *m, BfJob *job)
+{
+	BfWindow   *w = &bf_window;
+
+	return w->valid && job->stripe_end != NIL &&
+		w->migration_id == m->id && w->relid == RelationGetRelid(rel) &&
+		w->relfilenode == rel->rd_rel->relfilenode &&
+		w->nstripes == mig_backfill_stripes && w->expect == job->stripe_next &&
+		bf_lists_equal(w->lower, job->lower_key) && bf_lists_equal(w->end, job->stripe_end);
+}
+
+/*
+ * List the window and spread its rows over the stripes.  A new window
+ * (first == 0): S * size rows from lower_key, row p of the listing in
+ * stripe p % S.  A window resumed at stripe first: its rows (lower_key,
+ * stripe_end] again, those that still need writing spread over stripes
+ * first..S-1 in turn.
+ */
+static void
+bf_window_list(Relation rel, MigMigration *m, BfJob *job, int size, int first,
+			   double *rows_per_block)
+{
+	BfWindow   *w = &bf_window;
+	MigRows		rows;
+	int64		listed;
+	List	   *end;
+	int			nstripes = mig_backfill_stripes;
+	int			left = nstripes - first;
+	int			nneed = 0;
+	MemoryContext oldcxt;
+
+	Assert(first >= 0 && first < nstripes && nstripes <= BF_MAX_STRIPES);
+	if (first == 0)
+	{
+		size = Min(size, BF_WINDOW_MAX_ROWS / nstripes) * nstripes;
+		if (bf_is_ctid(job))
+			end = bf_ctid_rows(rel, m, job, size, rows_per_block, &listed, &rows);
+		else
+			end = bf_key_rows(rel, m, job, size, &listed, &rows);
+	}
+	else
+	{
+		BfJob		window = *job;
+		double		rpb = *rows_per_block;
+
+		/* the whole window: its bound as the walk's, and no size limit */
+		window.upper_key = job->stripe_end;
+		if (bf_is_ctid(job))
+			end = bf_ctid_rows(rel, m, &window, INT_MAX, &rpb, &listed, &rows);
+		else
+			end = bf_key_rows(rel, m, &window, INT_MAX, &listed, &rows);
+		Assert(bf_lists_equal(end, job->stripe_end));
+	}
+
+	if (w->cxt == NULL)
+		w->cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext stripes",
+									   ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(w->cxt);
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	w->valid = true;
+	w->migration_id = m->id;
+	w->relid = RelationGetRelid(rel);
+	w->relfilenode = rel->rd_rel->relfilenode;
+	w->lower = bf_copy_strings(job->lower_key);
+	w->end = bf_copy_strings(end);
+	w->nstripes = nstripes;
+	w->expect = first;
+	w->last_xid = InvalidTransactionId;
+	w->rows = palloc(sizeof(BfStripeRow) * Max(rows.numvals, 1));
+	w->nrows = 0;
+	memset(w->seen, 0, sizeof(w->seen));
+	memset(w->count, 0, sizeof(w->count));
+	for (uint64 r = 0; r < rows.numvals; r++)
+	{
+		BfStripeRow *row = &w->rows[w->nrows];
+		int			pos = (int) (r % nstripes);
+
+		/* covered once: by the stripe of its position, if that is still to run */
+		if (pos >= first)
+			w->seen[pos]++;
+		if (!bf_row_needs(&rows, r, &row->tid))
+			continue;
+		row->stripe = (uint8) (first == 0 ? pos : first + nneed % left);
+		w->count[row->stripe]++;
+		nneed++;
+		w->nrows++;
+	}
+	qsort(w->rows, w->nrows, sizeof(BfStripeRow), bf_stripe_row_cmp);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Before the next stripe's transaction (called by the worker before it
+ * starts it, outside any transaction: a snapshot of its own would hold the
+ * horizon back too): wait, at most max_ms, until no other session's
+ * snapshot is older than the last stripe's commit, so that the versions it
+ * left dead are removable and the next stripe's index inserts can delete
+ * their entries bottom-up instead of splitting the leaf, and pruning can
+ * free their space.  Another backfill worker of the same job (parallel)
+ * always has a transaction running across our commit; without the wait the
+ * stripes would not help it at all (the key 1.99x its compact size with two
+ * workers).  A longer client transaction is not waited for beyond max_ms.
+ */
+void
+bf_stripe_settle(int max_ms)
+{
+	BfWindow   *w = &bf_window;
+	TimestampTz until;
+
+	if (!w->valid || !TransactionIdIsValid(w->last_xid))
+		return;
+	until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), max_ms);
+	for (;;)
+	{
+		int			n;
+		VirtualTransactionId *older = GetCurrentVirtualXIDs(w->last_xid, true, false,
+														   PROC_IN_VACUUM | PROC_IN_SAFE_IC, &n);
+
+		pfree(older);
+		if (n == 0 || GetCurrentTimestamp() >= until)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	w->last_xid = InvalidTransactionId;
+}
+
+/*
+ * One stripe of the window in progress, or the first of a new one.
+ * Returns the checkpoint: lower_key until the window's last stripe, then
+ * the window's end; sets job's stripe_end and stripe_next for the
+ * checkpoint.
+ */
+static List *
+bf_stripe_batch(Relation rel, MigMigration *m, BfJob *job, int size,
+				double *rows_per_block, int64 *seen, int64 *written)
+{
+	BfWindow   *w = &bf_window;
+	int			k = job->stripe_end != NIL ? job->stripe_next : 0;
+	ItemPointerData *tids;
+	int			ntids = 0;
+	int			next;
+
+	/* migrate_ext.backfill_stripes lowered: the rest in the last stripe */
+	if (k < 0)
+		k = 0;
+	k = Min(k, mig_backfill_stripes - 1);
+	if (job->stripe_end == NIL || k == 0)
+		bf_window_list(rel, m, job, size, 0, rows_per_block);
+	else if (!bf_window_current(rel, m, job))
+	{
+		if (w->valid && w->relid == RelationGetRelid(rel) &&
+			w->relfilenode != rel->rd_rel->relfilenode)
+			ereport(LOG,
+					(errmsg("migrate_ext: table %s was rewritten between two stripes of a backfill window; the window's rows are listed again",
+							mig_qualified_name(RelationGetRelid(rel)))));
+		bf_window_list(rel, m, job, size, k, rows_per_block);
+	}
+	Assert(w->valid && w->expect == k);
+
+	tids = palloc(sizeof(ItemPointerData) * Max(w->count[k], 1));
+	for (int i = 0; i < w->nrows; i++)
+		if (w->rows[i].stripe == k)
+			tids[ntids++] = w->rows[i].tid;
+	Assert(ntids == w->count[k]);
+	*written = bf_write_tids(rel, m, tids, ntids, true);
+	pfree(tids);
+	w->last_xid = *written > 0 ? GetTopTransactionIdIfAny() : InvalidTransactionId;
+
+	/* the next stripe with rows to write; those without are covered now */
+	*seen = w->seen[k];
+	for (next = k + 1; next < w->nstripes && w->count[next] == 0; next++)
+		*seen += w->seen[next];
+	w->expect = next;
+	if (next == w->nstripes)
+	{
+		List	   *end = bf_copy_strings(w->end);
+
+		w->valid = false;
+		job->stripe_end = NIL;
+		job->stripe_next = 0;
+		return end;
+	}
+	job->stripe_end = bf_copy_strings(w->end);
+	job->stripe_next = next;
+	return job->lower_key;
 }
 
 /*
@@ -314,12 +653,22 @@ bf_apply_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 
 	Assert(InSecurityRestrictedOperation());
 	bf_announce(rel, refusal);
+	if (mig_backfill_stripes <= 1)
+		job->striped = false;
+	if (refusal != NULL || !job->striped)
+	{
+		/* one plain batch from lower_key: a window in progress is dropped */
+		job->stripe_end = NIL;
+		job->stripe_next = 0;
+	}
 	if (refusal != NULL)
 	{
 		if (bf_is_ctid(job))
 			return bf_ctid_batch(rel, m, job, size, rows_per_block, seen, written);
 		return bf_key_batch(rel, m, job, size, seen, written);
 	}
+	if (job->striped)
+		return bf_stripe_batch(rel, m, job, size, rows_per_block, seen, written);
 	if (bf_is_ctid(job))
 		end = bf_ctid_rows(rel, m, job, size, rows_per_block, seen, &rows);
 	else

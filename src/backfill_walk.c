@@ -85,7 +85,7 @@ bf_text_array(List *l)
 	return PointerGetDatum(construct_array(elems, i, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-static bool
+bool
 bf_lists_equal(List *a, List *b)
 {
 	ListCell   *la,
@@ -153,6 +153,8 @@ bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact)
 	job->key_kind = (char *) mig_choose_key(rel, &job->key_cols);
 	job->lower_key = NIL;
 	job->upper_key = NIL;
+	job->stripe_end = NIL;		/* no striped window (backfill_apply.c) */
+	job->stripe_next = 0;
 	if (bf_is_ctid(job))
 	{
 		if (nblocks > 0)

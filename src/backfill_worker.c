@@ -220,14 +220,16 @@ bf_read_job(BfJob *job)
 	 * under a 0.1 catalog the job runs as 0.1 ran it, firing the triggers.
 	 */
 	job->walk_known = mig_job_has_column("walk_relfilenode");
+	job->striped = mig_job_has_column("stripe_next");
 	if (mig_catalog_query(psprintf("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 								   "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 								   "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-								   "upper_key, migration_id, %s, %s, %s "
+								   "upper_key, migration_id, %s, %s, %s, %s "
 								   "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "true",
 								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid",
-								   mig_job_has_column("parallel") ? "parallel" : "1"),
+								   mig_job_has_column("parallel") ? "parallel" : "1",
+								   job->striped ? "stripe_end, stripe_next" : "NULL::text[], 0"),
 						  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	/* a job row that is gone is as good as cancelled */
@@ -258,6 +260,10 @@ bf_read_job(BfJob *job)
 	d = SPI_getbinval(tup, desc, 14, &isnull);
 	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
 	bf->parallel = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+	d = SPI_getbinval(tup, desc, 16, &isnull);
+	job->stripe_end = isnull ? NIL : bf_text_list(d);
+	d = SPI_getbinval(tup, desc, 17, &isnull);
+	job->stripe_next = isnull ? 0 : DatumGetInt32(d);
 	/* each worker of a sliced job adapts its own batch size */
 	if (bf->sliced && !bf->batch_size_fixed && bf->own_size > 0)
 		bf->batch_size = bf->own_size;
@@ -291,6 +297,7 @@ bf_read_slice(BfJob *job)
 						  "(SELECT pg_catalog.count(*) FROM migrate_ext.job_slice o "
 						  "WHERE o.job_id OPERATOR(pg_catalog.=) s.job_id "
 						  "AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']))::int4 "
+						  ", stripe_end, stripe_next "
 						  "FROM migrate_ext.job_slice s WHERE job_id OPERATOR(pg_catalog.=) $1 "
 						  "AND slice_no OPERATOR(pg_catalog.=) $2 FOR NO KEY UPDATE",
 						  2, (Oid[]) {INT8OID, INT4OID},
@@ -315,6 +322,10 @@ bf_read_slice(BfJob *job)
 	job->walk_relfilenode = isnull ? InvalidOid : DatumGetObjectId(d);
 	job->walk_known = true;
 	job->slice_no = bf->slice_no;
+	d = SPI_getbinval(tup, desc, 10, &isnull);
+	job->stripe_end = isnull ? NIL : bf_text_list(d);
+	d = SPI_getbinval(tup, desc, 11, &isnull);
+	job->stripe_next = isnull ? 0 : DatumGetInt32(d);
 	left = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 	bf->nworkers = Max(1, Min(bf->parallel, left));
 	bf->rate_share = bf->max_rows_per_sec > 0 ?
@@ -668,13 +679,15 @@ bf_batch_target(BfJob *job, Relation *relp, BfResult *res)
  * up in bf_sum()).  Sets the pace before the next batch.
  */
 static void
-bf_checkpoint(List *end, int size, int64 seen, int64 written, long elapsed_ms)
+bf_checkpoint(BfJob *job, List *end, int size, int64 seen, int64 written, long elapsed_ms)
 {
 	MigJobBatch batch;
 	const char *throttle_reason;
 
 	bf->next_wait_ms = bf_pace(seen, elapsed_ms, &throttle_reason);
-	batch.lower_key = bf_text_array(end);
+	batch.lower_key = end ? bf_text_array(end) : (Datum) 0;
+	batch.stripe_end = job->stripe_end ? bf_text_array(job->stripe_end) : (Datum) 0;
+	batch.stripe_next = job->stripe_next;
 	batch.written = written;
 	batch.seen = seen;
 	batch.next_batch_size = bf_next_size(size, elapsed_ms);
@@ -717,6 +730,8 @@ bf_batch(void)
 	long		elapsed_ms;
 	MigOwnerSave owner;
 
+	/* the last stripe's dead versions removable first (backfill_apply.c) */
+	bf_stripe_settle(bf->target_batch_ms);
 	SetCurrentStatementStartTimestamp();
 
 	StartTransactionCommand();
@@ -785,13 +800,15 @@ bf_batch(void)
 		elog(ERROR, "could not make the batch's constraints immediate");
 	mig_owner_switch(m->relid, &owner);
 	bf_skip_triggers(!job.fire_triggers);
+	/* a retry writes one plain batch from the checkpoint (backfill_apply.c) */
+	job.striped = job.striped && bf->attempt == 0;
 	end = bf_apply_batch(rel, m, &job, size, &bf->rows_per_block, &seen, &written);
 	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
 	table_close(rel, NoLock);
 	elapsed_ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 
-	bf_checkpoint(end, size, seen, written, elapsed_ms);
+	bf_checkpoint(&job, end, size, seen, written, elapsed_ms);
 	(void) bf_commit(BF_NEXT);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1666,7 +1683,14 @@ bf_finish_slices(void)
 		return bf_commit(BF_NEXT);
 	if (m && get_rel_relkind(m->relid) != RELKIND_PARTITIONED_TABLE && !bf->last_vacuumed)
 	{
-		/* ranges of one heap: the table's last VACUUM first (bf_next_slice) */
+		/*
+		 * ranges of one heap: the table's last VACUUM first (bf_next_slice),
+		 * by one worker: two whose last slices ended together would both
+		 * get here (the job row's lock orders them, it does not exclude the
+		 * second); the other leaves the job to the one that claimed it
+		 */
+		if (!mig_job_claim_last_vacuum(bf->job_id))
+			return bf_commit(BF_STOP);
 		bf->relid = m->relid;
 		return bf_commit(BF_WALKED);
 	}

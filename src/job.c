@@ -165,6 +165,22 @@ job_slot_locktag(LOCKTAG *tag, int64 job_id, int slot)
 						 MIG_SLOT_FIELD + slot);
 }
 
+/*
+ * The job's last VACUUM of a heap walked in ranges is one worker's: the
+ * advisory lock (MIG_JOB_LOCK_KEY, job id) with the fourth field
+ * MIG_SLOT_FIELD - 1, taken for the session without waiting, kept by the
+ * worker that runs it until it exits.  false: another worker has it.
+ */
+bool
+mig_job_claim_last_vacuum(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) MIG_JOB_LOCK_KEY, (uint32) job_id,
+						 MIG_SLOT_FIELD - 1);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
 /* Take the slot's lock for the session, without waiting; false: taken. */
 bool
 mig_job_take_slot(int64 job_id, int slot)
@@ -463,6 +479,9 @@ mig_job_start_walk(int64 job_id, const char *key_kind, Datum key_cols,
 					 "lower_key = NULL, upper_key = $4, rows_total = $5, rows_total_exact = $6, "
 						 "rows_seen = 0, walk_relfilenode = $7 "
 						 "WHERE id OPERATOR(pg_catalog.=) $1", 7, types, v, n, 1);
+	if (mig_job_has_column("stripe_next"))
+		mig_catalog_exec("UPDATE migrate_ext.job SET stripe_end = NULL, stripe_next = NULL "
+						 "WHERE id OPERATOR(pg_catalog.=) $1", 1, types, v, n, 1);
 }
 
 /* A worker takes the job: its pid, and interrupted becomes running. */
@@ -552,6 +571,22 @@ mig_job_throttle_for_lag(int64 job_id, double active_seconds)
 					 NULL, -1);
 }
 
+/*
+ * A striped window's state (backfill_apply.c), with the batch's checkpoint:
+ * of the job (slice_no -1) or of one of its slices.
+ */
+static void
+job_stripe_checkpoint(const char *table, const char *where, Datum job_id, int slice_no,
+					  const MigJobBatch *b)
+{
+	mig_catalog_exec(psprintf("UPDATE migrate_ext.%s SET stripe_end = $3, stripe_next = $4 "
+							  "WHERE %s", table, where),
+					 4, (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, INT4OID},
+					 (Datum[]) {job_id, Int32GetDatum(slice_no), b->stripe_end,
+						 Int32GetDatum(b->stripe_end ? b->stripe_next : 0)},
+					 (char[]) {' ', ' ', b->stripe_end ? ' ' : 'n', b->stripe_end ? ' ' : 'n'}, 1);
+}
+
 /* One batch committed: the checkpoint and the counters, in its transaction. */
 void
 mig_job_checkpoint(int64 job_id, const MigJobBatch *b)
@@ -578,6 +613,10 @@ mig_job_checkpoint(int64 job_id, const MigJobBatch *b)
 	v[11] = b->sqlstate ? CStringGetTextDatum(b->sqlstate) : (Datum) 0;
 	n[11] = b->sqlstate ? ' ' : 'n';
 	v[12] = Int32GetDatum(b->vacuums);
+	n[1] = b->lower_key ? ' ' : 'n';
+	if (mig_job_has_column("stripe_next"))
+		job_stripe_checkpoint("job", "id OPERATOR(pg_catalog.=) $1 AND $2 OPERATOR(pg_catalog.<) 0",
+							  Int64GetDatum(job_id), -1, b);
 	mig_catalog_exec("UPDATE migrate_ext.job SET lower_key = $2, rows_done = rows_done + $3, "
 					 "rows_seen = rows_seen + $4, batches = batches + 1, batch_size = $5, "
 					 "rate_recent = $6, active_seconds = active_seconds + $7, state = $8, "
@@ -629,7 +668,8 @@ mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact)
 {
 	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = 'slices', key_cols = NULL, "
 					 "lower_key = NULL, upper_key = NULL, rows_total = $2, "
-					 "rows_total_exact = $3, rows_seen = 0 WHERE id OPERATOR(pg_catalog.=) $1",
+					 "rows_total_exact = $3, rows_seen = 0, stripe_end = NULL, stripe_next = NULL "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
 					 3, (Oid[]) {INT8OID, INT8OID, BOOLOID},
 					 (Datum[]) {Int64GetDatum(job_id), Int64GetDatum(rows_total), BoolGetDatum(exact)},
 					 NULL, 1);
@@ -731,7 +771,8 @@ void
 mig_slice_restart_walk(int64 job_id, int slice_no, Datum upper_key, Oid relfilenode)
 {
 	mig_catalog_exec("UPDATE migrate_ext.job_slice SET lower_key = NULL, upper_key = $3, "
-					 "rows_seen = 0, walk_relfilenode = $4 WHERE job_id OPERATOR(pg_catalog.=) $1 "
+					 "rows_seen = 0, walk_relfilenode = $4, stripe_end = NULL, stripe_next = NULL "
+					 "WHERE job_id OPERATOR(pg_catalog.=) $1 "
 					 "AND slice_no OPERATOR(pg_catalog.=) $2",
 					 4, (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, OIDOID},
 					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(slice_no), upper_key,
@@ -751,7 +792,12 @@ mig_slice_checkpoint(int64 job_id, int slice_no, const MigJobBatch *b, int64 rat
 					 (Datum[]) {Int64GetDatum(job_id), Int32GetDatum(slice_no), b->lower_key,
 						 Int64GetDatum(b->written), Int64GetDatum(b->seen), Float8GetDatum(b->rate),
 						 Int64GetDatum(rate_cap)},
-					 (char[]) {' ', ' ', ' ', ' ', ' ', ' ', rate_cap > 0 ? ' ' : 'n'}, 1);
+					 (char[]) {' ', ' ', b->lower_key ? ' ' : 'n', ' ', ' ', ' ',
+						 rate_cap > 0 ? ' ' : 'n'}, 1);
+	if (mig_job_has_column("stripe_next"))
+		job_stripe_checkpoint("job_slice", "job_id OPERATOR(pg_catalog.=) $1 "
+							  "AND slice_no OPERATOR(pg_catalog.=) $2",
+							  Int64GetDatum(job_id), slice_no, b);
 }
 
 /*

@@ -27,6 +27,7 @@ int			mig_lock_timeout_ms = 50;
 int			mig_lock_timeout_max_ms = 1000;
 int			mig_lock_retries = 12;
 double		mig_backfill_yield = 1.0;
+int			mig_backfill_stripes = 10;
 char	   *mig_test_pause = NULL;
 
 static const struct config_enum_entry writer_options[] = {
@@ -75,6 +76,17 @@ _PG_init(void)
 							&mig_lock_retries,
 							12, 1, 1000,
 							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("migrate_ext.backfill_stripes",
+							"How many transactions a backfill writes each window of rows in.",
+							"A window holds this many batches' worth of rows; each transaction "
+							"writes every n-th of them, so that index pages do not split. "
+							"1: each batch writes all its rows (README, \"Space\").",
+							&mig_backfill_stripes,
+							10, 1, 32,
+							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
 

@@ -37,6 +37,7 @@ extern int	mig_lock_timeout_ms;
 extern int	mig_lock_timeout_max_ms;
 extern int	mig_lock_retries;
 extern double mig_backfill_yield;
+extern int	mig_backfill_stripes;
 extern char *mig_test_pause;
 
 /* One old -> new column pair, as stored in migrate_ext.column_pair. */
@@ -243,6 +244,8 @@ typedef struct MigJobBatch
 	const char *error;			/* of a retried attempt, or NULL */
 	const char *sqlstate;
 	int32		vacuums;
+	Datum		stripe_end;		/* text[]: a striped window's bound; 0: none */
+	int32		stripe_next;	/* its next stripe */
 } MigJobBatch;
 
 struct MigWorkerArgs;
@@ -258,6 +261,7 @@ extern void mig_job_locktag(struct LOCKTAG *tag, MigJobLock which, int64 id);
 extern void mig_job_vacuum_lock(Oid relid);
 extern void mig_job_vacuum_unlock(Oid relid);
 extern bool mig_job_alive(int64 job_id);
+extern bool mig_job_claim_last_vacuum(int64 job_id);
 extern void mig_job_hold_gate(int64 job_id);
 extern void mig_job_start_worker(struct MigWorkerArgs *args);
 extern int64 mig_job_insert(int64 migration_id, const struct MigWorkerArgs *args,

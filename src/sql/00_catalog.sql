@@ -120,7 +120,10 @@ CREATE TABLE migrate_ext.job (
 	fire_triggers boolean NOT NULL DEFAULT false,	/* the other triggers of the table fire */
 	walk_relfilenode oid,		/* the file of the table when the walk started: a ctid
 								 * walk starts again after a rewrite */
-	parallel	int NOT NULL DEFAULT 1	/* workers; key_kind 'slices': see job_slice */
+	parallel	int NOT NULL DEFAULT 1,	/* workers; key_kind 'slices': see job_slice */
+	stripe_end	text[],			/* a striped window (lower_key, stripe_end] in progress;
+								 * NULL: none (backfill_apply.c) */
+	stripe_next int				/* the window's next stripe */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */

@@ -35,6 +35,8 @@ CREATE TABLE migrate_ext.job_slice (
 	rate_recent	float8,
 	walk_relfilenode oid,
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	stripe_end	text[],			/* as job.stripe_end */
+	stripe_next int,
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');

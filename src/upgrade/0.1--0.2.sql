@@ -80,6 +80,9 @@ UPDATE migrate_ext.job SET parallel = 1;
 ALTER TABLE migrate_ext.job
 	ALTER COLUMN parallel SET DEFAULT 1,
 	ALTER COLUMN parallel SET NOT NULL;
+-- the direct batch's striped window (backfill_apply.c): its bound and next
+-- stripe, NULL between windows
+ALTER TABLE migrate_ext.job ADD COLUMN stripe_end text[], ADD COLUMN stripe_next int;
 CREATE TABLE migrate_ext.job_slice (
 	job_id		bigint NOT NULL REFERENCES migrate_ext.job,
 	slice_no	int NOT NULL,
@@ -102,6 +105,8 @@ CREATE TABLE migrate_ext.job_slice (
 	rate_recent	float8,
 	walk_relfilenode oid,
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	stripe_end	text[],
+	stripe_next int,
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');
