@@ -394,7 +394,7 @@ my $pq_fk_q = q{
 	                  ORDER BY conrelid::regclass::text, conname)
 	  FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text LIKE 'pq%'};
 my $pq_before = $node->safe_psql('postgres', $pq_fk_q);
-my $holder = $node->background_psql('postgres');
+$holder = $node->background_psql('postgres');
 my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
 $holder->query_safe('BEGIN');
 $holder->query_safe('LOCK TABLE ONLY pq IN ROW EXCLUSIVE MODE');
