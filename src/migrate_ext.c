@@ -26,7 +26,7 @@ int			mig_writer = MIG_WRITER_AUTO;
 int			mig_lock_timeout_ms = 50;
 int			mig_lock_timeout_max_ms = 1000;
 int			mig_lock_retries = 12;
-double		mig_backfill_yield = 1.0;
+double		mig_backfill_yield = 4.0;
 int			mig_backfill_stripes = 10;
 char	   *mig_test_pause = NULL;
 
@@ -93,10 +93,10 @@ _PG_init(void)
 	DefineCustomRealVariable("migrate_ext.backfill_yield",
 							 "How much a backfill yields to the application's load.",
 							 "After each batch the worker sleeps for the batch's duration times this "
-							 "times the number of this database's sessions running a statement on a CPU "
-							 "(at most 10 batch durations). 0: never yield.",
+							 "times the CPU time this database's sessions used since the last batch, in "
+							 "sessions' worth (at most 10 batch durations). 0: never yield.",
 							 &mig_backfill_yield,
-							 1.0, 0.0, 100.0,
+							 4.0, 0.0, 100.0,
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
