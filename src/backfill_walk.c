@@ -597,6 +597,22 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 }
 
 /*
+ * The blocks [*lo, *end) of a batch over physical ctid ranges: from the
+ * checkpoint, as many blocks as hold about size rows at rows_per_block, or
+ * up to the number of blocks the table had when the job started.
+ */
+static void
+bf_ctid_range(BfJob *job, int size, double rows_per_block, BlockNumber *lo, BlockNumber *end)
+{
+	BlockNumber hi = bf_block_of(linitial(job->upper_key));
+	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(rows_per_block, 1.0));
+
+	*lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
+	*end = (hi - *lo <= nblocks) ? hi : *lo + nblocks;
+	Assert(*lo <= *end && *end <= hi);
+}
+
+/*
  * One batch over physical ctid ranges: blocks [lower, lower + n) where n
  * blocks hold about size rows, or up to the number of blocks the table had
  * when the job started.  Returns the new checkpoint.  *rows_per_block, the
@@ -607,17 +623,15 @@ bf_ctid_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 			  double *rows_per_block, int64 *seen, int64 *written)
 {
 	const char *qname = mig_qualified_name(RelationGetRelid(rel));
-	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
-	BlockNumber hi = bf_block_of(linitial(job->upper_key));
-	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
-	BlockNumber end = (hi - lo <= nblocks) ? hi : lo + nblocks;
+	BlockNumber lo;
+	BlockNumber end;
 	Oid			types[2] = {TIDOID, TIDOID};
 	Datum		values[2];
 	StringInfoData set;
 	StringInfoData filter;
 	bool		isnull;
 
-	Assert(lo <= end && end <= hi);
+	bf_ctid_range(job, size, *rows_per_block, &lo, &end);
 	values[0] = bf_block_tid(lo);
 	values[1] = bf_block_tid(end);
 	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM ONLY %s WHERE ctid >= $1 AND ctid < $2",
@@ -697,16 +711,14 @@ List *
 bf_ctid_rows(Relation rel, MigMigration *m, BfJob *job, int size,
 			 double *rows_per_block, int64 *seen, MigRows *rows)
 {
-	BlockNumber lo = job->lower_key ? bf_block_of(linitial(job->lower_key)) : 0;
-	BlockNumber hi = bf_block_of(linitial(job->upper_key));
-	BlockNumber nblocks = (BlockNumber) Max(1.0, size / Max(*rows_per_block, 1.0));
-	BlockNumber end = (hi - lo <= nblocks) ? hi : lo + nblocks;
+	BlockNumber lo;
+	BlockNumber end;
 	Oid			types[2] = {TIDOID, TIDOID};
 	Datum		values[2];
 	StringInfoData set;
 	StringInfoData filter;
 
-	Assert(lo <= end && end <= hi);
+	bf_ctid_range(job, size, *rows_per_block, &lo, &end);
 	values[0] = bf_block_tid(lo);
 	values[1] = bf_block_tid(end);
 	initStringInfo(&set);

@@ -35,6 +35,19 @@
 #                                  ($h->finish, then $h->result(0) is 0 when
 #                                  every transaction ran) and references to
 #                                  pgbench's stderr and stdout.
+#   mig_contract_paused($node, $tbl, $step, $pgoptions)
+#                                  start mig_contract($tbl) in the background
+#                                  with its worker told to stop after $step
+#                                  (migrate_ext.test_pause: it waits for
+#                                  advisory lock 7387, which a session holds),
+#                                  and wait until it waits there. Returns the
+#                                  IPC::Run handle, the holding session, a
+#                                  reference to psql's stderr, the worker's pid
+#   mig_contract_unpause($node)    reset migrate_ext.test_pause
+#   mig_crash($node, $how, $pid)   'kill': kill -9 $pid and wait until the
+#                                  restarted server takes connections (needs
+#                                  restart_after_crash = on); 'immediate': an
+#                                  immediate shutdown, then a start
 package MigTest;
 
 use strict;
@@ -43,7 +56,8 @@ use Exporter 'import';
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree mig_pgbench);
+our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree mig_pgbench
+	mig_contract_paused mig_contract_unpause mig_crash);
 
 sub job_row
 {
@@ -115,6 +129,56 @@ CREATE TABLE ${t}_3a PARTITION OF ${t}_3 FOR VALUES IN ('2022-01-01', '2022-01-0
 CREATE TABLE ${t}_3d PARTITION OF ${t}_3 DEFAULT;
 CREATE TABLE ${t}_d PARTITION OF $t DEFAULT;});
 	return map { "${t}_$_" } qw(1 2a 2b 3a 3d d);
+}
+
+sub mig_contract_paused
+{
+	my ($node, $t, $step, $pgoptions) = @_;
+	$node->safe_psql('postgres', qq{ALTER SYSTEM SET migrate_ext.test_pause = '$step'; SELECT pg_reload_conf();});
+	# a session-level lock, the session idle: no snapshot for the worker's
+	# concurrent index builds to wait for
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe('SELECT pg_advisory_lock(7387)');
+	my ($out, $err) = ('', '');
+	local $ENV{PGOPTIONS} = $pgoptions // '';
+	my $h = IPC::Run::start(
+		[ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', "SELECT mig_contract('$t')" ],
+		'>', \$out, '2>', \$err);
+	my $waiting = q{
+		SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
+		   AND a.application_name = 'migrate_ext contract'};
+	$node->poll_query_until('postgres', "SELECT EXISTS ($waiting)")
+	  or die "the worker did not stop after step $step: $err";
+	return ($h, $holder, \$err, $node->safe_psql('postgres', $waiting));
+}
+
+sub mig_contract_unpause
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{ALTER SYSTEM RESET migrate_ext.test_pause; SELECT pg_reload_conf();});
+}
+
+sub mig_crash
+{
+	my ($node, $how, $pid) = @_;
+	if ($how eq 'kill')
+	{
+		my $offset = -s $node->logfile;
+		kill 'KILL', $pid;
+		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+		# the postmaster restarts every backend: wait for it to take connections
+		foreach (1 .. 600)
+		{
+			last if eval { $node->safe_psql('postgres', 'SELECT 1'); 1 };
+			sleep 1;
+		}
+	}
+	else
+	{
+		$node->stop('immediate');
+		$node->start;
+	}
 }
 
 1;

@@ -113,33 +113,6 @@ sub keys_as_uninterrupted
 		'1/3', "$what: one parent key on pref$i, each of its three leaves' attached to it");
 }
 
-# Start mig_contract on ev$i in the background with the worker told to stop
-# after $step, and wait until it waits there.  Returns the harness, its
-# output, and the worker's pid.
-sub contract_paused
-{
-	my ($i, $step) = @_;
-	$node->safe_psql('postgres', qq{ALTER SYSTEM SET migrate_ext.test_pause = '$step'; SELECT pg_reload_conf();});
-	# a session-level lock, the session idle: no snapshot for the worker's
-	# concurrent index builds to wait for
-	my $holder = $node->background_psql('postgres');
-	$holder->query_safe('SELECT pg_advisory_lock(7387)');
-	my ($out, $err) = ('', '');
-	my $h = IPC::Run::start(
-		[ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', "SELECT mig_contract('ev${i}')" ],
-		'>', \$out, '2>', \$err);
-	$node->poll_query_until('postgres', q{
-		SELECT count(*) = 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
-		   AND a.application_name = 'migrate_ext contract'})
-	  or die "the worker did not stop after step $step: $err";
-	my $pid = $node->safe_psql('postgres', q{
-		SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
-		   AND a.application_name = 'migrate_ext contract'});
-	return ($h, $holder, \$err, $pid);
-}
-
 # --- 1. a crash after each step of the route after the swap -----------------
 # The pref keys as a key added by hand on a contracted tree has them: one
 # parent key and its clones, nothing else.
@@ -157,27 +130,11 @@ foreach my $case (
 	my ($step, $how) = @$case;
 	$i++;
 	setup($i);
-	my ($h, $holder, $err, $pid) = contract_paused($i, $step);
-	if ($how eq 'kill')
-	{
-		my $offset = -s $node->logfile;
-		kill 'KILL', $pid;
-		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
-		# the postmaster restarts every backend: wait for it to take connections
-		foreach (1 .. 600)
-		{
-			last if eval { $node->safe_psql('postgres', 'SELECT 1'); 1 };
-			sleep 1;
-		}
-	}
-	else
-	{
-		$node->stop('immediate');
-		$node->start;
-	}
+	my ($h, $holder, $err, $pid) = mig_contract_paused($node, "ev$i", $step);
+	mig_crash($node, $how, $pid);
 	$h->finish;
 	eval { $holder->quit };
-	$node->safe_psql('postgres', q{ALTER SYSTEM RESET migrate_ext.test_pause; SELECT pg_reload_conf();});
+	mig_contract_unpause($node);
 	my $what = "crash ($how) after step $step";
 	is($node->safe_psql('postgres',
 		"SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),

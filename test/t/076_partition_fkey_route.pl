@@ -104,36 +104,6 @@ sub enforced_everywhere
 	}
 }
 
-# The worker of a mig_contract started in the background, stopped after
-# $step; returns the harness, the lock holder's session, the caller's stderr
-# and the worker's pid.
-sub contract_paused
-{
-	my ($t, $step, $opts) = @_;
-	$node->safe_psql('postgres', qq{ALTER SYSTEM SET migrate_ext.test_pause = '$step'; SELECT pg_reload_conf();});
-	# a session-level lock, the session idle: no snapshot for the worker's
-	# concurrent index builds to wait for
-	my $holder = $node->background_psql('postgres');
-	$holder->query_safe('SELECT pg_advisory_lock(7387)');
-	my ($out, $err) = ('', '');
-	local $ENV{PGOPTIONS} = $opts // '';
-	my $h = IPC::Run::start(
-		[ 'psql', '-X', '-d', $node->connstr('postgres'), '-c', "SELECT mig_contract('$t')" ],
-		'>', \$out, '2>', \$err);
-	my $waiting = q{
-		SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		 WHERE l.locktype = 'advisory' AND l.objid = 7387 AND NOT l.granted
-		   AND a.application_name = 'migrate_ext contract'};
-	$node->poll_query_until('postgres', "SELECT EXISTS ($waiting)")
-	  or die "the worker did not stop after step $step: $err";
-	return ($h, $holder, \$err, $node->safe_psql('postgres', $waiting));
-}
-
-sub unpause
-{
-	$node->safe_psql('postgres', q{ALTER SYSTEM RESET migrate_ext.test_pause; SELECT pg_reload_conf();});
-}
-
 # --- 1. a crash after each step of the route before the swap ----------------
 my $i = 0;
 foreach my $case (
@@ -145,27 +115,11 @@ foreach my $case (
 	$i++;
 	setup($i);
 	my $before = tree_keys("po$i", 'po', 'po');
-	my ($h, $holder, $err, $pid) = contract_paused("po$i", $step);
-	if ($how eq 'kill')
-	{
-		my $offset = -s $node->logfile;
-		kill 'KILL', $pid;
-		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
-		# the postmaster restarts every backend: wait for it to take connections
-		foreach (1 .. 600)
-		{
-			last if eval { $node->safe_psql('postgres', 'SELECT 1'); 1 };
-			sleep 1;
-		}
-	}
-	else
-	{
-		$node->stop('immediate');
-		$node->start;
-	}
+	my ($h, $holder, $err, $pid) = mig_contract_paused($node, "po$i", $step);
+	mig_crash($node, $how, $pid);
 	$h->finish;
 	eval { $holder->quit };
-	unpause();
+	mig_contract_unpause($node);
 	my $what = "crash ($how) after step $step, then $then";
 	is($node->safe_psql('postgres',
 		"SELECT phase FROM migrate_ext.migration WHERE relid = 'po${i}'::regclass"),
@@ -238,7 +192,7 @@ SET client_min_messages = warning;
 SELECT count(*) FROM mig_validate('ev');
 SELECT mig_cutover('ev');
 });
-my ($h, $holder, $cerr, $wpid) = contract_paused('ev', 'fkey_attach',
+my ($h, $holder, $cerr, $wpid) = mig_contract_paused($node, 'ev', 'fkey_attach',
 	'-c migrate_ext.lock_timeout=20ms -c migrate_ext.lock_timeout_max=500ms -c migrate_ext.lock_retries=1000');
 my $client = $node->background_psql('postgres');
 $client->query_safe('BEGIN');
@@ -256,7 +210,7 @@ $client->query_safe('COMMIT');
 $client->quit;
 $holder->quit;
 $h->finish;
-unpause();
+mig_contract_unpause($node);
 unlike($$cerr, qr/deadlock detected|canceling statement due to lock timeout/,
 	'the contract never waited for a partition inside its statement');
 if ($h->result(0) != 0)
