@@ -525,6 +525,18 @@ bf_key_range(Relation rel, BfJob *job, StringInfo range, Oid *types, Datum *valu
 	return np + nk;
 }
 
+/* The walk's key columns, quoted, as a comma-separated list (new in cols). */
+static void
+bf_key_list(List *key_cols, StringInfo cols)
+{
+	ListCell   *lc;
+
+	initStringInfo(cols);
+	foreach(lc, key_cols)
+		appendStringInfo(cols, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(lfirst(lc)));
+}
+
 /*
  * One batch along a key: the rows of (lower, end], end being the size-th
  * key after lower or, near the end, the frozen upper bound.  Returns the
@@ -543,7 +555,6 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	StringInfoData sql;
 	StringInfoData set;
 	StringInfoData filter;
-	ListCell   *lc;
 	int			np = 0;
 	List	   *end = NIL;
 	bool		isnull;
@@ -555,10 +566,7 @@ bf_key_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	np = bf_key_range(rel, job, &range, types, values);
 
 	/* the size-th key after lower; none: the last batch, up to upper */
-	initStringInfo(&cols);
-	foreach(lc, job->key_cols)
-		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
-						 quote_identifier(lfirst(lc)));
+	bf_key_list(job->key_cols, &cols);
 	types[np] = INT8OID;
 	values[np] = Int64GetDatum(size - 1);
 	initStringInfo(&sql);
@@ -671,7 +679,6 @@ bf_key_rows(Relation rel, MigMigration *m, BfJob *job, int size, int64 *seen,
 	StringInfoData set;
 	StringInfoData filter;
 	StringInfoData cols;
-	ListCell   *lc;
 	List	   *end = NIL;
 	int			np;
 
@@ -684,10 +691,7 @@ bf_key_rows(Relation rel, MigMigration *m, BfJob *job, int size, int64 *seen,
 	initStringInfo(&set);
 	initStringInfo(&filter);
 	bf_update_clauses(rel, m, &set, &filter);
-	initStringInfo(&cols);
-	foreach(lc, job->key_cols)
-		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
-						 quote_identifier(lfirst(lc)));
+	bf_key_list(job->key_cols, &cols);
 	(void) mig_owner_run(psprintf("SELECT ctid, (%s), %s FROM ONLY %s WHERE %s ORDER BY %s LIMIT $%d",
 								  filter.data, cols.data,
 								  mig_qualified_name(RelationGetRelid(rel)), range.data,
@@ -999,12 +1003,8 @@ bf_nth_key(Relation rel, BfJob *walk, int64 n)
 {
 	StringInfoData cols;
 	List	   *key = NIL;
-	ListCell   *lc;
 
-	initStringInfo(&cols);
-	foreach(lc, walk->key_cols)
-		appendStringInfo(&cols, "%s%s", foreach_current_index(lc) ? ", " : "",
-						 quote_identifier(lfirst(lc)));
+	bf_key_list(walk->key_cols, &cols);
 	if (SPI_execute(psprintf("SELECT %s FROM ONLY %s ORDER BY %s OFFSET " INT64_FORMAT " LIMIT 1",
 							 cols.data, mig_qualified_name(RelationGetRelid(rel)), cols.data,
 							 Max(n, 0)),
