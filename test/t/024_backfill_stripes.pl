@@ -79,7 +79,11 @@ is($node->safe_psql('postgres', "SELECT (" . job_row('pp') . ").rows_done, count
 	'each row written once, no window left open in either slice');
 ($now, $compact) = space('pp');
 note(sprintf("parallel: %s %.3fx compact", $what[$_], $now->[$_] / $compact->[$_])) for 0 .. 2;
-cmp_ok($now->[1] / $compact->[1], '<=', 1.15, 'the primary key is at most 1.15x its compact size');
+# The bound is looser than the single worker's: each stripe waits for the
+# other worker's transaction at most target_batch_ms, and on a loaded
+# machine it sometimes does not end in time (1.21x seen once in CI); with
+# the stripes off the key doubles (2.00x), which this still catches.
+cmp_ok($now->[1] / $compact->[1], '<=', 1.5, 'the primary key stays well below twice its compact size');
 
 # the same rows without stripes: the primary key doubles (what the test above
 # would see if striping broke)
