@@ -6,7 +6,8 @@
 #                   throwaway servers; installs what is missing when root
 #   make demo       a throwaway server and a real migration of a generated table
 #   make bench      the benchmarks (see doc/bench.md)
-#   make valgrind   a single-user backend under valgrind through the trigger's paths
+#   make valgrind   a single-user backend under valgrind through the trigger's paths,
+#                   then a whole server through the backfill and contract workers
 #   make package-test  build the Debian package in a clean copy, install it,
 #                   and run pg_regress against the installed files (debian/)
 
@@ -88,6 +89,7 @@ bench:
 
 valgrind:
 	@bash test/valgrind.sh
+	@VG_PARTS="workers contract" bash test/valgrind_workers.sh
 
 package-test:
 	@bash test/package.sh
