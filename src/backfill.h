@@ -44,6 +44,7 @@ typedef struct BfJob
 	int			stripe_next;	/* the window's next stripe */
 	bool		striped;		/* this batch may stripe (backfill_apply.c) */
 	int			halves;			/* a window's halves (backfill_apply.c) */
+	const char *write_path;		/* set by the batch: how it wrote (job.write_path) */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */

@@ -700,6 +700,8 @@ bf_apply_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 		job->stripe_end = NIL;
 		job->stripe_next = 0;
 	}
+	job->write_path = refusal ? psprintf("UPDATE: %s", refusal) :
+		job->striped ? "direct, striped" : "direct";
 	if (refusal != NULL)
 	{
 		if (bf_is_ctid(job))

@@ -688,6 +688,7 @@ bf_checkpoint(BfJob *job, List *end, int size, int64 seen, int64 written, long e
 	batch.lower_key = end ? bf_text_array(end) : (Datum) 0;
 	batch.stripe_end = job->stripe_end ? bf_text_array(job->stripe_end) : (Datum) 0;
 	batch.stripe_next = job->stripe_next;
+	batch.write_path = job->write_path;
 	batch.written = written;
 	batch.seen = seen;
 	batch.next_batch_size = bf_next_size(size, elapsed_ms);
