@@ -133,7 +133,8 @@ SELECT m.id AS migration_id,
 	   sl.slices_total,
 	   sl.slices_done,
 	   sl.slices_detached,
-	   sl.worker_progress
+	   sl.worker_progress,
+	   coalesce(sl.write_path, j.write_path) AS write_path
   FROM migrate_ext.migration m
   LEFT JOIN LATERAL (SELECT * FROM migrate_ext.job j
 					  WHERE j.migration_id OPERATOR(pg_catalog.=) m.id
@@ -200,7 +201,9 @@ SELECT m.id AS migration_id,
 												   coalesce(s.rows_total::pg_catalog.text, '?')),
 								 ', '::pg_catalog.text ORDER BY s.slice_no)
 			   FILTER (WHERE s.state OPERATOR(pg_catalog.=) 'running'::pg_catalog.text
-					   AND d.running) AS worker_progress
+					   AND d.running) AS worker_progress,
+		   pg_catalog.string_agg(DISTINCT s.write_path, '; '::pg_catalog.text
+								 ORDER BY s.write_path) AS write_path
 	  FROM migrate_ext.job_slice s
 	 WHERE s.job_id OPERATOR(pg_catalog.=) j.id) sl;
 
@@ -218,7 +221,8 @@ SELECT g.table_name, g.columns, g.phase, g.state, g.throttle_reason, g.rows_done
 	   CASE WHEN migrate_ext.can_read(g.relid) THEN g.last_error END AS last_error,
 	   g.last_sqlstate, g.started_at, g.updated_at,
 	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact,
-	   g.workers, g.slices_total, g.slices_done, g.slices_detached, g.worker_progress
+	   g.workers, g.slices_total, g.slices_done, g.slices_detached, g.worker_progress,
+	   g.write_path
   FROM migrate_ext.progress g;
 
 CREATE VIEW @extschema@.mig_status WITH (security_barrier) AS
