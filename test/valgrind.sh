@@ -8,7 +8,8 @@
 # and abort. Fails on any error
 # valgrind reports, except PostgreSQL's own known false positive (the WAL
 # writer's padding bytes, suppressed as in src/tools/valgrind.supp).
-# Not part of make test: it takes a minute. Build and install first.
+# Part of make test (the valgrind suite, about a minute), with
+# test/valgrind_workers.sh for the background workers. Build and install first.
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mig_pg_env

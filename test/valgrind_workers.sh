@@ -12,9 +12,14 @@
 #     - the parallel backfill: a partitioned table's leaves in slices, and one
 #       heap split in ranges (parallel => 2);
 #     - the launcher: a backfill stopped by a shutdown resumes after restart;
+#     - ctid, unique-key and composite-key walks, TOASTed values, a split;
+#     - a batch that fails: retried, the job failed, the row named;
 #   part "contract" (make valgrind only, see VG_PARTS):
+#     - pause, cancel and resume of a parallel job;
 #     - the contract worker: mig_validate, mig_cutover, mig_contract of a
-#       plain and of a partitioned table, and mig_abort.
+#       plain and of a partitioned table, of a primary key that another
+#       table references (its foreign key finished after the swap), and
+#       mig_abort.
 #
 # Fails when valgrind reports an error in any process (one log per process,
 # vg.<pid>, errors between markers), when a process's exit code says so, or
@@ -231,10 +236,14 @@ CREATE TABLE uq (code text NOT NULL UNIQUE, v int);
 INSERT INTO uq SELECT 'k' || g, g FROM generate_series(1, 2000) g;
 SELECT mig_expand('uq', 'v', type => 'numeric');
 
+CREATE TABLE bad (id int PRIMARY KEY, v text);
+INSERT INTO bad SELECT g, CASE WHEN g = 377 THEN 'oops' ELSE g::text END FROM generate_series(1, 500) g;
+SELECT mig_expand('bad', 'v', type => 'int');
+
 CREATE TABLE rs (id int PRIMARY KEY, v text);
 INSERT INTO rs SELECT g, 'V' || g FROM generate_series(1, 3000) g;
 SELECT mig_expand('rs', 'v', up => 'lower(v)');
-VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, rs;
+VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 " >/dev/null || FAILS=$((FAILS + 1))
 
 	# direct, striped: windows of ten batches of 400 rows, three windows;
@@ -245,7 +254,8 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, rs;
 	   SELECT mig_backfill('gen', batch_size => 100);
 	   SELECT mig_backfill('nk', batch_size => 200);
 	   SELECT mig_backfill('ck', batch_size => 150);
-	   SELECT mig_backfill('uq');" >/dev/null || FAILS=$((FAILS + 1))
+	   SELECT mig_backfill('uq');
+	   SELECT mig_backfill('bad', batch_size => 100);" >/dev/null || FAILS=$((FAILS + 1))
 	# the application writes while the batches run; the batch size changes
 	wait_rows a 2000
 	q "SELECT mig_set('a', 'batch_size', '300'); SELECT count(*) FROM mig_status;" >/dev/null ||
@@ -278,6 +288,12 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, rs;
 	check "ck: the split over a composite key: 0 rows diverged" "0|0" \
 		"SELECT count(*) FROM ck WHERE first_name IS DISTINCT FROM split_part(name, ' ', 1);
 		 SELECT count(*) FROM ck WHERE last_name IS DISTINCT FROM split_part(name, ' ', 2)"
+	# a batch that fails: retried, then the job fails naming the row
+	wait_job bad
+	is "bad: the failing batch ends the job" failed "$STATE"
+	check "bad: the error names the row, the batches before it written" "t|0" \
+		"SELECT (${JOB//%s/bad}).last_error LIKE '%the one with id = 377)%';
+		 SELECT count(*) FROM bad WHERE id <= 300 AND _mig_new_v IS DISTINCT FROM v::int"
 	check "uq: the unique key walk, adaptive batches: 0 rows diverged" "unique key|0" \
 		"SELECT (${JOB//%s/uq}).key_kind; $(diverged uq v v::numeric)"
 
@@ -305,17 +321,54 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, rs;
 }
 
 part_contract() {
+	# pause, cancel and resume reaching both workers of a parallel job
+	q "CREATE TABLE pc (id int PRIMARY KEY, v text);
+	   INSERT INTO pc SELECT g, 'V' || g FROM generate_series(1, 3000) g;
+	   SELECT mig_expand('pc', 'v', up => 'lower(v)');
+	   SELECT mig_backfill('pc', batch_size => 100, sleep_ms => 100, parallel => 2);" >/dev/null ||
+		FAILS=$((FAILS + 1))
+	wait_rows pc 0
+	q "SELECT mig_pause('pc')" >/dev/null || FAILS=$((FAILS + 1))
+	wait_job pc
+	is "pc: paused" paused "$STATE"
+	q "SELECT mig_resume('pc')" >/dev/null || FAILS=$((FAILS + 1))
+	wait_rows pc 200
+	q "SELECT mig_cancel('pc')" >/dev/null || FAILS=$((FAILS + 1))
+	wait_job pc
+	is "pc: cancelled" cancelled "$STATE"
+	q "SELECT mig_set('pc', 'sleep_ms', '0'); SELECT mig_resume('pc');" >/dev/null || FAILS=$((FAILS + 1))
+	wait_job pc
+	is "pc: resumed to the end" done "$STATE"
+	check "pc: 0 rows diverged" 0 "$(diverged pc v 'lower(v)')"
 	check "a: mig_validate passes" t "SELECT bool_and(passed) FROM mig_validate('a')"
 	q "SELECT mig_cutover('a'); SELECT mig_contract('a');" >/dev/null || FAILS=$((FAILS + 1))
-	check "a: contracted, amount is bigint" "bigint|0" \
+	check "a: contracted, amount is bigint, its partial index rebuilt" "bigint|0|4|t" \
 		"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'a'::regclass AND attname = 'amount';
-		 SELECT count(*) FROM pg_attribute WHERE attrelid = 'a'::regclass AND attname LIKE '_mig%' AND NOT attisdropped"
+		 SELECT count(*) FROM pg_attribute WHERE attrelid = 'a'::regclass AND attname LIKE '_mig%' AND NOT attisdropped;
+		 SELECT count(*) FROM pg_index WHERE indrelid = 'a'::regclass AND indisvalid;
+		 SELECT pg_get_indexdef('a_big'::regclass) LIKE '%(amount) WHERE (amount > 6000)'"
 	check "pt: mig_validate passes" t "SELECT bool_and(passed) FROM mig_validate('pt')"
 	q "SELECT mig_cutover('pt'); SELECT mig_contract('pt');" >/dev/null || FAILS=$((FAILS + 1))
 	check "pt: contracted, qty is bigint on every leaf" "4|1500" \
 		"SELECT count(*) FROM pg_attribute WHERE attrelid IN ('pt'::regclass, 'pt_1'::regclass, 'pt_2'::regclass, 'pt_d'::regclass)
 		   AND attname = 'qty' AND atttypid = 'int8'::regtype;
 		 SELECT count(*) FROM pt WHERE qty = id"
+	# a referenced primary key retyped: the foreign key copied NOT VALID in
+	# the swap, validated and finished after it
+	q "CREATE TABLE par (id int PRIMARY KEY, v text);
+	   INSERT INTO par SELECT g, 'V' || g FROM generate_series(1, 500) g;
+	   CREATE TABLE chi (id int PRIMARY KEY, par_id int REFERENCES par (id));
+	   INSERT INTO chi SELECT g, g % 500 + 1 FROM generate_series(1, 800) g;
+	   SELECT mig_expand('par', 'id', type => 'bigint');
+	   SELECT mig_backfill('par', batch_size => 100);" >/dev/null || FAILS=$((FAILS + 1))
+	wait_job par
+	is "par: the backfill of the referenced key is done" done "$STATE"
+	check "par: mig_validate passes" t "SELECT bool_and(passed) FROM mig_validate('par')"
+	q "SELECT mig_cutover('par'); SELECT mig_contract('par');" >/dev/null || FAILS=$((FAILS + 1))
+	check "par: id is bigint, chi's foreign key validated and enforced" "bigint|1" \
+		"SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'par'::regclass AND attname = 'id';
+		 SELECT count(*) FROM pg_constraint WHERE conrelid = 'chi'::regclass AND contype = 'f' AND convalidated;
+		 DO \$\$BEGIN INSERT INTO chi VALUES (9999, 12345); RAISE EXCEPTION 'not enforced'; EXCEPTION WHEN foreign_key_violation THEN NULL; END\$\$"
 	q "SELECT mig_abort('trg')" >/dev/null || FAILS=$((FAILS + 1))
 	check "trg: aborted, no new column, no trigger left" "0|1" \
 		"SELECT count(*) FROM pg_attribute WHERE attrelid = 'trg'::regclass AND attname LIKE '_mig%' AND NOT attisdropped;
