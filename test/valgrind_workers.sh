@@ -104,8 +104,7 @@ start() {
 		--leak-check=no --num-callers=30 --log-file=$(mig_q "$dir")/vg.%p \
 		postgres -D data -p $port -k $(mig_q "$dir") -c listen_addresses= \
 		>>server.log 2>&1 </dev/null &"
-	local i
-	for i in $(seq 1 240); do
+	for _ in $(seq 1 240); do
 		u "pg_isready -q -h $(mig_q "$dir") -p $port" && return 0
 		sleep 0.5
 	done
@@ -125,8 +124,7 @@ up() { [ -f "$dir/data/postmaster.pid" ]; }
 
 # wait_rows TBL N: until the table's latest job wrote more than N rows
 wait_rows() {
-	local i
-	for i in $(seq 1 240); do
+	for _ in $(seq 1 240); do
 		up || return
 		[ "$(q "SELECT (${JOB//%s/$1}).rows_done > $2" 2>/dev/null)" = t ] && return
 		sleep 0.5
@@ -138,10 +136,10 @@ wait_rows() {
 JOB="(SELECT j FROM migrate_ext.job j JOIN migrate_ext.migration m ON m.id = j.migration_id
 	WHERE m.relid = '%s'::regclass ORDER BY j.id DESC LIMIT 1)"
 wait_job() {
-	local j i s
+	local j s
 	# shellcheck disable=SC2059 # JOB is the format
 	j=$(printf "$JOB" "$1")
-	for i in $(seq 1 600); do
+	for _ in $(seq 1 600); do
 		up || { STATE="the server stopped"; return; }
 		s=$(q "SELECT ($j).state" 2>/dev/null)
 		case $s in
@@ -264,11 +262,11 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 		UPDATE a SET amount = amount + 1 WHERE id % 500 = (extract(epoch FROM clock_timestamp()) * 10)::bigint % 500;
 		DELETE FROM a WHERE id = (SELECT min(id) FROM a WHERE id % 997 = 0);
 		INSERT INTO a (id, grp, amount, code) SELECT max(id) + 1, 1, 5, 'n' || max(id) FROM a;"
-	is "a: the direct, striped backfill is done" done "$STATE"
+	is "a: the direct, striped backfill is done" "done" "$STATE"
 	wait_job trg
-	is "trg: the fallback (fire_triggers) is done" done "$STATE"
+	is "trg: the fallback (fire_triggers) is done" "done" "$STATE"
 	wait_job gen
-	is "gen: the fallback (generated column) is done" done "$STATE"
+	is "gen: the fallback (generated column) is done" "done" "$STATE"
 	check "a: 0 rows diverged" 0 "$(diverged a amount amount::bigint)"
 	check "a: its VACUUM worker ran, its batches wrote each row once" "t|t|t" \
 		"SELECT (${JOB//%s/a}).vacuums > 0, (${JOB//%s/a}).batches >= 30, (${JOB//%s/a}).rows_done <= 12000"
@@ -280,7 +278,7 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 	check "gen: 0 rows diverged" 0 "$(diverged gen v 'lower(v)')"
 	for t in nk ck uq; do
 		wait_job $t
-		is "$t: the backfill is done" done "$STATE"
+		is "$t: the backfill is done" "done" "$STATE"
 	done
 	check "nk: the ctid walk, TOASTed values: 0 rows diverged" "ctid|0|100" \
 		"SELECT (${JOB//%s/nk}).key_kind; $(diverged nk v "v || '!'");
@@ -290,7 +288,7 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 		 SELECT count(*) FROM ck WHERE last_name IS DISTINCT FROM split_part(name, ' ', 2)"
 	# a batch that fails: retried, then the job fails naming the row
 	wait_job bad
-	is "bad: the failing batch ends the job" failed "$STATE"
+	is "bad: the failing batch ends the job" "failed" "$STATE"
 	check "bad: the error names the row, the batches before it written" "t|0" \
 		"SELECT (${JOB//%s/bad}).last_error LIKE '%the one with id = 377)%';
 		 SELECT count(*) FROM bad WHERE id <= 300 AND _mig_new_v IS DISTINCT FROM v::int"
@@ -301,9 +299,9 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 	q "SELECT mig_backfill('pt', batch_size => 100, parallel => 2);
 	   SELECT mig_backfill('rg', batch_size => 200, parallel => 2);" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job pt
-	is "pt: the parallel backfill of the leaves is done" done "$STATE"
+	is "pt: the parallel backfill of the leaves is done" "done" "$STATE"
 	wait_job rg
-	is "rg: the parallel backfill in ranges is done" done "$STATE"
+	is "rg: the parallel backfill in ranges is done" "done" "$STATE"
 	check "pt: 0 rows diverged" 0 "$(diverged pt qty qty::bigint)"
 	check "rg: 0 rows diverged" 0 "$(diverged rg v 'lower(v)')"
 
@@ -316,7 +314,7 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 		"SELECT (${JOB//%s/rs}).rows_done < 3000"
 	q "SELECT mig_set('rs', 'sleep_ms', '0')" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job rs
-	is "rs: the resumed backfill is done" done "$STATE"
+	is "rs: the resumed backfill is done" "done" "$STATE"
 	check "rs: 0 rows diverged" 0 "$(diverged rs v 'lower(v)')"
 }
 
@@ -330,15 +328,15 @@ part_contract() {
 	wait_rows pc 0
 	q "SELECT mig_pause('pc')" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job pc
-	is "pc: paused" paused "$STATE"
+	is "pc: paused" "paused" "$STATE"
 	q "SELECT mig_resume('pc')" >/dev/null || FAILS=$((FAILS + 1))
 	wait_rows pc 200
 	q "SELECT mig_cancel('pc')" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job pc
-	is "pc: cancelled" cancelled "$STATE"
+	is "pc: cancelled" "cancelled" "$STATE"
 	q "SELECT mig_set('pc', 'sleep_ms', '0'); SELECT mig_resume('pc');" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job pc
-	is "pc: resumed to the end" done "$STATE"
+	is "pc: resumed to the end" "done" "$STATE"
 	check "pc: 0 rows diverged" 0 "$(diverged pc v 'lower(v)')"
 	check "a: mig_validate passes" t "SELECT bool_and(passed) FROM mig_validate('a')"
 	q "SELECT mig_cutover('a'); SELECT mig_contract('a');" >/dev/null || FAILS=$((FAILS + 1))
@@ -362,7 +360,7 @@ part_contract() {
 	   SELECT mig_expand('par', 'id', type => 'bigint');
 	   SELECT mig_backfill('par', batch_size => 100);" >/dev/null || FAILS=$((FAILS + 1))
 	wait_job par
-	is "par: the backfill of the referenced key is done" done "$STATE"
+	is "par: the backfill of the referenced key is done" "done" "$STATE"
 	check "par: mig_validate passes" t "SELECT bool_and(passed) FROM mig_validate('par')"
 	q "SELECT mig_cutover('par'); SELECT mig_contract('par');" >/dev/null || FAILS=$((FAILS + 1))
 	check "par: id is bigint, chi's foreign key validated and enforced" "bigint|1" \
@@ -420,6 +418,6 @@ if [ "$nerr" -gt 0 ] || [ "$FAILS" -gt 0 ]; then
 	echo "0 passed, 1 failed"
 	exit 1
 fi
-echo "valgrind_workers: no valgrind error in $(ls "$dir"/vg.* | wc -l) processes"
+echo "valgrind_workers: no valgrind error in $(find "$dir" -name "vg.*" | wc -l) processes"
 [ "${VG_KEEP:-0}" = 1 ] || rm -rf "$dir"
 echo "1 passed, 0 failed"
