@@ -265,10 +265,24 @@ foreach (1 .. 3)
 	is($rc, 0, "held: client write $_ into ev$i, pref$i and ref$i is not held up") or diag $err;
 }
 enforced_everywhere($i, 'held');
-# the worker itself killed while it waits: the next start gives the work a
-# new one
+like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"),
+	qr/- \[ \] the foreign keys the swap moved to the new column finished: \d+ copies not yet validated or attached, a worker is finishing them now/,
+	'held: mig_checklist says what is left and that a worker is on it');
+# the worker stopped (pg_terminate_backend): nobody is on it, and mig_status
+# and mig_checklist say so; an immediate restart gives the work a new worker
 my $wpid = $node->safe_psql('postgres', $finishing);
 like($wpid, qr/^\d+$/, 'held: one worker finishes the keys');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($wpid)");
+ok($node->poll_query_until('postgres', "SELECT NOT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'held, the worker stopped: mig_status says no worker is on the keys');
+like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"), qr/no worker is on them \(run mig_contract again/,
+	'held, the worker stopped: and mig_checklist says what to do');
+mig_crash($node, 'immediate');
+ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'held, after a restart: a new worker is on it');
+# that worker killed (kill -9) while it waits: the next start gives the
+# work another one
+$wpid = $node->safe_psql('postgres', $finishing);
 $offset = -s $node->logfile;
 mig_crash($node, 'kill', $wpid);
 ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
