@@ -22,6 +22,12 @@
  * picks up where the first stopped; an index build that failed is dropped
  * before failing.
  *
+ * The same file holds the worker the launcher starts after a restart for a
+ * contract that stopped after its swap (mig_contract_finish_main): no
+ * caller, its messages go to the server log; it runs only the finish of
+ * the foreign keys the swap recorded, as the table's owner, under the same
+ * lock as mig_contract, and tries again later when the ladder gives up.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
