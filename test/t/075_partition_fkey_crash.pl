@@ -25,8 +25,9 @@
 #     its ladder and tries again, never holding clients up; meanwhile
 #     mig_status shows the keys left and the worker on them, mig_expand,
 #     mig_abort and a DBA's mig_contract are refused with clear errors;
-#     killed itself, the next start gives the work a new worker; once the
-#     lock is free the keys end finished as in 1.
+#     stopped, the table says so; killed, or the server restarted, the
+#     next start gives the work a new worker; a standby runs none, and once
+#     promoted it does; once the lock is free the keys end finished as in 1.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -37,7 +38,7 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 use IPC::Run;
 
-my $node = mig_node('partition_fkey_crash',
+my $node = mig_node('partition_fkey_crash', init => { allows_streaming => 1 },
 	conf => "restart_after_crash = on\nmax_prepared_transactions = 2\n"
 	  . "migrate_ext.lock_timeout = 20ms\nmigrate_ext.lock_timeout_max = 200ms\nmigrate_ext.lock_retries = 3\n");
 
@@ -283,10 +284,24 @@ ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status W
 # that worker killed (kill -9) while it waits: the next start gives the
 # work another one
 $wpid = $node->safe_psql('postgres', $finishing);
-$offset = -s $node->logfile;
 mig_crash($node, 'kill', $wpid);
 ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
 	'held, the worker killed: after the restart a new one is on it');
+# a standby of it runs no worker; promoted (the primary gone), it does
+$node->backup('held');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'held', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+is($standby->safe_psql('postgres', "SELECT fkeys_to_finish > 0, fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'")
+	. '/' . $standby->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migrate_ext contract'"),
+	't|f/0', 'held, a standby: it shows the keys left to finish and runs no worker');
+$node->stop('immediate');
+$node = $standby;
+$node->promote;
+ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'migrate_ext contract'"),
+	'held, the standby promoted: a worker finishes the keys there');
+$offset = -s $node->logfile;
 $node->safe_psql('postgres', "COMMIT PREPARED 'hold'");
 finished_by_server($i, 'held, then let go', $offset);
 keys_as_uninterrupted($i, 'held, then let go');
