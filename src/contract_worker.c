@@ -1512,15 +1512,23 @@ undo_after_failure(int64 migration_id, const char *relname)
 /*
  * Only one mig_contract per table at a time: a session-level lock of the
  * worker's own (an advisory lock tag that the SQL-level advisory lock
- * functions never use), gone when the worker exits.
+ * functions never use, which mig_status reads as fkeys_finishing), gone
+ * when the worker exits.  Taken without waiting: whether it was got.
  */
-static void
-lock_contract(Oid relid)
+static bool
+try_lock_contract(Oid relid)
 {
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, 3);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* The same for mig_contract's worker: an error when another holds it. */
+static void
+lock_contract(Oid relid)
+{
+	if (try_lock_contract(relid))
 		return;
 	/* the table's name is read from the catalog: in a transaction */
 	xact_begin();
@@ -1771,7 +1779,6 @@ mig_contract_finish_main(Datum main_arg)
 	Oid			relid;
 	char	   *relname;
 	char		buf[32];
-	LOCKTAG		tag;
 	bool		locked = false;
 
 	mig_worker_connect(&args);
@@ -1811,8 +1818,7 @@ mig_contract_finish_main(Datum main_arg)
 		SetConfigOption("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
 		if (!locked)
 		{
-			SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, 3);
-			locked = LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+			locked = try_lock_contract(relid);
 			if (locked)
 				continue;		/* what is pending, now that no one else runs */
 			ereport(LOG,

@@ -153,9 +153,9 @@ like($uninterrupted, qr/(^|,)pref:pref_ev_id_ev_at_fkey:false:ev:true(,|$)/,
 	'uninterrupted: pref has its key') or diag $uninterrupted;
 foreach my $case (
 	[ 'swapped', 'kill' ], [ 'fkey_validated', 'immediate' ], [ 'fkey_validated', 'kill' ],
-	[ 'fkey_attach', 'kill' ], [ 'fkey_attached', 'immediate' ])
+	[ 'fkey_attach', 'kill' ], [ 'fkey_attached', 'immediate' ], [ 'swapped', 'immediate', 'dba' ])
 {
-	my ($step, $how) = @$case;
+	my ($step, $how, $dba) = @$case;
 	$i++;
 	setup($i);
 	my ($h, $holder, $err, $pid) = mig_contract_paused($node, "ev$i", $step);
@@ -164,12 +164,29 @@ foreach my $case (
 	$h->finish;
 	eval { $holder->quit };
 	mig_contract_unpause($node);
-	my $what = "crash ($how) after step $step";
+	my $what = "crash ($how) after step $step" . ($dba ? ', a DBA\'s mig_contract at once' : '');
+	# the DBA runs mig_contract as the server comes back: it races with the
+	# server's worker, and exactly one of them finishes the keys
+	if ($dba)
+	{
+		my ($drc, $dout, $derr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_contract('ev${i}')");
+		ok(($drc == 0 && $derr =~ /finishing the foreign keys that reference table "ev$i"|is already contracted/)
+			  || $derr =~ /ERROR:  55006: mig_contract is already running on table "ev$i"/,
+			"$what: it finishes the keys, finds them finished, or is refused while the server's worker does") or diag $derr;
+	}
 	is($node->safe_psql('postgres',
 		"SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),
 		'contracted', "$what: the swap had committed");
 	enforced_everywhere($i, "$what, before the server finishes");
-	finished_by_server($i, $what, $offset);
+	if ($dba)
+	{
+		ok($node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM migrate_ext.contract_object)"),
+			"$what: the keys end finished");
+	}
+	else
+	{
+		finished_by_server($i, $what, $offset);
+	}
 	keys_as_uninterrupted($i, $what);
 	is($node->safe_psql('postgres', qq{
 		SELECT string_agg(conrelid::regclass::text, ',' ORDER BY conrelid::regclass::text) FROM pg_constraint
