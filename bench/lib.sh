@@ -87,6 +87,20 @@ bench_time() {
 	printf '%s %s\n' "$ms" "$((c1 - c0))"
 }
 
+# bench_server_cpu: the CPU milliseconds (user + system) the whole server
+# has used so far: the postmaster and its live processes, and those that have
+# exited (the backfill's workers and VACUUMs: the postmaster's cutime).
+# Taken before and after a run, the difference over its wall time is how
+# many cores it kept busy.
+bench_server_cpu() {
+	local pm
+	pm=$(awk '{print $4}' "/proc/$(bv "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")/stat") || return 1
+	{
+		awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+		for c in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null; done
+	} | awk -v t="$(getconf CLK_TCK)" '{s += $1} END {printf "%.0f\n", s * 1000 / t}'
+}
+
 bench_has_function() {
 	[ "$(bv "SELECT to_regprocedure('$1') IS NOT NULL")" = t ]
 }

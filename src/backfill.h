@@ -23,6 +23,7 @@
 
 #define BF_VACUUM_FRACTION		0.05	/* VACUUM after this share of the rows */
 #define BF_VACUUM_MIN_ROWS		10000
+#define BF_PARALLEL_VACUUM_SPREAD 4	/* a parallel job: at most 4x as many rows */
 
 /* What a batch reads from the job row, valid for one transaction. */
 typedef struct BfJob
@@ -42,6 +43,8 @@ typedef struct BfJob
 	List	   *stripe_end;		/* of char *: a striped window's bound; NIL: none */
 	int			stripe_next;	/* the window's next stripe */
 	bool		striped;		/* this batch may stripe (backfill_apply.c) */
+	int			halves;			/* a window's halves (backfill_apply.c) */
+	const char *write_path;		/* set by the batch: how it wrote (job.write_path) */
 } BfJob;
 
 /* backfill_walk.c: the walk, and the batches' SQL */

@@ -688,6 +688,7 @@ bf_checkpoint(BfJob *job, List *end, int size, int64 seen, int64 written, long e
 	batch.lower_key = end ? bf_text_array(end) : (Datum) 0;
 	batch.stripe_end = job->stripe_end ? bf_text_array(job->stripe_end) : (Datum) 0;
 	batch.stripe_next = job->stripe_next;
+	batch.write_path = job->write_path;
 	batch.written = written;
 	batch.seen = seen;
 	batch.next_batch_size = bf_next_size(size, elapsed_ms);
@@ -802,6 +803,12 @@ bf_batch(void)
 	bf_skip_triggers(!job.fire_triggers);
 	/* a retry writes one plain batch from the checkpoint (backfill_apply.c) */
 	job.striped = job.striped && bf->attempt == 0;
+	/*
+	 * Halves for a parallel job, from its setting rather than the workers
+	 * running now: a resumed window must be cut as it was listed, for its
+	 * rows_seen (backfill_apply.c); only mig_set of parallel changes it.
+	 */
+	job.halves = bf->parallel > 1 ? 2 : 1;
 	end = bf_apply_batch(rel, m, &job, size, &bf->rows_per_block, &seen, &written);
 	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
@@ -1874,7 +1881,15 @@ bf_run(void)
 		res = bf_try(bf_batch);
 		if (res == BF_NEXT)
 		{
-			if (bf->written_since_vacuum >= bf->vacuum_every)
+			/*
+			 * A parallel job's workers VACUUM every N times as many rows
+			 * (N = parallel, at most BF_PARALLEL_VACUUM_SPREAD): the VACUUMs
+			 * take a core the other workers' batches would use, and with the
+			 * stripes' halves, VACUUMs as frequent as one worker's would
+			 * make nearly every write move its row (backfill_apply.c).
+			 */
+			if (bf->written_since_vacuum >=
+				bf->vacuum_every * Min(bf->parallel, BF_PARALLEL_VACUUM_SPREAD))
 				bf_vacuum(false);
 			if (bf->sliced)
 				bf_sum(false);

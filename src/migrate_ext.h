@@ -246,6 +246,7 @@ typedef struct MigJobBatch
 	int32		vacuums;
 	Datum		stripe_end;		/* text[]: a striped window's bound; 0: none */
 	int32		stripe_next;	/* its next stripe */
+	const char *write_path;		/* how the batch wrote its rows, or NULL */
 } MigJobBatch;
 
 struct MigWorkerArgs;

@@ -123,7 +123,9 @@ CREATE TABLE migrate_ext.job (
 	parallel	int NOT NULL DEFAULT 1,	/* workers; key_kind 'slices': see job_slice */
 	stripe_end	text[],			/* a striped window (lower_key, stripe_end] in progress;
 								 * NULL: none (backfill_apply.c) */
-	stripe_next int				/* the window's next stripe */
+	stripe_next int,			/* the window's next stripe */
+	write_path	text			/* how the last batch wrote its rows: 'direct, striped',
+								 * 'direct', or 'UPDATE: ' and why (backfill_apply.c) */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */

@@ -37,6 +37,7 @@ CREATE TABLE migrate_ext.job_slice (
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	stripe_end	text[],			/* as job.stripe_end */
 	stripe_next int,
+	write_path	text,			/* as job.write_path */
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');

@@ -134,6 +134,7 @@ SELECT m.id AS migration_id,
 	   sl.slices_done,
 	   sl.slices_detached,
 	   sl.worker_progress,
+	   coalesce(sl.write_path, j.write_path) AS write_path,
 	   fk.fkeys_to_finish,
 	   CASE WHEN fk.fkeys_to_finish OPERATOR(pg_catalog.>) 0 THEN EXISTS (
 			SELECT FROM pg_catalog.pg_locks l
@@ -212,7 +213,9 @@ SELECT m.id AS migration_id,
 												   coalesce(s.rows_total::pg_catalog.text, '?')),
 								 ', '::pg_catalog.text ORDER BY s.slice_no)
 			   FILTER (WHERE s.state OPERATOR(pg_catalog.=) 'running'::pg_catalog.text
-					   AND d.running) AS worker_progress
+					   AND d.running) AS worker_progress,
+		   pg_catalog.string_agg(DISTINCT s.write_path, '; '::pg_catalog.text
+								 ORDER BY s.write_path) AS write_path
 	  FROM migrate_ext.job_slice s
 	 WHERE s.job_id OPERATOR(pg_catalog.=) j.id) sl
  CROSS JOIN LATERAL (
@@ -244,7 +247,7 @@ SELECT g.table_name, g.columns, g.phase, g.state, g.throttle_reason, g.rows_done
 	   g.last_sqlstate, g.started_at, g.updated_at,
 	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact,
 	   g.workers, g.slices_total, g.slices_done, g.slices_detached, g.worker_progress,
-	   g.fkeys_to_finish, g.fkeys_finishing
+	   g.write_path, g.fkeys_to_finish, g.fkeys_finishing
   FROM migrate_ext.progress g;
 
 CREATE VIEW @extschema@.mig_status WITH (security_barrier) AS

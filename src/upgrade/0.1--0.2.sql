@@ -83,6 +83,8 @@ ALTER TABLE migrate_ext.job
 -- the direct batch's striped window (backfill_apply.c): its bound and next
 -- stripe, NULL between windows
 ALTER TABLE migrate_ext.job ADD COLUMN stripe_end text[], ADD COLUMN stripe_next int;
+-- how the backfill's last batch wrote its rows (backfill_apply.c)
+ALTER TABLE migrate_ext.job ADD COLUMN write_path text;
 CREATE TABLE migrate_ext.job_slice (
 	job_id		bigint NOT NULL REFERENCES migrate_ext.job,
 	slice_no	int NOT NULL,
@@ -107,6 +109,7 @@ CREATE TABLE migrate_ext.job_slice (
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	stripe_end	text[],
 	stripe_next int,
+	write_path	text,
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');

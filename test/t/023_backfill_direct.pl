@@ -86,6 +86,10 @@ my $log = slurp_file($node->logfile);
 like($log, qr/the backfill of table public\.d_plain writes its rows directly/, 'd_plain is written directly');
 like($log, qr/the backfill of table public\.d_heap writes its rows directly/, 'd_heap is written directly');
 unlike($log, qr/ERROR: .*index (predicate|expression) ran as/, 'no index expression or predicate ran as another role than the owner');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(table_name || '=' || write_path, ' ' ORDER BY table_name) FROM mig_status
+	 WHERE table_name IN ('d_plain', 'd_heap')}),
+	'd_heap=direct, striped d_plain=direct, striped', 'mig_status shows both written directly, in stripes');
 
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE _mig_new_email IS NOT DISTINCT FROM lower(email)) || '/' || count(*)
@@ -140,11 +144,32 @@ for my $t ([ 'd_gen', 'it has a stored generated column' ],
 	like(slurp_file($node->logfile),
 		qr/the backfill of table public\.$tbl writes its rows with UPDATE statements: \Q$why\E/,
 		"$tbl takes the UPDATE statements: $why");
+	is($node->safe_psql('postgres', qq{SELECT write_path FROM mig_status WHERE table_name = '$tbl'}),
+		"UPDATE: $why", "mig_status says why $tbl takes the UPDATE statements");
 	is($node->safe_psql('postgres', qq{
 		SELECT count(*) FILTER (WHERE _mig_new_email IS NOT DISTINCT FROM lower(email)) || '/' || count(*)
 		FROM $tbl}), '1000/1000', "every row of $tbl is right");
 }
 is($node->safe_psql('postgres', 'SELECT count(*) FROM d_gen WHERE len IS DISTINCT FROM length(email)'),
 	'0', 'the generated column is right');
+
+# 3. a partitioned table whose leaves differ: mig_status shows each leaf's way
+$node->safe_psql('postgres', q{
+CREATE TABLE d_part (id int, email text, during int4range) PARTITION BY RANGE (id);
+CREATE TABLE d_part_1 PARTITION OF d_part FOR VALUES FROM (1) TO (1001);
+CREATE TABLE d_part_2 PARTITION OF d_part (EXCLUDE USING gist (during WITH &&)) FOR VALUES FROM (1001) TO (2001);
+INSERT INTO d_part SELECT g, 'Part' || g, int4range(2 * g, 2 * g + 1) FROM generate_series(1, 2000) g;
+SELECT mig_expand('d_part', 'email', type => 'text', up => 'lower(email)');
+SELECT mig_backfill('d_part', batch_size => 300);
+});
+is(wait_job_ended($node, 'd_part'), 'done', 'the backfill of d_part is done');
+is($node->safe_psql('postgres', q{
+	SELECT string_to_array(write_path, '; ') @> ARRAY['direct, striped', 'UPDATE: it has an exclusion constraint']
+	       AND array_length(string_to_array(write_path, '; '), 1) = 2
+	  FROM mig_status WHERE table_name = 'd_part'}),
+	't', 'mig_status shows the leaf written directly and the one that takes the UPDATE statements');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE _mig_new_email IS NOT DISTINCT FROM lower(email)) || '/' || count(*)
+	FROM d_part}), '2000/2000', 'every row of d_part is right');
 
 done_testing();

@@ -64,9 +64,10 @@ note(sprintf("striped: heap and indexes %.3fx compact", $sum_now / $sum_compact)
 cmp_ok($sum_now / $sum_compact, '<=', 1.15, 'heap and indexes at most 1.15x their compact size');
 
 # two workers on ranges of one heap: each walks its own windows, with its
-# own checkpoint in its slice, and waits before each stripe for the other's
-# transaction that saw its last stripe's rows live (bf_stripe_settle), so
-# that the key keeps its size; an index not in walk order gets both
+# own checkpoint in its slice, in two halves written in turn, and waits
+# before each stripe for the other's transaction that saw the rows of its
+# last stripe on the same pages live (bf_stripe_settle), so that the key
+# keeps its size; an index not in walk order gets both
 # workers' stripes on each leaf (20% where it has room for 10%) and is not
 # asserted here (README, "Space")
 $node->safe_psql('postgres', sprintf($fill, 'pp', 100000)
@@ -80,10 +81,12 @@ is($node->safe_psql('postgres', "SELECT (" . job_row('pp') . ").rows_done, count
 ($now, $compact) = space('pp');
 note(sprintf("parallel: %s %.3fx compact", $what[$_], $now->[$_] / $compact->[$_])) for 0 .. 2;
 # The bound is looser than the single worker's: each stripe waits for the
-# other worker's transaction at most target_batch_ms, and on a loaded
-# machine it sometimes does not end in time (1.21x seen once in CI); with
-# the stripes off the key doubles (2.00x), which this still catches.
-cmp_ok($now->[1] / $compact->[1], '<=', 1.5, 'the primary key stays well below twice its compact size');
+# other worker's transaction at most target_batch_ms.  Before the halves,
+# with one stripe between two on the same pages, that wait timed out on a
+# loaded machine (1.21x seen once in CI); with a whole transaction of the
+# worker's in between it is almost always over before it starts (1.000x
+# under a load average of 7).  With the stripes off the key doubles (2.00x).
+cmp_ok($now->[1] / $compact->[1], '<=', 1.25, 'the primary key stays well below twice its compact size');
 
 # the same rows without stripes: the primary key doubles (what the test above
 # would see if striping broke)
