@@ -224,6 +224,7 @@ SELECT m.id AS migration_id,
 	SELECT pg_catalog.count(*)::int AS fkeys_to_finish
 	  FROM migrate_ext.contract_object o
 	  JOIN pg_catalog.pg_constraint c ON c.oid OPERATOR(pg_catalog.=) o.objid
+							 AND c.conrelid OPERATOR(pg_catalog.=) o.relid
 	  JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.conrelid
 	 WHERE o.migration_id OPERATOR(pg_catalog.=) m.id
 	   AND m.phase OPERATOR(pg_catalog.=) 'contracted'::pg_catalog.text

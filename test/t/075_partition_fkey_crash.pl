@@ -244,7 +244,23 @@ is($node->safe_psql('postgres', qq{
 enforced_everywhere($i, 'dirty row, after the fix');
 
 # --- 3. the server's worker cannot get its lock -----------------------------
-# Stopped after its swap; a prepared transaction (it survives restarts) then
+# First a table dropped after its swap, before the restart: its rows stay in
+# contract_object, but nothing is done for it (checked at the restarts below).
+$i++;
+setup($i);
+my $dropped = $node->safe_psql('postgres', "SELECT id FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass");
+{
+	my ($hd, $holderd, $errd, $pidd) = mig_contract_paused($node, "ev$i", 'swapped');
+	$node->safe_psql('postgres', "DROP TABLE ev$i CASCADE");
+	mig_crash($node, 'kill', $pidd);
+	$hd->finish;
+	eval { $holderd->quit };
+	mig_contract_unpause($node);
+}
+is($node->safe_psql('postgres', "SELECT count(*) > 0 FROM migrate_ext.contract_object WHERE migration_id = $dropped")
+	. $node->safe_psql('postgres', "SELECT count(*) FROM mig_status WHERE migration_id = $dropped"),
+	't0', 'dropped after its swap: its rows stay recorded, mig_status lists nothing to finish');
+# Then one stopped after its swap; a prepared transaction (it survives restarts) then
 # holds pref's first leaf against the validation of its key's copy; the
 # contract is killed.
 $i++;
@@ -298,6 +314,13 @@ like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"), qr/no worker 
 mig_crash($node, 'immediate');
 ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
 	'held, after a restart: a new worker is on it');
+# the launcher's worker of this database is done once it has started that
+# one and exited: by then it has started every finishing worker it would
+$node->poll_query_until('postgres', q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+	WHERE backend_type = 'migrate_ext launcher' AND datname = 'postgres')})
+  or die 'the launcher\'s worker of database postgres did not end';
+unlike(slurp_file($node->logfile), qr/finishing the foreign keys left after the swap of migration $dropped /,
+	'the table dropped after its swap: no worker was ever started for it');
 # that worker killed (kill -9) while it waits: the next start gives the
 # work another one
 $wpid = $node->safe_psql('postgres', $finishing);
