@@ -214,5 +214,6 @@ extern ContractPlan *mig_contract_plan(Relation rel, MigMigration *m,
 
 /* contract_worker.c: the worker's entry point, started by name */
 extern PGDLLEXPORT void mig_contract_worker_main(Datum main_arg);
+extern PGDLLEXPORT void mig_contract_finish_main(Datum main_arg);
 
 #endif							/* CONTRACT_H */

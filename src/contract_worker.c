@@ -22,6 +22,12 @@
  * picks up where the first stopped; an index build that failed is dropped
  * before failing.
  *
+ * The same file holds the worker the launcher starts after a restart for a
+ * contract that stopped after its swap (mig_contract_finish_main): no
+ * caller, its messages go to the server log; it runs only the finish of
+ * the foreign keys the swap recorded, as the table's owner, under the same
+ * lock as mig_contract, and tries again later when the ladder gives up.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -42,7 +48,9 @@
 #include "libpq/pqmq.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/dsm.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
@@ -72,6 +80,10 @@
 static ContractShared *worker_shared = NULL;
 static MemoryContext contract_cxt = NULL;
 static bool contract_swapped = false;	/* the swap has committed */
+static bool contract_headless = false;	/* started by the launcher: no caller */
+
+/* Seconds the launcher's finishing worker waits before it tries again. */
+#define CONTRACT_FINISH_RETRY_S	5
 
 /* The advisory lock a test holds to stop the worker (migrate_ext.test_pause). */
 #define MIG_TEST_PAUSE_KEY	7387
@@ -120,7 +132,11 @@ progress(const char *fmt,...)
 			break;
 		enlargeStringInfo(&buf, needed);
 	}
-	ereport(NOTICE, (errmsg_internal("%s", buf.data)));
+	/* the launcher's worker has no caller: the server log is its reader */
+	if (contract_headless)
+		ereport(LOG, (errmsg_internal("migrate_ext: %s", buf.data)));
+	else
+		ereport(NOTICE, (errmsg_internal("%s", buf.data)));
 	pfree(buf.data);
 }
 
@@ -1496,21 +1512,30 @@ undo_after_failure(int64 migration_id, const char *relname)
 /*
  * Only one mig_contract per table at a time: a session-level lock of the
  * worker's own (an advisory lock tag that the SQL-level advisory lock
- * functions never use), gone when the worker exits.
+ * functions never use, which mig_status reads as fkeys_finishing), gone
+ * when the worker exits.  Taken without waiting: whether it was got.
  */
-static void
-lock_contract(Oid relid)
+static bool
+try_lock_contract(Oid relid)
 {
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, relid, 0, 3);
-	if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* The same for mig_contract's worker: an error when another holds it. */
+static void
+lock_contract(Oid relid)
+{
+	if (try_lock_contract(relid))
 		return;
 	/* the table's name is read from the catalog: in a transaction */
 	xact_begin();
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_IN_USE),
 			 errmsg("mig_contract is already running on table \"%s\"", get_rel_name(relid)),
+			 errdetail("Another mig_contract, or the server's own worker that finishes the foreign keys left after a swap (mig_status.fkeys_finishing), holds it."),
 			 errhint("Wait for it to finish.")));
 }
 
@@ -1620,4 +1645,190 @@ mig_contract_worker_main(Datum main_arg)
 	SpinLockAcquire(&sh->mutex);
 	sh->done = true;
 	SpinLockRelease(&sh->mutex);
+}
+
+/* -------------------------------------------------------------------------
+ * The launcher's worker: what a swap left to finish, after a restart
+ * -------------------------------------------------------------------------
+ */
+
+/*
+ * Is migration_id's swap committed with foreign keys still recorded to
+ * finish, on a table that still exists?  If so, become the table's owner
+ * (the session's user: neither SET ROLE nor SET SESSION AUTHORIZATION can
+ * lead back to the superuser the worker connected as), take the owner's
+ * role settings, and say which table.  Only work the catalog records is
+ * ever done: a migration with no rows left, or whose table is gone, is
+ * nothing to do.
+ */
+static bool
+finish_pending(int64 migration_id, Oid *relid, char **relname)
+{
+	bool		pending = false;
+	bool		isnull;
+	Oid			owner;
+
+	xact_begin();
+	SPI_connect();
+	if (mig_catalog_query("SELECT m.relid FROM migrate_ext.migration m "
+						  "WHERE m.id OPERATOR(pg_catalog.=) $1 "
+						  "AND m.phase OPERATOR(pg_catalog.=) 'contracted' "
+						  "AND EXISTS (SELECT FROM migrate_ext.contract_object o "
+						  "WHERE o.migration_id OPERATOR(pg_catalog.=) m.id) "
+						  "AND EXISTS (SELECT FROM pg_catalog.pg_class c "
+						  "WHERE c.oid OPERATOR(pg_catalog.=) m.relid)",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(migration_id)},
+						  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.migration");
+	if (SPI_processed == 1)
+	{
+		*relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+		pending = true;
+	}
+	SPI_finish();
+	if (pending)
+	{
+		*relname = MemoryContextStrdup(contract_cxt, mig_qualified_name(*relid));
+		owner = mig_table_owner(*relid);
+		SetSessionAuthorization(owner, superuser_arg(owner));
+		mig_worker_apply_role_settings(owner);
+	}
+	xact_end();
+	MemoryContextSwitchTo(contract_cxt);
+	return pending;
+}
+
+/*
+ * The finish failed: log why.  A lock the ladder could not get (the
+ * traffic held it), a deadlock or a concurrent change is tried again
+ * later; anything else (a row that violates the key, a privilege) waits
+ * for a DBA's mig_contract, which reports it.
+ */
+static bool
+finish_failed(const char *relname)
+{
+	ErrorData  *edata;
+	bool		retry;
+
+	MemoryContextSwitchTo(contract_cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	retry = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		edata->sqlerrcode == ERRCODE_OBJECT_IN_USE;
+	if (retry)
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("migrate_ext: could not finish the foreign keys that reference table %s yet: %s",
+						relname, edata->message),
+				 errdetail("Trying again in %d seconds; the keys are enforced on new rows meanwhile.",
+						   CONTRACT_FINISH_RETRY_S)));
+	else
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("migrate_ext: could not finish the foreign keys that reference table %s: %s",
+						relname, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 errhint("Fix the cause, then run mig_contract('%s') to finish them.", relname)));
+	FreeErrorData(edata);
+	return retry;
+}
+
+/*
+ * One attempt, under the lock of mig_contract on the table.  Returns
+ * whether to try again later.
+ */
+static bool
+finish_attempt(int64 migration_id, const char *relname)
+{
+	volatile bool retry = false;
+
+	PG_TRY();
+	{
+		progress("finishing the foreign keys that reference table %s, left by a mig_contract that stopped after its swap",
+				 relname);
+		finish_fkeys(migration_id);
+		progress("table %s is contracted: its foreign keys are finished", relname);
+	}
+	PG_CATCH();
+	{
+		retry = finish_failed(relname);
+	}
+	PG_END_TRY();
+	return retry;
+}
+
+/*
+ * The worker the launcher starts after a start, a restart or a crash for a
+ * migration whose swap committed but whose recorded foreign keys are not
+ * finished (launcher.c): it does exactly what mig_contract's finish does,
+ * as the table's owner, through the same lock ladder (the ladder's
+ * settings are the server's), and when the ladder gives up it waits and
+ * tries again, so that it never queues the traffic for longer than the
+ * ladder allows.  Connected as the bootstrap superuser (the owner may not
+ * be able to log in), it is the owner from its first step on.
+ */
+void
+mig_contract_finish_main(Datum main_arg)
+{
+	MigWorkerArgs args;
+	ContractShared local;
+	Oid			relid;
+	char	   *relname;
+	char		buf[32];
+	bool		locked = false;
+
+	mig_worker_connect(&args);
+	memset(&local, 0, sizeof(local));
+	SpinLockInit(&local.mutex);
+	local.migration_id = args.arg;
+	local.finish = true;
+	worker_shared = &local;
+	contract_headless = true;
+	/* every step of the finish comes after the swap */
+	contract_swapped = true;
+	contract_cxt = AllocSetContextCreate(TopMemoryContext, "migrate_ext contract",
+										 ALLOCSET_DEFAULT_SIZES);
+
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("application_name", "migrate_ext contract", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_read_only", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
+
+	/*
+	 * The lock of mig_contract on the table (lock_contract), held from the
+	 * first attempt to the exit, retries and waits included: exactly one of
+	 * this worker and a DBA's mig_contract finishes; the DBA's is refused
+	 * while this worker holds it (mig_status shows it), and this worker,
+	 * while the DBA's runs, looks again later and usually finds nothing
+	 * left.
+	 */
+	while (finish_pending(local.migration_id, &relid, &relname))
+	{
+		/* the ladder as the server's configuration has it now */
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		snprintf(buf, sizeof(buf), "%d", mig_lock_timeout_max_ms);
+		SetConfigOption("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION);
+		if (!locked)
+		{
+			locked = try_lock_contract(relid);
+			if (locked)
+				continue;		/* what is pending, now that no one else runs */
+			ereport(LOG,
+					(errmsg("migrate_ext: mig_contract is running on table %s: looking again in %d seconds whether it finished its foreign keys",
+							relname, CONTRACT_FINISH_RETRY_S)));
+		}
+		else if (!finish_attempt(local.migration_id, relname))
+			break;
+		MemoryContextSwitchTo(contract_cxt);
+		mig_sleep_ms(CONTRACT_FINISH_RETRY_S * 1000L);
+	}
+	proc_exit(0);
 }

@@ -2,7 +2,8 @@
  *
  * launcher.c
  *	  The launcher: after a start, a restart or a crash, gives every
- *	  interrupted backfill job a new worker.
+ *	  interrupted backfill job a new worker, and every contract that
+ *	  stopped after its swap one that finishes its foreign keys.
  *
  * Registered only when migrate_ext is in shared_preload_libraries, as a
  * static background worker.  It starts once recovery has finished (never
@@ -15,7 +16,9 @@
  * none: it reads the list of databases from the shared catalog pg_database
  * (as autovacuum's launcher does) and, one database after another, starts
  * a short-lived worker connected to it, which looks for migrate_ext and its
- * interrupted jobs there (backfill.c) and exits.  A database dropped in the
+ * interrupted jobs there (backfill.c), starts a worker that finishes
+ * the foreign keys each contracted migration still has recorded after its
+ * swap (contract_worker.c), and exits.  A database dropped in the
  * meantime only makes that short worker fail to connect.  Then the launcher
  * waits, doing nothing, until the server shuts down.
  *
@@ -60,9 +63,10 @@ PGDLLEXPORT void mig_launcher_db_main(Datum main_arg);
  * In a short-lived worker of the launcher, connected to one database as a
  * superuser: give every interrupted job of this database a new worker, as
  * the roles that started it.  A job whose roles are gone, or can no longer
- * log in, fails with a message that says so.
+ * log in, fails with a message that says so.  Returns false when there is
+ * nothing more to do here (no extension).
  */
-static void
+static bool
 resume_interrupted_jobs(void)
 {
 	List	   *jobs = NIL;
@@ -75,7 +79,7 @@ resume_interrupted_jobs(void)
 	if (!OidIsValid(get_extension_oid("migrate_ext", true)))
 	{
 		SPI_finish();
-		return;
+		return false;
 	}
 	if (!mig_version_matches())
 	{
@@ -158,6 +162,81 @@ resume_interrupted_jobs(void)
 			ereport(LOG,
 					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",
 							args->arg, get_database_name(MyDatabaseId))));
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(oldcxt);
+			EmitErrorReport();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	return true;
+}
+
+/*
+ * In the same short worker, after the jobs: every migration whose swap
+ * committed with foreign keys still recorded to finish (a mig_contract
+ * that stopped after its swap: a crash, a restart, a lock it could not
+ * get) gets a worker that finishes them as the table's owner
+ * (mig_contract_finish_main).  Only what contract_object records, on
+ * tables that still exist.  No free slot: a warning, and the DBA's
+ * mig_contract finishes them.
+ */
+static void
+finish_contracted(void)
+{
+	int64	   *ids;
+	uint64		nids;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	SPI_connect();
+	if (mig_catalog_query("SELECT m.id FROM migrate_ext.migration m "
+						  "WHERE m.phase OPERATOR(pg_catalog.=) 'contracted' "
+						  "AND EXISTS (SELECT FROM migrate_ext.contract_object o "
+						  "WHERE o.migration_id OPERATOR(pg_catalog.=) m.id) "
+						  "AND EXISTS (SELECT FROM pg_catalog.pg_class c "
+						  "WHERE c.oid OPERATOR(pg_catalog.=) m.relid) "
+						  "ORDER BY m.id",
+						  0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read migrate_ext.migration");
+	/* the ids must outlive SPI_finish(), which frees SPI's context */
+	nids = SPI_processed;
+	ids = MemoryContextAlloc(oldcxt, sizeof(int64) * Max(nids, 1));
+	for (uint64 i = 0; i < nids; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+
+	for (uint64 i = 0; i < nids; i++)
+	{
+		MigWorkerArgs args;
+
+		/* connects as the bootstrap superuser, then becomes the owner */
+		memset(&args, 0, sizeof(args));
+		args.dboid = MyDatabaseId;
+		args.login_oid = BOOTSTRAP_SUPERUSERID;
+		args.role_oid = BOOTSTRAP_SUPERUSERID;
+		args.arg = ids[i];
+		BeginInternalSubTransaction(NULL);
+		PG_TRY();
+		{
+			(void) mig_worker_start("mig_contract_finish_main",
+									psprintf("migrate_ext finish of migration " INT64_FORMAT,
+											 args.arg),
+									&args);
+			ReleaseCurrentSubTransaction();
+			ereport(LOG,
+					(errmsg("migrate_ext: finishing the foreign keys left after the swap of migration " INT64_FORMAT " in database \"%s\"",
+							args.arg, get_database_name(MyDatabaseId))));
 		}
 		PG_CATCH();
 		{
@@ -321,7 +400,8 @@ mig_launcher_db_main(Datum main_arg)
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	resume_interrupted_jobs();
+	if (resume_interrupted_jobs())
+		finish_contracted();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	proc_exit(0);

@@ -196,6 +196,8 @@ typedef struct Progress
 	char	   *last_error;
 	char	   *last_sqlstate;
 	char	   *started_at;
+	int			fkeys_to_finish;	/* left by a swap (contract_worker.c) */
+	bool		fkeys_finishing;	/* a worker is on them */
 } Progress;
 
 static bool
@@ -247,7 +249,8 @@ read_progress(int64 migration_id, Progress *p)
 							  "coalesce(g.rate_recent, g.rate_avg), g.rate_avg, "
 							  "extract(epoch FROM g.eta), g.batch_size, g.batches, g.retries, "
 							  "g.last_error, g.last_sqlstate, "
-							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF'), g.relid "
+							  "to_char(g.started_at, 'YYYY-MM-DD HH24:MI:SSOF'), g.relid, "
+							  "g.fkeys_to_finish, g.fkeys_finishing "
 							  "FROM migrate_ext.progress g "
 							  "LEFT JOIN migrate_ext.job j ON j.id = g.job_id "
 							  "WHERE g.migration_id OPERATOR(pg_catalog.=) $1",
@@ -291,6 +294,9 @@ read_progress(int64 migration_id, Progress *p)
 	p->last_error = get_string(tup, desc, 18);
 	p->last_sqlstate = get_string(tup, desc, 19);
 	p->started_at = get_string(tup, desc, 20);
+	p->fkeys_to_finish = (int) get_int64(tup, desc, 22);
+	p->fkeys_finishing = SPI_getvalue(tup, desc, 23) != NULL &&
+		strcmp(SPI_getvalue(tup, desc, 23), "t") == 0;
 	SPI_finish();
 }
 
@@ -811,6 +817,11 @@ checklist_contract(StringInfo buf, ChecklistState *cs)
 	appendStringInfoString(buf, "\nExit:\n");
 	tick(buf, cs->contracted, cs->keep ? "phase contracted: the trigger removed, the old column kept" :
 		 "phase contracted: the old column dropped, the trigger removed");
+	if (cs->contracted && cs->prog.fkeys_to_finish > 0)
+		tick(buf, false, "the foreign keys the swap moved to the new column finished: %d copies not yet validated or attached, %s",
+			 cs->prog.fkeys_to_finish,
+			 cs->prog.fkeys_finishing ? "a worker is finishing them now" :
+			 "no worker is on them (run mig_contract again; the server also does after a restart)");
 	end_criteria(buf, cs, MIG_PHASE_CONTRACTED);
 	appendStringInfo(buf, "Command: `SELECT mig_contract(%s);`\n", cs->tbl);
 	appendStringInfoString(buf, cs->keep ? "Rollback: none. Contract ends dual-write (keep_old): the new column is the application's own after it.\n" :

@@ -147,3 +147,23 @@ SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_id_seq', '');
  * 0.1 (which granted SELECT to PUBLIC) have the same privileges.
  */
 REVOKE ALL ON ALL TABLES IN SCHEMA migrate_ext FROM PUBLIC;
+
+/*
+ * What a mig_contract in progress added that is enforced before its swap:
+ * the NOT VALID CHECK and foreign-key copies, the unique index copies.
+ * Recorded by OID in the transaction that creates each, so that a failed or
+ * cancelled contract, and mig_abort, drop exactly these and nothing that
+ * merely has their name.  The swap, which makes them the real ones, deletes
+ * the rows, and records what is left to finish after it (the foreign keys
+ * that reference the table), which mig_status counts.  Not dumped: OIDs
+ * mean nothing after a restore.  After the REVOKE above (like a table an
+ * update from 0.1 adds): no explicit ACL.
+ */
+CREATE TABLE migrate_ext.contract_object (
+	migration_id bigint NOT NULL REFERENCES migrate_ext.migration,
+	classid		oid NOT NULL,	/* pg_constraint or pg_class (an index) */
+	objid		oid NOT NULL,
+	relid		oid NOT NULL,	/* its table: an OID reused by another object is not ours */
+	added_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX contract_object_migration ON migrate_ext.contract_object (migration_id);

@@ -134,7 +134,19 @@ SELECT m.id AS migration_id,
 	   sl.slices_done,
 	   sl.slices_detached,
 	   sl.worker_progress,
-	   coalesce(sl.write_path, j.write_path) AS write_path
+	   coalesce(sl.write_path, j.write_path) AS write_path,
+	   fk.fkeys_to_finish,
+	   CASE WHEN fk.fkeys_to_finish OPERATOR(pg_catalog.>) 0 THEN EXISTS (
+			SELECT FROM pg_catalog.pg_locks l
+			 WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory'::pg_catalog.text
+			   AND l.database OPERATOR(pg_catalog.=)
+				   (SELECT d.oid FROM pg_catalog.pg_database d
+					 WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+			   AND l.classid OPERATOR(pg_catalog.=) m.relid
+			   AND l.objid OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+			   AND l.objsubid OPERATOR(pg_catalog.=) 3::smallint
+			   AND l.granted)
+	   END AS fkeys_finishing
   FROM migrate_ext.migration m
   LEFT JOIN LATERAL (SELECT * FROM migrate_ext.job j
 					  WHERE j.migration_id OPERATOR(pg_catalog.=) m.id
@@ -205,7 +217,21 @@ SELECT m.id AS migration_id,
 		   pg_catalog.string_agg(DISTINCT s.write_path, '; '::pg_catalog.text
 								 ORDER BY s.write_path) AS write_path
 	  FROM migrate_ext.job_slice s
-	 WHERE s.job_id OPERATOR(pg_catalog.=) j.id) sl;
+	 WHERE s.job_id OPERATOR(pg_catalog.=) j.id) sl
+ CROSS JOIN LATERAL (
+	-- the foreign key copies a swap left to finish (contract_worker.c): not
+	-- validated yet, or a leaf's not attached to its partitioned table yet
+	SELECT pg_catalog.count(*)::int AS fkeys_to_finish
+	  FROM migrate_ext.contract_object o
+	  JOIN pg_catalog.pg_constraint c ON c.oid OPERATOR(pg_catalog.=) o.objid
+							 AND c.conrelid OPERATOR(pg_catalog.=) o.relid
+	  JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.conrelid
+	 WHERE o.migration_id OPERATOR(pg_catalog.=) m.id
+	   AND m.phase OPERATOR(pg_catalog.=) 'contracted'::pg_catalog.text
+	   AND o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid
+	   AND c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog."char"
+	   AND (NOT c.convalidated
+			OR (r.relispartition AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid))) fk;
 
 /*
  * The status columns, written once: mig_status, mig_history and
@@ -222,16 +248,17 @@ SELECT g.table_name, g.columns, g.phase, g.state, g.throttle_reason, g.rows_done
 	   g.last_sqlstate, g.started_at, g.updated_at,
 	   g.migration_id, g.job_id, g.rows_seen, g.rows_total_exact,
 	   g.workers, g.slices_total, g.slices_done, g.slices_detached, g.worker_progress,
-	   g.write_path
+	   g.write_path, g.fkeys_to_finish, g.fkeys_finishing
   FROM migrate_ext.progress g;
 
 CREATE VIEW @extschema@.mig_status WITH (security_barrier) AS
 SELECT s.*
   FROM migrate_ext.status s
  WHERE s.phase OPERATOR(pg_catalog.<>) ALL
-	   (ARRAY['contracted', 'aborted']::pg_catalog.text[]);
+	   (ARRAY['contracted', 'aborted']::pg_catalog.text[])
+	OR s.fkeys_to_finish OPERATOR(pg_catalog.>) 0;
 COMMENT ON VIEW @extschema@.mig_status IS
-	'one row per active migration: phase, backfill progress, rate and ETA';
+	'one row per active migration (and per contracted one with foreign keys left to finish): phase, backfill progress, rate and ETA';
 
 CREATE VIEW @extschema@.mig_history WITH (security_barrier) AS
 SELECT s.*, m.created_at, m.created_by, j.finished_at,

@@ -4,20 +4,30 @@
 # referencing table; on each leaf of a partitioned one), validated after it,
 # and a partitioned referencing table's ADD FOREIGN KEY attaches its leaves'
 # copies last.  The swap records that unfinished work in
-# migrate_ext.contract_object; the worker finishes from those rows alone.
+# migrate_ext.contract_object; the worker finishes from those rows alone,
+# and after a restart the launcher starts one that does, without the DBA.
 #
 #  1. the worker killed (kill -9, or an immediate shutdown) after each step
 #     of that route, stopped there by the test-only pause point
 #     (migrate_ext.test_pause: the worker waits for advisory lock 7387,
 #     which the test holds): after the restart every leaf enforces the key,
-#     the next mig_contract finishes it, and pg_constraint holds exactly
-#     one parent key and its clones, as a key added by hand would;
+#     and, with no mig_contract run, the server finishes it by itself:
+#     pg_constraint holds exactly one parent key and its clones, validated,
+#     as an uninterrupted contract leaves them;
 #  2. a row that violates the key, written behind its back (replication
 #     role) after the validation: mig_validate names it; mig_contract fails
 #     after its swap with 23503, the detail naming the partition and the
 #     constraint, the hint what to do; every leaf enforces the key, the
 #     table is usable, a second run fails alike, and once the row is fixed
-#     mig_contract finishes.
+#     mig_contract finishes;
+#  3. the server's finishing worker cannot get its lock (a prepared
+#     transaction holds a leaf across the restarts): it gives up through
+#     its ladder and tries again, never holding clients up; meanwhile
+#     mig_status shows the keys left and the worker on them, mig_expand,
+#     mig_abort and a DBA's mig_contract are refused with clear errors;
+#     stopped, the table says so; killed, or the server restarted, the
+#     next start gives the work a new worker; a standby runs none, and once
+#     promoted it does; once the lock is free the keys end finished as in 1.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -28,7 +38,9 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 use IPC::Run;
 
-my $node = mig_node('partition_fkey_crash', conf => "restart_after_crash = on\n");
+my $node = mig_node('partition_fkey_crash', init => { allows_streaming => 1 },
+	conf => "restart_after_crash = on\nmax_prepared_transactions = 2\n"
+	  . "migrate_ext.lock_timeout = 20ms\nmigrate_ext.lock_timeout_max = 200ms\nmigrate_ext.lock_retries = 3\n");
 
 # ev$i (the shared tree), pref$i partitioned and ref$i plain, both
 # referencing it; ev$i.id int -> bigint expanded, filled, validated, cut over.
@@ -113,6 +125,22 @@ sub keys_as_uninterrupted
 		'1/3', "$what: one parent key on pref$i, each of its three leaves' attached to it");
 }
 
+# With no mig_contract run: the server's worker finishes what the swap of
+# ev$i left, within a bounded poll, and says so in the log.
+sub finished_by_server
+{
+	my ($i, $what, $offset) = @_;
+	my $mid = $node->safe_psql('postgres',
+		"SELECT id FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass");
+	ok($node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT FROM migrate_ext.contract_object WHERE migration_id = $mid)"),
+		"$what: the server finishes the keys by itself, without mig_contract");
+	ok($node->wait_for_log(qr/migrate_ext: table public\.ev$i is contracted: its foreign keys are finished/, $offset),
+		"$what: the server log says it finished them");
+	is($node->safe_psql('postgres', "SELECT count(*) FROM mig_status WHERE table_name = 'ev$i'"),
+		'0', "$what: mig_status no longer lists it");
+}
+
 # --- 1. a crash after each step of the route after the swap -----------------
 # The pref keys as a key added by hand on a contracted tree has them: one
 # parent key and its clones, nothing else.
@@ -125,33 +153,40 @@ like($uninterrupted, qr/(^|,)pref:pref_ev_id_ev_at_fkey:false:ev:true(,|$)/,
 	'uninterrupted: pref has its key') or diag $uninterrupted;
 foreach my $case (
 	[ 'swapped', 'kill' ], [ 'fkey_validated', 'immediate' ], [ 'fkey_validated', 'kill' ],
-	[ 'fkey_attach', 'kill' ], [ 'fkey_attached', 'immediate' ])
+	[ 'fkey_attach', 'kill' ], [ 'fkey_attached', 'immediate' ], [ 'swapped', 'immediate', 'dba' ])
 {
-	my ($step, $how) = @$case;
+	my ($step, $how, $dba) = @$case;
 	$i++;
 	setup($i);
 	my ($h, $holder, $err, $pid) = mig_contract_paused($node, "ev$i", $step);
+	my $offset = -s $node->logfile;
 	mig_crash($node, $how, $pid);
 	$h->finish;
 	eval { $holder->quit };
 	mig_contract_unpause($node);
-	my $what = "crash ($how) after step $step";
+	my $what = "crash ($how) after step $step" . ($dba ? ', a DBA\'s mig_contract at once' : '');
+	# the DBA runs mig_contract as the server comes back: it races with the
+	# server's worker, and exactly one of them finishes the keys
+	if ($dba)
+	{
+		my ($drc, $dout, $derr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_contract('ev${i}')");
+		ok(($drc == 0 && $derr =~ /finishing the foreign keys that reference table "ev$i"|is already contracted/)
+			  || $derr =~ /ERROR:  55006: mig_contract is already running on table "ev$i"/,
+			"$what: it finishes the keys, finds them finished, or is refused while the server's worker does") or diag $derr;
+	}
 	is($node->safe_psql('postgres',
 		"SELECT phase FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass"),
 		'contracted', "$what: the swap had committed");
-	enforced_everywhere($i, "$what, before the next mig_contract");
-	if ($step ne 'fkey_attached')
+	enforced_everywhere($i, "$what, before the server finishes");
+	if ($dba)
 	{
-		my ($erc, $eout, $eerr) = $node->psql('postgres',
-			"\\set VERBOSITY verbose\nSELECT mig_expand('ev${i}', 'id', type => 'numeric')");
-		like($eerr, qr/ERROR:  55000: the last migration of table "ev$i" is contracted but not finished/,
-			"$what: a new mig_expand is refused until the keys are finished");
-		like($eerr, qr/HINT:  Run mig_contract\('ev$i'\) to finish them/, "$what: and says how to finish");
+		ok($node->poll_query_until('postgres', "SELECT NOT EXISTS (SELECT FROM migrate_ext.contract_object)"),
+			"$what: the keys end finished");
 	}
-	my ($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
-	is($rc, 0, "$what: the next mig_contract succeeds") or diag $cerr;
-	like($cerr, qr/finishing the foreign keys that reference table "ev$i"/,
-		"$what: it finishes what the swap left") if $step ne 'fkey_attached';
+	else
+	{
+		finished_by_server($i, $what, $offset);
+	}
 	keys_as_uninterrupted($i, $what);
 	is($node->safe_psql('postgres', qq{
 		SELECT string_agg(conrelid::regclass::text, ',' ORDER BY conrelid::regclass::text) FROM pg_constraint
@@ -165,8 +200,8 @@ foreach my $case (
 	is($node->safe_psql('postgres', q{SELECT count(*) FROM migrate_ext.contract_object}),
 		'0', "$what: nothing is left recorded");
 	enforced_everywhere($i, "$what, after it");
-	($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
-	like($cerr, qr/is already contracted/, "$what: a third mig_contract has nothing to do");
+	my ($rc, $out, $cerr) = $node->psql('postgres', "SELECT mig_contract('ev${i}')");
+	like($cerr, qr/is already contracted/, "$what: a mig_contract after it has nothing to do");
 }
 
 # --- 2. a row that violates the key, found only at the validation -----------
@@ -208,4 +243,111 @@ is($node->safe_psql('postgres', qq{
 	'0', 'dirty row fixed: every key validated');
 enforced_everywhere($i, 'dirty row, after the fix');
 
+# --- 3. the server's worker cannot get its lock -----------------------------
+# First a table dropped after its swap, before the restart: its rows stay in
+# contract_object, but nothing is done for it (checked at the restarts below).
+$i++;
+setup($i);
+my $dropped = $node->safe_psql('postgres', "SELECT id FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass");
+{
+	my ($hd, $holderd, $errd, $pidd) = mig_contract_paused($node, "ev$i", 'swapped');
+	$node->safe_psql('postgres', "DROP TABLE ev$i CASCADE");
+	mig_crash($node, 'kill', $pidd);
+	$hd->finish;
+	eval { $holderd->quit };
+	mig_contract_unpause($node);
+}
+is($node->safe_psql('postgres', "SELECT count(*) > 0 FROM migrate_ext.contract_object WHERE migration_id = $dropped")
+	. $node->safe_psql('postgres', "SELECT count(*) FROM mig_status WHERE migration_id = $dropped"),
+	't0', 'dropped after its swap: its rows stay recorded, mig_status lists nothing to finish');
+# Then one stopped after its swap; a prepared transaction (it survives restarts) then
+# holds pref's first leaf against the validation of its key's copy; the
+# contract is killed.
+$i++;
+setup($i);
+my $mid = $node->safe_psql('postgres', "SELECT id FROM migrate_ext.migration WHERE relid = 'ev${i}'::regclass");
+my ($h3, $holder3, $err3, $pid3) = mig_contract_paused($node, "ev$i", 'swapped');
+$node->safe_psql('postgres', qq{BEGIN; LOCK TABLE pref${i}_1 IN SHARE UPDATE EXCLUSIVE MODE; PREPARE TRANSACTION 'hold';});
+my $offset = -s $node->logfile;
+mig_crash($node, 'kill', $pid3);
+$h3->finish;
+eval { $holder3->quit };
+mig_contract_unpause($node);
+ok($node->wait_for_log(qr/migrate_ext: could not finish the foreign keys that reference table public\.ev$i yet: could not lock table "pref${i}_1"/, $offset),
+	'held: the server\'s worker gives up through its ladder, and the log says why and that it tries again');
+my $finishing = q{SELECT pid FROM pg_stat_activity WHERE application_name = 'migrate_ext contract'};
+is($node->safe_psql('postgres', "SELECT phase, fkeys_to_finish > 0, fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'contracted|t|t', 'held: mig_status shows the keys left to finish and a worker on them');
+($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_expand('ev${i}', 'id', type => 'numeric')");
+like($err, qr/ERROR:  55000: the last migration of table "ev$i" is contracted but not finished/,
+	'held: a new mig_expand is refused until the keys are finished');
+($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_abort('ev${i}')");
+like($err, qr/ERROR:  55000: the migration of table "ev$i" was contracted and cannot be aborted/,
+	'held: mig_abort is refused after the swap, as before');
+($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT mig_contract('ev${i}')");
+like($err, qr/ERROR:  55006: mig_contract is already running on table "ev$i"/,
+	'held: a DBA\'s mig_contract meanwhile is refused: one finisher only');
+like($err, qr/DETAIL:  .*the server's own worker that finishes the foreign keys/, 'held: and says who holds it');
+# clients are not held up: writes to the held leaf and to both trees go
+# through (the worker queues at most the ladder's top, 200ms, for a lock)
+foreach (1 .. 3)
+{
+	($rc, $out, $err) = $node->psql('postgres', qq{SET lock_timeout = '3s';
+		INSERT INTO ev$i (id, created_at) VALUES (4000000 + $_, '2020-05-05');
+		INSERT INTO pref$i VALUES ($_, '2020-02-02', 4000000 + $_, '2020-05-05');
+		INSERT INTO ref$i VALUES (4000000 + $_, 4000000 + $_, '2020-05-05');});
+	is($rc, 0, "held: client write $_ into ev$i, pref$i and ref$i is not held up") or diag $err;
+}
+enforced_everywhere($i, 'held');
+like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"),
+	qr/- \[ \] the foreign keys the swap moved to the new column finished: \d+ copies not yet validated or attached, a worker is finishing them now/,
+	'held: mig_checklist says what is left and that a worker is on it');
+# the worker stopped (pg_terminate_backend): nobody is on it, and mig_status
+# and mig_checklist say so; an immediate restart gives the work a new worker
+my $wpid = $node->safe_psql('postgres', $finishing);
+like($wpid, qr/^\d+$/, 'held: one worker finishes the keys');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($wpid)");
+ok($node->poll_query_until('postgres', "SELECT NOT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'held, the worker stopped: mig_status says no worker is on the keys');
+like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"), qr/no worker is on them \(run mig_contract again/,
+	'held, the worker stopped: and mig_checklist says what to do');
+mig_crash($node, 'immediate');
+ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'held, after a restart: a new worker is on it');
+# the launcher's worker of this database is done once it has started that
+# one and exited: by then it has started every finishing worker it would
+$node->poll_query_until('postgres', q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+	WHERE backend_type = 'migrate_ext launcher' AND datname = 'postgres')})
+  or die 'the launcher\'s worker of database postgres did not end';
+unlike(slurp_file($node->logfile), qr/finishing the foreign keys left after the swap of migration $dropped /,
+	'the table dropped after its swap: no worker was ever started for it');
+# that worker killed (kill -9) while it waits: the next start gives the
+# work another one
+$wpid = $node->safe_psql('postgres', $finishing);
+mig_crash($node, 'kill', $wpid);
+ok($node->poll_query_until('postgres', "SELECT fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'"),
+	'held, the worker killed: after the restart a new one is on it');
+# a standby of it runs no worker; promoted (the primary gone), it does
+$node->backup('held');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'held', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+is($standby->safe_psql('postgres', "SELECT fkeys_to_finish > 0, fkeys_finishing FROM mig_status WHERE table_name = 'ev$i'")
+	. '/' . $standby->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migrate_ext contract'"),
+	't|f/0', 'held, a standby: it shows the keys left to finish and runs no worker');
+$node->stop('immediate');
+$node = $standby;
+$node->promote;
+ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'migrate_ext contract'"),
+	'held, the standby promoted: a worker finishes the keys there');
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', "COMMIT PREPARED 'hold'");
+finished_by_server($i, 'held, then let go', $offset);
+keys_as_uninterrupted($i, 'held, then let go');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated AND conparentid = 0
+	   AND (conrelid IN (SELECT relid FROM pg_partition_tree('pref${i}')) OR conrelid = 'ref${i}'::regclass)}),
+	'0', 'held, then let go: every key validated');
+enforced_everywhere($i, 'held, then let go');
 done_testing();
