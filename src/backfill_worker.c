@@ -712,6 +712,18 @@ bf_checkpoint(BfJob *job, List *end, int size, int64 seen, int64 written, long e
 		mig_job_checkpoint(bf->job_id, &batch);
 }
 
+/* The failed attempt's error, recorded in the job row by now: freed. */
+static void
+bf_forget_error(void)
+{
+	if (bf->pending_error)
+		pfree(bf->pending_error);
+	if (bf->pending_sqlstate)
+		pfree(bf->pending_sqlstate);
+	bf->pending_error = NULL;
+	bf->pending_sqlstate = NULL;
+}
+
 /*
  * One batch, in one transaction that commits its rows together with the
  * job's checkpoint: a kill loses at most this batch.
@@ -824,8 +836,7 @@ bf_batch(void)
 	{
 		bf->pending_vacuums = 0;
 		bf->pending_retries = 0;
-		bf->pending_error = NULL;
-		bf->pending_sqlstate = NULL;
+		bf_forget_error();
 	}
 	bf->seen_total += seen;
 	bf->written_since_vacuum += written;
@@ -1195,8 +1206,7 @@ bf_batch_failed(ErrorData *edata)
 	char	   *row = NULL;
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 
-	if (bf->pending_error)
-		pfree(bf->pending_error);
+	bf_forget_error();
 	bf->pending_error = pstrdup(edata->message);
 	bf->pending_sqlstate = pstrdup(sqlstate);
 	MemoryContextSwitchTo(oldcxt);
@@ -1568,8 +1578,7 @@ bf_sum(bool force)
 	bf->pending_retries = 0;
 	bf->pending_vacuums = 0;
 	bf->pending_active = 0;
-	bf->pending_error = NULL;
-	bf->pending_sqlstate = NULL;
+	bf_forget_error();
 	bf->summed_at = GetCurrentTimestamp();
 }
 
