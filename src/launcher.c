@@ -59,6 +59,61 @@
 PGDLLEXPORT void mig_launcher_main(Datum main_arg);
 PGDLLEXPORT void mig_launcher_db_main(Datum main_arg);
 
+/* A job to resume: its workers' arguments, and how many. */
+typedef struct LauncherJob
+{
+	MigWorkerArgs *args;
+	int			parallel;
+} LauncherJob;
+
+static void
+start_job_workers(void *arg)
+{
+	LauncherJob *job = arg;
+
+	(void) mig_job_start_workers(job->args, job->parallel, false);
+}
+
+static void
+start_finish_worker(void *arg)
+{
+	MigWorkerArgs *args = arg;
+
+	(void) mig_worker_start("mig_contract_finish_main",
+							psprintf("migrate_ext finish of migration " INT64_FORMAT, args->arg),
+							args);
+}
+
+/*
+ * Start a worker with start(arg) in a subtransaction, and log done: when
+ * that fails (no free worker slot, say), log why and go on, so that one
+ * migration's trouble never keeps the launcher from the next.
+ */
+static void
+launcher_try_start(void (*start) (void *arg), void *arg, const char *done)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	PG_TRY();
+	{
+		start(arg);
+		ReleaseCurrentSubTransaction();
+		ereport(LOG, (errmsg_internal("%s", done)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+}
+
 /*
  * In a short-lived worker of the launcher, connected to one database as a
  * superuser: give every interrupted job of this database a new worker, as
@@ -73,7 +128,6 @@ resume_interrupted_jobs(void)
 	ListCell   *lc;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	MemoryContext spicxt;
-	ResourceOwner oldowner = CurrentResourceOwner;
 
 	SPI_connect();
 	if (!OidIsValid(get_extension_oid("migrate_ext", true)))
@@ -126,6 +180,7 @@ resume_interrupted_jobs(void)
 		int			parallel = (int) (args->arg >> MIG_JOB_SLOT_SHIFT);
 		HeapTuple	tup;
 		bool		can_login = false;
+		LauncherJob job;
 
 		args->arg &= MIG_JOB_ID_MASK;
 		if (mig_job_alive(args->arg))
@@ -154,25 +209,11 @@ resume_interrupted_jobs(void)
 		/* every slice a worker held is claimed again, by all its workers */
 		mig_slice_release_all(args->arg);
 		/* no free slot: leave it interrupted, say so, go on with the next */
-		BeginInternalSubTransaction(NULL);
-		PG_TRY();
-		{
-			(void) mig_job_start_workers(args, Max(parallel, 1), false);
-			ReleaseCurrentSubTransaction();
-			ereport(LOG,
-					(errmsg("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",
-							args->arg, get_database_name(MyDatabaseId))));
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(oldcxt);
-			EmitErrorReport();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		job.args = args;
+		job.parallel = Max(parallel, 1);
+		launcher_try_start(start_job_workers, &job,
+						   psprintf("migrate_ext: resuming backfill job " INT64_FORMAT " in database \"%s\"",
+									args->arg, get_database_name(MyDatabaseId)));
 	}
 	return true;
 }
@@ -192,7 +233,6 @@ finish_contracted(void)
 	int64	   *ids;
 	uint64		nids;
 	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
 
 	SPI_connect();
 	if (mig_catalog_query("SELECT m.id FROM migrate_ext.migration m "
@@ -226,28 +266,9 @@ finish_contracted(void)
 		args.login_oid = BOOTSTRAP_SUPERUSERID;
 		args.role_oid = BOOTSTRAP_SUPERUSERID;
 		args.arg = ids[i];
-		BeginInternalSubTransaction(NULL);
-		PG_TRY();
-		{
-			(void) mig_worker_start("mig_contract_finish_main",
-									psprintf("migrate_ext finish of migration " INT64_FORMAT,
-											 args.arg),
-									&args);
-			ReleaseCurrentSubTransaction();
-			ereport(LOG,
-					(errmsg("migrate_ext: finishing the foreign keys left after the swap of migration " INT64_FORMAT " in database \"%s\"",
-							args.arg, get_database_name(MyDatabaseId))));
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(oldcxt);
-			EmitErrorReport();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-		}
-		PG_END_TRY();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		launcher_try_start(start_finish_worker, &args,
+						   psprintf("migrate_ext: finishing the foreign keys left after the swap of migration " INT64_FORMAT " in database \"%s\"",
+									args.arg, get_database_name(MyDatabaseId)));
 	}
 }
 
