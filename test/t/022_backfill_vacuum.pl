@@ -51,7 +51,9 @@ ok($node->poll_query_until('postgres', q{
 	 WHERE locktype = 'advisory' AND NOT granted AND classid = migrate_ext.lock_key('vacuum')
 	   AND objid = 't'::regclass::oid AND objsubid = 2}),
 	'the VACUUMs of two workers wait for the table\'s VACUUM lock, one at a time');
-is($node->safe_psql('postgres', qq{SELECT ($jt).state}), 'running',
+# live, not done: running, or throttled when its last batch's pace saw the
+# test's own polling sessions as load (a fresh-clone run read 'throttled')
+like($node->safe_psql('postgres', qq{SELECT ($jt).state}), qr/^(running|throttled)$/,
 	'the job waits for its VACUUMs');
 $holder->query_safe(q{SELECT pg_advisory_unlock(migrate_ext.lock_key('vacuum'), 't'::regclass::oid::int)});
 $holder->quit;
