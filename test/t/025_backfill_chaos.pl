@@ -448,7 +448,9 @@ sub check_round
 		if ($quiet)
 		{
 			$ok &= is($done, $n0, "round $rseed: $t: quiet: each row written once");
-			if (!$any_detach)
+			# exact for a key walk (README: rows_total_exact); a ctid walk
+			# sees again the rows its writes moved into blocks ahead of it
+			if (!$any_detach && $t ne 'nk')
 			{
 				$ok &= is(q1(qq{SELECT rows_seen FROM ($jobs) j ORDER BY id DESC LIMIT 1}), $n0,
 					"round $rseed: $t: quiet: the last job saw each row once");
@@ -473,6 +475,57 @@ sub check_round
 	  or diag(join("\n", @bad[0 .. ($#bad < 5 ? $#bad : 5)]));
 	diag("round $rseed failed; its events:\n  " . join("\n  ", @$events)) unless $ok;
 }
+
+# A fixed case first (found by rounds 2005/2006 and 1127): striped windows
+# in progress when parallel goes from 1 to 2 and back (a window's halves,
+# README "Space"), once without a crash (the worker's listing goes on in its
+# own layout) and once with a crash right after (the window resumed from
+# its checkpoint is cut as it was listed: job_slice.stripe_halves).  Without
+# a load every row is seen once and written once, and no job or slice
+# counts more rows written than seen.
+mig_partition_tree($node, 'id bigint NOT NULL, created_at date NOT NULL, v text NOT NULL, PRIMARY KEY (id, created_at)',
+	name => 'rg');
+$node->safe_psql('postgres', q{
+INSERT INTO rg SELECT g, date '2020-01-01' + (g % 1400), 'Row ' || g FROM generate_series(1, 6000) g;
+VACUUM ANALYZE rg;
+SELECT mig_expand('rg', 'v', up => 'lower(v)');
+SELECT mig_backfill('rg', batch_size => 10, parallel => 1, max_rows_per_sec => 1500);
+});
+my $rg = job_row('rg');
+sub rg_mid_window
+{
+	my ($stripes) = @_;
+	$node->poll_query_until('postgres', qq{
+		SELECT count(*) > 0 FROM migrate_ext.job_slice WHERE job_id = ($rg).id
+		   AND state = 'running' AND stripe_next BETWEEN 2 AND 6 AND stripe_count = $stripes})
+	  or die "no window of $stripes stripes in progress";
+}
+sub rg_set
+{
+	$node->safe_psql('postgres', "SET client_min_messages = warning; SELECT mig_set('rg', 'parallel', '$_[0]')");
+}
+rg_mid_window(10);
+rg_set(2);
+my $before = q1("SELECT rows_done FROM mig_status WHERE table_name = 'rg'");
+$node->poll_query_until('postgres', qq{
+	SELECT workers = 2 AND rows_done > $before + 300 FROM mig_status WHERE table_name = 'rg'})
+  or die 'two workers did not go on';
+rg_set(1);
+$node->poll_query_until('postgres', "SELECT workers = 1 FROM mig_status WHERE table_name = 'rg'")
+  or die 'the second worker did not leave';
+rg_mid_window(10);
+rg_set(2);
+crash('kill', worker_pid('backfill'));
+$node->safe_psql('postgres', "SELECT mig_set('rg', 'max_rows_per_sec', NULL)");
+is(wait_job_ended($node, 'rg'), 'done', 'parallel 1 to 2 and back, then a crash mid-window: done');
+is(q1(qq{SELECT ($rg).rows_done || ' ' || ($rg).rows_seen || ' ' || sum(rows_done) || ' ' || sum(rows_seen)
+	FROM migrate_ext.job_slice WHERE job_id = ($rg).id}), '6000 6000 6000 6000',
+	'each row seen once and written once, in the job row and the slices\' sums')
+  or diag(q1(qq{SELECT string_agg(format('%s: done %s seen %s of %s', relname, rows_done, rows_seen,
+		(SELECT count(*) FROM rg WHERE tableoid = s.relid)), E'\n') FROM migrate_ext.job_slice s
+		WHERE job_id = ($rg).id}));
+is(q1("SELECT count(*) FROM rg WHERE _mig_new_v IS DISTINCT FROM lower(v)"), '0', 'every row right');
+$node->safe_psql('postgres', "SELECT mig_abort('rg'); DROP TABLE rg");
 
 round($_) for @round_seeds;
 
