@@ -28,7 +28,8 @@
 # The seed is printed; MIG_CHAOS_SEED=n replays it (round k uses seed n +
 # k - 1, so MIG_CHAOS_SEED=n+k-1 MIG_CHAOS_ROUNDS=1 replays round k alone),
 # MIG_CHAOS_ROUNDS=r runs r rounds, MIG_CHAOS_ROWS the rows of each table.
-# Round seeds that once found a bug run first, always (@REGRESSION).
+# The default seeds, 1126 and 1127, are those of make test; 1127 found the
+# rows_seen bug the fixed case below replays deterministically.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -40,12 +41,10 @@ use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
-my @REGRESSION = ();
 my $seed = $ENV{MIG_CHAOS_SEED} || 1126;
 my $nrounds = $ENV{MIG_CHAOS_ROUNDS} || 2;
 my $rows = $ENV{MIG_CHAOS_ROWS} || 3000;
-my @round_seeds = (($ENV{MIG_CHAOS_SEED} ? () : @REGRESSION),
-	map { $seed + $_ } 0 .. $nrounds - 1);
+my @round_seeds = map { $seed + $_ } 0 .. $nrounds - 1;
 diag("chaos: round seeds @round_seeds, $rows rows a table "
 	  . "(replay one round: MIG_CHAOS_SEED=<seed> MIG_CHAOS_ROUNDS=1)");
 
@@ -220,6 +219,7 @@ sub worker_pid
 }
 
 my %detached;	# leaf => detached now
+my $attached_live;	# ev_2019 attached while ev's job was unfinished
 
 # one event, drawn from the round's generator
 sub event
@@ -286,15 +286,21 @@ sub event
 		return "VACUUM $what";
 	}
 	# detach (and attach back later, or at the end of the round)
-	if ($detached{ev_2019})
-	{
-		q1("ALTER TABLE ev ATTACH PARTITION ev_2019 FOR VALUES FROM ('2019-01-01') TO ('2020-01-01')");
-		delete $detached{ev_2019};
-		return 'ATTACH PARTITION ev_2019';
-	}
+	return attach() if $detached{ev_2019};
 	q1('ALTER TABLE ev DETACH PARTITION ev_2019');
 	$detached{ev_2019} = 1;
 	return 'DETACH PARTITION ev_2019';
+}
+
+# attach ev_2019 back; a backfill unfinished at that moment walks it before
+# it is done (README, Partitioned tables)
+sub attach
+{
+	q1("ALTER TABLE ev ATTACH PARTITION ev_2019 FOR VALUES FROM ('2019-01-01') TO ('2020-01-01')");
+	delete $detached{ev_2019};
+	my $s = job_state('ev');
+	$attached_live = $s =~ /^(running|throttled|paused|interrupted)$/;
+	return "ATTACH PARTITION ev_2019 (job $s)";
 }
 
 # the latest job of each table; the jobs of a round
@@ -350,6 +356,7 @@ sub round
 	my $nevents = 3 + int(rand(4));
 	my @events;
 	note("round $rseed" . ($quiet ? ' (quiet)' : ''));
+	$attached_live = 0;
 
 	# every new column NULL again, no trigger fired, the bookkeeping empty
 	for my $t (@tables)
@@ -386,12 +393,7 @@ VACUUM ANALYZE ev, pl, nk;});
 		push @events, event($quiet);
 		note("  $events[-1]");
 	}
-	if ($detached{ev_2019})
-	{
-		q1("ALTER TABLE ev ATTACH PARTITION ev_2019 FOR VALUES FROM ('2019-01-01') TO ('2020-01-01')");
-		delete $detached{ev_2019};
-		push @events, 'ATTACH PARTITION ev_2019 (end of round)';
-	}
+	push @events, attach() . ' at the end of the round' if $detached{ev_2019};
 	load_stop();
 	# the chaos is over: full speed to the end
 	try_sql("SET client_min_messages = warning; SELECT mig_set('$_', 'max_rows_per_sec', NULL)")
@@ -401,6 +403,7 @@ VACUUM ANALYZE ev, pl, nk;});
 	# mig_backfill (README, Partitioned tables)
 	if (q1("SELECT count(*) FROM ev_2019 WHERE $up{ev}") > 0)
 	{
+		ok(!$attached_live, "round $rseed: ev_2019, attached while the job ran, was walked by it");
 		push @events, 'mig_backfill ev again: ev_2019 attached after the job ended';
 		q1("SELECT mig_backfill('ev', batch_size => 200)");
 		finish_jobs(\@events);
@@ -486,10 +489,10 @@ sub check_round
 mig_partition_tree($node, 'id bigint NOT NULL, created_at date NOT NULL, v text NOT NULL, PRIMARY KEY (id, created_at)',
 	name => 'rg');
 $node->safe_psql('postgres', q{
-INSERT INTO rg SELECT g, date '2020-01-01' + (g % 1400), 'Row ' || g FROM generate_series(1, 6000) g;
+INSERT INTO rg SELECT g, date '2020-01-01' + (g % 1400), 'Row ' || g FROM generate_series(1, 4000) g;
 VACUUM ANALYZE rg;
 SELECT mig_expand('rg', 'v', up => 'lower(v)');
-SELECT mig_backfill('rg', batch_size => 10, parallel => 1, max_rows_per_sec => 1500);
+SELECT mig_backfill('rg', batch_size => 10, parallel => 1, max_rows_per_sec => 500);
 });
 my $rg = job_row('rg');
 sub rg_mid_window
@@ -508,7 +511,7 @@ rg_mid_window(10);
 rg_set(2);
 my $before = q1("SELECT rows_done FROM mig_status WHERE table_name = 'rg'");
 $node->poll_query_until('postgres', qq{
-	SELECT workers = 2 AND rows_done > $before + 300 FROM mig_status WHERE table_name = 'rg'})
+	SELECT workers = 2 AND rows_done > $before + 200 FROM mig_status WHERE table_name = 'rg'})
   or die 'two workers did not go on';
 rg_set(1);
 $node->poll_query_until('postgres', "SELECT workers = 1 FROM mig_status WHERE table_name = 'rg'")
@@ -516,10 +519,10 @@ $node->poll_query_until('postgres', "SELECT workers = 1 FROM mig_status WHERE ta
 rg_mid_window(10);
 rg_set(2);
 crash('kill', worker_pid('backfill'));
-$node->safe_psql('postgres', "SELECT mig_set('rg', 'max_rows_per_sec', NULL)");
+try_sql("SELECT mig_set('rg', 'max_rows_per_sec', NULL)");
 is(wait_job_ended($node, 'rg'), 'done', 'parallel 1 to 2 and back, then a crash mid-window: done');
 is(q1(qq{SELECT ($rg).rows_done || ' ' || ($rg).rows_seen || ' ' || sum(rows_done) || ' ' || sum(rows_seen)
-	FROM migrate_ext.job_slice WHERE job_id = ($rg).id}), '6000 6000 6000 6000',
+	FROM migrate_ext.job_slice WHERE job_id = ($rg).id}), '4000 4000 4000 4000',
 	'each row seen once and written once, in the job row and the slices\' sums')
   or diag(q1(qq{SELECT string_agg(format('%s: done %s seen %s of %s', relname, rows_done, rows_seen,
 		(SELECT count(*) FROM rg WHERE tableoid = s.relid)), E'\n') FROM migrate_ext.job_slice s
