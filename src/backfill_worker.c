@@ -1629,8 +1629,10 @@ bf_mark_detached(Oid parent, List *leaves)
 }
 
 /*
- * The leaves attached since the slices were planned: a slice each.
- * Returns how many.
+ * The leaves attached since the slices were planned: a slice each.  A leaf
+ * whose slice was marked detached and that is attached again is one of
+ * them: it gets a new slice, walked from its start, since nothing kept its
+ * rows in step while it was away.  Returns how many.
  */
 static int
 bf_new_leaves(MigMigration *m)
@@ -1643,19 +1645,21 @@ bf_new_leaves(MigMigration *m)
 	MigOwnerSave owner;
 	int			added;
 
-	if (mig_catalog_query("SELECT relid, slice_no FROM migrate_ext.job_slice "
-						  "WHERE job_id OPERATOR(pg_catalog.=) $1",
+	if (mig_catalog_query("SELECT relid, slice_no, state OPERATOR(pg_catalog.=) 'detached' "
+						  "FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1",
 						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
 						  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job_slice");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
 
-		known = lappend_oid(known, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-																   SPI_tuptable->tupdesc, 1, &isnull)));
-		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 2, &isnull)) + 1);
+		if (!DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)))
+			known = lappend_oid(known, DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+																	   1, &isnull)));
+		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+														   2, &isnull)) + 1);
 	}
 	LockRelationOid(m->relid, AccessShareLock);
 	rel = table_open(m->relid, NoLock);

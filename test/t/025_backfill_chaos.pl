@@ -528,6 +528,35 @@ is(q1(qq{SELECT ($rg).rows_done || ' ' || ($rg).rows_seen || ' ' || sum(rows_don
 		(SELECT count(*) FROM rg WHERE tableoid = s.relid)), E'\n') FROM migrate_ext.job_slice s
 		WHERE job_id = ($rg).id}));
 is(q1("SELECT count(*) FROM rg WHERE _mig_new_v IS DISTINCT FROM lower(v)"), '0', 'every row right');
+
+# A second fixed case (found by round 7007): a leaf detached while its
+# slice is walked (the slice marked detached) and attached again before the
+# job ends gets a new slice, walked from its start: the job does not end
+# done with rows of the table left unfilled.
+$node->safe_psql('postgres', qq{
+SET session_replication_role = replica;
+ALTER TABLE rg DISABLE TRIGGER zz_migrate_ext_dualwrite;
+UPDATE rg SET _mig_new_v = NULL;
+ALTER TABLE rg ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+RESET session_replication_role;
+SELECT mig_backfill('rg', batch_size => 10, parallel => 1, max_rows_per_sec => 500);});
+$node->poll_query_until('postgres', qq{
+	SELECT rows_done > 50 FROM migrate_ext.job_slice WHERE job_id = ($rg).id
+	   AND relname = 'public.rg_1' AND state = 'running'})
+  or die 'the walk did not reach rg_1';
+$node->safe_psql('postgres', 'ALTER TABLE rg DETACH PARTITION rg_1');
+$node->poll_query_until('postgres', qq{
+	SELECT state = 'detached' FROM migrate_ext.job_slice WHERE job_id = ($rg).id AND relname = 'public.rg_1'})
+  or die 'the slice of rg_1 was not marked detached';
+$node->safe_psql('postgres',
+	"ALTER TABLE rg ATTACH PARTITION rg_1 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01')");
+try_sql("SELECT mig_set('rg', 'max_rows_per_sec', NULL)");
+is(wait_job_ended($node, 'rg'), 'done', 'a leaf detached mid-walk and attached again: done');
+is(q1("SELECT count(*) FROM rg WHERE _mig_new_v IS DISTINCT FROM lower(v)"), '0',
+	'every row right, those of the leaf attached again too');
+is(q1(qq{SELECT string_agg(state, ',' ORDER BY slice_no) FROM migrate_ext.job_slice
+	WHERE job_id = ($rg).id AND relname = 'public.rg_1'}), 'detached,done',
+	'its old slice stays detached, a new one walked it');
 $node->safe_psql('postgres', "SELECT mig_abort('rg'); DROP TABLE rg");
 
 round($_) for @round_seeds;
