@@ -1661,7 +1661,15 @@ bf_new_leaves(MigMigration *m)
 		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
 														   2, &isnull)) + 1);
 	}
-	LockRelationOid(m->relid, AccessShareLock);
+	/*
+	 * SHARE UPDATE EXCLUSIVE, as ATTACH PARTITION takes on the parent: an
+	 * attach in progress is waited for and its leaf seen, and one that
+	 * comes after waits until this transaction has ended the job (then the
+	 * next mig_backfill walks it).  Under ACCESS SHARE, an attach that
+	 * committed between this listing and the job's end was walked by
+	 * nobody, though the job was running when it committed.
+	 */
+	LockRelationOid(m->relid, ShareUpdateExclusiveLock);
 	rel = table_open(m->relid, NoLock);
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 	mig_owner_switch(m->relid, &owner);

@@ -557,7 +557,44 @@ is(q1("SELECT count(*) FROM rg WHERE _mig_new_v IS DISTINCT FROM lower(v)"), '0'
 is(q1(qq{SELECT string_agg(state, ',' ORDER BY slice_no) FROM migrate_ext.job_slice
 	WHERE job_id = ($rg).id AND relname = 'public.rg_1'}), 'detached,done',
 	'its old slice stays detached, a new one walked it');
-$node->safe_psql('postgres', "SELECT mig_abort('rg'); DROP TABLE rg");
+
+# A third: a partition attached while the last worker lists the leaves
+# before ending the job.  The attach commits while the job runs: it is
+# waited for and walked (the listing takes the parent's lock in SHARE UPDATE
+# EXCLUSIVE, as ATTACH does), not left to a later mig_backfill.
+$node->safe_psql('postgres', qq{
+SET session_replication_role = replica;
+ALTER TABLE rg DISABLE TRIGGER zz_migrate_ext_dualwrite;
+UPDATE rg SET _mig_new_v = NULL;
+ALTER TABLE rg ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;
+RESET session_replication_role;
+SET client_min_messages = warning;
+-- an attach locks the default partition (to check it): none here
+ALTER TABLE rg DETACH PARTITION rg_d;
+CREATE TABLE rg_x (LIKE rg);
+ALTER TABLE rg_x ADD PRIMARY KEY (id, created_at);
+INSERT INTO rg_x SELECT g, date '2030-01-01' + g % 300, 'Late ' || g FROM generate_series(10001, 10500) g;
+SELECT mig_backfill('rg', batch_size => 10, parallel => 1, max_rows_per_sec => 800);});
+$node->poll_query_until('postgres', "SELECT rows_done > 100 FROM mig_status WHERE table_name = 'rg'")
+  or die 'the backfill of rg did not start';
+my $attacher = $node->background_psql('postgres');
+$attacher->query_safe(q{BEGIN;
+SET client_min_messages = warning;
+ALTER TABLE rg ATTACH PARTITION rg_x FOR VALUES FROM ('2030-01-01') TO ('2031-01-01');});
+# the walk of the leaves it knows ends; its last worker waits for the attach
+# (or, without the lock, ends the job, or waits to move the phase)
+$node->poll_query_until('postgres', qq{
+	SELECT ($rg).state = 'done' OR (
+		NOT EXISTS (SELECT FROM migrate_ext.job_slice WHERE job_id = ($rg).id AND state <> 'done')
+		AND EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+					 WHERE NOT l.granted AND a.application_name = 'migrate_ext backfill'))})
+  or die 'the walk of rg did not end';
+$attacher->query_safe('COMMIT');
+$attacher->quit;
+is(wait_job_ended($node, 'rg'), 'done', 'a partition attached as the job ends: done');
+is(q1("SELECT count(*) FROM rg_x WHERE _mig_new_v IS DISTINCT FROM lower(v)"), '0',
+	'the partition attached while the last worker listed the leaves was walked by the job');
+$node->safe_psql('postgres', "SELECT mig_abort('rg'); DROP TABLE rg, rg_d");
 
 round($_) for @round_seeds;
 
