@@ -448,6 +448,13 @@ sub check_round
 		$ok &= cmp_ok($done, '>=', $untouched,
 			"round $rseed: $t: and each row the load left alone");
 		$ok &= is("$bad_job|$bad_slice", '0|0', "round $rseed: $t: rows_done <= rows_seen in every job and slice");
+		# a done job's counters are the sums of its slices' (README, One job row)
+		$ok &= is(q1(qq{
+			SELECT count(*) FROM ($jobs) j
+			 WHERE j.state = 'done' AND j.key_kind = 'slices'
+			   AND (j.rows_done, j.rows_seen) IS DISTINCT FROM
+				   (SELECT sum(rows_done), sum(rows_seen) FROM migrate_ext.job_slice s WHERE s.job_id = j.id)}),
+			'0', "round $rseed: $t: each done job's counters are its slices' sums");
 		if ($quiet)
 		{
 			$ok &= is($done, $n0, "round $rseed: $t: quiet: each row written once");
