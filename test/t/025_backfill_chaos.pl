@@ -450,10 +450,11 @@ sub check_round
 		$ok &= is("$bad_job|$bad_slice", '0|0', "round $rseed: $t: rows_done <= rows_seen in every job and slice");
 		# a done job's counters are the sums of its slices' (README, One job row)
 		$ok &= is(q1(qq{
-			SELECT count(*) FROM ($jobs) j
+			SELECT count(*) FROM ($jobs) j,
+				LATERAL (SELECT sum(rows_done) d, sum(rows_seen) s FROM migrate_ext.job_slice s
+						  WHERE s.job_id = j.id) s
 			 WHERE j.state = 'done' AND j.key_kind = 'slices'
-			   AND (j.rows_done, j.rows_seen) IS DISTINCT FROM
-				   (SELECT sum(rows_done), sum(rows_seen) FROM migrate_ext.job_slice s WHERE s.job_id = j.id)}),
+			   AND (j.rows_done, j.rows_seen) IS DISTINCT FROM (s.d, s.s)}),
 			'0', "round $rseed: $t: each done job's counters are its slices' sums");
 		if ($quiet)
 		{
