@@ -13,7 +13,8 @@
 # worker), kill -9 of a client backend (a crash restart), an immediate
 # shutdown and start, SIGTERM of a worker, mig_pause/mig_resume,
 # mig_cancel and a new mig_backfill, mig_set of batch_size, parallel or
-# sleep_ms, a VACUUM, DETACH and re-ATTACH of a partition.  Then every job
+# sleep_ms, a new migrate_ext.backfill_stripes, a VACUUM, DETACH and
+# re-ATTACH of a partition.  Then every job
 # is let finish and the round asserts what README promises: mig_validate
 # clean; every row's new column = up(old), in every leaf; no row lost or
 # duplicated (count and sum of ids against the ledger the load keeps in
@@ -28,7 +29,7 @@
 # The seed is printed; MIG_CHAOS_SEED=n replays it (round k uses seed n +
 # k - 1, so MIG_CHAOS_SEED=n+k-1 MIG_CHAOS_ROUNDS=1 replays round k alone),
 # MIG_CHAOS_ROUNDS=r runs r rounds, MIG_CHAOS_ROWS the rows of each table.
-# The default seeds, 1126 and 1127, are those of make test; 1127 found the
+# The default seeds, 1126 to 1128, are those of make test; 1127 found the
 # rows_seen bug the first fixed case below replays deterministically.
 # Fixed cases run first, for what the rounds found: a striped window resumed
 # after parallel crossed 1 and 2 and a crash (rows_seen counted once), a
@@ -46,7 +47,7 @@ use lib "$FindBin::RealBin/../lib";
 use MigTest;
 
 my $seed = $ENV{MIG_CHAOS_SEED} || 1126;
-my $nrounds = $ENV{MIG_CHAOS_ROUNDS} || 2;
+my $nrounds = $ENV{MIG_CHAOS_ROUNDS} || 3;
 my $rows = $ENV{MIG_CHAOS_ROWS} || 3000;
 my @round_seeds = map { $seed + $_ } 0 .. $nrounds - 1;
 diag("chaos: round seeds @round_seeds, $rows rows a table "
@@ -231,7 +232,7 @@ sub event
 	my ($quiet) = @_;
 	my $t = pick(@tables);
 	my $e = pick(qw(kill_worker kill_worker kill_client immediate terminate pause cancel
-		batch_size parallel parallel sleep_ms max_rows_per_sec vacuum detach));
+		batch_size parallel parallel sleep_ms max_rows_per_sec stripes vacuum detach));
 	if ($e eq 'kill_worker')
 	{
 		my $pid = worker_pid(pick('backfill', 'any'));
@@ -282,6 +283,15 @@ sub event
 		  : $e eq 'sleep_ms' ? int(rand(30)) : int($rows / (2 + rand(4)));
 		try_sql("SET client_min_messages = warning; SELECT mig_set('$t', '$e', '$v')");
 		return "mig_set $t $e $v";
+	}
+	if ($e eq 'stripes')
+	{
+		# a window in progress keeps its layout (README, Space); not 1: a
+		# window dropped mid-way counts its committed stripes' rows again
+		# in rows_seen (README, Space: not fixed)
+		my $n = pick(4, 10, 16);
+		q1("ALTER SYSTEM SET migrate_ext.backfill_stripes = $n; SELECT pg_reload_conf()");
+		return "migrate_ext.backfill_stripes = $n";
 	}
 	if ($e eq 'vacuum')
 	{
@@ -371,6 +381,7 @@ ALTER TABLE $t DISABLE TRIGGER zz_migrate_ext_dualwrite;
 UPDATE $t SET $newcol{$t} = NULL;
 ALTER TABLE $t ENABLE ALWAYS TRIGGER zz_migrate_ext_dualwrite;});
 	}
+	q1(q{ALTER SYSTEM RESET migrate_ext.backfill_stripes; SELECT pg_reload_conf();});
 	q1(q{
 TRUNCATE touched, audit, ledger;
 DROP TABLE IF EXISTS base, pre;
