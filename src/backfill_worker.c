@@ -802,8 +802,9 @@ bf_rows_left(Relation rel)
  * the commit leaves the job walking its one key from its checkpoint, one
  * after it a sliced job, which the launcher (or mig_resume) gives its
  * workers.  The other workers start once it has committed (bf_went_parallel).
+ * Closes rel and commits.
  */
-static void
+static BfResult
 bf_to_parallel(BfJob *job, MigMigration *m, Relation rel)
 {
 	MigOwnerSave owner;
@@ -826,6 +827,8 @@ bf_to_parallel(BfJob *job, MigMigration *m, Relation rel)
 			(errmsg("migrate_ext: backfill job " INT64_FORMAT " of table %s goes parallel with %d workers: the rest of its walk is %d range(s)",
 					bf->job_id, bf->table_name, bf->parallel, n)));
 	bf_test_pause("to_parallel_written");
+	table_close(rel, NoLock);
+	return bf_commit(BF_SLICED);
 }
 
 /*
@@ -930,11 +933,7 @@ bf_batch(void)
 	if (m == NULL)
 		return bf_commit(res);
 	if (bf_goes_parallel(&job, m))
-	{
-		bf_to_parallel(&job, m, rel);
-		table_close(rel, NoLock);
-		return bf_commit(BF_SLICED);
-	}
+		return bf_to_parallel(&job, m, rel);
 
 	size = bf->batch_size;
 	if (bf->attempt > 0 && bf->retry_size < size)
