@@ -223,6 +223,7 @@ mig_job_workers(int64 job_id, bool *taken)
 	return n;
 }
 
+/* Start a worker for each slot below n that skip does not mark. */
 static int
 job_start_slots(MigWorkerArgs *args, int n, const bool *skip)
 {
