@@ -109,6 +109,10 @@ migration_of(Oid relid)
 {
 	MigMigration *m = mig_catalog_latest(relid);
 
+	if (m == NULL && get_rel_name(relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
 	if (m == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
