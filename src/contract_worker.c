@@ -82,8 +82,16 @@ static MemoryContext contract_cxt = NULL;
 static bool contract_swapped = false;	/* the swap has committed */
 static bool contract_headless = false;	/* started by the launcher: no caller */
 
-/* Seconds the launcher's finishing worker waits before it tries again. */
+/*
+ * Seconds the launcher's finishing worker waits before it tries again: the
+ * first wait, doubled after each attempt that could not run up to the last.
+ * Each attempt may queue the table's writers behind its lock request for up
+ * to the ladder's top, and logs a line; a lock held for hours (a prepared
+ * transaction, an anti-wraparound VACUUM) must not get that every few
+ * seconds for hours.
+ */
 #define CONTRACT_FINISH_RETRY_S	5
+#define CONTRACT_FINISH_RETRY_MAX_S	60
 
 /* The advisory lock a test holds to stop the worker (migrate_ext.test_pause). */
 #define MIG_TEST_PAUSE_KEY	7387
@@ -1706,7 +1714,7 @@ finish_pending(int64 migration_id, Oid *relid, char **relname)
  * for a DBA's mig_contract, which reports it.
  */
 static bool
-finish_failed(const char *relname)
+finish_failed(const char *relname, int delay_s)
 {
 	ErrorData  *edata;
 	bool		retry;
@@ -1725,7 +1733,7 @@ finish_failed(const char *relname)
 				 errmsg("migrate_ext: could not finish the foreign keys that reference table %s yet: %s",
 						relname, edata->message),
 				 errdetail("Trying again in %d seconds; the keys are enforced on new rows meanwhile.",
-						   CONTRACT_FINISH_RETRY_S)));
+						   delay_s)));
 	else
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
@@ -1742,7 +1750,7 @@ finish_failed(const char *relname)
  * whether to try again later.
  */
 static bool
-finish_attempt(int64 migration_id, const char *relname)
+finish_attempt(int64 migration_id, const char *relname, int delay_s)
 {
 	volatile bool retry = false;
 
@@ -1755,7 +1763,7 @@ finish_attempt(int64 migration_id, const char *relname)
 	}
 	PG_CATCH();
 	{
-		retry = finish_failed(relname);
+		retry = finish_failed(relname, delay_s);
 	}
 	PG_END_TRY();
 	return retry;
@@ -1766,9 +1774,9 @@ finish_attempt(int64 migration_id, const char *relname)
  * migration whose swap committed but whose recorded foreign keys are not
  * finished (launcher.c): it does exactly what mig_contract's finish does,
  * as the table's owner, through the same lock ladder (the ladder's
- * settings are the server's), and when the ladder gives up it waits and
- * tries again, so that it never queues the traffic for longer than the
- * ladder allows.  Connected as the bootstrap superuser (the owner may not
+ * settings are the server's, or the owner's role settings), and when the
+ * ladder gives up it waits, longer each time, and tries again, so that it
+ * never queues the traffic for longer than the ladder allows, nor often.  Connected as the bootstrap superuser (the owner may not
  * be able to log in), it is the owner from its first step on.
  */
 void
@@ -1780,6 +1788,7 @@ mig_contract_finish_main(Datum main_arg)
 	char	   *relname;
 	char		buf[32];
 	bool		locked = false;
+	int			delay_s = CONTRACT_FINISH_RETRY_S;
 
 	mig_worker_connect(&args);
 	memset(&local, 0, sizeof(local));
@@ -1823,12 +1832,13 @@ mig_contract_finish_main(Datum main_arg)
 				continue;		/* what is pending, now that no one else runs */
 			ereport(LOG,
 					(errmsg("migrate_ext: mig_contract is running on table %s: looking again in %d seconds whether it finished its foreign keys",
-							relname, CONTRACT_FINISH_RETRY_S)));
+							relname, delay_s)));
 		}
-		else if (!finish_attempt(local.migration_id, relname))
+		else if (!finish_attempt(local.migration_id, relname, delay_s))
 			break;
 		MemoryContextSwitchTo(contract_cxt);
-		mig_sleep_ms(CONTRACT_FINISH_RETRY_S * 1000L);
+		mig_sleep_ms(delay_s * 1000L);
+		delay_s = Min(delay_s * 2, CONTRACT_FINISH_RETRY_MAX_S);
 	}
 	proc_exit(0);
 }
