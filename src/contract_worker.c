@@ -858,23 +858,48 @@ validate_check(ContractPlan *plan, const char *name, const char *what)
 
 /*
  * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
- * NULL) proves it, then drop that CHECK.  Separate statements: in one ALTER
- * TABLE the DROP CONSTRAINT would run first and the proof be gone.  Part of
- * the swap, so that a contract that stops before it leaves no NOT NULL.
+ * NULL) proves it.  Part of the swap, so that a contract that stops before
+ * it leaves no NOT NULL.  As the table's owner, inside a security-restricted
+ * operation (mig_owner_switch): to find that proof PostgreSQL simplifies
+ * every CHECK constraint of the table (and of each partition), which runs
+ * any function of the owner's called there with constant arguments, as the
+ * role that runs the statement -- otherwise whoever ran mig_contract, a
+ * superuser or, under SET ROLE, a role that could RESET ROLE back to one.
+ * The statements name no object through search_path.
+ */
+static void
+swap_not_null(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	MigOwnerSave owner;
+
+	initStringInfo(&sql);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
+			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
+							 plan->qname, quote_identifier(c->newname));
+	}
+	if (sql.len == 0)
+		return;
+	mig_owner_switch(plan->relid, &owner);
+	mig_run_utility(sql.data);
+	mig_owner_restore(&owner);
+}
+
+/*
+ * Drop the CHECK (col IS NOT NULL) that proved NOT NULL.  A statement of its
+ * own, after swap_not_null: in one ALTER TABLE the DROP CONSTRAINT would run
+ * first and the proof be gone.
  */
 static void
 not_null_sql(ContractPlan *plan, StringInfo sql)
 {
 	ListCell   *lc;
 
-	foreach(lc, plan->columns)
-	{
-		ContractColumn *c = lfirst(lc);
-
-		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
-			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
-							 plan->qname, quote_identifier(c->newname));
-	}
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
@@ -985,7 +1010,7 @@ swap_recheck(ContractPlan *plan, bool force)
 }
 
 /*
- * The first half of the swap: NOT NULL, then what goes with the old column
+ * The first half of the swap: NOT NULL's proof, then what goes with the old column
  * (the trigger, the old foreign keys and key constraints, a serial's
  * ownership), and the old columns.
  */
@@ -1285,6 +1310,7 @@ swap(ContractPlan *plan, bool force)
 		rels[foreach_current_index(lc)] = lfirst_oid(lc);
 	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
 	phase = swap_recheck(plan, force);
+	swap_not_null(plan);
 
 	/* read the identities' positions while their sequences exist */
 	foreach(lc, plan->columns)
