@@ -28,7 +28,9 @@
 #     constant arguments, which PostgreSQL runs while it validates the key
 #     on that partition: it runs as the owner, restricted, not as the
 #     superuser who ran mig_contract; the swap is refused and the next
-#     mig_contract finishes.
+#     mig_contract finishes.  Likewise an index expression calling the
+#     owner's function with constant arguments, which the swap's ALTER
+#     INDEX ... ATTACH PARTITION simplifies.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -306,5 +308,35 @@ is($rc9, 0, 'the next mig_contract finishes') or diag $err9;
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated
 	AND conrelid IN ('po9_1'::regclass, 'po9_2'::regclass, 'po9_3'::regclass)}),
 	'3', 'every partition, the new one too, has the validated key');
+
+# The same for ALTER INDEX ... ATTACH PARTITION in the swap, which compares
+# the copies' definitions, simplifying an index expression that calls the
+# owner's function with constant arguments.
+as_po_owner(q{
+CREATE FUNCTION po_k(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	PERFORM public.po_grab();
+	RETURN $1;
+END $$;
+CREATE TABLE po10 (id int, at date, cust_id int) PARTITION BY RANGE (at);
+CREATE TABLE po10_1 PARTITION OF po10 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE po10_2 PARTITION OF po10 FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+CREATE INDEX po10_k ON po10 ((cust_id + po_k(1)));
+INSERT INTO po10 SELECT g, date '2020-01-01' + g, g FROM generate_series(1, 600) g;
+SELECT mig_expand('po10', 'cust_id', type => 'bigint');
+UPDATE po10 SET cust_id = cust_id;
+SELECT count(*) FROM mig_validate('po10');
+SELECT mig_cutover('po10');
+TRUNCATE probe_log;
+});
+($rc9, $out9, $err9) = $node->psql('postgres', "SET client_min_messages = warning; SELECT mig_contract('po10')");
+is($rc9, 0, 'po10: mig_contract by a superuser finishes') or diag $err9;
+is($node->safe_psql('postgres', "SELECT coalesce(string_agg(DISTINCT msg, ', '), 'none') FROM probe_log"),
+	'ran as po_owner', "po10: the index expression's function ran as the owner only (builds and ATTACH PARTITION)");
+is($node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = 'po_owner'"),
+	'f', 'po10: po_owner is still not a superuser');
+is($node->safe_psql('postgres', q{SELECT pg_get_indexdef('po10_k'::regclass)}),
+	'CREATE INDEX po10_k ON ONLY public.po10 USING btree (((cust_id + po_k(1))))',
+	'po10: the index is on the new column, under its name');
 
 done_testing();
