@@ -131,7 +131,7 @@ SELECT q, bf_sqlstate(q) FROM (VALUES
 	($$SELECT mig_backfill('bf_plain', sleep_ms => 2147483647)$$),
 	($$SELECT mig_backfill('bf_plain', parallel => 0)$$),
 	($$SELECT mig_set('bf_users', 'parallel', '-1')$$)) v(q);
--- parallel: 1 to 64 workers; a job that walks one key keeps its one worker
+-- parallel: 1 to 64 workers (a job that walks one key goes parallel: 025_backfill_goes_parallel)
 SELECT mig_backfill('bf_users', parallel => 65);
 SELECT mig_set('bf_users', 'parallel', '65');
 SET client_min_messages = warning;	-- the NOTICE depends on whether the job has started its walk

@@ -396,13 +396,16 @@ mig_resume(PG_FUNCTION_ARGS)
 
 	/*
 	 * No worker: start them, as the caller (who owns the table), from the
-	 * checkpoints; the slices a worker held are claimed again.
+	 * checkpoints; the slices a worker held are claimed again.  A job that
+	 * walks one key gets one: raised to parallel meanwhile, it goes parallel
+	 * at its first batch and starts the others itself.
 	 */
 	mig_worker_args_for_caller(&args, job_id);
 	mig_job_restart(job_id, &args);
 	mig_slice_release_all(job_id);
 	mig_job_hold_gate(job_id);
-	(void) mig_job_start_workers(&args, bf_job_parallel(job_id), false);
+	(void) mig_job_start_workers(&args, bf_job_sliced(job_id) ? bf_job_parallel(job_id) : 1,
+								 false);
 	ereport(NOTICE,
 			(errmsg("the backfill of table \"%s\" continues from its checkpoint",
 					relname)));
@@ -529,7 +532,7 @@ bf_parse_setting(const char *setting, const char *value, Datum *v)
 
 /*
  * mig_set(tbl, setting, value): change a setting of the table's job; the
- * worker applies it from its next batch.
+ * worker applies it from its next batch (parallel: see below).
  */
 Datum
 mig_set(PG_FUNCTION_ARGS)
@@ -556,19 +559,27 @@ mig_set(PG_FUNCTION_ARGS)
 	mig_job_set_setting(job_id, which, v, value == NULL);
 
 	/*
-	 * More workers for a job that runs: started now, for the free slots (a
-	 * job that walks one key, not slices, leaves them nothing to do, and
-	 * they go).  Fewer: the workers in slots past the new number give their
-	 * slice back after their batch in flight, and go.
+	 * More workers for a job that runs: started now, for the free slots.
+	 * Fewer: the workers in slots past the new number give their slice back
+	 * after their batch in flight, and go.  A job that walks one key, not
+	 * slices, is split by its own worker after the batch in flight
+	 * (backfill_worker.c, bf_to_parallel), which then starts the others:
+	 * it owns the walk's checkpoint.
 	 */
 	if (which == MIG_JOB_PARALLEL && mig_job_state_live(state) && mig_job_alive(job_id))
 	{
 		MigWorkerArgs args;
 
 		if (!bf_job_sliced(job_id))
-			ereport(NOTICE,
-					(errmsg("the running backfill of table \"%s\" walks one key with one worker; parallel applies to its next job",
-							relname)));
+		{
+			if (DatumGetInt32(v) > 1)
+				ereport(NOTICE,
+						(errmsg("the backfill of table \"%s\" goes parallel after its batch in flight",
+								relname),
+						 errdetail("Its worker splits what is left of its walk into ranges for %d workers%s; a striped window in flight is finished first.",
+								   DatumGetInt32(v),
+								   state == JOB_PAUSED ? " once the job is resumed" : "")));
+		}
 		else
 		{
 			mig_worker_args_for_caller(&args, job_id);

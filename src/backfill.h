@@ -55,6 +55,8 @@ extern void bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact);
 extern int	bf_plan_leaves(Relation parent, int64 job_id, List *known, int *next_no,
 						   int64 *total, bool *exact);
 extern int	bf_plan_ranges(Relation rel, int64 job_id, int n, int64 *total, bool *exact);
+extern int	bf_plan_remainder(Relation rel, BfJob *job, int64 job_id, int first_no, int n,
+							  int64 rows_left);
 extern MigMigration *bf_leaf_migration(MigMigration *m, Relation parent, Relation leaf);
 extern void bf_start_walk(Relation rel, MigMigration *m, BfJob *job,
 						  int64 job_id, double *rows_per_block,

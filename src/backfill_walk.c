@@ -997,70 +997,118 @@ bf_plan_leaves(Relation parent, int64 job_id, List *known, int *next_no,
 	return added;
 }
 
-/* The key that has n keys before it, or NIL when there are not that many. */
+/*
+ * The key that has n keys before it in the walk's range (lower, upper], or
+ * NIL when there are not that many.
+ */
 static List *
 bf_nth_key(Relation rel, BfJob *walk, int64 n)
 {
+	int			nk = list_length(walk->key_cols);
+	Oid		   *types = palloc(sizeof(Oid) * (2 * nk + 1));
+	Datum	   *values = palloc(sizeof(Datum) * (2 * nk + 1));
+	StringInfoData range;
 	StringInfoData cols;
 	List	   *key = NIL;
+	int			np;
 
+	initStringInfo(&range);
+	np = bf_key_range(rel, walk, &range, types, values);
+	types[np] = INT8OID;
+	values[np] = Int64GetDatum(Max(n, 0));
 	bf_key_list(walk->key_cols, &cols);
-	if (SPI_execute(psprintf("SELECT %s FROM ONLY %s ORDER BY %s OFFSET " INT64_FORMAT " LIMIT 1",
-							 cols.data, mig_qualified_name(RelationGetRelid(rel)), cols.data,
-							 Max(n, 0)),
-					true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args(psprintf("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s OFFSET $%d LIMIT 1",
+									   cols.data, mig_qualified_name(RelationGetRelid(rel)),
+									   range.data, cols.data, np + 1),
+							  np + 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not split the backfill into ranges");
 	if (SPI_processed == 1)
-		for (int i = 1; i <= list_length(walk->key_cols); i++)
+		for (int i = 1; i <= nk; i++)
 			key = lappend(key, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i));
 	return key;
 }
 
 /*
- * One heap split for parallel workers into n disjoint ranges, numbered
- * from 0: key ranges (lower, upper] cut at every total/n-th key, or block
- * ranges [lower, upper) of a ctid walk.  Returns how many it made (fewer
- * when the table holds fewer rows).
+ * What is left of a walk, from its checkpoint (NIL: the start) to its bound,
+ * split for parallel workers into up to n disjoint ranges numbered from
+ * first_no: key ranges (lower, upper] cut about every rows/n keys, each cut
+ * read from the one before it (OFFSET over the range, so the whole split
+ * reads the remainder's keys once), or block ranges [lower, upper) of a ctid
+ * walk.  rows is how many rows are left (an estimate; -1: unknown).  Returns
+ * how many it made (fewer when fewer rows are left).
  */
-int
-bf_plan_ranges(Relation rel, int64 job_id, int n, int64 *total, bool *exact)
+static int
+bf_cut_ranges(Relation rel, int64 job_id, BfJob *walk, int first_no, int n, int64 rows)
 {
-	BfJob		walk = {0};
-	List	   *lower = NIL;
+	List	   *lower = walk->lower_key;
 	int			made = 0;
 
-	bf_walk_bounds(rel, &walk, total, exact);
-	if (walk.upper_key == NIL || *total < 2L * n)
+	if (walk->upper_key == NIL || bf_walk_complete(walk))
+		return 0;
+	if (rows < 2L * n)
 		n = 1;
-	if (bf_is_ctid(&walk))
+	if (bf_is_ctid(walk))
 	{
-		BlockNumber nblocks = walk.upper_key ? bf_block_of(linitial(walk.upper_key)) : 0;
+		BlockNumber lo = lower ? bf_block_of(linitial(lower)) : 0;
+		BlockNumber nblocks = bf_block_of(linitial(walk->upper_key)) - lo;
 
 		n = Min(n, (int) Max(nblocks, 1));
 		for (int i = 0; i < n; i++)
 		{
-			BlockNumber hi = (BlockNumber) ((uint64) nblocks * (i + 1) / n);
-			List	   *upper = walk.upper_key ? list_make1(bf_block_text(hi)) : NIL;
+			BlockNumber hi = lo + (BlockNumber) ((uint64) nblocks * (i + 1) / n);
+			List	   *upper = list_make1(bf_block_text(hi));
 
-			bf_insert_slice(job_id, made++, rel, &walk, lower, upper,
-							*total >= 0 ? *total / n : -1);
+			bf_insert_slice(job_id, first_no + made++, rel, walk, lower, upper,
+							rows >= 0 ? rows / n : -1);
 			lower = upper;
 		}
 		return made;
 	}
 	for (int i = 1; i <= n; i++)
 	{
-		List	   *upper = i == n ? walk.upper_key : bf_nth_key(rel, &walk, *total * i / n - 1);
+		BfJob		rest = *walk;
+		List	   *upper;
 
+		/* the next cut, rows / n keys after the last one */
+		rest.lower_key = lower;
+		upper = i == n ? walk->upper_key :
+			bf_nth_key(rel, &rest, rows * i / n - rows * (i - 1) / n - 1);
 		if (upper == NIL || (lower && bf_lists_equal(lower, upper)))
 			continue;
-		bf_insert_slice(job_id, made++, rel, &walk, lower, upper,
-						*total >= 0 ? *total / n : -1);
+		bf_insert_slice(job_id, first_no + made++, rel, walk, lower, upper,
+						rows >= 0 ? rows / n : -1);
 		lower = upper;
-		if (bf_lists_equal(upper, walk.upper_key))
+		if (bf_lists_equal(upper, walk->upper_key))
 			break;
 	}
 	return made;
+}
+
+/*
+ * One heap split for parallel workers into n disjoint ranges, numbered
+ * from 0 (bf_cut_ranges), when its job starts.  Returns how many it made.
+ */
+int
+bf_plan_ranges(Relation rel, int64 job_id, int n, int64 *total, bool *exact)
+{
+	BfJob		walk = {0};
+
+	bf_walk_bounds(rel, &walk, total, exact);
+	return bf_cut_ranges(rel, job_id, &walk, 0, n, *total);
+}
+
+/*
+ * A running walk of one key goes parallel: what is left of it, from its
+ * checkpoint to its frozen bound, split into up to n ranges numbered from
+ * first_no, each with the walk's key and table file (bf_cut_ranges).
+ * Returns how many.
+ */
+int
+bf_plan_remainder(Relation rel, BfJob *job, int64 job_id, int first_no, int n,
+				  int64 rows_left)
+{
+	Assert(job->key_kind != NULL && job->stripe_end == NIL);
+	return bf_cut_ranges(rel, job_id, job, first_no, n, rows_left);
 }
 
 /*

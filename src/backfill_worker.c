@@ -70,6 +70,7 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/walsender.h"
+#include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -110,6 +111,7 @@ typedef enum BfResult
 	BF_RETRY,					/* a batch failed; try again after a pause */
 	BF_PAUSED,					/* the job is paused */
 	BF_WALKED,					/* the walk reached its bound */
+	BF_SLICED,					/* the walk of one key went parallel */
 	BF_STOP						/* the job ended (done, failed, cancelled) */
 } BfResult;
 
@@ -725,6 +727,146 @@ bf_forget_error(void)
 }
 
 /*
+ * For tests only: at a step of the backfill named by migrate_ext.test_pause,
+ * wait for advisory lock BF_TEST_PAUSE_KEY, which the test holds, so that
+ * it can kill the worker exactly there: in the transaction in flight (held
+ * to its end), or in one of its own between two.
+ */
+#define BF_TEST_PAUSE_KEY		7387	/* as mig_contract's (contract_worker.c) */
+
+static void
+bf_test_pause(const char *step)
+{
+	bool		own = !IsTransactionState();
+
+	if (mig_test_pause == NULL || strcmp(mig_test_pause, step) != 0)
+		return;
+	if (own)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+	}
+	bf_set_local("lock_timeout", "0");
+	elog(LOG, "migrate_ext: backfill job " INT64_FORMAT " pauses at step \"%s\"",
+		 bf->job_id, step);
+	(void) DirectFunctionCall1(pg_advisory_xact_lock_int8, Int64GetDatum(BF_TEST_PAUSE_KEY));
+	if (own)
+		CommitTransactionCommand();
+}
+
+/*
+ * Does the job's walk of one key go parallel now?  When mig_set raised
+ * parallel above 1 on a plain table's job that walks one key in its job row
+ * (one started with parallel => 1), at a batch boundary of a running job
+ * (a paused one when it is resumed), between two striped windows: a window
+ * in flight is finished first (at most migrate_ext.backfill_stripes
+ * batches), since the rows its stripes covered so far cannot be told apart
+ * in rows_seen.  A catalog without slices (0.1) never does.
+ */
+static bool
+bf_goes_parallel(BfJob *job, MigMigration *m)
+{
+	return !bf->sliced && bf->parallel > 1 && job->slice_no < 0 &&
+		job->stripe_end == NIL && job->relid == m->relid &&
+		get_rel_relkind(m->relid) == RELKIND_RELATION &&
+		mig_job_has_column("parallel");
+}
+
+/* Rows the walk has left to cover: the job's estimate, else the table's. */
+static int64
+bf_rows_left(Relation rel)
+{
+	bool		isnull;
+	Datum		d;
+	int64		seen;
+
+	if (mig_catalog_query("SELECT rows_total, rows_seen FROM migrate_ext.job "
+						  "WHERE id OPERATOR(pg_catalog.=) $1",
+						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
+						  NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read migrate_ext.job");
+	seen = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		return Max(DatumGetInt64(d) - seen, 0);
+	return Max((int64) (RelationGetNumberOfBlocks(rel) * bf->rows_per_block) - seen, 0);
+}
+
+/*
+ * The walk of one key goes parallel, in the batch's transaction (instead of
+ * a batch), under the job row's lock: what is left of it, from the
+ * checkpoint to the frozen bound, becomes pending key or block ranges
+ * (bf_plan_remainder, 4 per worker as at a start), the part walked a done
+ * slice with the job's counters so far, and the job row walks slices
+ * (mig_job_convert_sliced).  It commits whole or not at all: a crash before
+ * the commit leaves the job walking its one key from its checkpoint, one
+ * after it a sliced job, which the launcher (or mig_resume) gives its
+ * workers.  The other workers start once it has committed (bf_went_parallel).
+ * Closes rel and commits.
+ */
+static BfResult
+bf_to_parallel(BfJob *job, MigMigration *m, Relation rel)
+{
+	MigOwnerSave owner;
+	int64		rows_left;
+	int			n;
+
+	/* the split reads the rest of the key once; a batch's timeout is too short */
+	bf_set_local("statement_timeout", "0");
+	/* the other workers start on it: on disk before they do */
+	bf_set_local("synchronous_commit", "on");
+	bf_test_pause("to_parallel_begin");
+	rows_left = bf_rows_left(rel);
+	/* the keys' bounds must see every row: as the owner, RLS not forced */
+	mig_owner_switch(m->relid, &owner);
+	n = bf_plan_remainder(rel, job, bf->job_id, 1,
+						  Min(4 * bf->parallel, MIG_JOB_MAX_WORKERS), rows_left);
+	mig_owner_restore(&owner);
+	mig_job_convert_sliced(bf->job_id, m->relid, mig_qualified_name(m->relid));
+	ereport(LOG,
+			(errmsg("migrate_ext: backfill job " INT64_FORMAT " of table %s goes parallel with %d workers: the rest of its walk is %d range(s)",
+					bf->job_id, bf->table_name, bf->parallel, n)));
+	bf_test_pause("to_parallel_written");
+	table_close(rel, NoLock);
+	return bf_commit(BF_SLICED);
+}
+
+/*
+ * The conversion committed: this worker walks slices from now on, like the
+ * others, which it starts for the other slots up to parallel.  A worker it
+ * cannot start (no free slot) is logged, and the job goes on with fewer;
+ * mig_set or mig_resume starts the missing ones later.
+ */
+static void
+bf_went_parallel(void)
+{
+	MigWorkerArgs args = bf->args;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	bf->sliced = true;
+	bf->slice_no = -1;
+	bf->own_size = bf->batch_size;
+	bf->attempt = 0;
+	bf_test_pause("to_parallel_committed");
+	args.arg = bf->job_id;
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		(void) mig_job_start_other_workers(&args, bf->parallel, bf->slot);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+}
+
+/*
  * One batch, in one transaction that commits its rows together with the
  * job's checkpoint: a kill loses at most this batch.
  */
@@ -790,6 +932,8 @@ bf_batch(void)
 	bf->slice_detached = job.detached;
 	if (m == NULL)
 		return bf_commit(res);
+	if (bf_goes_parallel(&job, m))
+		return bf_to_parallel(&job, m, rel);
 
 	size = bf->batch_size;
 	if (bf->attempt > 0 && bf->retry_size < size)
@@ -818,9 +962,11 @@ bf_batch(void)
 	/*
 	 * Halves for a parallel job, from its setting rather than the workers
 	 * running now: a resumed window must be cut as it was listed, for its
-	 * rows_seen (backfill_apply.c); only mig_set of parallel changes it.
+	 * rows_seen (backfill_apply.c); only mig_set of parallel changes it.  A
+	 * walk of one key keeps one half until it goes parallel, which it does
+	 * between two windows (bf_goes_parallel).
 	 */
-	job.halves = bf->parallel > 1 ? 2 : 1;
+	job.halves = bf->sliced && bf->parallel > 1 ? 2 : 1;
 	end = bf_apply_batch(rel, m, &job, size, &bf->rows_per_block, &seen, &written);
 	bf_skip_triggers(false);
 	mig_owner_restore(&owner);
@@ -1307,6 +1453,7 @@ bf_peek(bool *changed)
 	int			sleep_ms = bf->sleep_ms;
 	int64		max_rows_per_sec = bf->max_rows_per_sec;
 	int64		max_lag_ms = bf->max_lag_ms;
+	int			parallel = bf->parallel;
 
 	SetCurrentStatementStartTimestamp();
 
@@ -1314,8 +1461,9 @@ bf_peek(bool *changed)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	running = bf_read_job(&job) && (job.state == JOB_RUNNING || job.state == JOB_THROTTLED);
+	/* a walk of one key raised to parallel goes so at its next batch */
 	*changed = sleep_ms != bf->sleep_ms || max_rows_per_sec != bf->max_rows_per_sec ||
-		max_lag_ms != bf->max_lag_ms;
+		max_lag_ms != bf->max_lag_ms || (!bf->sliced && parallel != bf->parallel);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
@@ -1909,6 +2057,8 @@ bf_run(void)
 			bf_wait(bf->backoff_ms);
 		else if (res == BF_PAUSED)
 			bf_sleep(BF_POLL_MS);
+		else if (res == BF_SLICED)
+			bf_went_parallel();
 		else if (res == BF_WALKED && bf->sliced)
 		{
 			/* a leaf gets its last VACUUM (which may truncate it); a range does not */

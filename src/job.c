@@ -223,6 +223,27 @@ mig_job_workers(int64 job_id, bool *taken)
 	return n;
 }
 
+/* Start a worker for each slot below n that skip does not mark. */
+static int
+job_start_slots(MigWorkerArgs *args, int n, const bool *skip)
+{
+	int64		job_id = args->arg;
+	int			started = 0;
+
+	Assert((job_id & ~MIG_JOB_ID_MASK) == 0);
+	for (int slot = 0; slot < Min(n, MIG_JOB_MAX_WORKERS); slot++)
+	{
+		MigWorkerArgs a = *args;
+
+		if (skip[slot])
+			continue;
+		a.arg = job_id | ((int64) slot << MIG_JOB_SLOT_SHIFT);
+		mig_job_start_worker(&a);
+		started++;
+	}
+	return started;
+}
+
 /*
  * Start workers for the slots below n (at most MIG_JOB_MAX_WORKERS), each
  * with its slot in the argument's high bits (MIG_JOB_SLOT_SHIFT); with
@@ -235,22 +256,26 @@ int
 mig_job_start_workers(MigWorkerArgs *args, int n, bool only_free)
 {
 	bool		taken[MIG_JOB_MAX_WORKERS] = {0};
-	int64		job_id = args->arg;
-	int			started = 0;
 
 	if (only_free)
-		(void) mig_job_workers(job_id, taken);
-	for (int slot = 0; slot < Min(n, MIG_JOB_MAX_WORKERS); slot++)
-	{
-		MigWorkerArgs a = *args;
+		(void) mig_job_workers(args->arg, taken);
+	return job_start_slots(args, n, taken);
+}
 
-		if (taken[slot])
-			continue;
-		a.arg = job_id | ((int64) slot << MIG_JOB_SLOT_SHIFT);
-		mig_job_start_worker(&a);
-		started++;
-	}
-	return started;
+/*
+ * Start workers for the slots below n but own_slot, the caller's (a worker
+ * whose job just went parallel): every other slot gets one, as for a
+ * restart, since a worker of the job that is still on its way out (it found
+ * the job walking one key) holds its slot a moment.
+ */
+int
+mig_job_start_other_workers(MigWorkerArgs *args, int n, int own_slot)
+{
+	bool		taken[MIG_JOB_MAX_WORKERS] = {0};
+
+	Assert(own_slot >= 0 && own_slot < MIG_JOB_MAX_WORKERS);
+	taken[own_slot] = true;
+	return job_start_slots(args, n, taken);
 }
 
 /* Hold the gate until the current transaction ends. */
@@ -677,6 +702,36 @@ mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact)
 					 3, (Oid[]) {INT8OID, INT8OID, BOOLOID},
 					 (Datum[]) {Int64GetDatum(job_id), Int64GetDatum(rows_total), BoolGetDatum(exact)},
 					 NULL, 1);
+}
+
+/*
+ * A running walk of one key goes parallel (backfill_worker.c): the part
+ * already walked, from the start to the checkpoint, becomes slice 0, done,
+ * with the job's counters so far (rows_done, rows_seen, batches), so that
+ * the job's counters, the sums of its slices' from now on, stay what they
+ * are; then the job walks slices.  Its rows_total (the whole walk's) stays.
+ * In the caller's transaction, under the job row's lock, together with the
+ * slices of the rest (bf_plan_remainder): committed whole or not at all.
+ * No striped window may be open (its rows_seen would not split).
+ */
+void
+mig_job_convert_sliced(int64 job_id, Oid relid, const char *relname)
+{
+	mig_catalog_exec("INSERT INTO migrate_ext.job_slice (job_id, slice_no, relid, relname, state, "
+					 "key_kind, key_cols, lower_key, upper_key, rows_total, rows_done, rows_seen, "
+					 "batches, walk_relfilenode, write_path) "
+					 "SELECT id, 0, $2, $3, 'done', key_kind, "
+					 "coalesce(key_cols, '{}'::pg_catalog.name[]), NULL, lower_key, rows_seen, "
+					 "rows_done, rows_seen, batches, walk_relfilenode, write_path "
+					 "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1 "
+					 "AND key_kind OPERATOR(pg_catalog.<>) 'slices' AND stripe_end IS NULL",
+					 3, (Oid[]) {INT8OID, OIDOID, TEXTOID},
+					 (Datum[]) {Int64GetDatum(job_id), ObjectIdGetDatum(relid),
+						 CStringGetTextDatum(relname)}, NULL, 1);
+	mig_catalog_exec("UPDATE migrate_ext.job SET key_kind = 'slices', key_cols = NULL, "
+					 "lower_key = NULL, upper_key = NULL, stripe_end = NULL, stripe_next = NULL "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
+					 1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(job_id)}, NULL, 1);
 }
 
 /*

@@ -102,8 +102,8 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("migrate_ext.test_pause",
-							   "For tests only: a step of mig_contract after which its worker waits.",
-							   "The worker waits for advisory lock 7387 (pg_advisory_lock(7387)) after each "
+							   "For tests only: a step of mig_contract, or of a backfill going parallel, at which its worker waits.",
+							   "The worker waits for advisory lock 7387 (pg_advisory_lock(7387)) at each "
 							   "step of this name, so that a test can stop it exactly there. Empty: never.",
 							   &mig_test_pause,
 							   "",

@@ -311,8 +311,10 @@ typedef struct MigSlice
 extern bool mig_job_take_slot(int64 job_id, int slot);
 extern int	mig_job_workers(int64 job_id, bool *taken);
 extern int	mig_job_start_workers(struct MigWorkerArgs *args, int n, bool only_free);
+extern int	mig_job_start_other_workers(struct MigWorkerArgs *args, int n, int own_slot);
 extern void mig_job_lock_slices(int64 job_id);
 extern void mig_job_set_sliced(int64 job_id, int64 rows_total, bool exact);
+extern void mig_job_convert_sliced(int64 job_id, Oid relid, const char *relname);
 extern void mig_job_add_total(int64 job_id, int64 rows, bool exact);
 extern void mig_slice_insert(const MigSlice *s);
 extern int	mig_slice_claim(int64 job_id, int pid, int slot);

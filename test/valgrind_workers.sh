@@ -10,7 +10,8 @@
 #     - its SQL fallback: a table with another trigger and fire_triggers, a
 #       table with a stored generated column;
 #     - the parallel backfill: a partitioned table's leaves in slices, and one
-#       heap split in ranges (parallel => 2);
+#       heap split in ranges (parallel => 2); a walk of one key raised to
+#       parallel => 2 while it runs (it goes parallel);
 #     - the launcher: a backfill stopped by a shutdown resumes after restart;
 #     - ctid, unique-key and composite-key walks, TOASTed values, a split;
 #     - a batch that fails: retried, the job failed, the row named;
@@ -241,7 +242,11 @@ SELECT mig_expand('bad', 'v', type => 'int');
 CREATE TABLE rs (id int PRIMARY KEY, v text);
 INSERT INTO rs SELECT g, 'V' || g FROM generate_series(1, 3000) g;
 SELECT mig_expand('rs', 'v', up => 'lower(v)');
-VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
+
+CREATE TABLE gp (id int PRIMARY KEY, v text);
+INSERT INTO gp SELECT g, 'V' || g FROM generate_series(1, 3000) g;
+SELECT mig_expand('gp', 'v', up => 'lower(v)');
+VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs, gp;
 " >/dev/null || FAILS=$((FAILS + 1))
 
 	# direct, striped: windows of ten batches of 400 rows, three windows;
@@ -304,6 +309,20 @@ VACUUM ANALYZE a, trg, gen, pt, rg, nk, ck, uq, bad, rs;
 	is "rg: the parallel backfill in ranges is done" "done" "$STATE"
 	check "pt: 0 rows diverged" 0 "$(diverged pt qty qty::bigint)"
 	check "rg: 0 rows diverged" 0 "$(diverged rg v 'lower(v)')"
+
+	# a walk of one key goes parallel when mig_set raises parallel: its
+	# worker splits the rest after the first window (1,000 rows), then
+	# starts the second worker
+	q "SELECT mig_backfill('gp', batch_size => 100, sleep_ms => 100)" >/dev/null || FAILS=$((FAILS + 1))
+	wait_rows gp 0
+	q "SET client_min_messages = warning; SELECT mig_set('gp', 'parallel', '2')" >/dev/null ||
+		FAILS=$((FAILS + 1))
+	wait_rows gp 1000
+	q "SELECT mig_set('gp', 'sleep_ms', '0')" >/dev/null || FAILS=$((FAILS + 1))
+	wait_job gp
+	is "gp: gone parallel, done" "done" "$STATE"
+	check "gp: sliced, each row written once, 0 rows diverged" "slices|3000|0" \
+		"SELECT (${JOB//%s/gp}).key_kind, (${JOB//%s/gp}).rows_done; $(diverged gp v 'lower(v)')"
 
 	# the launcher: a backfill stopped by a shutdown resumes after a restart
 	q "SELECT mig_backfill('rs', batch_size => 100, sleep_ms => 200)" >/dev/null || FAILS=$((FAILS + 1))
