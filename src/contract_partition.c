@@ -352,7 +352,6 @@ swap_index(ContractPlan *plan, ContractIndex *ci)
 {
 	StringInfoData sql;
 	ListCell   *lc;
-	MigOwnerSave owner;
 
 	create_on_only(ci->stmt);
 	foreach(lc, ci->parts)
@@ -379,9 +378,7 @@ swap_index(ContractPlan *plan, ContractIndex *ci)
 	 * (((id + my_fn(1)))) as the role that runs it -- mig_contract's caller
 	 * otherwise.  (DefineIndex switches to the owner by itself.)
 	 */
-	mig_owner_switch(plan->relid, &owner);
-	mig_run_utility(sql.data);
-	mig_owner_restore(&owner);
+	mig_run_utility_as_owner(plan->relid, sql.data);
 	if (!get_index_isvalid(get_relname_relid(ci->tmpname, get_rel_namespace(plan->relid))))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

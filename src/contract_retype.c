@@ -309,7 +309,6 @@ mig_retype_run(Relation rel, AttrNumber attnum, Oid typid, int32 typmod,
 	List	   *views;
 	ListCell   *lc;
 	int			nestlevel;
-	MigOwnerSave owner;
 
 	if (plan->blockers != NIL)
 	{
@@ -360,9 +359,7 @@ mig_retype_run(Relation rel, AttrNumber attnum, Oid typid, int32 typmod,
 	 * otherwise.  The views were dropped as the caller, and are created
 	 * again as the caller, with their owners.
 	 */
-	mig_owner_switch(relid, &owner);
-	mig_run_utility(sql.data);
-	mig_owner_restore(&owner);
+	mig_run_utility_as_owner(relid, sql.data);
 	CommandCounterIncrement();
 	mig_contract_recreate_views(plan, views);
 	mig_retouch_trigger_functions(relid);

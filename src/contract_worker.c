@@ -482,27 +482,6 @@ lock_fkey_tables(Oid relid, Oid confrelid, const char *why)
 }
 
 /*
- * The ADD FOREIGN KEY of a partitioned referencing table that attaches its
- * leaves' validated copies, as that table's owner inside a
- * security-restricted operation: a partition attached since the leaves were
- * validated has no copy, and PostgreSQL adds and validates one there,
- * planning a query on it, which simplifies the partition's index predicates
- * and expressions -- calling its owner's functions with constant arguments
- * as whoever runs the statement (mig_contract's caller, or the server's
- * finishing worker, a superuser's login).  The statement is qualified
- * throughout.
- */
-static void
-attach_fkey(Oid conrelid, const char *sql)
-{
-	MigOwnerSave owner;
-
-	mig_owner_switch(conrelid, &owner);
-	mig_run_utility(sql);
-	mig_owner_restore(&owner);
-}
-
-/*
  * A foreign key copy declared on a partitioned table, which PostgreSQL 15
  * cannot add NOT VALID there (the route TAP 070 proves): NOT VALID on each
  * leaf, each in a short transaction of its own, each validated in its own
@@ -568,8 +547,15 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 	check_caller();
 	xact_begin();
 	lock_fkey_tables(fk->conrelid, fk->confrelid, "attach the partitions' foreign keys");
-	attach_fkey(fk->conrelid, psprintf("ALTER TABLE %s%.*s", fk->conrel,
-									   (int) (strlen(body) - strlen(" NOT VALID")), body));
+
+	/*
+	 * As the referencing table's owner: a partition attached since its
+	 * leaves were validated gets its copy added and validated here, by a
+	 * query whose planning runs that owner's functions (index predicates).
+	 */
+	mig_run_utility_as_owner(fk->conrelid,
+							 psprintf("ALTER TABLE %s%.*s", fk->conrel,
+									  (int) (strlen(body) - strlen(" NOT VALID")), body));
 	record_constraint(plan, fk->conrelid, name);
 	xact_end();
 	MemoryContextSwitchTo(cxt);
@@ -678,7 +664,9 @@ finish_attach(Oid parent, FinishKey *k)
 	if (constraint_state(parent, k->name) == 0)
 	{
 		lock_fkey_tables(parent, k->confrelid, "attach the partitions' foreign keys");
-		attach_fkey(parent, fkey_from_leaf(mig_qualified_name(parent), k->relid, k->name));
+		/* as its owner, as add_fkey_partitioned attaches them */
+		mig_run_utility_as_owner(parent,
+								 fkey_from_leaf(mig_qualified_name(parent), k->relid, k->name));
 		attached = true;
 	}
 	xact_end();
@@ -893,7 +881,6 @@ swap_not_null(ContractPlan *plan)
 {
 	StringInfoData sql;
 	ListCell   *lc;
-	MigOwnerSave owner;
 
 	initStringInfo(&sql);
 	foreach(lc, plan->columns)
@@ -906,9 +893,7 @@ swap_not_null(ContractPlan *plan)
 	}
 	if (sql.len == 0)
 		return;
-	mig_owner_switch(plan->relid, &owner);
-	mig_run_utility(sql.data);
-	mig_owner_restore(&owner);
+	mig_run_utility_as_owner(plan->relid, sql.data);
 }
 
 /*
