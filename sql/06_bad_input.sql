@@ -34,6 +34,18 @@ SELECT try($$SELECT mig_expand('victim_view', 'email')$$);
 SELECT try($$SELECT mig_expand('victim_ft', 'id')$$);
 SELECT try($$SELECT mig_expand('victim_mv', 'id')$$);
 SELECT try($$SELECT mig_expand(NULL, 'email')$$);
+-- an OID that names no table, for the functions that report
+SELECT try($$SELECT * FROM mig_progress(0)$$);
+SELECT try($$SELECT mig_wait(0)$$);
+SELECT try($$SELECT mig_checklist(0)$$);
+-- an extension's tables, migrate_ext's own catalog first (a superuser
+-- could otherwise put the dual-write trigger on it): refused, untouched
+SELECT try($$SELECT mig_expand('migrate_ext.job', 'state', up => 'upper(state)')$$);
+SELECT try($$SELECT mig_expand('migrate_ext.migration', 'phase', type => 'varchar(20)')$$);
+SELECT count(*) AS catalog_columns_added FROM pg_attribute
+ WHERE attrelid IN ('migrate_ext.job'::regclass, 'migrate_ext.migration'::regclass) AND attname LIKE '_mig%';
+SELECT count(*) AS catalog_triggers FROM pg_trigger
+ WHERE tgrelid IN ('migrate_ext.job'::regclass, 'migrate_ext.migration'::regclass) AND NOT tgisinternal;
 SELECT leftovers();
 
 -- bad expressions: each caught at expand time, pointing into the text

@@ -75,6 +75,13 @@ BEGIN
 	PERFORM 1 FROM mig_status s WHERE s.table_name = 'sec_t' AND sec_leak(s.last_error);
 END $$;
 
+CREATE FUNCTION try_checklist(t regclass) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN CASE WHEN length(mig_checklist(t)) > 0 THEN 'runbook shown' END;
+EXCEPTION WHEN insufficient_privilege THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
 -- the owner and a reader of the table see everything through the views
 SET ROLE sec_owner;
 CALL sec_look();
@@ -86,6 +93,23 @@ RESET ROLE;
 SET ROLE sec_other;
 CALL sec_look();
 RESET ROLE;
+-- row-level security: a reader whose policy hides rows sees the migration's
+-- progress, but no key, error or runbook (they can quote hidden rows); the
+-- owner, even under FORCE ROW LEVEL SECURITY, still sees everything
+ALTER TABLE sec_t ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sec_t FORCE ROW LEVEL SECURITY;
+CREATE POLICY sec_t_low ON sec_t FOR SELECT USING (id < 10);
+SET ROLE sec_reader;
+CALL sec_look();
+SELECT try_checklist('sec_t');
+RESET ROLE;
+SET ROLE sec_owner;
+CALL sec_look();
+SELECT length(mig_checklist('sec_t')) > 0 AS owner_reads_runbook;
+RESET ROLE;
+ALTER TABLE sec_t NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE sec_t DISABLE ROW LEVEL SECURITY;
+DROP POLICY sec_t_low ON sec_t;
 -- the extension owner reads the tables themselves
 SELECT lower_key, upper_key FROM migrate_ext.job WHERE migration_id = migrate_ext.migration_of('sec_t');
 -- nothing granted to PUBLIC but USAGE on the schema and SELECT on the masked views
@@ -98,5 +122,6 @@ SELECT mig_abort('sec_t');
 DROP TABLE sec_t;
 DROP PROCEDURE sec_look();
 DROP FUNCTION sec_leak(anyelement);
+DROP FUNCTION try_checklist(regclass);
 REVOKE USAGE ON SCHEMA public FROM sec_owner, sec_reader, sec_other;
 DROP ROLE sec_owner, sec_reader, sec_other;

@@ -370,7 +370,15 @@ swap_index(ContractPlan *plan, ContractIndex *ci)
 						 quote_qualified_identifier(get_namespace_name(get_rel_namespace(part->relid)),
 													part->tmpname));
 	}
-	mig_run_utility(sql.data);
+
+	/*
+	 * As the table's owner, restricted: ATTACH PARTITION compares the two
+	 * indexes' definitions, simplifying their expressions and predicates,
+	 * which calls the owner's functions with constant arguments there
+	 * (((id + my_fn(1)))) as the role that runs it -- mig_contract's caller
+	 * otherwise.  (DefineIndex switches to the owner by itself.)
+	 */
+	mig_run_utility_as_owner(plan->relid, sql.data);
 	if (!get_index_isvalid(get_relname_relid(ci->tmpname, get_rel_namespace(plan->relid))))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -336,6 +336,9 @@ mig_retype_run(Relation rel, AttrNumber attnum, Oid typid, int32 typmod,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	initStringInfo(&sql);
 	views = mig_contract_capture_views(plan, &sql);
+	if (sql.len > 0)
+		mig_run_utility(sql.data);
+	resetStringInfo(&sql);
 	if (new_default)
 		appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT;", plan->qname, col);
 	appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s TYPE %s", plan->qname, col,
@@ -347,7 +350,16 @@ mig_retype_run(Relation rel, AttrNumber attnum, Oid typid, int32 typmod,
 	if (new_default)
 		appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s;", plan->qname,
 						 col, mig_deparse(new_default, relid));
-	mig_run_utility(sql.data);
+
+	/*
+	 * As the table's owner, restricted: to see whether an index on the
+	 * column can be kept, ALTER ... TYPE simplifies the index's expressions,
+	 * which calls the owner's functions with constant arguments there
+	 * (((col || my_fn(1)))) as the role that runs it -- mig_expand's caller
+	 * otherwise.  The views were dropped as the caller, and are created
+	 * again as the caller, with their owners.
+	 */
+	mig_run_utility_as_owner(relid, sql.data);
 	CommandCounterIncrement();
 	mig_contract_recreate_views(plan, views);
 	mig_retouch_trigger_functions(relid);

@@ -82,8 +82,16 @@ static MemoryContext contract_cxt = NULL;
 static bool contract_swapped = false;	/* the swap has committed */
 static bool contract_headless = false;	/* started by the launcher: no caller */
 
-/* Seconds the launcher's finishing worker waits before it tries again. */
+/*
+ * Seconds the launcher's finishing worker waits before it tries again: the
+ * first wait, doubled after each attempt that could not run up to the last.
+ * Each attempt may queue the table's writers behind its lock request for up
+ * to the ladder's top, and logs a line; a lock held for hours (a prepared
+ * transaction, an anti-wraparound VACUUM) must not get that every few
+ * seconds for hours.
+ */
 #define CONTRACT_FINISH_RETRY_S	5
+#define CONTRACT_FINISH_RETRY_MAX_S	60
 
 /* The advisory lock a test holds to stop the worker (migrate_ext.test_pause). */
 #define MIG_TEST_PAUSE_KEY	7387
@@ -539,8 +547,15 @@ add_fkey_partitioned(ContractPlan *plan, ContractFkey *fk, const char *name)
 	check_caller();
 	xact_begin();
 	lock_fkey_tables(fk->conrelid, fk->confrelid, "attach the partitions' foreign keys");
-	mig_run_utility(psprintf("ALTER TABLE %s%.*s", fk->conrel,
-							 (int) (strlen(body) - strlen(" NOT VALID")), body));
+
+	/*
+	 * As the referencing table's owner: a partition attached since its
+	 * leaves were validated gets its copy added and validated here, by a
+	 * query whose planning runs that owner's functions (index predicates).
+	 */
+	mig_run_utility_as_owner(fk->conrelid,
+							 psprintf("ALTER TABLE %s%.*s", fk->conrel,
+									  (int) (strlen(body) - strlen(" NOT VALID")), body));
 	record_constraint(plan, fk->conrelid, name);
 	xact_end();
 	MemoryContextSwitchTo(cxt);
@@ -649,7 +664,9 @@ finish_attach(Oid parent, FinishKey *k)
 	if (constraint_state(parent, k->name) == 0)
 	{
 		lock_fkey_tables(parent, k->confrelid, "attach the partitions' foreign keys");
-		mig_run_utility(fkey_from_leaf(mig_qualified_name(parent), k->relid, k->name));
+		/* as its owner, as add_fkey_partitioned attaches them */
+		mig_run_utility_as_owner(parent,
+								 fkey_from_leaf(mig_qualified_name(parent), k->relid, k->name));
 		attached = true;
 	}
 	xact_end();
@@ -850,23 +867,45 @@ validate_check(ContractPlan *plan, const char *name, const char *what)
 
 /*
  * SET NOT NULL, which skips its scan because a validated CHECK (col IS NOT
- * NULL) proves it, then drop that CHECK.  Separate statements: in one ALTER
- * TABLE the DROP CONSTRAINT would run first and the proof be gone.  Part of
- * the swap, so that a contract that stops before it leaves no NOT NULL.
+ * NULL) proves it.  Part of the swap, so that a contract that stops before
+ * it leaves no NOT NULL.  As the table's owner, inside a security-restricted
+ * operation (mig_owner_switch): to find that proof PostgreSQL simplifies
+ * every CHECK constraint of the table (and of each partition), which runs
+ * any function of the owner's called there with constant arguments, as the
+ * role that runs the statement -- otherwise whoever ran mig_contract, a
+ * superuser or, under SET ROLE, a role that could RESET ROLE back to one.
+ * The statements name no object through search_path.
+ */
+static void
+swap_not_null(ContractPlan *plan)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	foreach(lc, plan->columns)
+	{
+		ContractColumn *c = lfirst(lc);
+
+		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
+			appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
+							 plan->qname, quote_identifier(c->newname));
+	}
+	if (sql.len == 0)
+		return;
+	mig_run_utility_as_owner(plan->relid, sql.data);
+}
+
+/*
+ * Drop the CHECK (col IS NOT NULL) that proved NOT NULL.  A statement of its
+ * own, after swap_not_null: in one ALTER TABLE the DROP CONSTRAINT would run
+ * first and the proof be gone.
  */
 static void
 not_null_sql(ContractPlan *plan, StringInfo sql)
 {
 	ListCell   *lc;
 
-	foreach(lc, plan->columns)
-	{
-		ContractColumn *c = lfirst(lc);
-
-		if (c->not_null && !column_not_null(plan->relid, c->pair->new_attnum))
-			appendStringInfo(sql, "ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;",
-							 plan->qname, quote_identifier(c->newname));
-	}
 	foreach(lc, plan->columns)
 	{
 		ContractColumn *c = lfirst(lc);
@@ -977,7 +1016,7 @@ swap_recheck(ContractPlan *plan, bool force)
 }
 
 /*
- * The first half of the swap: NOT NULL, then what goes with the old column
+ * The first half of the swap: NOT NULL's proof, then what goes with the old column
  * (the trigger, the old foreign keys and key constraints, a serial's
  * ownership), and the old columns.
  */
@@ -1277,6 +1316,7 @@ swap(ContractPlan *plan, bool force)
 		rels[foreach_current_index(lc)] = lfirst_oid(lc);
 	mig_lock_tables(nrels, rels, AccessExclusiveLock, "swap the old column for the new one");
 	phase = swap_recheck(plan, force);
+	swap_not_null(plan);
 
 	/* read the identities' positions while their sequences exist */
 	foreach(lc, plan->columns)
@@ -1706,7 +1746,7 @@ finish_pending(int64 migration_id, Oid *relid, char **relname)
  * for a DBA's mig_contract, which reports it.
  */
 static bool
-finish_failed(const char *relname)
+finish_failed(const char *relname, int delay_s)
 {
 	ErrorData  *edata;
 	bool		retry;
@@ -1725,7 +1765,7 @@ finish_failed(const char *relname)
 				 errmsg("migrate_ext: could not finish the foreign keys that reference table %s yet: %s",
 						relname, edata->message),
 				 errdetail("Trying again in %d seconds; the keys are enforced on new rows meanwhile.",
-						   CONTRACT_FINISH_RETRY_S)));
+						   delay_s)));
 	else
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
@@ -1742,7 +1782,7 @@ finish_failed(const char *relname)
  * whether to try again later.
  */
 static bool
-finish_attempt(int64 migration_id, const char *relname)
+finish_attempt(int64 migration_id, const char *relname, int delay_s)
 {
 	volatile bool retry = false;
 
@@ -1755,7 +1795,7 @@ finish_attempt(int64 migration_id, const char *relname)
 	}
 	PG_CATCH();
 	{
-		retry = finish_failed(relname);
+		retry = finish_failed(relname, delay_s);
 	}
 	PG_END_TRY();
 	return retry;
@@ -1766,9 +1806,9 @@ finish_attempt(int64 migration_id, const char *relname)
  * migration whose swap committed but whose recorded foreign keys are not
  * finished (launcher.c): it does exactly what mig_contract's finish does,
  * as the table's owner, through the same lock ladder (the ladder's
- * settings are the server's), and when the ladder gives up it waits and
- * tries again, so that it never queues the traffic for longer than the
- * ladder allows.  Connected as the bootstrap superuser (the owner may not
+ * settings are the server's, or the owner's role settings), and when the
+ * ladder gives up it waits, longer each time, and tries again, so that it
+ * never queues the traffic for longer than the ladder allows, nor often.  Connected as the bootstrap superuser (the owner may not
  * be able to log in), it is the owner from its first step on.
  */
 void
@@ -1780,6 +1820,7 @@ mig_contract_finish_main(Datum main_arg)
 	char	   *relname;
 	char		buf[32];
 	bool		locked = false;
+	int			delay_s = CONTRACT_FINISH_RETRY_S;
 
 	mig_worker_connect(&args);
 	memset(&local, 0, sizeof(local));
@@ -1823,12 +1864,13 @@ mig_contract_finish_main(Datum main_arg)
 				continue;		/* what is pending, now that no one else runs */
 			ereport(LOG,
 					(errmsg("migrate_ext: mig_contract is running on table %s: looking again in %d seconds whether it finished its foreign keys",
-							relname, CONTRACT_FINISH_RETRY_S)));
+							relname, delay_s)));
 		}
-		else if (!finish_attempt(local.migration_id, relname))
+		else if (!finish_attempt(local.migration_id, relname, delay_s))
 			break;
 		MemoryContextSwitchTo(contract_cxt);
-		mig_sleep_ms(CONTRACT_FINISH_RETRY_S * 1000L);
+		mig_sleep_ms(delay_s * 1000L);
+		delay_s = Min(delay_s * 2, CONTRACT_FINISH_RETRY_MAX_S);
 	}
 	proc_exit(0);
 }

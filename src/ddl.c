@@ -34,6 +34,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -121,14 +122,27 @@ typedef struct ExpandArgs
 
 /*
  * The tables migrate_ext refuses to migrate: temporary tables (no other
- * session, and so no worker, can see them) and members of an inheritance
+ * session, and so no worker, can see them), members of an inheritance
  * tree (ADD COLUMN recurses to the children, but the trigger, the backfill
- * and the validation would cover only this table).
+ * and the validation would cover only this table), and the tables of an
+ * extension -- migrate_ext's own catalog above all, whose every write the
+ * dual-write trigger would then run inside: an extension's script owns
+ * their shape (pg_dump recreates it from CREATE EXTENSION, not from the
+ * table, so a contracted change would not survive a dump and restore).
  */
 static void
 expand_check_table(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
+	Oid			extoid = getExtensionOfObject(RelationRelationId, relid);
+
+	if (OidIsValid(extoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot migrate table \"%s\": it belongs to extension \"%s\"",
+						RelationGetRelationName(rel), get_extension_name(extoid)),
+				 errdetail("An extension's script owns the shape of its tables: pg_dump recreates them from CREATE EXTENSION, and the extension's updates expect the columns it made."),
+				 errhint("Change the extension's tables with the extension's own update scripts (ALTER EXTENSION ... UPDATE).")));
 
 	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ereport(ERROR,

@@ -342,8 +342,14 @@ mig_cook_expr(Relation rel, const char *src, const char *what,
 }
 
 /*
- * The default up (or down): the column cast to the other side's type, with
- * the rules of an explicit cast, as "col::type" would be.
+ * The default up (or down): the column cast to the other side's type with
+ * the rules of an explicit cast ("col::type"), but its length or precision
+ * (the typmod) applied as an assignment applies it, as ALTER TABLE ...
+ * TYPE does: an explicit cast to varchar(3) or char(3) or bit(3) silently
+ * cuts a longer value, which, once contract drops the old column, would
+ * lose data without a word.  Applied by assignment, a value that does not
+ * fit is an error (22001), which mig_preflight and mig_validate report,
+ * and the way out is an up that says what to do with it.
  */
 Node *
 mig_default_cast(Relation rel, AttrNumber attnum, Oid typid, int32 typmod)
@@ -354,8 +360,11 @@ mig_default_cast(Relation rel, AttrNumber attnum, Oid typid, int32 typmod)
 
 	var = (Node *) makeVar(1, attnum, att->atttypid, att->atttypmod,
 						   att->attcollation, 0);
-	expr = coerce_to_target_type(NULL, var, att->atttypid, typid, typmod,
+	expr = coerce_to_target_type(NULL, var, att->atttypid, typid, -1,
 								 COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
+	if (expr != NULL && typmod >= 0)
+		expr = coerce_to_target_type(NULL, expr, typid, typid, typmod,
+									 COERCION_ASSIGNMENT, COERCE_IMPLICIT_CAST, -1);
 	if (expr == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CANNOT_COERCE),

@@ -169,6 +169,7 @@ extern struct SysScanDescData *mig_column_dependents_scan(Oid relid, AttrNumber 
 														   Relation *deprel);
 extern const char *mig_qualified_name(Oid relid);
 extern void mig_run_utility(const char *sql);
+extern void mig_run_utility_as_owner(Oid relid, const char *sql);
 extern void mig_sleep_ms(long ms);
 extern char mig_trigger_tgenabled(Oid relid);
 extern bool mig_trigger_fires(char tgenabled);

@@ -766,6 +766,28 @@ mig_run_utility(const char *sql)
 	SPI_finish();
 }
 
+/*
+ * mig_run_utility() as relid's owner, inside a security-restricted
+ * operation (mig_owner_switch): for the ALTER statements on the owner's
+ * tables that PostgreSQL runs part of as whoever issues them.  SET NOT
+ * NULL, ALTER INDEX ... ATTACH PARTITION, ALTER COLUMN ... TYPE and a
+ * partitioned table's ADD FOREIGN KEY simplify the table's constraints,
+ * index expressions and predicates, calling the owner's functions with
+ * constant arguments (CHECK (my_fn(1) AND ...)), which as mig_contract's
+ * superuser caller, or the server's finishing worker, made the owner
+ * superuser.  PostgreSQL then requires the owner to own every table the
+ * statement reaches, a partition included.
+ */
+void
+mig_run_utility_as_owner(Oid relid, const char *sql)
+{
+	MigOwnerSave owner;
+
+	mig_owner_switch(relid, &owner);
+	mig_run_utility(sql);
+	mig_owner_restore(&owner);
+}
+
 /* A table's name, schema-qualified and quoted, for SQL and messages. */
 const char *
 mig_qualified_name(Oid relid)

@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -109,6 +110,10 @@ migration_of(Oid relid)
 {
 	MigMigration *m = mig_catalog_latest(relid);
 
+	if (m == NULL && get_rel_name(relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
 	if (m == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -848,6 +853,14 @@ mig_checklist(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table %s", get_rel_name(relid)),
 				 errdetail("The runbook shows the migration's expressions, failing rows and errors, which only roles that can read the table may see."),
+				 errhint("mig_status and mig_progress() show every role the migration's progress.")));
+	/* as migrate_ext.can_read(): rows a policy hides stay hidden */
+	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED &&
+		!pg_class_ownercheck(relid, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(relid)),
+				 errdetail("Row-level security filters what this role reads of the table, and the runbook can quote any row (failing rows, errors, keys)."),
 				 errhint("mig_status and mig_progress() show every role the migration's progress.")));
 	memset(&cs, 0, sizeof(cs));
 	cs.m = mig_catalog_by_id(migration_of(relid));

@@ -66,16 +66,25 @@ COMMENT ON FUNCTION migrate_ext.lock_key(text) IS
 
 /*
  * May the current role see a migration's row data (key values, failing
- * rows, expressions, errors)?  Exactly when it may SELECT the table; for a
- * table that no longer exists, only a superuser.  has_table_privilege()
- * reads the syscache and takes no lock, so the status views stay
- * non-blocking.
+ * rows, expressions, errors)?  When it may SELECT the table and see every
+ * row of it: not when row-level security filters its reads (an error or a
+ * checkpoint key can quote a row its policies hide), unless it is the
+ * table's owner (FORCE ROW LEVEL SECURITY hides nothing from the owner that
+ * it could not see by turning it off).  For a table that no longer exists,
+ * only a superuser.  has_table_privilege() and row_security_active() read
+ * the syscache and take no lock, so the status views stay non-blocking.
  */
 CREATE FUNCTION migrate_ext.can_read(relid oid) RETURNS boolean
 	LANGUAGE sql STABLE PARALLEL SAFE
-	RETURN coalesce(pg_catalog.has_table_privilege(relid, 'SELECT'),
-		(SELECT r.rolsuper FROM pg_catalog.pg_roles r
-		  WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
+	RETURN CASE WHEN pg_catalog.has_table_privilege(relid, 'SELECT') IS NULL
+			THEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+				   WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER)
+			ELSE pg_catalog.has_table_privilege(relid, 'SELECT')
+				 AND (NOT pg_catalog.row_security_active(relid)
+					  OR (SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+							FROM pg_catalog.pg_class c
+						   WHERE c.oid OPERATOR(pg_catalog.=) relid))
+		   END;
 
 /*
  * Every migration with its latest job, every status figure derived.  For

@@ -15,6 +15,10 @@
 #  4. A NOLOGIN owner's job, started by a superuser under SET ROLE, runs.
 #  5. A worker does not inherit its login role's lock_timeout for its own
 #     set-up: it waits for its starter to commit and completes.
+#  6. An owner's CHECK calling an owner's function with constant arguments,
+#     which PostgreSQL runs while proving contract's SET NOT NULL: run as
+#     the owner, restricted, whether a superuser runs mig_contract directly
+#     or under SET ROLE owner.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -213,6 +217,64 @@ $node->psql('postgres', "SET lock_timeout = 0; BEGIN;
 is(wait_job_done('t5'), 'done', "the job of a role with lock_timeout = 1ms completes");
 is($node->safe_psql('postgres', "SELECT count(*) FROM t5 WHERE _mig_new_v IS DISTINCT FROM lower(v)"),
 	'0', 'every row of t5 backfilled');
+
+# 6. mig_contract's SET NOT NULL of the new column proves itself from the
+#    table's CHECK constraints, which PostgreSQL simplifies as the role that
+#    runs the statement, calling an owner's function there with constant
+#    arguments (here an "immutable" one calling a volatile one).  Run by a
+#    superuser, and by a superuser under SET ROLE owner: the function runs
+#    as the owner, restricted; neither RESET ROLE nor ALTER ROLE ...
+#    SUPERUSER works from it, and the contract completes.
+$node->safe_psql('postgres', q{
+CREATE ROLE erin LOGIN;
+GRANT CREATE ON SCHEMA public TO erin;
+});
+# set up by erin herself: under a superuser's SET ROLE erin, her CHECK
+# would RESET ROLE in that session already, as any trigger of hers could
+$node->safe_psql('postgres', q{
+CREATE TABLE public.t6_log (msg text);
+CREATE FUNCTION public.t6_grab() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+	INSERT INTO public.t6_log VALUES ('ran as ' || current_user);
+	BEGIN
+		RESET ROLE;
+		INSERT INTO public.t6_log VALUES ('RESET ROLE worked: now ' || current_user);
+	EXCEPTION WHEN OTHERS THEN NULL;
+	END;
+	BEGIN
+		ALTER ROLE erin SUPERUSER;
+		INSERT INTO public.t6_log VALUES ('ALTER ROLE worked');
+	EXCEPTION WHEN OTHERS THEN NULL;
+	END;
+	RETURN true;
+END $$;
+CREATE FUNCTION public.t6_ok(int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	RETURN public.t6_grab();
+END $$;
+CREATE TABLE public.t6 (id int PRIMARY KEY, v int, CONSTRAINT t6_v CHECK (public.t6_ok(1) AND v > 0));
+CREATE TABLE public.t7 (id int PRIMARY KEY, v int, CONSTRAINT t7_v CHECK (public.t6_ok(1) AND v > 0));
+INSERT INTO public.t6 SELECT g, g FROM generate_series(1, 200) g;
+INSERT INTO public.t7 SELECT g, g FROM generate_series(1, 200) g;
+SELECT mig_expand('t6', 'id', type => 'bigint');
+SELECT mig_expand('t7', 'id', type => 'bigint');
+UPDATE public.t6 SET v = v;
+UPDATE public.t7 SET v = v;
+SELECT count(*) FROM mig_validate('t6');
+SELECT count(*) FROM mig_validate('t7');
+SELECT mig_cutover('t6');
+SELECT mig_cutover('t7');
+TRUNCATE public.t6_log;
+}, extra_params => [ '-U', 'erin' ]);
+$node->safe_psql('postgres', "SET client_min_messages = warning; SELECT mig_contract('t6')");
+$node->safe_psql('postgres', "SET client_min_messages = warning; SET ROLE erin; SELECT mig_contract('t7')");
+is($node->safe_psql('postgres', "SELECT string_agg(DISTINCT msg, ', ') FROM public.t6_log"),
+	'ran as erin', "the owner's function ran at the contracts' SET NOT NULL, as the owner, and RESET ROLE and ALTER ROLE did not work");
+is($node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = 'erin'"),
+	'f', 'the owner is still not a superuser');
+is($node->safe_psql('postgres', q{SELECT string_agg(attrelid::regclass || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull, ', ' ORDER BY attrelid::regclass::text)
+	FROM pg_attribute WHERE attrelid IN ('t6'::regclass, 't7'::regclass) AND attname = 'id'}),
+	't6 bigint true, t7 bigint true', 'both contracts completed: id is a NOT NULL bigint');
 
 $node->stop;
 done_testing();

@@ -22,7 +22,8 @@
 #     mig_contract finishes;
 #  3. the server's finishing worker cannot get its lock (a prepared
 #     transaction holds a leaf across the restarts): it gives up through
-#     its ladder and tries again, never holding clients up; meanwhile
+#     its ladder and tries again, later each time, never holding clients
+#     up; meanwhile
 #     mig_status shows the keys left and the worker on them, mig_expand,
 #     mig_abort and a DBA's mig_contract are refused with clear errors;
 #     stopped, the table says so; killed, or the server restarted, the
@@ -302,6 +303,13 @@ enforced_everywhere($i, 'held');
 like($node->safe_psql('postgres', "SELECT mig_checklist('ev$i')"),
 	qr/- \[ \] the foreign keys the swap moved to the new column finished: \d+ copies not yet validated or attached, a worker is finishing them now/,
 	'held: mig_checklist says what is left and that a worker is on it');
+# it waits longer after each attempt (5 s, then 10 s, ... up to a minute):
+# a lock held for hours must not cost the writers a queued wait and the log
+# a line every few seconds
+ok($node->wait_for_log(qr/could not finish the foreign keys that reference table public\.ev$i yet: .*\n.*DETAIL:  Trying again in 10 seconds/, $offset),
+	'held: the second attempt waits twice as long as the first');
+is(scalar(() = substr(slurp_file($node->logfile), $offset) =~ /DETAIL:  Trying again in 5 seconds/g), 1,
+	'held: the first wait, 5 seconds, only once');
 # the worker stopped (pg_terminate_backend): nobody is on it, and mig_status
 # and mig_checklist say so; an immediate restart gives the work a new worker
 my $wpid = $node->safe_psql('postgres', $finishing);

@@ -22,7 +22,15 @@
 #     client then writes into the referenced tree.  With every partition of
 #     both sides locked through the ladder (lock_fkey_tables), the client
 #     completes and the contract either finishes or fails with the
-#     ladder's own error, never a deadlock or a statement's lock timeout.
+#     ladder's own error, never a deadlock or a statement's lock timeout;
+#  4. a partition attached (by the tables' owner) before the parent's ADD
+#     FOREIGN KEY, with an index predicate calling the owner's function with
+#     constant arguments, which PostgreSQL runs while it validates the key
+#     on that partition: it runs as the owner, restricted, not as the
+#     superuser who ran mig_contract; the swap is refused and the next
+#     mig_contract finishes.  Likewise an index expression calling the
+#     owner's function with constant arguments, which the swap's ALTER
+#     INDEX ... ATTACH PARTITION simplifies.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -231,5 +239,104 @@ is($node->safe_psql('postgres', q{
 	'1', 'pref has its key, attached');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM migrate_ext.contract_object}),
 	'0', 'nothing is left recorded');
+
+# --- 4. a partition attached before the parent's ADD FOREIGN KEY ------------
+# It has no copy of the key, so PostgreSQL adds and validates one there,
+# planning a query on it, which simplifies its index predicates: an owner's
+# function called there with constant arguments ran as the role running the
+# contract (a superuser here).  It runs as the owner, restricted: the
+# owner's function cannot make her a superuser; the contract then refuses
+# the swap (a partition attached while it ran), and the next one finishes.
+$node->safe_psql('postgres', q{
+CREATE ROLE po_owner LOGIN;
+GRANT CREATE ON SCHEMA public TO po_owner;
+});
+sub as_po_owner
+{
+	return $node->safe_psql('postgres', $_[0], extra_params => [ '-U', 'po_owner' ]);
+}
+as_po_owner(q{
+CREATE TABLE probe_log (msg text);
+CREATE FUNCTION po_grab() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+	INSERT INTO public.probe_log VALUES ('ran as ' || current_user);
+	BEGIN
+		ALTER ROLE po_owner SUPERUSER;
+		INSERT INTO public.probe_log VALUES ('ALTER ROLE worked');
+	EXCEPTION WHEN OTHERS THEN NULL;
+	END;
+	RETURN true;
+END $$;
+CREATE FUNCTION po_probe(int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	RETURN public.po_grab();
+END $$;
+CREATE TABLE cust9 (cid int PRIMARY KEY);
+INSERT INTO cust9 SELECT g FROM generate_series(1, 50) g;
+CREATE TABLE po9 (id int, at date, cust_id int REFERENCES cust9 (cid)) PARTITION BY RANGE (at);
+CREATE TABLE po9_1 PARTITION OF po9 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE po9_2 PARTITION OF po9 FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+INSERT INTO po9 SELECT g, date '2020-01-01' + g, g % 50 + 1 FROM generate_series(1, 600) g;
+SELECT mig_expand('po9', 'cust_id', type => 'bigint');
+UPDATE po9 SET cust_id = cust_id;
+SELECT count(*) FROM mig_validate('po9');
+SELECT mig_cutover('po9');
+});
+{
+	my ($h, $holder, $err, $pid) = mig_contract_paused($node, 'po9', 'leaf_fkey_validated');
+	as_po_owner(q{
+CREATE TABLE po9_3 PARTITION OF po9 FOR VALUES FROM ('2022-01-01') TO ('2023-01-01');
+INSERT INTO po9 VALUES (5000, '2022-05-05', 7);
+CREATE INDEX po9_3_probe ON po9_3 (id) WHERE po_probe(1);
+TRUNCATE probe_log;
+});
+	mig_contract_unpause($node);
+	$holder->query_safe('SELECT pg_advisory_unlock(7387)');
+	$h->finish;
+	eval { $holder->quit };
+	like($$err, qr/partition "po9_3" was attached to table "po9" while mig_contract ran/,
+		'a partition attached mid-contract: the swap is refused');
+}
+is($node->safe_psql('postgres', "SELECT coalesce(string_agg(DISTINCT msg, ', '), 'none') FROM probe_log"),
+	'ran as po_owner', "the new partition's index predicate ran as its owner at the parent's ADD FOREIGN KEY, and could not make her a superuser");
+is($node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = 'po_owner'"),
+	'f', 'po_owner is still not a superuser');
+$node->safe_psql('postgres', "SELECT count(*) FROM mig_validate('po9')");
+$node->psql('postgres', "SELECT mig_cutover('po9')");
+my ($rc9, $out9, $err9) = $node->psql('postgres', "SET client_min_messages = warning; SELECT mig_contract('po9')");
+is($rc9, 0, 'the next mig_contract finishes') or diag $err9;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated
+	AND conrelid IN ('po9_1'::regclass, 'po9_2'::regclass, 'po9_3'::regclass)}),
+	'3', 'every partition, the new one too, has the validated key');
+
+# The same for ALTER INDEX ... ATTACH PARTITION in the swap, which compares
+# the copies' definitions, simplifying an index expression that calls the
+# owner's function with constant arguments.
+as_po_owner(q{
+CREATE FUNCTION po_k(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	PERFORM public.po_grab();
+	RETURN $1;
+END $$;
+CREATE TABLE po10 (id int, at date, cust_id int) PARTITION BY RANGE (at);
+CREATE TABLE po10_1 PARTITION OF po10 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+CREATE TABLE po10_2 PARTITION OF po10 FOR VALUES FROM ('2021-01-01') TO ('2022-01-01');
+CREATE INDEX po10_k ON po10 ((cust_id + po_k(1)));
+INSERT INTO po10 SELECT g, date '2020-01-01' + g, g FROM generate_series(1, 600) g;
+SELECT mig_expand('po10', 'cust_id', type => 'bigint');
+UPDATE po10 SET cust_id = cust_id;
+SELECT count(*) FROM mig_validate('po10');
+SELECT mig_cutover('po10');
+TRUNCATE probe_log;
+});
+($rc9, $out9, $err9) = $node->psql('postgres', "SET client_min_messages = warning; SELECT mig_contract('po10')");
+is($rc9, 0, 'po10: mig_contract by a superuser finishes') or diag $err9;
+is($node->safe_psql('postgres', "SELECT coalesce(string_agg(DISTINCT msg, ', '), 'none') FROM probe_log"),
+	'ran as po_owner', "po10: the index expression's function ran as the owner only (builds and ATTACH PARTITION)");
+is($node->safe_psql('postgres', "SELECT rolsuper FROM pg_roles WHERE rolname = 'po_owner'"),
+	'f', 'po10: po_owner is still not a superuser');
+is($node->safe_psql('postgres', q{SELECT pg_get_indexdef('po10_k'::regclass)}),
+	'CREATE INDEX po10_k ON ONLY public.po10 USING btree (((cust_id + po_k(1))))',
+	'po10: the index is on the new column, under its name');
 
 done_testing();
