@@ -42,6 +42,8 @@ typedef struct BfJob
 	bool		detached;		/* the slice's leaf left the table */
 	List	   *stripe_end;		/* of char *: a striped window's bound; NIL: none */
 	int			stripe_next;	/* the window's next stripe */
+	int			stripe_count;	/* the window's stripes and halves, as listed; */
+	int			stripe_halves;	/* 0: not recorded */
 	bool		striped;		/* this batch may stripe (backfill_apply.c) */
 	int			halves;			/* a window's halves (backfill_apply.c) */
 	const char *write_path;		/* set by the batch: how it wrote (job.write_path) */

@@ -387,7 +387,8 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
  *
  * Checkpoint.  The job's (or slice's) lower_key stays at the window's start
  * until its last stripe commits; meanwhile stripe_end holds the window's
- * bound and stripe_next the next stripe, committed with each stripe's rows.
+ * bound, stripe_next the next stripe and stripe_count, stripe_halves its
+ * layout, committed with each stripe's rows.
  *
  * No row is missed, none written twice:
  *  - every row present at the listing is in exactly one stripe, and its
@@ -403,9 +404,14 @@ bf_apply_rows(Relation rel, MigMigration *m, MigRows *rows)
  *    from (a crash, a restart, pause and resume, another worker taking the
  *    slice: the listing lives in worker memory only), it lists the window
  *    (lower, stripe_end] again, keeps only the rows that still need writing
- *    (the filter: those the committed stripes wrote are right), and spreads
- *    them over the remaining stripes stripe_next..S-1 (S: all the
- *    window's stripes, of both halves), in turn;
+ *    (the filter: those the committed stripes wrote are right), and gives
+ *    them to the remaining stripes stripe_next..S-1 (S: all the window's
+ *    stripes, of both halves): each to the stripe of its position, cut in
+ *    the layout recorded with the checkpoint (a mig_set of parallel, which
+ *    changes the halves, or a new backfill_stripes applies from the next
+ *    window), so that rows_seen counts each row of the window once however
+ *    often it is resumed; a row whose position moved before stripe_next
+ *    (a client's insert or delete in the window) to them in turn;
  *  - a table rewrite between two stripes (VACUUM FULL, CLUSTER: every TID
  *    changes) gives it a new relfilenode: the listing records the one it
  *    read, each stripe compares it under its lock on the table (which a
@@ -470,7 +476,14 @@ bf_copy_strings(List *l)
 	return copy;
 }
 
-/* Is the worker's listing the one the checkpoint's window came from? */
+/*
+ * Is the worker's listing the one the checkpoint's window came from?  Its
+ * layout (halves, stripes) is the listing's own: a mig_set of parallel or a
+ * new migrate_ext.backfill_stripes applies from the next window, since the
+ * stripes already committed covered the rows of their positions in this
+ * layout, and a layout cut anew would count some of them again, or miss
+ * some, in rows_seen.
+ */
 static bool
 bf_window_current(Relation rel, MigMigration *m, BfJob *job)
 {
@@ -479,35 +492,34 @@ bf_window_current(Relation rel, MigMigration *m, BfJob *job)
 	return w->valid && job->stripe_end != NIL &&
 		w->migration_id == m->id && w->relid == RelationGetRelid(rel) &&
 		w->relfilenode == rel->rd_rel->relfilenode &&
-		w->nstripes == bf_window_stripes(job) && w->halves == job->halves &&
 		w->expect == job->stripe_next &&
 		bf_lists_equal(w->lower, job->lower_key) && bf_lists_equal(w->end, job->stripe_end);
 }
 
 /*
- * List the window and spread its rows over the stripes.  A new window
- * (first == 0): S * size rows from lower_key, row p of the listing in
- * stripe p % S.  A window resumed at stripe first: its rows (lower_key,
- * stripe_end] again, those that still need writing spread over stripes
- * first..S-1 in turn.
+ * List the window and spread its rows over its nstripes stripes (S).  A new
+ * window (first == 0): S * size rows from lower_key, row p of the listing in
+ * stripe p % S (of its half, with halves).  A window resumed at stripe
+ * first, in the layout it was listed in (job->halves and nstripes): its rows
+ * (lower_key, stripe_end] again, those that still need writing in the
+ * stripes of their positions, first..S-1.
  */
 static void
 bf_window_list(Relation rel, MigMigration *m, BfJob *job, int size, int first,
-			   double *rows_per_block)
+			   int nstripes, double *rows_per_block)
 {
 	BfWindow   *w = &bf_window;
 	MigRows		rows;
 	int64		listed;
 	List	   *end;
 	int			halves = job->halves;
-	int			nstripes = bf_window_stripes(job);
 	int			left = nstripes - first;
 	uint64		half;
-	int			nneed = 0;
+	int			nshifted = 0;
 	MemoryContext oldcxt;
 
 	Assert(first >= 0 && first < nstripes && halves >= 1 && halves <= BF_MAX_HALVES &&
-		   nstripes <= BF_MAX_HALVES * BF_MAX_STRIPES);
+		   nstripes % halves == 0 && nstripes <= BF_MAX_HALVES * BF_MAX_STRIPES);
 	if (first == 0)
 	{
 		size = Min(size, BF_WINDOW_MAX_ROWS / nstripes) * nstripes;
@@ -543,8 +555,7 @@ bf_window_list(Relation rel, MigMigration *m, BfJob *job, int size, int first,
 	w->end = bf_copy_strings(end);
 	w->nstripes = nstripes;
 	w->halves = halves;
-	/* a resumed window's rows go to the remaining stripes in turn */
-	w->apart = first == 0 ? halves : 1;
+	w->apart = halves;
 	w->expect = first;
 	memset(w->last_xid, 0, sizeof(w->last_xid));
 	w->rows = palloc(sizeof(BfStripeRow) * Max(rows.numvals, 1));
@@ -557,14 +568,25 @@ bf_window_list(Relation rel, MigMigration *m, BfJob *job, int size, int first,
 		BfStripeRow *row = &w->rows[w->nrows];
 		int			pos = (int) (halves * ((r % half) % (nstripes / halves)) + r / half);
 
-		/* covered once: by the stripe of its position, if that is still to run */
-		if (pos >= first)
-			w->seen[pos]++;
+		/*
+		 * Covered once.  A row right already: by the stripe of its position,
+		 * if that is still to run (those before it ran).  A row to write: by
+		 * the stripe of its position too, so that a window resumed again
+		 * finds the rows its committed stripes wrote before first, as in the
+		 * first listing; one that sits before first all the same (rows
+		 * deleted, inserted or moved since the first listing shift the
+		 * positions; a layout not recorded) goes to the remaining stripes in
+		 * turn, and is covered by the stripe that writes it.
+		 */
 		if (!bf_row_needs(&rows, r, &row->tid))
+		{
+			if (pos >= first)
+				w->seen[pos]++;
 			continue;
-		row->stripe = (uint8) (first == 0 ? pos : first + nneed % left);
+		}
+		row->stripe = (uint8) (pos >= first ? pos : first + nshifted++ % left);
+		w->seen[row->stripe]++;
 		w->count[row->stripe]++;
-		nneed++;
 		w->nrows++;
 	}
 	qsort(w->rows, w->nrows, sizeof(BfStripeRow), bf_stripe_row_cmp);
@@ -630,22 +652,40 @@ bf_stripe_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	int			ntids = 0;
 	int			next;
 
-	/* migrate_ext.backfill_stripes lowered: the rest in the last stripe */
-	if (k < 0)
-		k = 0;
-	k = Min(k, bf_window_stripes(job) - 1);
-	if (job->stripe_end == NIL || k == 0)
-		bf_window_list(rel, m, job, size, 0, rows_per_block);
-	else if (!bf_window_current(rel, m, job))
+	/* a listing in memory goes on in its own layout (bf_window_current) */
+	if (k == 0 || !bf_window_current(rel, m, job))
 	{
-		if (w->valid && w->relid == RelationGetRelid(rel) &&
-			w->relfilenode != rel->rd_rel->relfilenode)
-			ereport(LOG,
-					(errmsg("migrate_ext: table %s was rewritten between two stripes of a backfill window; the window's rows are listed again",
-							mig_qualified_name(RelationGetRelid(rel)))));
-		bf_window_list(rel, m, job, size, k, rows_per_block);
+		int			nstripes = bf_window_stripes(job);
+
+		/*
+		 * A window resumed from its checkpoint alone is cut in the layout it
+		 * was listed in, whatever parallel or migrate_ext.backfill_stripes
+		 * became since (bf_window_current); a checkpoint without one (written
+		 * by an older library) in today's, and when backfill_stripes was
+		 * lowered, the rest goes in the last stripe.
+		 */
+		if (job->stripe_end != NIL && k > 0 &&
+			job->stripe_halves >= 1 && job->stripe_halves <= BF_MAX_HALVES &&
+			job->stripe_count > k && job->stripe_count % job->stripe_halves == 0 &&
+			job->stripe_count <= BF_MAX_HALVES * BF_MAX_STRIPES)
+		{
+			job->halves = job->stripe_halves;
+			nstripes = job->stripe_count;
+		}
+		k = Min(Max(k, 0), nstripes - 1);
+		if (job->stripe_end == NIL || k == 0)
+			bf_window_list(rel, m, job, size, 0, nstripes, rows_per_block);
+		else
+		{
+			if (w->valid && w->relid == RelationGetRelid(rel) &&
+				w->relfilenode != rel->rd_rel->relfilenode)
+				ereport(LOG,
+						(errmsg("migrate_ext: table %s was rewritten between two stripes of a backfill window; the window's rows are listed again",
+								mig_qualified_name(RelationGetRelid(rel)))));
+			bf_window_list(rel, m, job, size, k, nstripes, rows_per_block);
+		}
 	}
-	Assert(w->valid && w->expect == k);
+	Assert(w->valid && w->expect == k && k < w->nstripes);
 
 	tids = palloc(sizeof(ItemPointerData) * Max(w->count[k], 1));
 	for (int i = 0; i < w->nrows; i++)
@@ -673,6 +713,8 @@ bf_stripe_batch(Relation rel, MigMigration *m, BfJob *job, int size,
 	}
 	job->stripe_end = bf_copy_strings(w->end);
 	job->stripe_next = next;
+	job->stripe_count = w->nstripes;
+	job->stripe_halves = w->halves;
 	return job->lower_key;
 }
 

@@ -155,6 +155,8 @@ bf_walk_bounds(Relation rel, BfJob *job, int64 *total, bool *exact)
 	job->upper_key = NIL;
 	job->stripe_end = NIL;		/* no striped window (backfill_apply.c) */
 	job->stripe_next = 0;
+	job->stripe_count = 0;
+	job->stripe_halves = 0;
 	if (bf_is_ctid(job))
 	{
 		if (nblocks > 0)

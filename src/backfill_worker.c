@@ -216,6 +216,7 @@ bf_read_job(BfJob *job)
 	TupleDesc	desc;
 	Datum		d;
 	bool		isnull;
+	bool		layout;
 
 	/*
 	 * Columns of 0.2 only when the catalog has them (mig_job_has_column);
@@ -223,15 +224,17 @@ bf_read_job(BfJob *job)
 	 */
 	job->walk_known = mig_job_has_column("walk_relfilenode");
 	job->striped = mig_job_has_column("stripe_next");
+	layout = mig_job_has_column("stripe_halves");
 	if (mig_catalog_query(psprintf("SELECT state, batch_size, batch_size_fixed, target_batch_ms, "
 								   "sleep_ms, (extract(epoch FROM max_replica_lag) * 1000)::int8, "
 								   "max_rows_per_sec, key_kind, key_cols::text[], lower_key, "
-								   "upper_key, migration_id, %s, %s, %s, %s "
+								   "upper_key, migration_id, %s, %s, %s, %s, %s "
 								   "FROM migrate_ext.job WHERE id OPERATOR(pg_catalog.=) $1",
 								   mig_job_has_column("fire_triggers") ? "fire_triggers" : "true",
 								   job->walk_known ? "walk_relfilenode" : "NULL::pg_catalog.oid",
 								   mig_job_has_column("parallel") ? "parallel" : "1",
-								   job->striped ? "stripe_end, stripe_next" : "NULL::text[], 0"),
+								   job->striped ? "stripe_end, stripe_next" : "NULL::text[], 0",
+								   layout ? "stripe_count, stripe_halves" : "0, 0"),
 						  1, &type, &v, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job");
 	/* a job row that is gone is as good as cancelled */
@@ -266,6 +269,10 @@ bf_read_job(BfJob *job)
 	job->stripe_end = isnull ? NIL : bf_text_list(d);
 	d = SPI_getbinval(tup, desc, 17, &isnull);
 	job->stripe_next = isnull ? 0 : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 18, &isnull);
+	job->stripe_count = isnull ? 0 : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 19, &isnull);
+	job->stripe_halves = isnull ? 0 : DatumGetInt32(d);
 	/* each worker of a sliced job adapts its own batch size */
 	if (bf->sliced && !bf->batch_size_fixed && bf->own_size > 0)
 		bf->batch_size = bf->own_size;
@@ -299,7 +306,7 @@ bf_read_slice(BfJob *job)
 						  "(SELECT pg_catalog.count(*) FROM migrate_ext.job_slice o "
 						  "WHERE o.job_id OPERATOR(pg_catalog.=) s.job_id "
 						  "AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']))::int4 "
-						  ", stripe_end, stripe_next "
+						  ", stripe_end, stripe_next, stripe_count, stripe_halves "
 						  "FROM migrate_ext.job_slice s WHERE job_id OPERATOR(pg_catalog.=) $1 "
 						  "AND slice_no OPERATOR(pg_catalog.=) $2 FOR NO KEY UPDATE",
 						  2, (Oid[]) {INT8OID, INT4OID},
@@ -328,6 +335,10 @@ bf_read_slice(BfJob *job)
 	job->stripe_end = isnull ? NIL : bf_text_list(d);
 	d = SPI_getbinval(tup, desc, 11, &isnull);
 	job->stripe_next = isnull ? 0 : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 12, &isnull);
+	job->stripe_count = isnull ? 0 : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 13, &isnull);
+	job->stripe_halves = isnull ? 0 : DatumGetInt32(d);
 	left = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 	bf->nworkers = Max(1, Min(bf->parallel, left));
 	bf->rate_share = bf->max_rows_per_sec > 0 ?
@@ -690,6 +701,8 @@ bf_checkpoint(BfJob *job, List *end, int size, int64 seen, int64 written, long e
 	batch.lower_key = end ? bf_text_array(end) : (Datum) 0;
 	batch.stripe_end = job->stripe_end ? bf_text_array(job->stripe_end) : (Datum) 0;
 	batch.stripe_next = job->stripe_next;
+	batch.stripe_count = job->stripe_count;
+	batch.stripe_halves = job->stripe_halves;
 	batch.write_path = job->write_path;
 	batch.written = written;
 	batch.seen = seen;
@@ -1764,8 +1777,10 @@ bf_mark_detached(Oid parent, List *leaves)
 }
 
 /*
- * The leaves attached since the slices were planned: a slice each.
- * Returns how many.
+ * The leaves attached since the slices were planned: a slice each.  A leaf
+ * whose slice was marked detached and that is attached again is one of
+ * them: it gets a new slice, walked from its start, since nothing kept its
+ * rows in step while it was away.  Returns how many.
  */
 static int
 bf_new_leaves(MigMigration *m)
@@ -1778,21 +1793,31 @@ bf_new_leaves(MigMigration *m)
 	MigOwnerSave owner;
 	int			added;
 
-	if (mig_catalog_query("SELECT relid, slice_no FROM migrate_ext.job_slice "
-						  "WHERE job_id OPERATOR(pg_catalog.=) $1",
+	if (mig_catalog_query("SELECT relid, slice_no, state OPERATOR(pg_catalog.=) 'detached' "
+						  "FROM migrate_ext.job_slice WHERE job_id OPERATOR(pg_catalog.=) $1",
 						  1, (Oid[]) {INT8OID}, (Datum[]) {Int64GetDatum(bf->job_id)},
 						  NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read migrate_ext.job_slice");
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
 		bool		isnull;
 
-		known = lappend_oid(known, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-																   SPI_tuptable->tupdesc, 1, &isnull)));
-		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 2, &isnull)) + 1);
+		if (!DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull)))
+			known = lappend_oid(known, DatumGetObjectId(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+																	   1, &isnull)));
+		next_no = Max(next_no, DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+														   2, &isnull)) + 1);
 	}
-	LockRelationOid(m->relid, AccessShareLock);
+	/*
+	 * SHARE UPDATE EXCLUSIVE, as ATTACH PARTITION takes on the parent: an
+	 * attach in progress is waited for and its leaf seen, and one that
+	 * comes after waits until this transaction has ended the job (then the
+	 * next mig_backfill walks it).  Under ACCESS SHARE, an attach that
+	 * committed between this listing and the job's end was walked by
+	 * nobody, though the job was running when it committed.
+	 */
+	LockRelationOid(m->relid, ShareUpdateExclusiveLock);
 	rel = table_open(m->relid, NoLock);
 	bf_set_local("search_path", "pg_catalog, pg_temp");
 	mig_owner_switch(m->relid, &owner);

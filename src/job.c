@@ -597,8 +597,8 @@ mig_job_throttle_for_lag(int64 job_id, double active_seconds)
 }
 
 /*
- * A striped window's state (backfill_apply.c) and how the batch wrote its
- * rows, with the batch's checkpoint: of the job (slice_no -1) or of one of
+ * A striped window's state (backfill_apply.c: its bound, next stripe and
+ * layout) and how the batch wrote its rows, with the batch's checkpoint: of the job (slice_no -1) or of one of
  * its slices.
  */
 static void
@@ -606,14 +606,20 @@ job_stripe_checkpoint(const char *table, const char *where, Datum job_id, int sl
 					  const MigJobBatch *b)
 {
 	bool		path = b->write_path != NULL && mig_job_has_column("write_path");
+	bool		layout = mig_job_has_column("stripe_halves");
+	char		n = b->stripe_end ? ' ' : 'n';
 
-	mig_catalog_exec(psprintf("UPDATE migrate_ext.%s SET stripe_end = $3, stripe_next = $4%s "
-							  "WHERE %s", table, path ? ", write_path = $5" : "", where),
-					 path ? 5 : 4, (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, INT4OID, TEXTOID},
+	mig_catalog_exec(psprintf("UPDATE migrate_ext.%s SET stripe_end = $3, stripe_next = $4%s%s "
+							  "WHERE %s", table,
+							  layout ? ", stripe_count = $6, stripe_halves = $7" : "",
+							  path ? ", write_path = $5" : "", where),
+					 layout ? 7 : path ? 5 : 4,
+					 (Oid[]) {INT8OID, INT4OID, TEXTARRAYOID, INT4OID, TEXTOID, INT4OID, INT4OID},
 					 (Datum[]) {job_id, Int32GetDatum(slice_no), b->stripe_end,
 						 Int32GetDatum(b->stripe_end ? b->stripe_next : 0),
-					 path ? CStringGetTextDatum(b->write_path) : (Datum) 0},
-					 (char[]) {' ', ' ', b->stripe_end ? ' ' : 'n', b->stripe_end ? ' ' : 'n', ' '}, 1);
+						 path ? CStringGetTextDatum(b->write_path) : (Datum) 0,
+						 Int32GetDatum(b->stripe_count), Int32GetDatum(b->stripe_halves)},
+					 (char[]) {' ', ' ', n, n, path ? ' ' : 'n', n, n}, 1);
 }
 
 /* One batch committed: the checkpoint and the counters, in its transaction. */

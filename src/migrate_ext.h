@@ -247,6 +247,8 @@ typedef struct MigJobBatch
 	int32		vacuums;
 	Datum		stripe_end;		/* text[]: a striped window's bound; 0: none */
 	int32		stripe_next;	/* its next stripe */
+	int32		stripe_count;	/* its stripes, all halves */
+	int32		stripe_halves;	/* its halves */
 	const char *write_path;		/* how the batch wrote its rows, or NULL */
 } MigJobBatch;
 

@@ -124,8 +124,10 @@ CREATE TABLE migrate_ext.job (
 	stripe_end	text[],			/* a striped window (lower_key, stripe_end] in progress;
 								 * NULL: none (backfill_apply.c) */
 	stripe_next int,			/* the window's next stripe */
-	write_path	text			/* how the last batch wrote its rows: 'direct, striped',
+	write_path	text,			/* how the last batch wrote its rows: 'direct, striped',
 								 * 'direct', or 'UPDATE: ' and why (backfill_apply.c) */
+	stripe_count int,			/* the striped window's layout: its stripes, and */
+	stripe_halves int			/* its halves (a resumed window keeps it) */
 );
 CREATE INDEX job_migration ON migrate_ext.job (migration_id);
 /* At most one unfinished job per migration. */

@@ -38,6 +38,8 @@ CREATE TABLE migrate_ext.job_slice (
 	stripe_end	text[],			/* as job.stripe_end */
 	stripe_next int,
 	write_path	text,			/* as job.write_path */
+	stripe_count int,			/* as job.stripe_count */
+	stripe_halves int,
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');

@@ -110,6 +110,11 @@ CREATE TABLE migrate_ext.job_slice (
 	stripe_end	text[],
 	stripe_next int,
 	write_path	text,
+	stripe_count int,
+	stripe_halves int,
 	PRIMARY KEY (job_id, slice_no)
 );
 SELECT pg_catalog.pg_extension_config_dump('migrate_ext.job_slice', '');
+-- the striped window's layout (backfill_apply.c): a window resumed after a
+-- restart is cut as it was listed, whatever parallel became meanwhile
+ALTER TABLE migrate_ext.job ADD COLUMN stripe_count int, ADD COLUMN stripe_halves int;
