@@ -189,7 +189,10 @@ run_tap_suite() {
 	if [ -n "${MIG_TAP_ONLY:-}" ]; then
 		run_make_suite tap "$log" REGRESS= ISOLATION= "PROVE_TESTS=$MIG_TAP_ONLY"
 	else
-		run_make_suite tap "$log" REGRESS= ISOLATION=
+		# two files at a time: the TAP files mostly wait (for workers,
+		# restarts, polls), about a fifth of the machine's CPU when run one
+		# by one; each has its own servers and ports (PostgreSQL::Test::Cluster)
+		run_make_suite tap "$log" REGRESS= ISOLATION= "PROVE_FLAGS=-j${MIG_TAP_JOBS:-2}"
 	fi
 	# prove: "Files=N, Tests=M, ..." then "Result: PASS|FAIL"; each failed
 	# file is listed under "Test Summary Report" as "FILE (Wstat: ...".
