@@ -21,6 +21,7 @@
 #   MIG_TEST_SUITES   which suites, default "regress isolation tap valgrind
 #                     package" (package: test/package.sh, make package-test)
 #   MIG_TAP_ONLY      TAP files to run instead of all (e.g. test/t/050_*.pl)
+#   MIG_TAP_JOBS      TAP files run at a time (default 2)
 #   PG_CONFIG         default /usr/lib/postgresql/15/bin/pg_config
 
 set -uo pipefail
