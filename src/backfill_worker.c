@@ -845,6 +845,20 @@ bf_to_parallel(BfJob *job, MigMigration *m, Relation rel)
 }
 
 /*
+ * In a PG_CATCH of a step whose failure the worker survives: log the error,
+ * forget it, and roll back its transaction (oldcxt: the context current
+ * before the PG_TRY, which the transaction's abort does not free).
+ */
+static void
+bf_error_logged(MemoryContext oldcxt)
+{
+	MemoryContextSwitchTo(oldcxt);
+	EmitErrorReport();
+	FlushErrorState();
+	AbortCurrentTransaction();
+}
+
+/*
  * The conversion committed: this worker walks slices from now on, like the
  * others, which it starts for the other slots up to parallel.  A worker it
  * cannot start (no free slot) is logged, and the job goes on with fewer;
@@ -871,10 +885,7 @@ bf_went_parallel(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(oldcxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		bf_error_logged(oldcxt);
 	}
 	PG_END_TRY();
 }
@@ -1277,10 +1288,7 @@ bf_vacuum(bool last)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(oldcxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		bf_error_logged(oldcxt);
 	}
 	PG_END_TRY();
 }
@@ -1339,10 +1347,7 @@ bf_locate_row(void)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(oldcxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		bf_error_logged(oldcxt);
 	}
 	PG_END_TRY();
 	return row;
