@@ -57,6 +57,7 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 
 our @EXPORT = qw(job_row latest_job wait_job_ended mig_node mig_partition_tree mig_pgbench
+	mig_pgbench_mix
 	mig_contract_paused mig_contract_unpause mig_crash);
 
 sub job_row
@@ -110,6 +111,24 @@ sub mig_pgbench
 		  '-h', $node->host, '-p', $node->port, 'postgres' ],
 		'>', \$out, '2>', \$err);
 	return ($h, \$err, \$out);
+}
+
+# The client mix the backfill tests run on t(id, email, n) with sequence
+# t_new_id: updates of the source column and of the row beside it, inserts
+# and deletes, ids 1..$rows.
+sub mig_pgbench_mix
+{
+	my ($rows) = @_;
+	return qq{
+\\set id random(1, $rows)
+\\set r random(1, 10)
+BEGIN;
+UPDATE t SET email = 'Upd' || :id || '\@Example.COM', n = n + 1 WHERE id = :id;
+UPDATE t SET n = n + 1 WHERE id = :id + 1;
+INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '\@X.COM' WHERE :r <= 3;
+DELETE FROM t WHERE id = :id + 2 AND :r = 1;
+COMMIT;
+};
 }
 
 sub mig_partition_tree

@@ -20,16 +20,7 @@ VACUUM ANALYZE t;
 SELECT mig_expand('t', 'email', up => 'lower(email) || ''#'' || n::text');
 ));
 
-my ($pgbench, $err, $out) = mig_pgbench($node, q{
-\set id random(1, 200000)
-\set r random(1, 10)
-BEGIN;
-UPDATE t SET email = 'Upd' || :id || '@Example.COM', n = n + 1 WHERE id = :id;
-UPDATE t SET n = n + 1 WHERE id = :id + 1;
-INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '@X.COM' WHERE :r <= 3;
-DELETE FROM t WHERE id = :id + 2 AND :r = 1;
-COMMIT;
-}, clients => 4, threads => 2, seconds => 20);
+my ($pgbench, $err, $out) = mig_pgbench($node, mig_pgbench_mix($rows), clients => 4, threads => 2, seconds => 20);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', max_rows_per_sec => 25000)");
 my $job = latest_job();

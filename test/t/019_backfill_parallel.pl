@@ -143,16 +143,7 @@ is($node->safe_psql('postgres',
 
 # 3. a pgbench mix during a parallel backfill: nothing diverged
 clear_t();
-my ($pgbench, $err) = mig_pgbench($node, qq{
-\\set id random(1, $rows)
-\\set r random(1, 10)
-BEGIN;
-UPDATE t SET email = 'Upd' || :id || '\@Example.COM', n = n + 1 WHERE id = :id;
-UPDATE t SET n = n + 1 WHERE id = :id + 1;
-INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '\@X.COM' WHERE :r <= 3;
-DELETE FROM t WHERE id = :id + 2 AND :r = 1;
-COMMIT;
-}, clients => 3, threads => 1, seconds => 10);
+my ($pgbench, $err) = mig_pgbench($node, mig_pgbench_mix($rows), clients => 3, threads => 1, seconds => 10);
 sleep(1);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', batch_size => 200, parallel => 2, max_rows_per_sec => 4000)");
 $pgbench->finish;

@@ -167,16 +167,7 @@ for my $case (
 
 # 3. client writes across the conversion: nothing diverged
 clear('t');
-my ($pgbench, $perr) = mig_pgbench($node, qq{
-\\set id random(1, $rows)
-\\set r random(1, 10)
-BEGIN;
-UPDATE t SET email = 'Upd' || :id || '\@Example.COM', n = n + 1 WHERE id = :id;
-UPDATE t SET n = n + 1 WHERE id = :id + 1;
-INSERT INTO t (id, email) SELECT nextval('t_new_id'), 'New' || :r || '\@X.COM' WHERE :r <= 3;
-DELETE FROM t WHERE id = :id + 2 AND :r = 1;
-COMMIT;
-}, clients => 3, threads => 1, seconds => 6);
+my ($pgbench, $perr) = mig_pgbench($node, mig_pgbench_mix($rows), clients => 3, threads => 1, seconds => 6);
 $node->safe_psql('postgres', "SELECT mig_backfill('t', batch_size => 200, max_rows_per_sec => 3000)");
 $node->poll_query_until('postgres', "SELECT ($jt).rows_seen >= 1000")
   or die 'the backfill did not get going under the mix';
